@@ -1,0 +1,1 @@
+//! Example application of the replicable framework.

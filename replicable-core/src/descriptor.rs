@@ -1,0 +1,282 @@
+//! The catalogue of replicables linked into the binary: each `#[derive(Replicable)]` registers a
+//! descriptor with `inventory`, and [`register`] adds one by hand where inventory cannot see it
+//! (a crate that is never referenced is not linked).
+
+use std::collections::BTreeMap;
+use std::sync::{Mutex, PoisonError};
+
+use futures::FutureExt;
+use futures::future::BoxFuture;
+
+use crate::error::ReplicatorError;
+use crate::event::Event;
+use crate::model::{DataType, Replicable};
+use crate::registry::RegistryRecord;
+use crate::replicator::{
+    ConsumeOutcome, ReplicationTarget, SyncAttempt, SyncOutcome, VerifyOutcome,
+};
+use crate::site::Site;
+use crate::strategy::Strategy;
+use crate::verification::VerificationRecord;
+
+type ConsumeFn =
+    for<'a> fn(&'a Site, &'a Event) -> BoxFuture<'a, Result<ConsumeOutcome, ReplicatorError>>;
+type SyncFn = for<'a> fn(&'a Site, i64) -> BoxFuture<'a, Result<SyncOutcome, ReplicatorError>>;
+type RunClaimedSyncFn =
+    for<'a> fn(&'a Site, RegistryRecord) -> BoxFuture<'a, Result<SyncOutcome, ReplicatorError>>;
+type VerifyFn = for<'a> fn(&'a Site, i64) -> BoxFuture<'a, Result<VerifyOutcome, ReplicatorError>>;
+type RunClaimedPrimaryFn = for<'a> fn(
+    &'a Site,
+    VerificationRecord,
+) -> BoxFuture<'a, Result<VerifyOutcome, ReplicatorError>>;
+type RemoveOrphanFn = for<'a> fn(&'a Site, i64) -> BoxFuture<'a, Result<bool, ReplicatorError>>;
+type RunClaimedSecondaryFn =
+    for<'a> fn(&'a Site, RegistryRecord) -> BoxFuture<'a, Result<VerifyOutcome, ReplicatorError>>;
+
+/// What the runtime knows of one replicable without its type: its name, data type, and the
+/// replicator's operations, so that events and work can be dispatched by name.
+#[derive(Clone, Copy)]
+pub struct ReplicableDescriptor {
+    /// The replicable's name (`package_file`).
+    pub name: &'static str,
+    /// The data type.
+    pub data_type: DataType,
+    /// The strategy's name.
+    pub strategy: &'static str,
+    /// Whether `updated` events exist.
+    pub mutable: bool,
+    /// Whether the resource is verified.
+    pub verifiable: bool,
+    type_name: fn() -> &'static str,
+    consume: ConsumeFn,
+    sync: SyncFn,
+    run_claimed_sync: RunClaimedSyncFn,
+    verify: VerifyFn,
+    run_claimed_primary_verification: RunClaimedPrimaryFn,
+    run_claimed_secondary_verification: RunClaimedSecondaryFn,
+    remove_orphan: RemoveOrphanFn,
+}
+
+impl std::fmt::Debug for ReplicableDescriptor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReplicableDescriptor")
+            .field("name", &self.name)
+            .field("type", &(self.type_name)())
+            .field("data_type", &self.data_type)
+            .field("strategy", &self.strategy)
+            .finish()
+    }
+}
+
+fn consume<'a, M: Replicable>(
+    site: &'a Site,
+    event: &'a Event,
+) -> BoxFuture<'a, Result<ConsumeOutcome, ReplicatorError>> {
+    async move {
+        ReplicationTarget::<M>::new(site, event.payload.model_id)
+            .consume(event)
+            .await
+    }
+    .boxed()
+}
+
+fn sync<M: Replicable>(site: &Site, id: i64) -> BoxFuture<'_, Result<SyncOutcome, ReplicatorError>> {
+    async move { ReplicationTarget::<M>::new(site, id).sync().await }.boxed()
+}
+
+fn run_claimed_sync<M: Replicable>(
+    site: &Site,
+    row: RegistryRecord,
+) -> BoxFuture<'_, Result<SyncOutcome, ReplicatorError>> {
+    SyncAttempt::<M>::claimed(site, row).run().boxed()
+}
+
+fn verify<M: Replicable>(
+    site: &Site,
+    id: i64,
+) -> BoxFuture<'_, Result<VerifyOutcome, ReplicatorError>> {
+    async move { ReplicationTarget::<M>::new(site, id).verify().await }.boxed()
+}
+
+fn run_claimed_primary<M: Replicable>(
+    site: &Site,
+    row: VerificationRecord,
+) -> BoxFuture<'_, Result<VerifyOutcome, ReplicatorError>> {
+    async move {
+        ReplicationTarget::<M>::new(site, row.model_id)
+            .verify_claimed_primary(row)
+            .await
+    }
+    .boxed()
+}
+
+fn run_claimed_secondary<M: Replicable>(
+    site: &Site,
+    row: RegistryRecord,
+) -> BoxFuture<'_, Result<VerifyOutcome, ReplicatorError>> {
+    async move {
+        ReplicationTarget::<M>::new(site, row.model_id)
+            .verify_claimed_secondary(row)
+            .await
+    }
+    .boxed()
+}
+
+fn remove_orphan<M: Replicable>(
+    site: &Site,
+    id: i64,
+) -> BoxFuture<'_, Result<bool, ReplicatorError>> {
+    async move { ReplicationTarget::<M>::new(site, id).remove_orphan().await }.boxed()
+}
+
+impl ReplicableDescriptor {
+    /// The descriptor of `M`.
+    pub const fn of<M: Replicable>() -> Self {
+        Self {
+            name: M::REPLICABLE_NAME,
+            data_type: <M::Strategy as Strategy>::DATA_TYPE,
+            strategy: <M::Strategy as Strategy>::NAME,
+            mutable: <M::Strategy as Strategy>::MUTABLE,
+            verifiable: <M::Strategy as Strategy>::VERIFIABLE,
+            type_name: std::any::type_name::<M>,
+            consume: consume::<M>,
+            sync: sync::<M>,
+            run_claimed_sync: run_claimed_sync::<M>,
+            verify: verify::<M>,
+            run_claimed_primary_verification: run_claimed_primary::<M>,
+            run_claimed_secondary_verification: run_claimed_secondary::<M>,
+            remove_orphan: remove_orphan::<M>,
+        }
+    }
+
+    /// The Rust type of the model.
+    pub fn type_name(&self) -> &'static str {
+        (self.type_name)()
+    }
+
+    /// Consumes an event of this replicable on a secondary.
+    pub fn consume<'a>(
+        &self,
+        site: &'a Site,
+        event: &'a Event,
+    ) -> BoxFuture<'a, Result<ConsumeOutcome, ReplicatorError>> {
+        (self.consume)(site, event)
+    }
+
+    /// Syncs one record on a secondary.
+    pub fn sync<'a>(
+        &self,
+        site: &'a Site,
+        id: i64,
+    ) -> BoxFuture<'a, Result<SyncOutcome, ReplicatorError>> {
+        (self.sync)(site, id)
+    }
+
+    /// Runs a sync whose row a worker claimed.
+    pub fn run_claimed_sync<'a>(
+        &self,
+        site: &'a Site,
+        row: RegistryRecord,
+    ) -> BoxFuture<'a, Result<SyncOutcome, ReplicatorError>> {
+        (self.run_claimed_sync)(site, row)
+    }
+
+    /// Verifies one record (on the primary or a secondary).
+    pub fn verify<'a>(
+        &self,
+        site: &'a Site,
+        id: i64,
+    ) -> BoxFuture<'a, Result<VerifyOutcome, ReplicatorError>> {
+        (self.verify)(site, id)
+    }
+
+    /// Completes a primary verification row a worker claimed.
+    pub fn run_claimed_primary_verification<'a>(
+        &self,
+        site: &'a Site,
+        row: VerificationRecord,
+    ) -> BoxFuture<'a, Result<VerifyOutcome, ReplicatorError>> {
+        (self.run_claimed_primary_verification)(site, row)
+    }
+
+    /// Completes a secondary registry row whose verification a worker claimed.
+    pub fn run_claimed_secondary_verification<'a>(
+        &self,
+        site: &'a Site,
+        row: RegistryRecord,
+    ) -> BoxFuture<'a, Result<VerifyOutcome, ReplicatorError>> {
+        (self.run_claimed_secondary_verification)(site, row)
+    }
+
+    /// Removes the local copy and registry row of a record that is gone from the primary.
+    pub fn remove_orphan<'a>(
+        &self,
+        site: &'a Site,
+        id: i64,
+    ) -> BoxFuture<'a, Result<bool, ReplicatorError>> {
+        (self.remove_orphan)(site, id)
+    }
+}
+
+inventory::collect!(ReplicableDescriptor);
+
+static EXPLICIT: Mutex<Vec<&'static ReplicableDescriptor>> = Mutex::new(Vec::new());
+
+/// Registers `M` by hand. Needed only when the crate defining `M` is linked but never referenced
+/// (inventory then sees nothing); registering twice is harmless.
+pub fn register<M: Replicable>() {
+    let mut explicit = EXPLICIT.lock().unwrap_or_else(PoisonError::into_inner);
+    let type_name = std::any::type_name::<M>();
+    if !explicit.iter().any(|d| d.type_name() == type_name) {
+        explicit.push(Box::leak(Box::new(ReplicableDescriptor::of::<M>())));
+    }
+}
+
+/// Two models claim the same replicable name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("replicable name `{name}` is used by both {first} and {second}: give one of them #[replicable(name = \"...\")]")]
+pub struct DuplicateReplicable {
+    /// The name.
+    pub name: &'static str,
+    /// One model.
+    pub first: &'static str,
+    /// The other model.
+    pub second: &'static str,
+}
+
+fn collect() -> Result<BTreeMap<&'static str, &'static ReplicableDescriptor>, DuplicateReplicable> {
+    let explicit = EXPLICIT.lock().unwrap_or_else(PoisonError::into_inner);
+    let mut by_name: BTreeMap<&'static str, &'static ReplicableDescriptor> = BTreeMap::new();
+    for descriptor in inventory::iter::<ReplicableDescriptor>
+        .into_iter()
+        .chain(explicit.iter().copied())
+    {
+        match by_name.get(descriptor.name) {
+            Some(existing) if existing.type_name() != descriptor.type_name() => {
+                return Err(DuplicateReplicable {
+                    name: descriptor.name,
+                    first: existing.type_name(),
+                    second: descriptor.type_name(),
+                });
+            }
+            Some(_) => {}
+            None => {
+                by_name.insert(descriptor.name, descriptor);
+            }
+        }
+    }
+    Ok(by_name)
+}
+
+/// Every replicable linked into the binary (or registered by hand), sorted by name.
+///
+/// Fails if two models claim the same name.
+pub fn registered_replicables() -> Result<Vec<&'static ReplicableDescriptor>, DuplicateReplicable>
+{
+    Ok(collect()?.into_values().collect())
+}
+
+/// The replicable called `name`.
+pub fn find_replicable(name: &str) -> Result<Option<&'static ReplicableDescriptor>, DuplicateReplicable> {
+    Ok(collect()?.get(name).copied())
+}

@@ -1,0 +1,103 @@
+//! # replicable-core
+//!
+//! The runtime of the replicable framework: a model annotated with `#[derive(Replicable)]` and a
+//! strategy gets events on the primary, consumption, sync with retries and backoff, a registry,
+//! verification on both sides, backfill and status on secondaries.
+//!
+//! ```ignore
+//! use replicable_core::prelude::*;
+//! use replicable_strategies::BlobStrategy;
+//!
+//! #[derive(Debug, Clone, Serialize, Deserialize, Replicable)]
+//! #[replicator(BlobStrategy)]
+//! pub struct PackageFile {
+//!     #[replicable(id)]   pub id: i64,
+//!     #[replicable(blob)] pub file_path: String,
+//! }
+//!
+//! let replicator = package_file.replicator(&primary);
+//! replicator.publish_created_event().await?;
+//! ```
+//!
+//! Where things live: [`model`] (the trait), [`event`], [`registry`] and [`verification`] (the
+//! state machines), [`retry`] (the backoff formula), [`strategy`], [`site`], [`primary_link`]
+//! (how a secondary reads the primary), [`storage`] (one trait per storage role), [`replicator`],
+//! [`log_cursor`], [`workers`], [`backfill`], [`status`], and `testing` (the shared suite, behind
+//! the `testing` feature).
+
+#![deny(missing_docs)]
+
+pub mod backfill;
+pub mod blob_key;
+pub mod clock;
+pub mod descriptor;
+pub mod error;
+pub mod event;
+pub mod failure;
+pub mod log_cursor;
+pub mod model;
+pub mod primary_link;
+pub mod registry;
+pub mod replicator;
+pub mod retry;
+pub mod selective_sync;
+pub mod site;
+pub mod status;
+pub mod storage;
+pub mod strategy;
+pub mod transition;
+pub mod verification;
+pub mod workers;
+
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use descriptor::{
+    DuplicateReplicable, ReplicableDescriptor, find_replicable, register, registered_replicables,
+};
+pub use error::{LinkError, ReplicatorError, ResourceError, StoreError};
+pub use event::{Event, EventId, EventKind, EventPayload};
+pub use failure::SyncFailure;
+pub use model::{DataType, Replicable, Resource};
+pub use primary_link::{InProcessPrimary, PrimaryLink};
+pub use registry::{RegistryRecord, SyncState};
+pub use replicator::{
+    ConsumeOutcome, ReplicationTarget, Replicator, SyncAttempt, SyncOutcome, VerifyOutcome,
+};
+pub use selective_sync::SelectiveSync;
+pub use site::{Site, SiteRole};
+pub use strategy::{Strategy, SyncRequest};
+pub use verification::{Verification, VerificationRecord, VerificationState};
+
+/// `#[derive(Replicable)]`.
+pub use replicable_derive::Replicable;
+
+/// What a model file needs: `use replicable_core::prelude::*;`.
+pub mod prelude {
+    pub use crate::model::Replicable as _;
+    pub use crate::{
+        ConsumeOutcome, DataType, Event, EventKind, InProcessPrimary, RegistryRecord, Replicable,
+        ReplicatorError, Replicator, SelectiveSync, Site, SiteRole, SyncOutcome, SyncState,
+        VerificationState, VerifyOutcome,
+    };
+    pub use serde::{Deserialize, Serialize};
+}
+
+/// Paths the derive's generated code uses. Not a public API.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::descriptor::ReplicableDescriptor;
+    pub use crate::model::{Replicable, Resource};
+    pub use crate::registry::{RegistryRecord, SyncState};
+    pub use crate::replicator::Replicator;
+    pub use crate::strategy::Strategy;
+    pub use crate::verification::{VerificationRecord, VerificationState};
+    pub use crate::model::DataType;
+    pub use chrono::{DateTime, Utc};
+    pub use inventory;
+    pub use std::convert::{AsRef, From, Into};
+    pub use std::string::String;
+    pub use std::option::Option;
+
+    pub use crate::strategy::UnresolvedStrategy;
+}

@@ -1,0 +1,144 @@
+//! The log cursor: reads the primary's new events on a secondary and dispatches each to its
+//! replicator by name.
+
+use serde::{Deserialize, Serialize};
+use tracing::warn;
+
+use crate::descriptor::find_replicable;
+use crate::error::ReplicatorError;
+use crate::event::{Event, EventId, SkippedEvent, StoredEvent};
+use crate::site::Site;
+
+/// How many events one batch reads.
+pub const DEFAULT_BATCH_SIZE: usize = 50;
+
+/// What one batch did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CursorReport {
+    /// Events read.
+    pub read: usize,
+    /// Events consumed.
+    pub consumed: usize,
+    /// Events recorded as skipped (malformed, unknown replicable, or refused).
+    pub skipped: usize,
+    /// The cursor after the batch.
+    pub cursor: EventId,
+}
+
+/// The batch could not be processed (the primary or the tracking database is unreachable).
+/// The cursor stays before the event that failed, so nothing is lost.
+#[derive(Debug, thiserror::Error)]
+#[error("log cursor of site `{site}` stopped at event {cursor}: {reason}")]
+pub struct CursorError {
+    /// The site.
+    pub site: String,
+    /// The position saved.
+    pub cursor: EventId,
+    /// Why.
+    pub reason: String,
+}
+
+/// Whether a consume failure is about this one event (record it and go on) or about the
+/// infrastructure (stop, retry later).
+fn is_transient(error: &ReplicatorError) -> bool {
+    matches!(error, ReplicatorError::Store { .. } | ReplicatorError::Link { .. })
+}
+
+/// Processes one batch of up to `batch_size` events after the saved cursor, and saves the
+/// cursor. Malformed events, events of replicables this binary does not know, and events whose
+/// consumption is refused are recorded as skipped and do not stop the cursor.
+pub async fn process_batch(site: &Site, batch_size: usize) -> Result<CursorReport, CursorError> {
+    let fail = |cursor: EventId, reason: String| CursorError {
+        site: site.name().to_owned(),
+        cursor,
+        reason,
+    };
+    let link = site
+        .primary_link()
+        .filter(|_| !site.is_primary())
+        .ok_or_else(|| fail(0, "the log cursor runs on secondaries only".into()))?;
+    let registry = site.registry_store();
+    let start = registry.cursor().await.map_err(|e| fail(0, e.to_string()))?;
+    let events = link
+        .events_after(start, batch_size)
+        .await
+        .map_err(|e| fail(start, e.to_string()))?;
+    let mut report = CursorReport {
+        read: events.len(),
+        cursor: start,
+        ..CursorReport::default()
+    };
+    let mut stop = None;
+    for raw in events {
+        match dispatch(site, raw.clone()).await {
+            Ok(()) => report.consumed += 1,
+            Err(Dispatch::Skip(reason)) => {
+                warn!(event_id = raw.id, %reason, "skipping event");
+                let skipped = SkippedEvent {
+                    event_id: raw.id,
+                    replicable_name: raw.replicable_name.clone(),
+                    event_name: raw.event_name.clone(),
+                    reason,
+                    skipped_at: site.now(),
+                };
+                if let Err(e) = registry.record_skipped_event(&skipped).await {
+                    stop = Some(e.to_string());
+                    break;
+                }
+                report.skipped += 1;
+            }
+            Err(Dispatch::Stop(reason)) => {
+                stop = Some(reason);
+                break;
+            }
+        }
+        report.cursor = raw.id;
+    }
+    if report.cursor != start {
+        registry
+            .save_cursor(report.cursor)
+            .await
+            .map_err(|e| fail(start, e.to_string()))?;
+    }
+    match stop {
+        Some(reason) => Err(fail(report.cursor, reason)),
+        None => Ok(report),
+    }
+}
+
+enum Dispatch {
+    Skip(String),
+    Stop(String),
+}
+
+async fn dispatch(site: &Site, raw: StoredEvent) -> Result<(), Dispatch> {
+    let descriptor = find_replicable(&raw.replicable_name)
+        .map_err(|e| Dispatch::Stop(e.to_string()))?
+        .ok_or_else(|| {
+            Dispatch::Skip(format!(
+                "no replicable named `{}` is registered in this binary",
+                raw.replicable_name
+            ))
+        })?;
+    let event = Event::try_from(raw).map_err(|e| Dispatch::Skip(e.to_string()))?;
+    match descriptor.consume(site, &event).await {
+        Ok(_) => Ok(()),
+        Err(e) if is_transient(&e) => Err(Dispatch::Stop(e.to_string())),
+        Err(e) => Err(Dispatch::Skip(e.to_string())),
+    }
+}
+
+/// Processes batches until the cursor has caught up with the primary.
+pub async fn catch_up(site: &Site, batch_size: usize) -> Result<CursorReport, CursorError> {
+    let mut total = CursorReport::default();
+    loop {
+        let report = process_batch(site, batch_size).await?;
+        total.read += report.read;
+        total.consumed += report.consumed;
+        total.skipped += report.skipped;
+        total.cursor = report.cursor;
+        if report.read < batch_size {
+            return Ok(total);
+        }
+    }
+}

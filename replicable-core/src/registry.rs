@@ -1,0 +1,424 @@
+//! The registry: one row per replicated record on a secondary, tracking its sync and its
+//! verification.
+//!
+//! ```text
+//!            ┌──────────── mark_pending (from any state) ─────────────┐
+//!            ▼                                                         │
+//!   pending ──start──▶ started ──mark_synced──▶ synced ──resync──▶ pending
+//!                        │  ▲                     │
+//!                        │  └──────start──────────┤
+//!                        └──mark_failed──▶ failed ◀┘ (mark_failed: verification mismatch)
+//!                                           │
+//!                                           └──start / resync
+//! ```
+//!
+//! Every write is guarded by the row's `version`: a sync that started at version `v` can only be
+//! completed while the row is still at `v`. If an event marked the row pending while the copy ran
+//! (the record changed), completing it is refused and the row is synced again.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::failure::{SyncFailure, truncate_failure};
+use crate::retry::RetryPolicy;
+use crate::transition::IllegalTransition;
+use crate::verification::{Verification, humanize};
+
+/// Where a record's sync stands. The numeric values are the ones stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[repr(i16)]
+pub enum SyncState {
+    /// Waiting to be synced.
+    Pending = 0,
+    /// A sync is running.
+    Started = 1,
+    /// The local copy matches the primary as of the last sync.
+    Synced = 2,
+    /// The last sync failed; retried at `retry_at`.
+    Failed = 3,
+}
+
+impl SyncState {
+    /// All states, in value order.
+    pub const ALL: [SyncState; 4] = [Self::Pending, Self::Started, Self::Synced, Self::Failed];
+
+    /// The stored value.
+    pub fn value(self) -> i16 {
+        self as i16
+    }
+
+    /// The state of a stored value.
+    pub fn from_value(value: i16) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.value() == value)
+    }
+
+    /// The lower-case name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Started => "started",
+            Self::Synced => "synced",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+impl std::fmt::Display for SyncState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One registry row: a secondary's knowledge of one record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegistryRecord {
+    /// The replicated record's id.
+    pub model_id: i64,
+    /// Where the sync stands.
+    pub state: SyncState,
+    /// Failed syncs in a row.
+    pub retry_count: u32,
+    /// When a failed sync is tried again.
+    pub retry_at: Option<DateTime<Utc>>,
+    /// Why the last sync failed (at most 255 characters).
+    pub last_sync_failure: Option<String>,
+    /// When the last sync started.
+    pub last_synced_at: Option<DateTime<Utc>>,
+    /// When the row was made.
+    pub created_at: DateTime<Utc>,
+    /// The last failure was because the resource is missing on the primary.
+    pub missing_on_primary: bool,
+    /// The primary's generation of the record that the local copy holds.
+    pub synced_generation: Option<i64>,
+    /// The verification columns of the local copy.
+    pub verification: Verification,
+    /// Bumped by every write; writes that expect an older version are refused.
+    pub version: i64,
+}
+
+impl RegistryRecord {
+    /// A new pending row.
+    pub fn new_pending(model_id: i64, now: DateTime<Utc>) -> Self {
+        Self {
+            model_id,
+            state: SyncState::Pending,
+            retry_count: 0,
+            retry_at: None,
+            last_sync_failure: None,
+            last_synced_at: None,
+            created_at: now,
+            missing_on_primary: false,
+            synced_generation: None,
+            verification: Verification::pending(),
+            version: 0,
+        }
+    }
+
+    fn illegal(&self, event: &'static str) -> IllegalTransition {
+        IllegalTransition {
+            machine: "registry",
+            from: self.state.name(),
+            event,
+        }
+    }
+
+    /// Back to pending, from any state (the record changed, or an operator asked for a resync):
+    /// clears the retry schedule and `last_synced_at`.
+    pub fn mark_pending(&mut self) {
+        self.state = SyncState::Pending;
+        self.retry_at = None;
+        self.retry_count = 0;
+        self.last_synced_at = None;
+    }
+
+    /// Begins a sync: from pending, synced or failed. Sets `last_synced_at`.
+    pub fn start(&mut self, now: DateTime<Utc>) -> Result<(), IllegalTransition> {
+        match self.state {
+            SyncState::Pending | SyncState::Synced | SyncState::Failed => {
+                self.state = SyncState::Started;
+                self.last_synced_at = Some(now);
+                Ok(())
+            }
+            SyncState::Started => Err(self.illegal("start")),
+        }
+    }
+
+    /// Completes a sync: only from started. Clears the failure and the retry schedule, records
+    /// the generation copied and puts verification back to pending, since the copy is new.
+    pub fn mark_synced(&mut self, generation: Option<i64>) -> Result<(), IllegalTransition> {
+        if self.state != SyncState::Started {
+            return Err(self.illegal("mark synced"));
+        }
+        self.state = SyncState::Synced;
+        self.retry_count = 0;
+        self.retry_at = None;
+        self.last_sync_failure = None;
+        self.missing_on_primary = false;
+        if generation.is_some() {
+            self.synced_generation = generation;
+        }
+        self.verification.mark_pending();
+        Ok(())
+    }
+
+    /// Records a failed sync, from started, or from synced when verification found the copy bad.
+    /// Increments `retry_count` and schedules the retry.
+    pub fn mark_failed(
+        &mut self,
+        failure: &SyncFailure,
+        now: DateTime<Utc>,
+        policy: &RetryPolicy,
+        jitter: u32,
+    ) -> Result<(), IllegalTransition> {
+        match self.state {
+            SyncState::Started | SyncState::Synced => {}
+            _ => return Err(self.illegal("mark failed")),
+        }
+        self.state = SyncState::Failed;
+        self.retry_count = self.retry_count.saturating_add(1);
+        self.retry_at = Some(policy.next_retry_time_with_jitter(
+            self.retry_count,
+            failure.missing_on_primary,
+            now,
+            jitter,
+        ));
+        self.last_sync_failure = Some(truncate_failure(&failure.message));
+        self.missing_on_primary = failure.missing_on_primary;
+        Ok(())
+    }
+
+    /// Asks for a new sync of a synced or failed row.
+    pub fn resync(&mut self) -> Result<(), IllegalTransition> {
+        match self.state {
+            SyncState::Synced | SyncState::Failed => {
+                self.mark_pending();
+                Ok(())
+            }
+            _ => Err(self.illegal("resync")),
+        }
+    }
+
+    /// A sync that has been `started` since before `started_before` is failed with a timeout
+    /// (its worker died or hung). Returns whether it was.
+    pub fn fail_if_stuck(
+        &mut self,
+        started_before: DateTime<Utc>,
+        timeout: std::time::Duration,
+        now: DateTime<Utc>,
+        policy: &RetryPolicy,
+        jitter: u32,
+    ) -> bool {
+        let stuck = self.state == SyncState::Started
+            && self.last_synced_at.is_none_or(|at| at < started_before);
+        if stuck {
+            let failure = SyncFailure::new(format!("Sync timed out after {}", humanize(timeout)));
+            // Started was checked above, so `mark_failed` cannot refuse.
+            let _ = self.mark_failed(&failure, now, policy, jitter);
+        }
+        stuck
+    }
+
+    /// Whether the row is due for a sync at `now`: pending, or failed with its retry time passed.
+    pub fn is_due(&self, now: DateTime<Utc>) -> bool {
+        match self.state {
+            SyncState::Pending => true,
+            SyncState::Failed => self.retry_at.is_none_or(|at| at <= now),
+            _ => false,
+        }
+    }
+
+    /// Orders due rows for scheduling: rows never attempted first, then failed rows by
+    /// `retry_at` (missing first), then by id.
+    pub fn schedule_key(&self) -> (u8, Option<DateTime<Utc>>, i64) {
+        let never_attempted = self.state == SyncState::Pending && self.last_synced_at.is_none();
+        (u8::from(!never_attempted), self.retry_at, self.model_id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn now() -> DateTime<Utc> {
+        "2026-01-01T00:00:00Z".parse().unwrap()
+    }
+
+    fn in_state(state: SyncState) -> RegistryRecord {
+        RegistryRecord {
+            state,
+            ..RegistryRecord::new_pending(7, now())
+        }
+    }
+
+    #[test]
+    fn stored_values_match_the_reference_numbering() {
+        let values: Vec<i16> = SyncState::ALL.iter().map(|s| s.value()).collect();
+        assert_eq!(values, vec![0, 1, 2, 3]);
+        for s in SyncState::ALL {
+            assert_eq!(SyncState::from_value(s.value()), Some(s));
+        }
+        assert_eq!(SyncState::from_value(-1), None);
+    }
+
+    #[test]
+    fn pending_is_allowed_from_any_state_and_clears_the_schedule() {
+        for s in SyncState::ALL {
+            let mut r = in_state(s);
+            r.retry_count = 4;
+            r.retry_at = Some(now());
+            r.last_synced_at = Some(now());
+            r.mark_pending();
+            assert_eq!(r.state, SyncState::Pending);
+            assert_eq!((r.retry_count, r.retry_at, r.last_synced_at), (0, None, None));
+        }
+    }
+
+    #[test]
+    fn start_is_allowed_from_pending_synced_and_failed_only() {
+        for s in SyncState::ALL {
+            let mut r = in_state(s);
+            let result = r.start(now());
+            if s == SyncState::Started {
+                let err = result.unwrap_err();
+                assert_eq!((err.machine, err.from, err.event), ("registry", "started", "start"));
+            } else {
+                result.unwrap();
+                assert_eq!(r.state, SyncState::Started);
+                assert_eq!(r.last_synced_at, Some(now()));
+            }
+        }
+    }
+
+    #[test]
+    fn synced_only_from_started() {
+        for s in SyncState::ALL {
+            let mut r = in_state(s);
+            r.retry_count = 3;
+            r.last_sync_failure = Some("x".into());
+            r.missing_on_primary = true;
+            let result = r.mark_synced(Some(5));
+            if s == SyncState::Started {
+                result.unwrap();
+                assert_eq!(r.state, SyncState::Synced);
+                assert_eq!(r.retry_count, 0);
+                assert_eq!(r.last_sync_failure, None);
+                assert!(!r.missing_on_primary);
+                assert_eq!(r.synced_generation, Some(5));
+            } else {
+                assert!(result.is_err(), "synced from {s} must be refused");
+            }
+        }
+    }
+
+    #[test]
+    fn synced_puts_verification_back_to_pending() {
+        let mut r = in_state(SyncState::Started);
+        r.verification.start(now()).unwrap();
+        r.verification.succeed("abc".into(), now()).unwrap();
+        r.mark_synced(None).unwrap();
+        assert_eq!(
+            r.verification.verification_state,
+            crate::verification::VerificationState::Pending
+        );
+    }
+
+    #[test]
+    fn failed_from_started_or_synced_counts_retries_and_schedules() {
+        let policy = RetryPolicy::default();
+        for s in SyncState::ALL {
+            let mut r = in_state(s);
+            let result = r.mark_failed(&SyncFailure::new("nope"), now(), &policy, 0);
+            match s {
+                SyncState::Started | SyncState::Synced => {
+                    result.unwrap();
+                    assert_eq!(r.state, SyncState::Failed);
+                    assert_eq!(r.retry_count, 1);
+                    assert_eq!(r.retry_at, Some(now() + chrono::Duration::seconds(16)));
+                    assert_eq!(r.last_sync_failure.as_deref(), Some("nope"));
+                }
+                _ => assert!(result.is_err(), "failed from {s} must be refused"),
+            }
+        }
+    }
+
+    #[test]
+    fn repeated_failures_back_off() {
+        let policy = RetryPolicy::default();
+        let mut r = in_state(SyncState::Pending);
+        let mut last_delay = chrono::Duration::zero();
+        for n in 1..=6u32 {
+            r.start(now()).unwrap();
+            r.mark_failed(&SyncFailure::new("x"), now(), &policy, 0).unwrap();
+            assert_eq!(r.retry_count, n);
+            let delay = r.retry_at.unwrap() - now();
+            assert!(delay > last_delay);
+            last_delay = delay;
+        }
+    }
+
+    #[test]
+    fn missing_on_primary_uses_the_long_cap() {
+        let policy = RetryPolicy::default();
+        let mut r = in_state(SyncState::Started);
+        r.retry_count = 40;
+        r.mark_failed(&SyncFailure::missing_on_primary("gone"), now(), &policy, 0)
+            .unwrap();
+        assert!(r.missing_on_primary);
+        assert_eq!(r.retry_at, Some(now() + chrono::Duration::seconds(4 * 3600 + 16)));
+    }
+
+    #[test]
+    fn failure_text_is_truncated_to_255_characters() {
+        let mut r = in_state(SyncState::Started);
+        r.mark_failed(&SyncFailure::new("e".repeat(300)), now(), &RetryPolicy::default(), 0)
+            .unwrap();
+        assert_eq!(r.last_sync_failure.unwrap().chars().count(), 255);
+    }
+
+    #[test]
+    fn resync_only_from_synced_or_failed() {
+        for s in SyncState::ALL {
+            let mut r = in_state(s);
+            let result = r.resync();
+            match s {
+                SyncState::Synced | SyncState::Failed => {
+                    result.unwrap();
+                    assert_eq!(r.state, SyncState::Pending);
+                }
+                _ => assert!(result.is_err(), "resync from {s} must be refused"),
+            }
+        }
+    }
+
+    #[test]
+    fn stuck_sync_is_failed_after_the_timeout() {
+        let policy = RetryPolicy::default();
+        let timeout = Duration::from_secs(8 * 3600);
+        let mut r = in_state(SyncState::Pending);
+        r.start(now()).unwrap();
+        let later = now() + chrono::Duration::hours(8) + chrono::Duration::seconds(1);
+        let cutoff = later - chrono::Duration::hours(8);
+        assert!(r.fail_if_stuck(cutoff, timeout, later, &policy, 0));
+        assert_eq!(r.state, SyncState::Failed);
+        assert_eq!(r.last_sync_failure.as_deref(), Some("Sync timed out after 8 hours"));
+        let mut running = in_state(SyncState::Pending);
+        running.start(later).unwrap();
+        assert!(!running.fail_if_stuck(cutoff, timeout, later, &policy, 0));
+        assert!(!in_state(SyncState::Synced).fail_if_stuck(cutoff, timeout, later, &policy, 0));
+    }
+
+    #[test]
+    fn never_attempted_rows_are_scheduled_before_retries() {
+        let policy = RetryPolicy::default();
+        let fresh = RegistryRecord::new_pending(9, now());
+        let mut failed = RegistryRecord::new_pending(1, now());
+        failed.start(now()).unwrap();
+        failed.mark_failed(&SyncFailure::new("x"), now(), &policy, 0).unwrap();
+        assert!(fresh.schedule_key() < failed.schedule_key());
+        assert!(fresh.is_due(now()));
+        assert!(!failed.is_due(now()));
+        assert!(failed.is_due(failed.retry_at.unwrap()));
+    }
+}

@@ -1,0 +1,866 @@
+//! The replicator: publishes a record's events on the primary and consumes them, syncs and
+//! verifies on secondaries.
+
+use std::marker::PhantomData;
+
+use tracing::{Instrument, debug, info_span, warn};
+
+use crate::error::{LinkError, ReplicatorError, ResourceError, StoreError};
+use crate::event::{Event, EventId, EventKind, EventPayload, NewEvent};
+use crate::failure::SyncFailure;
+use crate::model::{Replicable, Resource};
+use crate::primary_link::PrimaryLink;
+use crate::registry::{RegistryRecord, SyncState};
+use crate::site::Site;
+use crate::storage::StoredRecord;
+use crate::strategy::{Strategy, SyncRequest};
+use crate::verification::{CHECKSUM_MISMATCH, VerificationRecord, VerificationState};
+
+/// How many times a write that lost a compare-and-set race is retried before giving up.
+const CAS_ATTEMPTS: usize = 8;
+
+/// What consuming an event did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConsumeOutcome {
+    /// The record was marked pending and synced (with this result).
+    Synced(SyncOutcome),
+    /// The record is outside this secondary's selective sync; nothing was copied (and a copy
+    /// that was there is removed).
+    OutOfScope,
+    /// The secondary already holds this generation or a newer one; the event is stale.
+    AlreadyCurrent,
+    /// The local copy and the registry row were removed.
+    Removed,
+    /// The primary's checksum changed: the verified copy goes back to verification pending.
+    VerificationReset,
+    /// Nothing to do (no registry row to update).
+    Ignored,
+}
+
+/// What a sync attempt did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SyncOutcome {
+    /// The copy is complete and the registry row is synced.
+    Synced {
+        /// The primary's generation of the record that was copied.
+        generation: i64,
+    },
+    /// The copy failed; the row is failed with a retry time.
+    Failed(SyncFailure),
+    /// The record changed while it was being copied (the row was marked pending meanwhile);
+    /// the row stays pending and will be synced again.
+    ChangedDuringSync,
+    /// The record is outside this secondary's selective sync; its row and copy were removed.
+    OutOfScope,
+}
+
+/// What a verification did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VerifyOutcome {
+    /// The checksum was computed (primary) or matched the primary's (secondary).
+    Succeeded {
+        /// The checksum.
+        checksum: String,
+    },
+    /// Computing the checksum failed; retried later.
+    Failed {
+        /// Why.
+        reason: String,
+    },
+    /// The secondary's copy differs from the primary; the row is failed so it is synced again.
+    Mismatch {
+        /// The primary's checksum.
+        primary: String,
+        /// The local checksum.
+        local: String,
+    },
+    /// The primary has not computed its checksum yet; nothing to compare with.
+    WaitingForPrimary,
+    /// The record is not synced on this secondary; nothing to verify.
+    NotSynced,
+    /// The record changed while it was being verified; it will be verified again.
+    ChangedDuringVerification,
+    /// The strategy does not verify.
+    Disabled,
+}
+
+/// The replicator of one record on one site.
+///
+/// ```ignore
+/// let replicator = package_file.replicator(&primary);
+/// assert_eq!(replicator.model_record().id, package_file.id);
+/// replicator.publish_created_event().await?;
+/// ```
+pub struct Replicator<'a, M: Replicable> {
+    record: &'a M,
+    target: ReplicationTarget<'a, M>,
+}
+
+impl<M: Replicable> std::fmt::Debug for Replicator<'_, M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replicator")
+            .field("replicable", &M::REPLICABLE_NAME)
+            .field("id", &self.target.id)
+            .field("site", &self.target.site.name())
+            .finish()
+    }
+}
+
+impl<'a, M: Replicable> Replicator<'a, M> {
+    /// The replicator of `record` on `site`.
+    pub fn new(site: &'a Site, record: &'a M) -> Self {
+        Self {
+            record,
+            target: ReplicationTarget::new(site, record.replicable_id()),
+        }
+    }
+
+    /// The record this replicator replicates.
+    pub fn model_record(&self) -> &M {
+        self.record
+    }
+
+    /// The site this replicator works on.
+    pub fn site(&self) -> &Site {
+        self.target.site
+    }
+
+    /// The id-only operations (they work after the record is gone, too).
+    pub fn target(&self) -> &ReplicationTarget<'a, M> {
+        &self.target
+    }
+
+    /// Publishes `created` on the primary: call it after the record's write committed. On a
+    /// secondary nothing is written and `Ok(None)` is returned.
+    pub async fn publish_created_event(&self) -> Result<Option<EventId>, ReplicatorError> {
+        self.publish(EventKind::Created).await
+    }
+
+    /// Publishes `updated` on the primary (mutable data types only).
+    pub async fn publish_updated_event(&self) -> Result<Option<EventId>, ReplicatorError> {
+        self.publish(EventKind::Updated).await
+    }
+
+    /// Publishes `deleted` on the primary: the event carries the resource's location so that
+    /// secondaries can remove their copy after the record is gone.
+    pub async fn publish_deleted_event(&self) -> Result<Option<EventId>, ReplicatorError> {
+        self.publish(EventKind::Deleted).await
+    }
+
+    async fn publish(&self, kind: EventKind) -> Result<Option<EventId>, ReplicatorError> {
+        let target = &self.target;
+        target.ensure_supported(kind)?;
+        if !target.site.is_primary() {
+            debug!(replicable = M::REPLICABLE_NAME, id = target.id, %kind, "not publishing on a secondary");
+            return Ok(None);
+        }
+        let (name, id, site) = (M::REPLICABLE_NAME, target.id, target.site);
+        let resource = self.record.resource();
+        let mut payload = EventPayload {
+            model_id: id,
+            resource,
+            generation: None,
+            record: None,
+            checksum: None,
+        };
+        match kind {
+            EventKind::Created | EventKind::Updated => {
+                let body = serde_json::to_value(self.record).map_err(|e| ReplicatorError::Decode {
+                    replicable: name,
+                    id,
+                    reason: format!("record does not serialize: {e}"),
+                })?;
+                let generation = site
+                    .records()
+                    .upsert(name, id, &body)
+                    .await
+                    .map_err(|e| target.store_error(e))?;
+                if M::Strategy::VERIFIABLE {
+                    site.verification_store()
+                        .mark_pending(name, id)
+                        .await
+                        .map_err(|e| target.store_error(e))?;
+                }
+                payload.generation = Some(generation);
+                payload.record = Some(body);
+            }
+            EventKind::Deleted => {
+                site.records()
+                    .delete(name, id)
+                    .await
+                    .map_err(|e| target.store_error(e))?;
+                site.verification_store()
+                    .delete(name, id)
+                    .await
+                    .map_err(|e| target.store_error(e))?;
+            }
+            EventKind::ChecksumSucceeded => unreachable!("published by verification only"),
+        }
+        target.append(kind, payload).await.map(Some)
+    }
+
+    /// Consumes an event about this record (secondary). See [`ReplicationTarget::consume`].
+    pub async fn consume(&self, event: &Event) -> Result<ConsumeOutcome, ReplicatorError> {
+        self.target.consume(event).await
+    }
+
+    /// Syncs this record now (secondary). See [`ReplicationTarget::sync`].
+    pub async fn sync(&self) -> Result<SyncOutcome, ReplicatorError> {
+        self.target.sync().await
+    }
+
+    /// Begins a sync: the row is `started` until the attempt runs. See
+    /// [`ReplicationTarget::start_sync`].
+    pub async fn start_sync(&self) -> Result<SyncAttempt<'a, M>, ReplicatorError> {
+        self.target.start_sync().await
+    }
+
+    /// The checksum of the resource as this site holds it.
+    pub async fn calculate_checksum(&self) -> Result<String, ReplicatorError> {
+        let target = &self.target;
+        let stored = target.local_record().await?;
+        M::Strategy::default()
+            .checksum(target.site, &self.record.resource(), stored.as_ref())
+            .await
+            .map_err(|e| target.resource_error(e))
+    }
+
+    /// Verifies the record: on the primary, computes and stores its checksum; on a secondary,
+    /// compares the local checksum with the primary's.
+    pub async fn verify(&self) -> Result<VerifyOutcome, ReplicatorError> {
+        self.target.verify().await
+    }
+
+    /// The registry row of this record (secondary).
+    pub async fn registry(&self) -> Result<Option<M::Registry>, ReplicatorError> {
+        Ok(self.target.registry_record().await?.map(Into::into))
+    }
+
+    /// The verification row of this record (primary).
+    pub async fn verification_state(
+        &self,
+    ) -> Result<Option<M::VerificationState>, ReplicatorError> {
+        Ok(self.target.verification_record().await?.map(Into::into))
+    }
+}
+
+/// The operations on one record of replicable `M` on one site that need only its id: what the
+/// log cursor, workers and operator tools use.
+pub struct ReplicationTarget<'a, M: Replicable> {
+    site: &'a Site,
+    id: i64,
+    _model: PhantomData<fn() -> M>,
+}
+
+impl<M: Replicable> Clone for ReplicationTarget<'_, M> {
+    fn clone(&self) -> Self {
+        Self::new(self.site, self.id)
+    }
+}
+
+impl<'a, M: Replicable> ReplicationTarget<'a, M> {
+    /// The record `id` of `M` on `site`.
+    pub fn new(site: &'a Site, id: i64) -> Self {
+        Self {
+            site,
+            id,
+            _model: PhantomData,
+        }
+    }
+
+    /// The record's id.
+    pub fn id(&self) -> i64 {
+        self.id
+    }
+
+    fn store_error(&self, source: StoreError) -> ReplicatorError {
+        ReplicatorError::Store {
+            replicable: M::REPLICABLE_NAME,
+            id: self.id,
+            source,
+        }
+    }
+
+    fn link_error(&self, source: LinkError) -> ReplicatorError {
+        ReplicatorError::Link {
+            replicable: M::REPLICABLE_NAME,
+            id: self.id,
+            source,
+        }
+    }
+
+    fn resource_error(&self, source: ResourceError) -> ReplicatorError {
+        ReplicatorError::Resource {
+            replicable: M::REPLICABLE_NAME,
+            id: self.id,
+            source,
+        }
+    }
+
+    fn wrong_site(&self, operation: &'static str, needs: &'static str) -> ReplicatorError {
+        ReplicatorError::WrongSite {
+            operation,
+            replicable: M::REPLICABLE_NAME,
+            id: self.id,
+            needs,
+            site: self.site.name().to_owned(),
+        }
+    }
+
+    fn ensure_supported(&self, kind: EventKind) -> Result<(), ReplicatorError> {
+        if M::Strategy::supports(kind) {
+            Ok(())
+        } else {
+            Err(ReplicatorError::UnsupportedEvent {
+                replicable: M::REPLICABLE_NAME,
+                strategy: M::Strategy::NAME,
+                event: kind,
+            })
+        }
+    }
+
+    fn secondary_link(&self, operation: &'static str) -> Result<&'a dyn PrimaryLink, ReplicatorError> {
+        match self.site.primary_link() {
+            Some(link) if !self.site.is_primary() => Ok(link),
+            _ => Err(self.wrong_site(operation, "secondary")),
+        }
+    }
+
+    fn decode(&self, stored: &StoredRecord) -> Result<M, ReplicatorError> {
+        serde_json::from_value(stored.body.clone()).map_err(|e| ReplicatorError::Decode {
+            replicable: M::REPLICABLE_NAME,
+            id: self.id,
+            reason: e.to_string(),
+        })
+    }
+
+    async fn append(&self, kind: EventKind, payload: EventPayload) -> Result<EventId, ReplicatorError> {
+        let event = NewEvent {
+            replicable_name: M::REPLICABLE_NAME.to_owned(),
+            kind,
+            payload,
+        };
+        let ids = self
+            .site
+            .event_log()
+            .append(std::slice::from_ref(&event), self.site.now())
+            .await
+            .map_err(|e| self.store_error(e))?;
+        let id = ids.first().copied().ok_or_else(|| {
+            self.store_error(StoreError::Backend {
+                store: "event log".into(),
+                operation: "append",
+                reason: "no event id returned".into(),
+            })
+        })?;
+        debug!(replicable = M::REPLICABLE_NAME, id = self.id, %kind, event_id = id, "published");
+        Ok(id)
+    }
+
+    /// The record as this site stores it (the catalogue on the primary, the database
+    /// strategy's copy on a secondary).
+    async fn local_record(&self) -> Result<Option<StoredRecord>, ReplicatorError> {
+        self.site
+            .records()
+            .get(M::REPLICABLE_NAME, self.id)
+            .await
+            .map_err(|e| self.store_error(e))
+    }
+
+    /// The registry row (secondary).
+    pub async fn registry_record(&self) -> Result<Option<RegistryRecord>, ReplicatorError> {
+        self.site
+            .registry_store()
+            .get(M::REPLICABLE_NAME, self.id)
+            .await
+            .map_err(|e| self.store_error(e))
+    }
+
+    /// The verification row (primary).
+    pub async fn verification_record(&self) -> Result<Option<VerificationRecord>, ReplicatorError> {
+        self.site
+            .verification_store()
+            .get(M::REPLICABLE_NAME, self.id)
+            .await
+            .map_err(|e| self.store_error(e))
+    }
+
+    /// Marks the registry row pending (creating it if needed), as a `created` / `updated` event
+    /// does.
+    pub async fn mark_pending(&self) -> Result<RegistryRecord, ReplicatorError> {
+        self.site
+            .registry_store()
+            .mark_pending(M::REPLICABLE_NAME, self.id, self.site.now())
+            .await
+            .map_err(|e| self.store_error(e))
+    }
+
+    /// Consumes an event about this record on a secondary.
+    ///
+    /// - `created` / `updated`: out-of-scope records are skipped (and a copy that was there is
+    ///   removed), stale generations are ignored, otherwise the row is marked pending and synced;
+    /// - `deleted`: the local copy and the registry row are removed, whether or not the record
+    ///   still exists anywhere;
+    /// - `checksum_succeeded`: a verified copy goes back to verification pending.
+    pub async fn consume(&self, event: &Event) -> Result<ConsumeOutcome, ReplicatorError> {
+        if event.replicable_name != M::REPLICABLE_NAME || event.payload.model_id != self.id {
+            return Err(ReplicatorError::WrongEvent {
+                event_id: event.id,
+                event_replicable: event.replicable_name.clone(),
+                event_id_of: event.payload.model_id,
+                replicable: M::REPLICABLE_NAME,
+                id: self.id,
+            });
+        }
+        self.ensure_supported(event.kind)?;
+        self.secondary_link("consume")?;
+        let span = info_span!("consume", replicable = M::REPLICABLE_NAME, id = self.id, event_id = event.id, kind = %event.kind);
+        async {
+            match event.kind {
+                EventKind::Created | EventKind::Updated => self.consume_change(&event.payload).await,
+                EventKind::Deleted => {
+                    self.remove_local(&event.payload.resource).await?;
+                    Ok(ConsumeOutcome::Removed)
+                }
+                EventKind::ChecksumSucceeded => self.consume_checksum_succeeded().await,
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn consume_change(&self, payload: &EventPayload) -> Result<ConsumeOutcome, ReplicatorError> {
+        let name = M::REPLICABLE_NAME;
+        if let Some(body) = &payload.record
+            && !self.site.selective_sync().includes(name, body)
+        {
+            self.remove_if_registered(&payload.resource).await?;
+            return Ok(ConsumeOutcome::OutOfScope);
+        }
+        let existing = self.registry_record().await?;
+        if let (Some(row), Some(generation)) = (&existing, payload.generation)
+            && row.synced_generation.is_some_and(|held| held >= generation)
+            && row.state == SyncState::Synced
+        {
+            debug!(name, id = self.id, generation, "stale event: a newer generation is held");
+            return Ok(ConsumeOutcome::AlreadyCurrent);
+        }
+        self.mark_pending().await?;
+        Ok(ConsumeOutcome::Synced(self.sync().await?))
+    }
+
+    async fn consume_checksum_succeeded(&self) -> Result<ConsumeOutcome, ReplicatorError> {
+        for _ in 0..CAS_ATTEMPTS {
+            let Some(mut row) = self.registry_record().await? else {
+                return Ok(ConsumeOutcome::Ignored);
+            };
+            if row.verification.verification_state != VerificationState::Succeeded {
+                return Ok(ConsumeOutcome::Ignored);
+            }
+            row.verification.mark_pending();
+            if self.update_registry(&row).await? {
+                return Ok(ConsumeOutcome::VerificationReset);
+            }
+        }
+        Err(self.contention())
+    }
+
+    fn contention(&self) -> ReplicatorError {
+        self.store_error(StoreError::Backend {
+            store: "registry".into(),
+            operation: "update",
+            reason: format!("row kept changing under {CAS_ATTEMPTS} attempts"),
+        })
+    }
+
+    async fn update_registry(&self, row: &RegistryRecord) -> Result<bool, ReplicatorError> {
+        self.site
+            .registry_store()
+            .update(M::REPLICABLE_NAME, row)
+            .await
+            .map_err(|e| self.store_error(e))
+    }
+
+    async fn remove_local(&self, resource: &Resource) -> Result<(), ReplicatorError> {
+        M::Strategy::default()
+            .remove(self.site, resource)
+            .await
+            .map_err(|e| self.resource_error(e))?;
+        self.site
+            .records()
+            .delete(M::REPLICABLE_NAME, self.id)
+            .await
+            .map_err(|e| self.store_error(e))?;
+        self.site
+            .registry_store()
+            .delete(M::REPLICABLE_NAME, self.id)
+            .await
+            .map_err(|e| self.store_error(e))?;
+        Ok(())
+    }
+
+    /// Removes the local copy and registry row of a record that no longer exists on the primary
+    /// (or left the selective sync), using the copy of the record kept at sync time to find the
+    /// resource. Returns whether there was anything to remove.
+    pub async fn remove_orphan(&self) -> Result<bool, ReplicatorError> {
+        let resource = match self.local_record().await? {
+            Some(stored) => Some(self.decode(&stored)?.resource()),
+            None => None,
+        };
+        match resource {
+            Some(resource) => self.remove_local(&resource).await?,
+            None => {
+                self.site
+                    .registry_store()
+                    .delete(M::REPLICABLE_NAME, self.id)
+                    .await
+                    .map_err(|e| self.store_error(e))?;
+            }
+        }
+        Ok(true)
+    }
+
+    async fn remove_if_registered(&self, resource: &Resource) -> Result<(), ReplicatorError> {
+        if self.registry_record().await?.is_some() {
+            self.remove_local(resource).await?;
+        }
+        Ok(())
+    }
+
+    /// Syncs the record now: starts the row (creating it if needed), copies the resource and
+    /// completes the row. A row already `started` by another worker is an error.
+    pub async fn sync(&self) -> Result<SyncOutcome, ReplicatorError> {
+        self.start_sync().await?.run().await
+    }
+
+    /// Moves the registry row to `started` (creating it pending first if there is none) and
+    /// returns the attempt, to be [run](SyncAttempt::run).
+    pub async fn start_sync(&self) -> Result<SyncAttempt<'a, M>, ReplicatorError> {
+        self.secondary_link("sync")?;
+        let now = self.site.now();
+        for _ in 0..CAS_ATTEMPTS {
+            let mut row = match self.registry_record().await? {
+                Some(row) => row,
+                None => self.mark_pending().await?,
+            };
+            row.start(now).map_err(|source| ReplicatorError::Transition {
+                replicable: M::REPLICABLE_NAME,
+                id: self.id,
+                source,
+            })?;
+            if self.update_registry(&row).await? {
+                row.version += 1;
+                return Ok(SyncAttempt {
+                    target: self.clone(),
+                    row,
+                });
+            }
+        }
+        Err(self.contention())
+    }
+
+    /// Verifies the record: on the primary, computes and stores the checksum and publishes
+    /// `checksum_succeeded`; on a secondary, compares the local checksum with the primary's.
+    pub async fn verify(&self) -> Result<VerifyOutcome, ReplicatorError> {
+        if !M::Strategy::VERIFIABLE {
+            return Ok(VerifyOutcome::Disabled);
+        }
+        if self.site.is_primary() {
+            let row = match self.verification_record().await? {
+                Some(row) => row,
+                None => self
+                    .site
+                    .verification_store()
+                    .mark_pending(M::REPLICABLE_NAME, self.id)
+                    .await
+                    .map_err(|e| self.store_error(e))?,
+            };
+            let mut row = row;
+            row.verification
+                .start(self.site.now())
+                .map_err(|source| ReplicatorError::Transition {
+                    replicable: M::REPLICABLE_NAME,
+                    id: self.id,
+                    source,
+                })?;
+            if !self.update_verification(&row).await? {
+                return Ok(VerifyOutcome::ChangedDuringVerification);
+            }
+            row.version += 1;
+            self.verify_claimed_primary(row).await
+        } else {
+            let Some(mut row) = self.registry_record().await? else {
+                return Ok(VerifyOutcome::NotSynced);
+            };
+            if row.state != SyncState::Synced {
+                return Ok(VerifyOutcome::NotSynced);
+            }
+            row.verification
+                .start(self.site.now())
+                .map_err(|source| ReplicatorError::Transition {
+                    replicable: M::REPLICABLE_NAME,
+                    id: self.id,
+                    source,
+                })?;
+            if !self.update_registry(&row).await? {
+                return Ok(VerifyOutcome::ChangedDuringVerification);
+            }
+            row.version += 1;
+            self.verify_claimed_secondary(row).await
+        }
+    }
+
+    async fn update_verification(&self, row: &VerificationRecord) -> Result<bool, ReplicatorError> {
+        self.site
+            .verification_store()
+            .update(M::REPLICABLE_NAME, row)
+            .await
+            .map_err(|e| self.store_error(e))
+    }
+
+    /// Completes a verification row the caller moved to `started` (primary).
+    pub(crate) async fn verify_claimed_primary(
+        &self,
+        mut row: VerificationRecord,
+    ) -> Result<VerifyOutcome, ReplicatorError> {
+        let site = self.site;
+        let (policy, now) = (*site.retry_policy(), site.now());
+        let jitter = fastrand::u32(0..crate::retry::JITTER_RANGE);
+        let checksum = match self.local_record().await? {
+            None => Err(format!("{} {} is not in the primary's records", M::REPLICABLE_NAME, self.id)),
+            Some(stored) => {
+                let record = self.decode(&stored)?;
+                M::Strategy::default()
+                    .checksum(site, &record.resource(), Some(&stored))
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+        };
+        let outcome = match checksum {
+            Ok(checksum) => {
+                row.verification
+                    .succeed(checksum.clone(), now)
+                    .expect("row was started by the caller");
+                VerifyOutcome::Succeeded { checksum }
+            }
+            Err(reason) => {
+                row.verification
+                    .fail(&reason, now, &policy, jitter)
+                    .expect("row was started by the caller");
+                VerifyOutcome::Failed { reason }
+            }
+        };
+        if !self.update_verification(&row).await? {
+            return Ok(VerifyOutcome::ChangedDuringVerification);
+        }
+        if let VerifyOutcome::Succeeded { checksum } = &outcome {
+            let resource = match self.local_record().await? {
+                Some(stored) => self.decode(&stored)?.resource(),
+                None => return Ok(outcome),
+            };
+            self.append(
+                EventKind::ChecksumSucceeded,
+                EventPayload {
+                    model_id: self.id,
+                    resource,
+                    generation: None,
+                    record: None,
+                    checksum: Some(checksum.clone()),
+                },
+            )
+            .await?;
+        }
+        Ok(outcome)
+    }
+
+    /// Completes a registry row whose verification the caller moved to `started` (secondary).
+    pub(crate) async fn verify_claimed_secondary(
+        &self,
+        mut row: RegistryRecord,
+    ) -> Result<VerifyOutcome, ReplicatorError> {
+        let site = self.site;
+        let link = self.secondary_link("verify")?;
+        let (policy, now) = (*site.retry_policy(), site.now());
+        let jitter = fastrand::u32(0..crate::retry::JITTER_RANGE);
+        let name = M::REPLICABLE_NAME;
+        let primary_checksum = link
+            .verification(name, self.id)
+            .await
+            .map_err(|e| self.link_error(e))?
+            .and_then(|v| v.succeeded_checksum().map(str::to_owned));
+        let Some(primary_checksum) = primary_checksum else {
+            // Nothing to compare with yet: back to pending, untouched otherwise.
+            row.verification.mark_pending();
+            self.update_registry(&row).await?;
+            return Ok(VerifyOutcome::WaitingForPrimary);
+        };
+        let stored = link.record(name, self.id).await.map_err(|e| self.link_error(e))?;
+        let local = match &stored {
+            None => Err(format!("{name} {} no longer exists on the primary", self.id)),
+            Some(stored) => {
+                let record = self.decode(stored)?;
+                let local_copy = self.local_record().await?;
+                M::Strategy::default()
+                    .checksum(site, &record.resource(), local_copy.as_ref())
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+        };
+        let outcome = match local {
+            Ok(local) if local == primary_checksum => {
+                row.verification
+                    .succeed(local.clone(), now)
+                    .expect("row was started by the caller");
+                VerifyOutcome::Succeeded { checksum: local }
+            }
+            Ok(local) => {
+                row.verification
+                    .fail_mismatch(local.clone(), now, &policy, jitter)
+                    .expect("row was started by the caller");
+                let failure = SyncFailure::new(format!("Verification failed with: {CHECKSUM_MISMATCH}"));
+                row.mark_failed(&failure, now, &policy, jitter)
+                    .expect("a synced row can be failed");
+                warn!(name, id = self.id, primary = %primary_checksum, local = %local, "checksum mismatch: resyncing");
+                VerifyOutcome::Mismatch {
+                    primary: primary_checksum,
+                    local,
+                }
+            }
+            Err(reason) => {
+                row.verification
+                    .fail(&reason, now, &policy, jitter)
+                    .expect("row was started by the caller");
+                let failure = SyncFailure::new(format!("Verification failed with: {reason}"));
+                row.mark_failed(&failure, now, &policy, jitter)
+                    .expect("a synced row can be failed");
+                VerifyOutcome::Failed { reason }
+            }
+        };
+        if !self.update_registry(&row).await? {
+            return Ok(VerifyOutcome::ChangedDuringVerification);
+        }
+        Ok(outcome)
+    }
+}
+
+/// A sync whose registry row is `started`, ready to copy the resource.
+pub struct SyncAttempt<'a, M: Replicable> {
+    target: ReplicationTarget<'a, M>,
+    row: RegistryRecord,
+}
+
+impl<M: Replicable> std::fmt::Debug for SyncAttempt<'_, M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SyncAttempt")
+            .field("replicable", &M::REPLICABLE_NAME)
+            .field("row", &self.row)
+            .finish()
+    }
+}
+
+impl<'a, M: Replicable> SyncAttempt<'a, M> {
+    /// An attempt for a row the caller already moved to `started` (claimed by a worker).
+    pub fn claimed(site: &'a Site, row: RegistryRecord) -> Self {
+        Self {
+            target: ReplicationTarget::new(site, row.model_id),
+            row,
+        }
+    }
+
+    /// The row as it was when the attempt started.
+    pub fn row(&self) -> &RegistryRecord {
+        &self.row
+    }
+
+    /// Copies the resource and completes the row: synced if it is still the row this attempt
+    /// started, failed with a retry time if the copy failed.
+    pub async fn run(self) -> Result<SyncOutcome, ReplicatorError> {
+        let span = info_span!("sync", replicable = M::REPLICABLE_NAME, id = self.target.id);
+        self.run_inner().instrument(span).await
+    }
+
+    async fn run_inner(mut self) -> Result<SyncOutcome, ReplicatorError> {
+        let target = &self.target;
+        let site = target.site;
+        let name = M::REPLICABLE_NAME;
+        let link = target.secondary_link("sync")?;
+        let copied = match link.record(name, target.id).await {
+            Ok(Some(stored)) => {
+                let record = target.decode(&stored)?;
+                if !site.selective_sync().includes(name, &stored.body) {
+                    target.remove_local(&record.resource()).await?;
+                    return Ok(SyncOutcome::OutOfScope);
+                }
+                match self.copy(link, &record, &stored).await {
+                    Ok(()) => {
+                        // Keep the record as copied: it names the resource to remove if the
+                        // record later disappears without a `deleted` event.
+                        site.records()
+                            .put_if_newer(name, &stored)
+                            .await
+                            .map_err(|e| target.store_error(e))?;
+                        Ok(stored.generation)
+                    }
+                    Err(failure) => Err(failure),
+                }
+            }
+            Ok(None) => Err(SyncFailure::missing_on_primary(format!(
+                "{name} {} does not exist on the primary",
+                target.id
+            ))),
+            Err(e) => Err(SyncFailure::new(e.to_string())),
+        };
+        let (policy, now) = (*site.retry_policy(), site.now());
+        let outcome = match copied {
+            Ok(generation) => {
+                self.row
+                    .mark_synced(Some(generation))
+                    .expect("attempt rows are started");
+                SyncOutcome::Synced { generation }
+            }
+            Err(failure) => {
+                let jitter = fastrand::u32(0..crate::retry::JITTER_RANGE);
+                self.row
+                    .mark_failed(&failure, now, &policy, jitter)
+                    .expect("attempt rows are started");
+                warn!(name, id = target.id, failure = %failure.message, "sync failed");
+                SyncOutcome::Failed(failure)
+            }
+        };
+        if target.update_registry(&self.row).await? {
+            Ok(outcome)
+        } else {
+            debug!(name, id = target.id, "record changed during sync; it stays pending");
+            Ok(SyncOutcome::ChangedDuringSync)
+        }
+    }
+
+    async fn copy(
+        &self,
+        link: &dyn PrimaryLink,
+        record: &M,
+        stored: &StoredRecord,
+    ) -> Result<(), SyncFailure> {
+        let target = &self.target;
+        let primary_checksum = if M::Strategy::VERIFIABLE {
+            link.verification(M::REPLICABLE_NAME, target.id)
+                .await
+                .map_err(|e| SyncFailure::new(e.to_string()))?
+                .and_then(|v| v.succeeded_checksum().map(str::to_owned))
+        } else {
+            None
+        };
+        let resource = record.resource();
+        M::Strategy::default()
+            .sync(SyncRequest {
+                site: target.site,
+                primary: link,
+                replicable_name: M::REPLICABLE_NAME,
+                model_id: target.id,
+                resource: &resource,
+                record: stored,
+                primary_checksum: primary_checksum.as_deref(),
+            })
+            .await
+    }
+}

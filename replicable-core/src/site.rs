@@ -1,0 +1,300 @@
+//! Sites: the primary, where records are written, and secondaries, which replicate it.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use object_store::ObjectStore;
+use object_store::memory::InMemory;
+
+use crate::clock::{Clock, SystemClock};
+use crate::primary_link::PrimaryLink;
+use crate::retry::RetryPolicy;
+use crate::selective_sync::SelectiveSync;
+use crate::storage::memory::MemoryStore;
+use crate::storage::{EventLog, RecordStore, RegistryStore, VerificationStore};
+
+/// Whether a site is the primary or a secondary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SiteRole {
+    /// Records are written here and events are published here.
+    Primary,
+    /// Replicates the primary.
+    Secondary,
+}
+
+impl SiteRole {
+    /// The lower-case name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Primary => "primary",
+            Self::Secondary => "secondary",
+        }
+    }
+}
+
+/// How long work may stay `started` before it is taken for dead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// A sync stuck in `started` longer than this is failed (default 8 hours).
+    pub sync: Duration,
+    /// A verification stuck in `started` longer than this is failed (default 8 hours).
+    pub verification: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            sync: Duration::from_secs(8 * 3600),
+            verification: Duration::from_secs(8 * 3600),
+        }
+    }
+}
+
+struct Inner {
+    name: String,
+    role: SiteRole,
+    event_log: Arc<dyn EventLog>,
+    records: Arc<dyn RecordStore>,
+    verification: Arc<dyn VerificationStore>,
+    registry: Arc<dyn RegistryStore>,
+    blobs: Arc<dyn ObjectStore>,
+    repository_root: Option<PathBuf>,
+    primary: Option<Arc<dyn PrimaryLink>>,
+    selective_sync: SelectiveSync,
+    clock: Arc<dyn Clock>,
+    retry: RetryPolicy,
+    timeouts: Timeouts,
+}
+
+/// A site and its stores. Cheap to clone: clones share everything.
+#[derive(Clone)]
+pub struct Site {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Site {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Site")
+            .field("name", &self.inner.name)
+            .field("role", &self.inner.role)
+            .field("blobs", &self.inner.blobs.to_string())
+            .field("repository_root", &self.inner.repository_root)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Site {
+    /// Starts building the primary site.
+    pub fn primary(name: impl Into<String>) -> SiteBuilder {
+        SiteBuilder::new(name.into(), SiteRole::Primary, None)
+    }
+
+    /// Starts building a secondary site that reads its primary through `primary`.
+    pub fn secondary(name: impl Into<String>, primary: Arc<dyn PrimaryLink>) -> SiteBuilder {
+        SiteBuilder::new(name.into(), SiteRole::Secondary, Some(primary))
+    }
+
+    /// The site's name.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// Primary or secondary.
+    pub fn role(&self) -> SiteRole {
+        self.inner.role
+    }
+
+    /// Whether this is the primary.
+    pub fn is_primary(&self) -> bool {
+        self.inner.role == SiteRole::Primary
+    }
+
+    /// The event log (written on the primary).
+    pub fn event_log(&self) -> &dyn EventLog {
+        &*self.inner.event_log
+    }
+
+    /// The record store (the primary's catalogue; the database strategy's copies on a
+    /// secondary).
+    pub fn records(&self) -> &dyn RecordStore {
+        &*self.inner.records
+    }
+
+    /// The primary's verification rows.
+    pub fn verification_store(&self) -> &dyn VerificationStore {
+        &*self.inner.verification
+    }
+
+    /// The secondary's tracking database.
+    pub fn registry_store(&self) -> &dyn RegistryStore {
+        &*self.inner.registry
+    }
+
+    /// The object store holding this site's blobs.
+    pub fn blob_store(&self) -> &Arc<dyn ObjectStore> {
+        &self.inner.blobs
+    }
+
+    /// The directory holding this site's git repositories, if it has one.
+    pub fn repository_root(&self) -> Option<&Path> {
+        self.inner.repository_root.as_deref()
+    }
+
+    /// How a secondary reads its primary (`None` on the primary).
+    pub fn primary_link(&self) -> Option<&dyn PrimaryLink> {
+        self.inner.primary.as_deref()
+    }
+
+    /// Which records this site replicates.
+    pub fn selective_sync(&self) -> &SelectiveSync {
+        &self.inner.selective_sync
+    }
+
+    /// The current time by the site's clock.
+    pub fn now(&self) -> DateTime<Utc> {
+        self.inner.clock.now()
+    }
+
+    /// The retry schedule.
+    pub fn retry_policy(&self) -> &RetryPolicy {
+        &self.inner.retry
+    }
+
+    /// The stuck-work timeouts.
+    pub fn timeouts(&self) -> &Timeouts {
+        &self.inner.timeouts
+    }
+}
+
+/// Builds a [`Site`]. Every store defaults to an in-memory one.
+pub struct SiteBuilder {
+    name: String,
+    role: SiteRole,
+    primary: Option<Arc<dyn PrimaryLink>>,
+    event_log: Option<Arc<dyn EventLog>>,
+    records: Option<Arc<dyn RecordStore>>,
+    verification: Option<Arc<dyn VerificationStore>>,
+    registry: Option<Arc<dyn RegistryStore>>,
+    blobs: Option<Arc<dyn ObjectStore>>,
+    repository_root: Option<PathBuf>,
+    selective_sync: SelectiveSync,
+    clock: Arc<dyn Clock>,
+    retry: RetryPolicy,
+    timeouts: Timeouts,
+}
+
+impl SiteBuilder {
+    fn new(name: String, role: SiteRole, primary: Option<Arc<dyn PrimaryLink>>) -> Self {
+        Self {
+            name,
+            role,
+            primary,
+            event_log: None,
+            records: None,
+            verification: None,
+            registry: None,
+            blobs: None,
+            repository_root: None,
+            selective_sync: SelectiveSync::all(),
+            clock: Arc::new(SystemClock),
+            retry: RetryPolicy::default(),
+            timeouts: Timeouts::default(),
+        }
+    }
+
+    /// Uses one value for every database role (event log, records, verification, registry).
+    pub fn database<D>(mut self, database: Arc<D>) -> Self
+    where
+        D: EventLog + RecordStore + VerificationStore + RegistryStore + 'static,
+    {
+        self.event_log = Some(database.clone());
+        self.records = Some(database.clone());
+        self.verification = Some(database.clone());
+        self.registry = Some(database);
+        self
+    }
+
+    /// The event log.
+    pub fn event_log(mut self, store: Arc<dyn EventLog>) -> Self {
+        self.event_log = Some(store);
+        self
+    }
+
+    /// The record store.
+    pub fn records(mut self, store: Arc<dyn RecordStore>) -> Self {
+        self.records = Some(store);
+        self
+    }
+
+    /// The verification store.
+    pub fn verification_store(mut self, store: Arc<dyn VerificationStore>) -> Self {
+        self.verification = Some(store);
+        self
+    }
+
+    /// The registry store.
+    pub fn registry_store(mut self, store: Arc<dyn RegistryStore>) -> Self {
+        self.registry = Some(store);
+        self
+    }
+
+    /// The object store for blobs.
+    pub fn blob_store(mut self, store: Arc<dyn ObjectStore>) -> Self {
+        self.blobs = Some(store);
+        self
+    }
+
+    /// The directory of git repositories.
+    pub fn repository_root(mut self, root: impl Into<PathBuf>) -> Self {
+        self.repository_root = Some(root.into());
+        self
+    }
+
+    /// Which records to replicate (secondaries).
+    pub fn selective_sync(mut self, scope: SelectiveSync) -> Self {
+        self.selective_sync = scope;
+        self
+    }
+
+    /// The clock.
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The retry schedule.
+    pub fn retry_policy(mut self, policy: RetryPolicy) -> Self {
+        self.retry = policy;
+        self
+    }
+
+    /// The stuck-work timeouts.
+    pub fn timeouts(mut self, timeouts: Timeouts) -> Self {
+        self.timeouts = timeouts;
+        self
+    }
+
+    /// Builds the site.
+    pub fn build(self) -> Site {
+        let memory = Arc::new(MemoryStore::new());
+        Site {
+            inner: Arc::new(Inner {
+                name: self.name,
+                role: self.role,
+                event_log: self.event_log.unwrap_or_else(|| memory.clone()),
+                records: self.records.unwrap_or_else(|| memory.clone()),
+                verification: self.verification.unwrap_or_else(|| memory.clone()),
+                registry: self.registry.unwrap_or(memory),
+                blobs: self.blobs.unwrap_or_else(|| Arc::new(InMemory::new())),
+                repository_root: self.repository_root,
+                primary: self.primary,
+                selective_sync: self.selective_sync,
+                clock: self.clock,
+                retry: self.retry,
+                timeouts: self.timeouts,
+            }),
+        }
+    }
+}

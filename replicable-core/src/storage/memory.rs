@@ -1,0 +1,444 @@
+//! The in-memory backend of every storage role: for unit tests and examples. Nothing survives
+//! the process.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::sync::{Mutex, MutexGuard};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use super::{
+    EventLog, RecordStore, RegistryCounts, RegistryStore, StoredRecord, VerificationCounts,
+    VerificationStore,
+};
+use crate::error::StoreError;
+use crate::event::{EventId, NewEvent, SkippedEvent, StoredEvent};
+use crate::registry::{RegistryRecord, SyncState};
+use crate::verification::{VerificationRecord, VerificationState};
+
+type Key = (String, i64);
+
+#[derive(Debug, Default)]
+struct State {
+    events: Vec<StoredEvent>,
+    records: BTreeMap<Key, StoredRecord>,
+    verification: BTreeMap<Key, VerificationRecord>,
+    registry: BTreeMap<Key, RegistryRecord>,
+    cursor: EventId,
+    skipped: Vec<SkippedEvent>,
+}
+
+/// All storage roles in one process-local value.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    state: Mutex<State>,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn key(name: &str, id: i64) -> Key {
+    (name.to_owned(), id)
+}
+
+fn of_name<'a, V>(
+    map: &'a BTreeMap<Key, V>,
+    name: &'a str,
+) -> impl Iterator<Item = (&'a Key, &'a V)> + 'a {
+    map.range(key(name, i64::MIN)..=key(name, i64::MAX))
+}
+
+fn ids_in<V>(map: &BTreeMap<Key, V>, name: &str, range: Range<i64>, limit: usize) -> Vec<i64> {
+    if range.is_empty() {
+        return Vec::new();
+    }
+    map.range(key(name, range.start)..key(name, range.end))
+        .map(|((_, id), _)| *id)
+        .take(limit)
+        .collect()
+}
+
+#[async_trait]
+impl EventLog for MemoryStore {
+    async fn append(
+        &self,
+        events: &[NewEvent],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<EventId>, StoreError> {
+        let mut state = self.lock();
+        let mut ids = Vec::with_capacity(events.len());
+        for event in events {
+            let id = state.events.last().map_or(1, |e| e.id + 1);
+            state.events.push(StoredEvent {
+                id,
+                replicable_name: event.replicable_name.clone(),
+                event_name: event.kind.name().to_owned(),
+                payload: event.payload_json(),
+                created_at: now,
+            });
+            ids.push(id);
+        }
+        Ok(ids)
+    }
+
+    async fn read_after(
+        &self,
+        after: EventId,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let state = self.lock();
+        let start = state.events.partition_point(|e| e.id <= after);
+        Ok(state.events[start..].iter().take(limit).cloned().collect())
+    }
+
+    async fn last_event_id(&self) -> Result<Option<EventId>, StoreError> {
+        Ok(self.lock().events.last().map(|e| e.id))
+    }
+}
+
+#[async_trait]
+impl RecordStore for MemoryStore {
+    async fn upsert(
+        &self,
+        name: &str,
+        model_id: i64,
+        body: &serde_json::Value,
+    ) -> Result<i64, StoreError> {
+        let mut state = self.lock();
+        let entry = state
+            .records
+            .entry(key(name, model_id))
+            .or_insert_with(|| StoredRecord {
+                model_id,
+                generation: 0,
+                body: serde_json::Value::Null,
+            });
+        entry.generation += 1;
+        entry.body = body.clone();
+        Ok(entry.generation)
+    }
+
+    async fn put_if_newer(&self, name: &str, record: &StoredRecord) -> Result<bool, StoreError> {
+        let mut state = self.lock();
+        let k = key(name, record.model_id);
+        match state.records.get(&k) {
+            Some(existing) if existing.generation >= record.generation => Ok(false),
+            _ => {
+                state.records.insert(k, record.clone());
+                Ok(true)
+            }
+        }
+    }
+
+    async fn get(&self, name: &str, model_id: i64) -> Result<Option<StoredRecord>, StoreError> {
+        Ok(self.lock().records.get(&key(name, model_id)).cloned())
+    }
+
+    async fn delete(&self, name: &str, model_id: i64) -> Result<bool, StoreError> {
+        Ok(self.lock().records.remove(&key(name, model_id)).is_some())
+    }
+
+    async fn ids(
+        &self,
+        name: &str,
+        range: Range<i64>,
+        limit: usize,
+    ) -> Result<Vec<i64>, StoreError> {
+        Ok(ids_in(&self.lock().records, name, range, limit))
+    }
+
+    async fn count(&self, name: &str) -> Result<u64, StoreError> {
+        Ok(of_name(&self.lock().records, name).count() as u64)
+    }
+}
+
+#[async_trait]
+impl VerificationStore for MemoryStore {
+    async fn get(
+        &self,
+        name: &str,
+        model_id: i64,
+    ) -> Result<Option<VerificationRecord>, StoreError> {
+        Ok(self.lock().verification.get(&key(name, model_id)).cloned())
+    }
+
+    async fn mark_pending(
+        &self,
+        name: &str,
+        model_id: i64,
+    ) -> Result<VerificationRecord, StoreError> {
+        let mut state = self.lock();
+        let row = state
+            .verification
+            .entry(key(name, model_id))
+            .and_modify(|row| {
+                row.verification.mark_pending();
+                row.version += 1;
+            })
+            .or_insert_with(|| VerificationRecord::new(model_id));
+        Ok(row.clone())
+    }
+
+    async fn update(&self, name: &str, row: &VerificationRecord) -> Result<bool, StoreError> {
+        let mut state = self.lock();
+        match state.verification.get_mut(&key(name, row.model_id)) {
+            Some(stored) if stored.version == row.version => {
+                *stored = row.clone();
+                stored.version += 1;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn claim(
+        &self,
+        name: &str,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<VerificationRecord>, StoreError> {
+        let mut state = self.lock();
+        let mut due: Vec<(Option<DateTime<Utc>>, i64)> = of_name(&state.verification, name)
+            .filter(|(_, row)| row.verification.is_due(now))
+            .map(|((_, id), row)| (row.verification.verification_retry_at, *id))
+            .collect();
+        due.sort();
+        let mut claimed = Vec::new();
+        for (_, id) in due.into_iter().take(limit) {
+            let row = state
+                .verification
+                .get_mut(&key(name, id))
+                .expect("row listed above");
+            if row.verification.start(now).is_ok() {
+                row.version += 1;
+                claimed.push(row.clone());
+            }
+        }
+        Ok(claimed)
+    }
+
+    async fn started_before(
+        &self,
+        name: &str,
+        cutoff: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<VerificationRecord>, StoreError> {
+        Ok(of_name(&self.lock().verification, name)
+            .map(|(_, row)| row)
+            .filter(|row| {
+                row.verification.verification_state == VerificationState::Started
+                    && row
+                        .verification
+                        .verification_started_at
+                        .is_none_or(|at| at < cutoff)
+            })
+            .take(limit)
+            .cloned()
+            .collect())
+    }
+
+    async fn delete(&self, name: &str, model_id: i64) -> Result<bool, StoreError> {
+        Ok(self.lock().verification.remove(&key(name, model_id)).is_some())
+    }
+
+    async fn counts(&self, name: &str) -> Result<VerificationCounts, StoreError> {
+        let state = self.lock();
+        let mut counts = VerificationCounts::default();
+        for (_, row) in of_name(&state.verification, name) {
+            counts.total += 1;
+            match row.verification.verification_state {
+                VerificationState::Succeeded => counts.succeeded += 1,
+                VerificationState::Failed => counts.failed += 1,
+                _ => {}
+            }
+        }
+        Ok(counts)
+    }
+}
+
+#[async_trait]
+impl RegistryStore for MemoryStore {
+    async fn get(&self, name: &str, model_id: i64) -> Result<Option<RegistryRecord>, StoreError> {
+        Ok(self.lock().registry.get(&key(name, model_id)).cloned())
+    }
+
+    async fn mark_pending(
+        &self,
+        name: &str,
+        model_id: i64,
+        now: DateTime<Utc>,
+    ) -> Result<RegistryRecord, StoreError> {
+        let mut state = self.lock();
+        let row = state
+            .registry
+            .entry(key(name, model_id))
+            .and_modify(|row| {
+                row.mark_pending();
+                row.version += 1;
+            })
+            .or_insert_with(|| RegistryRecord::new_pending(model_id, now));
+        Ok(row.clone())
+    }
+
+    async fn insert_pending(
+        &self,
+        name: &str,
+        model_ids: &[i64],
+        now: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        let mut state = self.lock();
+        let mut inserted = 0;
+        for &id in model_ids {
+            if let std::collections::btree_map::Entry::Vacant(slot) =
+                state.registry.entry(key(name, id))
+            {
+                slot.insert(RegistryRecord::new_pending(id, now));
+                inserted += 1;
+            }
+        }
+        Ok(inserted)
+    }
+
+    async fn update(&self, name: &str, row: &RegistryRecord) -> Result<bool, StoreError> {
+        let mut state = self.lock();
+        match state.registry.get_mut(&key(name, row.model_id)) {
+            Some(stored) if stored.version == row.version => {
+                *stored = row.clone();
+                stored.version += 1;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn claim_for_sync(
+        &self,
+        name: &str,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<RegistryRecord>, StoreError> {
+        let mut state = self.lock();
+        let mut due: Vec<_> = of_name(&state.registry, name)
+            .filter(|(_, row)| row.is_due(now))
+            .map(|(_, row)| row.schedule_key())
+            .collect();
+        due.sort();
+        let mut claimed = Vec::new();
+        for (_, _, id) in due.into_iter().take(limit) {
+            let row = state.registry.get_mut(&key(name, id)).expect("row listed above");
+            if row.start(now).is_ok() {
+                row.version += 1;
+                claimed.push(row.clone());
+            }
+        }
+        Ok(claimed)
+    }
+
+    async fn claim_for_verification(
+        &self,
+        name: &str,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<RegistryRecord>, StoreError> {
+        let mut state = self.lock();
+        let mut due: Vec<(Option<DateTime<Utc>>, i64)> = of_name(&state.registry, name)
+            .filter(|(_, row)| row.state == SyncState::Synced && row.verification.is_due(now))
+            .map(|((_, id), row)| (row.verification.verification_retry_at, *id))
+            .collect();
+        due.sort();
+        let mut claimed = Vec::new();
+        for (_, id) in due.into_iter().take(limit) {
+            let row = state.registry.get_mut(&key(name, id)).expect("row listed above");
+            if row.verification.start(now).is_ok() {
+                row.version += 1;
+                claimed.push(row.clone());
+            }
+        }
+        Ok(claimed)
+    }
+
+    async fn started_before(
+        &self,
+        name: &str,
+        cutoff: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<RegistryRecord>, StoreError> {
+        Ok(of_name(&self.lock().registry, name)
+            .map(|(_, row)| row)
+            .filter(|row| {
+                row.state == SyncState::Started && row.last_synced_at.is_none_or(|at| at < cutoff)
+            })
+            .take(limit)
+            .cloned()
+            .collect())
+    }
+
+    async fn delete(&self, name: &str, model_id: i64) -> Result<bool, StoreError> {
+        Ok(self.lock().registry.remove(&key(name, model_id)).is_some())
+    }
+
+    async fn ids(
+        &self,
+        name: &str,
+        range: Range<i64>,
+        limit: usize,
+    ) -> Result<Vec<i64>, StoreError> {
+        Ok(ids_in(&self.lock().registry, name, range, limit))
+    }
+
+    async fn counts(&self, name: &str) -> Result<RegistryCounts, StoreError> {
+        let state = self.lock();
+        let mut counts = RegistryCounts::default();
+        for (_, row) in of_name(&state.registry, name) {
+            counts.registry += 1;
+            match row.state {
+                SyncState::Pending => counts.pending += 1,
+                SyncState::Started => counts.started += 1,
+                SyncState::Synced => counts.synced += 1,
+                SyncState::Failed => counts.failed += 1,
+            }
+            let v = &row.verification;
+            if row.state == SyncState::Synced
+                && v.verification_state != VerificationState::Disabled
+            {
+                counts.verification_total += 1;
+            }
+            match v.verification_state {
+                VerificationState::Succeeded => counts.verified += 1,
+                VerificationState::Failed => counts.verification_failed += 1,
+                _ => {}
+            }
+            if v.checksum_mismatch {
+                counts.checksum_mismatch += 1;
+            }
+        }
+        Ok(counts)
+    }
+
+    async fn cursor(&self) -> Result<EventId, StoreError> {
+        Ok(self.lock().cursor)
+    }
+
+    async fn save_cursor(&self, event_id: EventId) -> Result<(), StoreError> {
+        self.lock().cursor = event_id;
+        Ok(())
+    }
+
+    async fn record_skipped_event(&self, event: &SkippedEvent) -> Result<(), StoreError> {
+        self.lock().skipped.push(event.clone());
+        Ok(())
+    }
+
+    async fn skipped_events(&self, limit: usize) -> Result<Vec<SkippedEvent>, StoreError> {
+        Ok(self.lock().skipped.iter().take(limit).cloned().collect())
+    }
+}

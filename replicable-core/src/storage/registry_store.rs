@@ -1,0 +1,111 @@
+//! A secondary's tracking database.
+
+use std::ops::Range;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::error::StoreError;
+use crate::event::{EventId, SkippedEvent};
+use crate::registry::RegistryRecord;
+
+/// Registry counts of one replicable on a secondary.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegistryCounts {
+    /// Rows.
+    pub registry: u64,
+    /// Rows pending.
+    pub pending: u64,
+    /// Rows started.
+    pub started: u64,
+    /// Rows synced.
+    pub synced: u64,
+    /// Rows failed.
+    pub failed: u64,
+    /// Synced rows whose verification is not disabled.
+    pub verification_total: u64,
+    /// Rows whose verification succeeded.
+    pub verified: u64,
+    /// Rows whose verification failed.
+    pub verification_failed: u64,
+    /// Rows whose last verification found a checksum mismatch.
+    pub checksum_mismatch: u64,
+}
+
+/// Registries (one row per replicated record), the log cursor and the skipped-event record of a
+/// secondary.
+#[async_trait]
+pub trait RegistryStore: Send + Sync + std::fmt::Debug {
+    /// One row.
+    async fn get(&self, name: &str, model_id: i64) -> Result<Option<RegistryRecord>, StoreError>;
+
+    /// Creates the row in `pending`, or puts an existing row back to `pending`
+    /// ([`RegistryRecord::mark_pending`]). Returns the row as written.
+    async fn mark_pending(
+        &self,
+        name: &str,
+        model_id: i64,
+        now: DateTime<Utc>,
+    ) -> Result<RegistryRecord, StoreError>;
+
+    /// Creates pending rows for the ids that have none. Returns how many were created.
+    async fn insert_pending(
+        &self,
+        name: &str,
+        model_ids: &[i64],
+        now: DateTime<Utc>,
+    ) -> Result<u64, StoreError>;
+
+    /// Writes `row` if the stored row still has `row.version`; the stored version is bumped.
+    /// Returns whether it was written.
+    async fn update(&self, name: &str, row: &RegistryRecord) -> Result<bool, StoreError>;
+
+    /// Moves up to `limit` rows due for a sync to `started` and returns them, in scheduling order
+    /// (never attempted first, then failed rows by `retry_at`). No two callers get the same row.
+    async fn claim_for_sync(
+        &self,
+        name: &str,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<RegistryRecord>, StoreError>;
+
+    /// Moves up to `limit` synced rows whose verification is due to verification `started` and
+    /// returns them. No two callers get the same row.
+    async fn claim_for_verification(
+        &self,
+        name: &str,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<RegistryRecord>, StoreError>;
+
+    /// Rows whose sync has been `started` since before `cutoff`, at most `limit`.
+    async fn started_before(
+        &self,
+        name: &str,
+        cutoff: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<RegistryRecord>, StoreError>;
+
+    /// Removes a row. Returns whether it existed.
+    async fn delete(&self, name: &str, model_id: i64) -> Result<bool, StoreError>;
+
+    /// Registry ids in `range`, ascending, at most `limit`.
+    async fn ids(&self, name: &str, range: Range<i64>, limit: usize)
+    -> Result<Vec<i64>, StoreError>;
+
+    /// Counts by state.
+    async fn counts(&self, name: &str) -> Result<RegistryCounts, StoreError>;
+
+    /// The id of the last event the log cursor processed (0 before the first).
+    async fn cursor(&self) -> Result<EventId, StoreError>;
+
+    /// Saves the log cursor's position.
+    async fn save_cursor(&self, event_id: EventId) -> Result<(), StoreError>;
+
+    /// Records an event the cursor could not process and skipped.
+    async fn record_skipped_event(&self, event: &SkippedEvent) -> Result<(), StoreError>;
+
+    /// The skipped events, oldest first, at most `limit`.
+    async fn skipped_events(&self, limit: usize) -> Result<Vec<SkippedEvent>, StoreError>;
+}

@@ -1,0 +1,141 @@
+//! The strategy trait: the data-type specific part of replication.
+//!
+//! The framework drives the registry, retries, events and verification; a strategy only knows how
+//! to copy one resource from the primary, compute its checksum, remove it, and (for the shared
+//! test suite) make a sample of it. The built-in strategies live in `replicable-strategies`;
+//! users may write their own.
+
+use async_trait::async_trait;
+
+use crate::error::ResourceError;
+use crate::event::EventKind;
+use crate::failure::SyncFailure;
+use crate::model::{DataType, Resource};
+use crate::primary_link::PrimaryLink;
+use crate::storage::StoredRecord;
+use crate::site::Site;
+
+/// What a strategy needs to copy one resource to a secondary.
+pub struct SyncRequest<'a> {
+    /// The secondary site the copy is made on.
+    pub site: &'a Site,
+    /// How the secondary reads the primary.
+    pub primary: &'a dyn PrimaryLink,
+    /// The replicable's name.
+    pub replicable_name: &'static str,
+    /// The record's id.
+    pub model_id: i64,
+    /// Where the resource lives.
+    pub resource: &'a Resource,
+    /// The record as the primary has it now.
+    pub record: &'a StoredRecord,
+    /// The primary's checksum of the resource, if it has computed one.
+    pub primary_checksum: Option<&'a str>,
+}
+
+/// The data-type specific part of a replicator.
+///
+/// A strategy is a stateless value made with `Default`; everything it works on comes from the
+/// [`Site`] and the request.
+#[async_trait]
+pub trait Strategy: Default + Send + Sync + 'static {
+    /// The name shown in errors and status (`"BlobStrategy"`).
+    const NAME: &'static str;
+
+    /// The data type this strategy replicates.
+    const DATA_TYPE: DataType;
+
+    /// Whether a resource can change after it was created (whether `updated` events exist).
+    const MUTABLE: bool;
+
+    /// Whether resources are checksummed and verified.
+    const VERIFIABLE: bool = true;
+
+    /// Whether this strategy publishes and consumes events of `kind`.
+    fn supports(kind: EventKind) -> bool {
+        match kind {
+            EventKind::Created | EventKind::Deleted => true,
+            EventKind::Updated => Self::MUTABLE,
+            EventKind::ChecksumSucceeded => Self::VERIFIABLE,
+        }
+    }
+
+    /// Copies the resource from the primary onto `request.site`.
+    ///
+    /// The copy must not become visible under its real location before it is complete and, when
+    /// `primary_checksum` is given, before its checksum matches. A resource that does not exist on
+    /// the primary is a [`SyncFailure::missing_on_primary`].
+    async fn sync(&self, request: SyncRequest<'_>) -> Result<(), SyncFailure>;
+
+    /// Removes the local copy of a resource. Removing one that does not exist succeeds.
+    async fn remove(&self, site: &Site, resource: &Resource) -> Result<(), ResourceError>;
+
+    /// The checksum of the resource as `site` holds it (lower-case hex).
+    ///
+    /// `record` is the record as `site` knows it, for strategies whose resource is the record.
+    async fn checksum(
+        &self,
+        site: &Site,
+        resource: &Resource,
+        record: Option<&StoredRecord>,
+    ) -> Result<String, ResourceError>;
+
+    /// Makes a sample resource on `site` for the shared test suite, derived from `seed`, and
+    /// returns its checksum computed independently of [`Strategy::checksum`].
+    async fn create_fixture(
+        &self,
+        site: &Site,
+        resource: &Resource,
+        seed: u64,
+    ) -> Result<String, ResourceError>;
+
+    /// Damages the local copy of a resource behind the framework's back, for the shared test
+    /// suite's corruption checks.
+    async fn corrupt(&self, site: &Site, resource: &Resource) -> Result<(), ResourceError>;
+}
+
+/// The strategy the derive puts in place when the model's attributes have errors, so that the
+/// compile errors are not followed by a cascade. It cannot do anything.
+#[doc(hidden)]
+#[derive(Debug, Default)]
+pub struct UnresolvedStrategy;
+
+#[async_trait]
+impl Strategy for UnresolvedStrategy {
+    const NAME: &'static str = "UnresolvedStrategy";
+    const DATA_TYPE: DataType = DataType::Database;
+    const MUTABLE: bool = false;
+    const VERIFIABLE: bool = false;
+
+    async fn sync(&self, _: SyncRequest<'_>) -> Result<(), SyncFailure> {
+        Err(SyncFailure::new("the model's #[derive(Replicable)] did not compile"))
+    }
+
+    async fn remove(&self, _: &Site, resource: &Resource) -> Result<(), ResourceError> {
+        Err(unresolved(resource))
+    }
+
+    async fn checksum(
+        &self,
+        _: &Site,
+        resource: &Resource,
+        _: Option<&StoredRecord>,
+    ) -> Result<String, ResourceError> {
+        Err(unresolved(resource))
+    }
+
+    async fn create_fixture(&self, _: &Site, resource: &Resource, _: u64) -> Result<String, ResourceError> {
+        Err(unresolved(resource))
+    }
+
+    async fn corrupt(&self, _: &Site, resource: &Resource) -> Result<(), ResourceError> {
+        Err(unresolved(resource))
+    }
+}
+
+fn unresolved(resource: &Resource) -> ResourceError {
+    ResourceError::Io {
+        resource: resource.to_string(),
+        reason: "the model's #[derive(Replicable)] did not compile".into(),
+    }
+}

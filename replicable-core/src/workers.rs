@@ -1,0 +1,159 @@
+//! One pass of each kind of background work, with bounded concurrency: syncing due registry
+//! rows, verifying on the primary and on secondaries, and failing work stuck in `started`.
+//! A scheduler calls these in loops.
+
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+
+use crate::descriptor::ReplicableDescriptor;
+use crate::error::{ReplicatorError, StoreError};
+use crate::replicator::{SyncOutcome, VerifyOutcome};
+use crate::site::Site;
+
+/// What one pass did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PassReport {
+    /// Rows taken.
+    pub claimed: usize,
+    /// Rows that succeeded (synced, or verified).
+    pub succeeded: usize,
+    /// Rows that failed and were scheduled for a retry (or a resync after a mismatch).
+    pub failed: usize,
+    /// Rows whose work was overtaken by a change of the record.
+    pub changed: usize,
+    /// Rows whose work errored (storage or link failures); they are picked up again later.
+    pub errors: usize,
+}
+
+impl PassReport {
+    fn add_sync(&mut self, outcome: &Result<SyncOutcome, ReplicatorError>) {
+        match outcome {
+            Ok(SyncOutcome::Synced { .. }) => self.succeeded += 1,
+            Ok(SyncOutcome::Failed(_)) => self.failed += 1,
+            Ok(SyncOutcome::ChangedDuringSync | SyncOutcome::OutOfScope) => self.changed += 1,
+            Err(_) => self.errors += 1,
+        }
+    }
+
+    fn add_verify(&mut self, outcome: &Result<VerifyOutcome, ReplicatorError>) {
+        match outcome {
+            Ok(VerifyOutcome::Succeeded { .. }) => self.succeeded += 1,
+            Ok(VerifyOutcome::Failed { .. } | VerifyOutcome::Mismatch { .. }) => self.failed += 1,
+            Ok(_) => self.changed += 1,
+            Err(_) => self.errors += 1,
+        }
+    }
+}
+
+/// Claims up to `limit` due registry rows of one replicable and syncs them, `concurrency` at a
+/// time.
+pub async fn sync_due(
+    site: &Site,
+    replicable: &ReplicableDescriptor,
+    limit: usize,
+    concurrency: usize,
+) -> Result<PassReport, StoreError> {
+    let rows = site
+        .registry_store()
+        .claim_for_sync(replicable.name, site.now(), limit)
+        .await?;
+    let mut report = PassReport {
+        claimed: rows.len(),
+        ..PassReport::default()
+    };
+    let mut outcomes = futures::stream::iter(rows)
+        .map(|row| replicable.run_claimed_sync(site, row))
+        .buffer_unordered(concurrency.max(1));
+    while let Some(outcome) = outcomes.next().await {
+        if let Err(e) = &outcome {
+            tracing::error!(error = %e, "sync errored");
+        }
+        report.add_sync(&outcome);
+    }
+    Ok(report)
+}
+
+/// Claims up to `limit` rows due for verification and verifies them, `concurrency` at a time:
+/// on the primary it computes checksums, on a secondary it compares them with the primary's.
+pub async fn verify_due(
+    site: &Site,
+    replicable: &ReplicableDescriptor,
+    limit: usize,
+    concurrency: usize,
+) -> Result<PassReport, StoreError> {
+    if !replicable.verifiable {
+        return Ok(PassReport::default());
+    }
+    let now = site.now();
+    let mut report = PassReport::default();
+    let outcomes: Vec<_> = if site.is_primary() {
+        let rows = site
+            .verification_store()
+            .claim(replicable.name, now, limit)
+            .await?;
+        report.claimed = rows.len();
+        futures::stream::iter(rows)
+            .map(|row| replicable.run_claimed_primary_verification(site, row))
+            .buffer_unordered(concurrency.max(1))
+            .collect()
+            .await
+    } else {
+        let rows = site
+            .registry_store()
+            .claim_for_verification(replicable.name, now, limit)
+            .await?;
+        report.claimed = rows.len();
+        futures::stream::iter(rows)
+            .map(|row| replicable.run_claimed_secondary_verification(site, row))
+            .buffer_unordered(concurrency.max(1))
+            .collect()
+            .await
+    };
+    for outcome in &outcomes {
+        report.add_verify(outcome);
+    }
+    Ok(report)
+}
+
+/// Fails syncs (secondary) or verifications (both) stuck in `started` longer than the site's
+/// timeouts. Returns how many were failed.
+pub async fn fail_stuck(
+    site: &Site,
+    replicable: &ReplicableDescriptor,
+    limit: usize,
+) -> Result<usize, StoreError> {
+    let now = site.now();
+    let policy = *site.retry_policy();
+    let timeouts = *site.timeouts();
+    let cutoff = |timeout| now - chrono::Duration::from_std(timeout).unwrap_or(chrono::Duration::MAX);
+    let mut failed = 0;
+    if site.is_primary() {
+        let store = site.verification_store();
+        for mut row in store
+            .started_before(replicable.name, cutoff(timeouts.verification), limit)
+            .await?
+        {
+            let jitter = fastrand::u32(0..crate::retry::JITTER_RANGE);
+            let cut = cutoff(timeouts.verification);
+            if row.verification.fail_if_stuck(cut, timeouts.verification, now, &policy, jitter)
+                && store.update(replicable.name, &row).await?
+            {
+                failed += 1;
+            }
+        }
+    } else {
+        let store = site.registry_store();
+        for mut row in store
+            .started_before(replicable.name, cutoff(timeouts.sync), limit)
+            .await?
+        {
+            let jitter = fastrand::u32(0..crate::retry::JITTER_RANGE);
+            if row.fail_if_stuck(cutoff(timeouts.sync), timeouts.sync, now, &policy, jitter)
+                && store.update(replicable.name, &row).await?
+            {
+                failed += 1;
+            }
+        }
+    }
+    Ok(failed)
+}
