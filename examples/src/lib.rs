@@ -1,1 +1,29 @@
-//! Example application of the replicable framework.
+//! A small application replicated with the framework: the models of a package registry.
+
+use replicable_core::prelude::*;
+use replicable_strategies::BlobStrategy;
+
+/// A file of a package, stored as a blob under `file_path`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Replicable)]
+#[replicator(BlobStrategy)]
+pub struct PackageFile {
+    /// The record's id.
+    #[replicable(id)]
+    pub id: i64,
+    /// The object key of the file.
+    #[replicable(blob)]
+    pub file_path: String,
+    /// The file's name as users see it.
+    pub file_name: String,
+}
+
+impl PackageFile {
+    /// The file with id `id`, stored under `packages/<id>/<name>`.
+    pub fn new(id: i64, file_name: &str) -> Self {
+        Self {
+            id,
+            file_path: format!("packages/{id}/{file_name}"),
+            file_name: file_name.to_owned(),
+        }
+    }
+}

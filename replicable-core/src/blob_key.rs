@@ -36,7 +36,9 @@ pub fn parse_blob_key(key: &str) -> Result<Path, ResourceError> {
         }
     }
     if key.split('/').next() == Some(RESERVED_PREFIX) {
-        return Err(refuse("keys under `.replicable/` are reserved for the framework"));
+        return Err(refuse(
+            "keys under `.replicable/` are reserved for the framework",
+        ));
     }
     Path::parse(key).map_err(|e| refuse(&e.to_string()))
 }
@@ -47,7 +49,10 @@ mod tests {
 
     #[test]
     fn ordinary_keys_are_accepted() {
-        assert_eq!(parse_blob_key("pkg/1/file.tgz").unwrap().as_ref(), "pkg/1/file.tgz");
+        assert_eq!(
+            parse_blob_key("pkg/1/file.tgz").unwrap().as_ref(),
+            "pkg/1/file.tgz"
+        );
         assert_eq!(parse_blob_key("a").unwrap().as_ref(), "a");
         assert_eq!(parse_blob_key("x/..y/z..").unwrap().as_ref(), "x/..y/z..");
     }

@@ -80,7 +80,10 @@ fn consume<'a, M: Replicable>(
     .boxed()
 }
 
-fn sync<M: Replicable>(site: &Site, id: i64) -> BoxFuture<'_, Result<SyncOutcome, ReplicatorError>> {
+fn sync<M: Replicable>(
+    site: &Site,
+    id: i64,
+) -> BoxFuture<'_, Result<SyncOutcome, ReplicatorError>> {
     async move { ReplicationTarget::<M>::new(site, id).sync().await }.boxed()
 }
 
@@ -234,7 +237,9 @@ pub fn register<M: Replicable>() {
 
 /// Two models claim the same replicable name.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("replicable name `{name}` is used by both {first} and {second}: give one of them #[replicable(name = \"...\")]")]
+#[error(
+    "replicable name `{name}` is used by both {first} and {second}: give one of them #[replicable(name = \"...\")]"
+)]
 pub struct DuplicateReplicable {
     /// The name.
     pub name: &'static str,
@@ -271,12 +276,13 @@ fn collect() -> Result<BTreeMap<&'static str, &'static ReplicableDescriptor>, Du
 /// Every replicable linked into the binary (or registered by hand), sorted by name.
 ///
 /// Fails if two models claim the same name.
-pub fn registered_replicables() -> Result<Vec<&'static ReplicableDescriptor>, DuplicateReplicable>
-{
+pub fn registered_replicables() -> Result<Vec<&'static ReplicableDescriptor>, DuplicateReplicable> {
     Ok(collect()?.into_values().collect())
 }
 
 /// The replicable called `name`.
-pub fn find_replicable(name: &str) -> Result<Option<&'static ReplicableDescriptor>, DuplicateReplicable> {
+pub fn find_replicable(
+    name: &str,
+) -> Result<Option<&'static ReplicableDescriptor>, DuplicateReplicable> {
     Ok(collect()?.get(name).copied())
 }

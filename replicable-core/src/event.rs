@@ -213,13 +213,21 @@ mod tests {
     fn unknown_kind_is_malformed_and_named() {
         let err = Event::try_from(raw("exploded", serde_json::json!({}))).unwrap_err();
         assert_eq!(err.event_id, 3);
-        assert!(err.reason.contains("unknown event kind `exploded`"), "{err}");
+        assert!(
+            err.reason.contains("unknown event kind `exploded`"),
+            "{err}"
+        );
     }
 
     #[test]
     fn bad_payload_is_malformed() {
-        let err = Event::try_from(raw("created", serde_json::json!({"model_id": "x"}))).unwrap_err();
-        assert!(err.to_string().contains("event 3 (package_file/created) is malformed"), "{err}");
+        let err =
+            Event::try_from(raw("created", serde_json::json!({"model_id": "x"}))).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("event 3 (package_file/created) is malformed"),
+            "{err}"
+        );
     }
 
     #[test]

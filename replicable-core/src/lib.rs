@@ -77,7 +77,7 @@ pub mod prelude {
     pub use crate::model::Replicable as _;
     pub use crate::{
         ConsumeOutcome, DataType, Event, EventKind, InProcessPrimary, RegistryRecord, Replicable,
-        ReplicatorError, Replicator, SelectiveSync, Site, SiteRole, SyncOutcome, SyncState,
+        Replicator, ReplicatorError, SelectiveSync, Site, SiteRole, SyncOutcome, SyncState,
         VerificationState, VerifyOutcome,
     };
     pub use serde::{Deserialize, Serialize};
@@ -87,17 +87,17 @@ pub mod prelude {
 #[doc(hidden)]
 pub mod __private {
     pub use crate::descriptor::ReplicableDescriptor;
+    pub use crate::model::DataType;
     pub use crate::model::{Replicable, Resource};
     pub use crate::registry::{RegistryRecord, SyncState};
     pub use crate::replicator::Replicator;
     pub use crate::strategy::Strategy;
     pub use crate::verification::{VerificationRecord, VerificationState};
-    pub use crate::model::DataType;
     pub use chrono::{DateTime, Utc};
     pub use inventory;
     pub use std::convert::{AsRef, From, Into};
-    pub use std::string::String;
     pub use std::option::Option;
+    pub use std::string::String;
 
     pub use crate::strategy::UnresolvedStrategy;
 }

@@ -41,7 +41,10 @@ pub struct CursorError {
 /// Whether a consume failure is about this one event (record it and go on) or about the
 /// infrastructure (stop, retry later).
 fn is_transient(error: &ReplicatorError) -> bool {
-    matches!(error, ReplicatorError::Store { .. } | ReplicatorError::Link { .. })
+    matches!(
+        error,
+        ReplicatorError::Store { .. } | ReplicatorError::Link { .. }
+    )
 }
 
 /// Processes one batch of up to `batch_size` events after the saved cursor, and saves the
@@ -58,7 +61,10 @@ pub async fn process_batch(site: &Site, batch_size: usize) -> Result<CursorRepor
         .filter(|_| !site.is_primary())
         .ok_or_else(|| fail(0, "the log cursor runs on secondaries only".into()))?;
     let registry = site.registry_store();
-    let start = registry.cursor().await.map_err(|e| fail(0, e.to_string()))?;
+    let start = registry
+        .cursor()
+        .await
+        .map_err(|e| fail(0, e.to_string()))?;
     let events = link
         .events_after(start, batch_size)
         .await

@@ -26,7 +26,9 @@ pub struct BlobDownload {
 
 impl std::fmt::Debug for BlobDownload {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BlobDownload").field("size", &self.size).finish()
+        f.debug_struct("BlobDownload")
+            .field("size", &self.size)
+            .finish()
     }
 }
 
@@ -67,8 +69,12 @@ pub trait PrimaryLink: Send + Sync + std::fmt::Debug {
 
     /// Opens a blob of a record for reading. A blob that does not exist is
     /// [`LinkError::NotFound`].
-    async fn open_blob(&self, name: &str, model_id: i64, key: &str)
-    -> Result<BlobDownload, LinkError>;
+    async fn open_blob(
+        &self,
+        name: &str,
+        model_id: i64,
+        key: &str,
+    ) -> Result<BlobDownload, LinkError>;
 
     /// Where `git fetch` reads a repository of a record from (a URL or a local path).
     async fn repository_remote(

@@ -271,7 +271,10 @@ mod tests {
             r.last_synced_at = Some(now());
             r.mark_pending();
             assert_eq!(r.state, SyncState::Pending);
-            assert_eq!((r.retry_count, r.retry_at, r.last_synced_at), (0, None, None));
+            assert_eq!(
+                (r.retry_count, r.retry_at, r.last_synced_at),
+                (0, None, None)
+            );
         }
     }
 
@@ -282,7 +285,10 @@ mod tests {
             let result = r.start(now());
             if s == SyncState::Started {
                 let err = result.unwrap_err();
-                assert_eq!((err.machine, err.from, err.event), ("registry", "started", "start"));
+                assert_eq!(
+                    (err.machine, err.from, err.event),
+                    ("registry", "started", "start")
+                );
             } else {
                 result.unwrap();
                 assert_eq!(r.state, SyncState::Started);
@@ -350,7 +356,8 @@ mod tests {
         let mut last_delay = chrono::Duration::zero();
         for n in 1..=6u32 {
             r.start(now()).unwrap();
-            r.mark_failed(&SyncFailure::new("x"), now(), &policy, 0).unwrap();
+            r.mark_failed(&SyncFailure::new("x"), now(), &policy, 0)
+                .unwrap();
             assert_eq!(r.retry_count, n);
             let delay = r.retry_at.unwrap() - now();
             assert!(delay > last_delay);
@@ -366,14 +373,22 @@ mod tests {
         r.mark_failed(&SyncFailure::missing_on_primary("gone"), now(), &policy, 0)
             .unwrap();
         assert!(r.missing_on_primary);
-        assert_eq!(r.retry_at, Some(now() + chrono::Duration::seconds(4 * 3600 + 16)));
+        assert_eq!(
+            r.retry_at,
+            Some(now() + chrono::Duration::seconds(4 * 3600 + 16))
+        );
     }
 
     #[test]
     fn failure_text_is_truncated_to_255_characters() {
         let mut r = in_state(SyncState::Started);
-        r.mark_failed(&SyncFailure::new("e".repeat(300)), now(), &RetryPolicy::default(), 0)
-            .unwrap();
+        r.mark_failed(
+            &SyncFailure::new("e".repeat(300)),
+            now(),
+            &RetryPolicy::default(),
+            0,
+        )
+        .unwrap();
         assert_eq!(r.last_sync_failure.unwrap().chars().count(), 255);
     }
 
@@ -402,7 +417,10 @@ mod tests {
         let cutoff = later - chrono::Duration::hours(8);
         assert!(r.fail_if_stuck(cutoff, timeout, later, &policy, 0));
         assert_eq!(r.state, SyncState::Failed);
-        assert_eq!(r.last_sync_failure.as_deref(), Some("Sync timed out after 8 hours"));
+        assert_eq!(
+            r.last_sync_failure.as_deref(),
+            Some("Sync timed out after 8 hours")
+        );
         let mut running = in_state(SyncState::Pending);
         running.start(later).unwrap();
         assert!(!running.fail_if_stuck(cutoff, timeout, later, &policy, 0));
@@ -415,7 +433,9 @@ mod tests {
         let fresh = RegistryRecord::new_pending(9, now());
         let mut failed = RegistryRecord::new_pending(1, now());
         failed.start(now()).unwrap();
-        failed.mark_failed(&SyncFailure::new("x"), now(), &policy, 0).unwrap();
+        failed
+            .mark_failed(&SyncFailure::new("x"), now(), &policy, 0)
+            .unwrap();
         assert!(fresh.schedule_key() < failed.schedule_key());
         assert!(fresh.is_due(now()));
         assert!(!failed.is_due(now()));

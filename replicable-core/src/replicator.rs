@@ -165,11 +165,12 @@ impl<'a, M: Replicable> Replicator<'a, M> {
         };
         match kind {
             EventKind::Created | EventKind::Updated => {
-                let body = serde_json::to_value(self.record).map_err(|e| ReplicatorError::Decode {
-                    replicable: name,
-                    id,
-                    reason: format!("record does not serialize: {e}"),
-                })?;
+                let body =
+                    serde_json::to_value(self.record).map_err(|e| ReplicatorError::Decode {
+                        replicable: name,
+                        id,
+                        reason: format!("record does not serialize: {e}"),
+                    })?;
                 let generation = site
                     .records()
                     .upsert(name, id, &body)
@@ -319,7 +320,10 @@ impl<'a, M: Replicable> ReplicationTarget<'a, M> {
         }
     }
 
-    fn secondary_link(&self, operation: &'static str) -> Result<&'a dyn PrimaryLink, ReplicatorError> {
+    fn secondary_link(
+        &self,
+        operation: &'static str,
+    ) -> Result<&'a dyn PrimaryLink, ReplicatorError> {
         match self.site.primary_link() {
             Some(link) if !self.site.is_primary() => Ok(link),
             _ => Err(self.wrong_site(operation, "secondary")),
@@ -334,7 +338,11 @@ impl<'a, M: Replicable> ReplicationTarget<'a, M> {
         })
     }
 
-    async fn append(&self, kind: EventKind, payload: EventPayload) -> Result<EventId, ReplicatorError> {
+    async fn append(
+        &self,
+        kind: EventKind,
+        payload: EventPayload,
+    ) -> Result<EventId, ReplicatorError> {
         let event = NewEvent {
             replicable_name: M::REPLICABLE_NAME.to_owned(),
             kind,
@@ -417,7 +425,9 @@ impl<'a, M: Replicable> ReplicationTarget<'a, M> {
         let span = info_span!("consume", replicable = M::REPLICABLE_NAME, id = self.id, event_id = event.id, kind = %event.kind);
         async {
             match event.kind {
-                EventKind::Created | EventKind::Updated => self.consume_change(&event.payload).await,
+                EventKind::Created | EventKind::Updated => {
+                    self.consume_change(&event.payload).await
+                }
                 EventKind::Deleted => {
                     self.remove_local(&event.payload.resource).await?;
                     Ok(ConsumeOutcome::Removed)
@@ -429,7 +439,10 @@ impl<'a, M: Replicable> ReplicationTarget<'a, M> {
         .await
     }
 
-    async fn consume_change(&self, payload: &EventPayload) -> Result<ConsumeOutcome, ReplicatorError> {
+    async fn consume_change(
+        &self,
+        payload: &EventPayload,
+    ) -> Result<ConsumeOutcome, ReplicatorError> {
         let name = M::REPLICABLE_NAME;
         if let Some(body) = &payload.record
             && !self.site.selective_sync().includes(name, body)
@@ -442,7 +455,12 @@ impl<'a, M: Replicable> ReplicationTarget<'a, M> {
             && row.synced_generation.is_some_and(|held| held >= generation)
             && row.state == SyncState::Synced
         {
-            debug!(name, id = self.id, generation, "stale event: a newer generation is held");
+            debug!(
+                name,
+                id = self.id,
+                generation,
+                "stale event: a newer generation is held"
+            );
             return Ok(ConsumeOutcome::AlreadyCurrent);
         }
         self.mark_pending().await?;
@@ -543,11 +561,12 @@ impl<'a, M: Replicable> ReplicationTarget<'a, M> {
                 Some(row) => row,
                 None => self.mark_pending().await?,
             };
-            row.start(now).map_err(|source| ReplicatorError::Transition {
-                replicable: M::REPLICABLE_NAME,
-                id: self.id,
-                source,
-            })?;
+            row.start(now)
+                .map_err(|source| ReplicatorError::Transition {
+                    replicable: M::REPLICABLE_NAME,
+                    id: self.id,
+                    source,
+                })?;
             if self.update_registry(&row).await? {
                 row.version += 1;
                 return Ok(SyncAttempt {
@@ -576,13 +595,13 @@ impl<'a, M: Replicable> ReplicationTarget<'a, M> {
                     .map_err(|e| self.store_error(e))?,
             };
             let mut row = row;
-            row.verification
-                .start(self.site.now())
-                .map_err(|source| ReplicatorError::Transition {
+            row.verification.start(self.site.now()).map_err(|source| {
+                ReplicatorError::Transition {
                     replicable: M::REPLICABLE_NAME,
                     id: self.id,
                     source,
-                })?;
+                }
+            })?;
             if !self.update_verification(&row).await? {
                 return Ok(VerifyOutcome::ChangedDuringVerification);
             }
@@ -595,13 +614,13 @@ impl<'a, M: Replicable> ReplicationTarget<'a, M> {
             if row.state != SyncState::Synced {
                 return Ok(VerifyOutcome::NotSynced);
             }
-            row.verification
-                .start(self.site.now())
-                .map_err(|source| ReplicatorError::Transition {
+            row.verification.start(self.site.now()).map_err(|source| {
+                ReplicatorError::Transition {
                     replicable: M::REPLICABLE_NAME,
                     id: self.id,
                     source,
-                })?;
+                }
+            })?;
             if !self.update_registry(&row).await? {
                 return Ok(VerifyOutcome::ChangedDuringVerification);
             }
@@ -627,7 +646,11 @@ impl<'a, M: Replicable> ReplicationTarget<'a, M> {
         let (policy, now) = (*site.retry_policy(), site.now());
         let jitter = fastrand::u32(0..crate::retry::JITTER_RANGE);
         let checksum = match self.local_record().await? {
-            None => Err(format!("{} {} is not in the primary's records", M::REPLICABLE_NAME, self.id)),
+            None => Err(format!(
+                "{} {} is not in the primary's records",
+                M::REPLICABLE_NAME,
+                self.id
+            )),
             Some(stored) => {
                 let record = self.decode(&stored)?;
                 M::Strategy::default()
@@ -694,9 +717,15 @@ impl<'a, M: Replicable> ReplicationTarget<'a, M> {
             self.update_registry(&row).await?;
             return Ok(VerifyOutcome::WaitingForPrimary);
         };
-        let stored = link.record(name, self.id).await.map_err(|e| self.link_error(e))?;
+        let stored = link
+            .record(name, self.id)
+            .await
+            .map_err(|e| self.link_error(e))?;
         let local = match &stored {
-            None => Err(format!("{name} {} no longer exists on the primary", self.id)),
+            None => Err(format!(
+                "{name} {} no longer exists on the primary",
+                self.id
+            )),
             Some(stored) => {
                 let record = self.decode(stored)?;
                 let local_copy = self.local_record().await?;
@@ -717,7 +746,8 @@ impl<'a, M: Replicable> ReplicationTarget<'a, M> {
                 row.verification
                     .fail_mismatch(local.clone(), now, &policy, jitter)
                     .expect("row was started by the caller");
-                let failure = SyncFailure::new(format!("Verification failed with: {CHECKSUM_MISMATCH}"));
+                let failure =
+                    SyncFailure::new(format!("Verification failed with: {CHECKSUM_MISMATCH}"));
                 row.mark_failed(&failure, now, &policy, jitter)
                     .expect("a synced row can be failed");
                 warn!(name, id = self.id, primary = %primary_checksum, local = %local, "checksum mismatch: resyncing");
@@ -830,7 +860,11 @@ impl<'a, M: Replicable> SyncAttempt<'a, M> {
         if target.update_registry(&self.row).await? {
             Ok(outcome)
         } else {
-            debug!(name, id = target.id, "record changed during sync; it stays pending");
+            debug!(
+                name,
+                id = target.id,
+                "record changed during sync; it stays pending"
+            );
             Ok(SyncOutcome::ChangedDuringSync)
         }
     }

@@ -103,7 +103,10 @@ mod tests {
     fn first_retry_waits_between_15_and_73_seconds() {
         let policy = RetryPolicy::default();
         // n = 1: 1 + 15 + j * 2 for j in 0..30
-        assert_eq!(policy.window(1, false), (Duration::from_secs(16), Duration::from_secs(74)));
+        assert_eq!(
+            policy.window(1, false),
+            (Duration::from_secs(16), Duration::from_secs(74))
+        );
     }
 
     #[test]
@@ -145,7 +148,10 @@ mod tests {
     #[test]
     fn huge_retry_counts_do_not_overflow() {
         let policy = RetryPolicy::default();
-        assert_eq!(policy.delay(u32::MAX, false, 29), Duration::from_secs(3600 + 16 + 58));
+        assert_eq!(
+            policy.delay(u32::MAX, false, 29),
+            Duration::from_secs(3600 + 16 + 58)
+        );
         let now = Utc::now();
         assert!(policy.next_retry_time(u32::MAX, true, now) > now);
     }

@@ -3,8 +3,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::StoreError;
-use crate::storage::{RegistryCounts, VerificationCounts};
 use crate::site::Site;
+use crate::storage::{RegistryCounts, VerificationCounts};
 
 /// The primary's view of one replicable.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -12,8 +12,8 @@ use crate::event::EventKind;
 use crate::failure::SyncFailure;
 use crate::model::{DataType, Resource};
 use crate::primary_link::PrimaryLink;
-use crate::storage::StoredRecord;
 use crate::site::Site;
+use crate::storage::StoredRecord;
 
 /// What a strategy needs to copy one resource to a secondary.
 pub struct SyncRequest<'a> {
@@ -108,7 +108,9 @@ impl Strategy for UnresolvedStrategy {
     const VERIFIABLE: bool = false;
 
     async fn sync(&self, _: SyncRequest<'_>) -> Result<(), SyncFailure> {
-        Err(SyncFailure::new("the model's #[derive(Replicable)] did not compile"))
+        Err(SyncFailure::new(
+            "the model's #[derive(Replicable)] did not compile",
+        ))
     }
 
     async fn remove(&self, _: &Site, resource: &Resource) -> Result<(), ResourceError> {
@@ -124,7 +126,12 @@ impl Strategy for UnresolvedStrategy {
         Err(unresolved(resource))
     }
 
-    async fn create_fixture(&self, _: &Site, resource: &Resource, _: u64) -> Result<String, ResourceError> {
+    async fn create_fixture(
+        &self,
+        _: &Site,
+        resource: &Resource,
+        _: u64,
+    ) -> Result<String, ResourceError> {
         Err(unresolved(resource))
     }
 

@@ -151,7 +151,11 @@ impl Verification {
     }
 
     /// Records a good checksum: only from started.
-    pub fn succeed(&mut self, checksum: String, now: DateTime<Utc>) -> Result<(), IllegalTransition> {
+    pub fn succeed(
+        &mut self,
+        checksum: String,
+        now: DateTime<Utc>,
+    ) -> Result<(), IllegalTransition> {
         if self.verification_state != VerificationState::Started {
             return Err(self.illegal("succeed"));
         }
@@ -367,7 +371,10 @@ mod tests {
                 result.unwrap();
                 assert_eq!(v.verification_state, VerificationState::Failed);
                 assert_eq!(v.verification_retry_count, 1);
-                assert_eq!(v.verification_retry_at, Some(now() + chrono::Duration::seconds(16)));
+                assert_eq!(
+                    v.verification_retry_at,
+                    Some(now() + chrono::Duration::seconds(16))
+                );
                 assert_eq!(v.verification_failure.as_deref(), Some("disk on fire"));
                 assert_eq!(v.verification_checksum, None);
             } else {
@@ -379,14 +386,16 @@ mod tests {
     #[test]
     fn failure_text_is_truncated() {
         let mut v = in_state(VerificationState::Started);
-        v.fail(&"z".repeat(400), now(), &RetryPolicy::default(), 0).unwrap();
+        v.fail(&"z".repeat(400), now(), &RetryPolicy::default(), 0)
+            .unwrap();
         assert_eq!(v.verification_failure.unwrap().len(), 255);
     }
 
     #[test]
     fn mismatch_flags_the_row_and_keeps_the_local_checksum() {
         let mut v = in_state(VerificationState::Started);
-        v.fail_mismatch("bad".into(), now(), &RetryPolicy::default(), 0).unwrap();
+        v.fail_mismatch("bad".into(), now(), &RetryPolicy::default(), 0)
+            .unwrap();
         assert!(v.checksum_mismatch);
         assert_eq!(v.verification_checksum_mismatched.as_deref(), Some("bad"));
         assert_eq!(v.verification_failure.as_deref(), Some(CHECKSUM_MISMATCH));
@@ -418,13 +427,28 @@ mod tests {
         v.start(now()).unwrap();
         let later = now() + chrono::Duration::hours(9);
         let timeout = Duration::from_secs(8 * 3600);
-        assert!(v.fail_if_stuck(later - chrono::Duration::hours(8), timeout, later, &policy, 0));
+        assert!(v.fail_if_stuck(
+            later - chrono::Duration::hours(8),
+            timeout,
+            later,
+            &policy,
+            0
+        ));
         assert_eq!(v.verification_state, VerificationState::Failed);
-        assert_eq!(v.verification_failure.as_deref(), Some("Verification timed out after 8 hours"));
+        assert_eq!(
+            v.verification_failure.as_deref(),
+            Some("Verification timed out after 8 hours")
+        );
         // not stuck when recent
         let mut fresh = in_state(VerificationState::Pending);
         fresh.start(later).unwrap();
-        assert!(!fresh.fail_if_stuck(later - chrono::Duration::hours(8), timeout, later, &policy, 0));
+        assert!(!fresh.fail_if_stuck(
+            later - chrono::Duration::hours(8),
+            timeout,
+            later,
+            &policy,
+            0
+        ));
         assert_eq!(fresh.verification_state, VerificationState::Started);
     }
 

@@ -125,7 +125,8 @@ pub async fn fail_stuck(
     let now = site.now();
     let policy = *site.retry_policy();
     let timeouts = *site.timeouts();
-    let cutoff = |timeout| now - chrono::Duration::from_std(timeout).unwrap_or(chrono::Duration::MAX);
+    let cutoff =
+        |timeout| now - chrono::Duration::from_std(timeout).unwrap_or(chrono::Duration::MAX);
     let mut failed = 0;
     if site.is_primary() {
         let store = site.verification_store();
@@ -135,7 +136,9 @@ pub async fn fail_stuck(
         {
             let jitter = fastrand::u32(0..crate::retry::JITTER_RANGE);
             let cut = cutoff(timeouts.verification);
-            if row.verification.fail_if_stuck(cut, timeouts.verification, now, &policy, jitter)
+            if row
+                .verification
+                .fail_if_stuck(cut, timeouts.verification, now, &policy, jitter)
                 && store.update(replicable.name, &row).await?
             {
                 failed += 1;

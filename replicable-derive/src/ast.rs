@@ -66,7 +66,10 @@ impl<T> Once<T> {
 
     fn set(&mut self, cx: &Ctxt, span: Span, what: &str, value: T) {
         if self.value.is_some() {
-            cx.syn_error(syn::Error::new(span, format!("duplicate replicable attribute `{what}`")));
+            cx.syn_error(syn::Error::new(
+                span,
+                format!("duplicate replicable attribute `{what}`"),
+            ));
         } else {
             self.value = Some((value, span));
         }
@@ -218,9 +221,15 @@ fn read_container_attrs(cx: &Ctxt, input: &DeriveInput) -> (Option<String>, Opti
                 let lit: LitStr = meta.value()?.parse()?;
                 match lit.parse::<Path>() {
                     Ok(path) => crate_path.set(cx, span, CRATE, path),
-                    Err(_) => cx.error_spanned_by(&lit, "expected a path, like \"my_app::replicable_core\""),
+                    Err(_) => cx.error_spanned_by(
+                        &lit,
+                        "expected a path, like \"my_app::replicable_core\"",
+                    ),
                 }
-            } else if meta.path.is_ident(ID) || meta.path.is_ident(BLOB) || meta.path.is_ident(REPOSITORY) {
+            } else if meta.path.is_ident(ID)
+                || meta.path.is_ident(BLOB)
+                || meta.path.is_ident(REPOSITORY)
+            {
                 cx.error_spanned_by(
                     &meta.path,
                     "this replicable attribute goes on a field, not on the struct",

@@ -34,7 +34,11 @@ impl Ctxt {
 
     /// The errors, combined; `Ok` if there were none.
     pub fn finish(self) -> Result<(), TokenStream> {
-        let errors = self.errors.borrow_mut().take().expect("Ctxt finished twice");
+        let errors = self
+            .errors
+            .borrow_mut()
+            .take()
+            .expect("Ctxt finished twice");
         let mut iter = errors.into_iter();
         match iter.next() {
             None => Ok(()),

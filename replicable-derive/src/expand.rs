@@ -58,7 +58,8 @@ fn expand(model: &Model<'_>, fallback: bool) -> TokenStream {
             #rp::inventory::submit! { #rp::ReplicableDescriptor::of::<#ident>() }
         }
     };
-    let registry_doc = format!("The registry row of a `{ident}` on a secondary (`{name}_registry`).");
+    let registry_doc =
+        format!("The registry row of a `{ident}` on a secondary (`{name}_registry`).");
     let verification_doc = format!("The verification row of a `{ident}` on the primary.");
     let replicator_doc = format!("The replicator of a `{ident}`.");
     let id_doc = format!("The id of the `{ident}`.");
@@ -226,9 +227,15 @@ fn data_type_check(model: &Model<'_>, rp: &TokenStream) -> TokenStream {
     let ident = model.ident;
     let has_blob = model.blob.is_some();
     let has_repository = model.repository.is_some();
-    let blob_msg = format!("the strategy of `{ident}` replicates blobs: mark the object key field #[replicable(blob)]");
-    let repo_msg = format!("the strategy of `{ident}` replicates repositories: mark the path field #[replicable(repository)]");
-    let db_msg = format!("the strategy of `{ident}` replicates the record itself: remove #[replicable(blob)] / #[replicable(repository)]");
+    let blob_msg = format!(
+        "the strategy of `{ident}` replicates blobs: mark the object key field #[replicable(blob)]"
+    );
+    let repo_msg = format!(
+        "the strategy of `{ident}` replicates repositories: mark the path field #[replicable(repository)]"
+    );
+    let db_msg = format!(
+        "the strategy of `{ident}` replicates the record itself: remove #[replicable(blob)] / #[replicable(repository)]"
+    );
     quote_spanned! {strategy.span()=>
         const _: () = match <#strategy as #rp::Strategy>::DATA_TYPE {
             #rp::DataType::Blob => assert!(#has_blob, #blob_msg),

@@ -35,7 +35,9 @@ pub fn name_problem(name: &str) -> Option<String> {
     match chars.next() {
         None => return Some("the name is empty".into()),
         Some(c) if !c.is_ascii_lowercase() => {
-            return Some(format!("the name `{name}` must start with a lower-case ASCII letter"));
+            return Some(format!(
+                "the name `{name}` must start with a lower-case ASCII letter"
+            ));
         }
         _ => {}
     }
@@ -77,6 +79,10 @@ mod tests {
         assert!(name_problem("1abc").unwrap().contains("start with"));
         assert!(name_problem("Package").unwrap().contains("start with"));
         assert!(name_problem("pkg-file").unwrap().contains("`-`"));
-        assert!(name_problem(&"a".repeat(49)).unwrap().contains("at most 48"));
+        assert!(
+            name_problem(&"a".repeat(49))
+                .unwrap()
+                .contains("at most 48")
+        );
     }
 }

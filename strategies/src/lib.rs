@@ -1,1 +1,23 @@
+//! # replicable-strategies
+//!
+//! The built-in strategies of the replicable framework:
+//! - [`BlobStrategy`]: files in an `object_store` (local directory, S3, GCS, Azure, memory),
+//!   streamed from the primary and checked against the primary's SHA-256 before they become
+//!   visible.
+//!
+//! ```ignore
+//! #[derive(Debug, Clone, Serialize, Deserialize, Replicable)]
+//! #[replicator(BlobStrategy)]
+//! pub struct PackageFile {
+//!     #[replicable(id)]   pub id: i64,
+//!     #[replicable(blob)] pub file_path: String,
+//! }
+//! ```
 
+#![deny(missing_docs)]
+
+pub mod blob;
+mod checksum;
+
+pub use blob::BlobStrategy;
+pub use checksum::sha256_hex;

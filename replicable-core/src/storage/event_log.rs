@@ -18,8 +18,11 @@ pub trait EventLog: Send + Sync + std::fmt::Debug {
     ) -> Result<Vec<EventId>, StoreError>;
 
     /// Events with `id > after`, ascending, at most `limit`.
-    async fn read_after(&self, after: EventId, limit: usize)
-    -> Result<Vec<StoredEvent>, StoreError>;
+    async fn read_after(
+        &self,
+        after: EventId,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError>;
 
     /// The newest event's id, if any.
     async fn last_event_id(&self) -> Result<Option<EventId>, StoreError>;

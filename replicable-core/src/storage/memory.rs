@@ -247,7 +247,11 @@ impl VerificationStore for MemoryStore {
     }
 
     async fn delete(&self, name: &str, model_id: i64) -> Result<bool, StoreError> {
-        Ok(self.lock().verification.remove(&key(name, model_id)).is_some())
+        Ok(self
+            .lock()
+            .verification
+            .remove(&key(name, model_id))
+            .is_some())
     }
 
     async fn counts(&self, name: &str) -> Result<VerificationCounts, StoreError> {
@@ -334,7 +338,10 @@ impl RegistryStore for MemoryStore {
         due.sort();
         let mut claimed = Vec::new();
         for (_, _, id) in due.into_iter().take(limit) {
-            let row = state.registry.get_mut(&key(name, id)).expect("row listed above");
+            let row = state
+                .registry
+                .get_mut(&key(name, id))
+                .expect("row listed above");
             if row.start(now).is_ok() {
                 row.version += 1;
                 claimed.push(row.clone());
@@ -357,7 +364,10 @@ impl RegistryStore for MemoryStore {
         due.sort();
         let mut claimed = Vec::new();
         for (_, id) in due.into_iter().take(limit) {
-            let row = state.registry.get_mut(&key(name, id)).expect("row listed above");
+            let row = state
+                .registry
+                .get_mut(&key(name, id))
+                .expect("row listed above");
             if row.verification.start(now).is_ok() {
                 row.version += 1;
                 claimed.push(row.clone());
@@ -407,8 +417,7 @@ impl RegistryStore for MemoryStore {
                 SyncState::Failed => counts.failed += 1,
             }
             let v = &row.verification;
-            if row.state == SyncState::Synced
-                && v.verification_state != VerificationState::Disabled
+            if row.state == SyncState::Synced && v.verification_state != VerificationState::Disabled
             {
                 counts.verification_total += 1;
             }

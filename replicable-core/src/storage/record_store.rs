@@ -28,8 +28,12 @@ pub struct StoredRecord {
 pub trait RecordStore: Send + Sync + std::fmt::Debug {
     /// Inserts or replaces a record on the primary, bumping its generation. Returns the new
     /// generation (1 for a new record).
-    async fn upsert(&self, name: &str, model_id: i64, body: &serde_json::Value)
-    -> Result<i64, StoreError>;
+    async fn upsert(
+        &self,
+        name: &str,
+        model_id: i64,
+        body: &serde_json::Value,
+    ) -> Result<i64, StoreError>;
 
     /// Writes a copy received from the primary if `generation` is newer than the stored one.
     /// Returns whether it was written.
@@ -42,8 +46,12 @@ pub trait RecordStore: Send + Sync + std::fmt::Debug {
     async fn delete(&self, name: &str, model_id: i64) -> Result<bool, StoreError>;
 
     /// Ids in `range`, ascending, at most `limit`.
-    async fn ids(&self, name: &str, range: Range<i64>, limit: usize)
-    -> Result<Vec<i64>, StoreError>;
+    async fn ids(
+        &self,
+        name: &str,
+        range: Range<i64>,
+        limit: usize,
+    ) -> Result<Vec<i64>, StoreError>;
 
     /// How many records there are.
     async fn count(&self, name: &str) -> Result<u64, StoreError>;

@@ -91,8 +91,12 @@ pub trait RegistryStore: Send + Sync + std::fmt::Debug {
     async fn delete(&self, name: &str, model_id: i64) -> Result<bool, StoreError>;
 
     /// Registry ids in `range`, ascending, at most `limit`.
-    async fn ids(&self, name: &str, range: Range<i64>, limit: usize)
-    -> Result<Vec<i64>, StoreError>;
+    async fn ids(
+        &self,
+        name: &str,
+        range: Range<i64>,
+        limit: usize,
+    ) -> Result<Vec<i64>, StoreError>;
 
     /// Counts by state.
     async fn counts(&self, name: &str) -> Result<RegistryCounts, StoreError>;

@@ -22,13 +22,19 @@ pub struct VerificationCounts {
 #[async_trait]
 pub trait VerificationStore: Send + Sync + std::fmt::Debug {
     /// One row.
-    async fn get(&self, name: &str, model_id: i64)
-    -> Result<Option<VerificationRecord>, StoreError>;
+    async fn get(
+        &self,
+        name: &str,
+        model_id: i64,
+    ) -> Result<Option<VerificationRecord>, StoreError>;
 
     /// Creates the row in `pending`, or puts an existing row back to `pending` (the record
     /// changed). Returns the row as written.
-    async fn mark_pending(&self, name: &str, model_id: i64)
-    -> Result<VerificationRecord, StoreError>;
+    async fn mark_pending(
+        &self,
+        name: &str,
+        model_id: i64,
+    ) -> Result<VerificationRecord, StoreError>;
 
     /// Writes `row` if the stored row still has `row.version`; the stored version is bumped.
     /// Returns whether it was written.

@@ -1,0 +1,647 @@
+//! The shared checks. Each takes a [`Harness`] and panics with a message naming the record when
+//! the replicator misbehaves.
+
+use crate::descriptor::{find_replicable, registered_replicables};
+use crate::error::ReplicatorError;
+use crate::event::{Event, EventKind, EventPayload, NewEvent};
+use crate::log_cursor;
+use crate::model::{Replicable, Resource};
+use crate::registry::SyncState;
+use crate::replicator::{ConsumeOutcome, SyncOutcome, VerifyOutcome};
+use crate::selective_sync::SelectiveSync;
+use crate::site::Site;
+use crate::status::{primary_status, secondary_status};
+use crate::strategy::Strategy;
+use crate::verification::{CHECKSUM_MISMATCH, VerificationState};
+use crate::{backfill, descriptor::ReplicableDescriptor};
+
+use super::Harness;
+
+fn name<M: Replicable>() -> &'static str {
+    M::REPLICABLE_NAME
+}
+
+fn descriptor<M: Replicable>() -> &'static ReplicableDescriptor {
+    find_replicable(name::<M>())
+        .expect("no duplicate replicable names")
+        .unwrap_or_else(|| panic!("replicable `{}` is not registered", name::<M>()))
+}
+
+async fn last_event<M: Replicable>(site: &Site) -> Event {
+    let id = site
+        .event_log()
+        .last_event_id()
+        .await
+        .expect("reading the event log")
+        .expect("an event was published");
+    let raw = site
+        .event_log()
+        .read_after(id - 1, 1)
+        .await
+        .expect("reading the event log")
+        .pop()
+        .expect("the last event");
+    Event::try_from(raw).expect("published events decode")
+}
+
+async fn secondary_checksum<M: Replicable>(
+    site: &Site,
+    record: &M,
+) -> Result<String, ReplicatorError> {
+    record.replicator(site).calculate_checksum().await
+}
+
+async fn catch_up(site: &Site) -> log_cursor::CursorReport {
+    log_cursor::catch_up(site, log_cursor::DEFAULT_BATCH_SIZE)
+        .await
+        .expect("the log cursor runs")
+}
+
+async fn registry_state<M: Replicable>(site: &Site, id: i64) -> Option<SyncState> {
+    crate::replicator::ReplicationTarget::<M>::new(site, id)
+        .registry_record()
+        .await
+        .expect("reading the registry")
+        .map(|row| row.state)
+}
+
+/// The model is in the registered replicables, found by its name, with its strategy's data type.
+pub async fn model_is_registered_and_found_by_name<M: Replicable>(_: &Harness<M>) {
+    let all = registered_replicables().expect("no duplicate replicable names");
+    assert!(
+        all.iter().any(|d| d.name == name::<M>()),
+        "`{}` is not among the registered replicables {:?}",
+        name::<M>(),
+        all.iter().map(|d| d.name).collect::<Vec<_>>()
+    );
+    let found = descriptor::<M>();
+    assert_eq!(found.type_name(), std::any::type_name::<M>());
+    assert_eq!(found.data_type, M::Strategy::DATA_TYPE);
+    assert_eq!(found.mutable, M::Strategy::MUTABLE);
+}
+
+/// A replicator made from a record returns that record.
+pub async fn replicator_returns_its_model_record<M: Replicable>(h: &Harness<M>) {
+    let record = h.build(11);
+    let replicator = record.replicator(&h.primary);
+    assert_eq!(replicator.model_record().replicable_id(), 11);
+    assert_eq!(
+        serde_json::to_value(replicator.model_record()).unwrap(),
+        serde_json::to_value(&record).unwrap()
+    );
+    assert_eq!(replicator.target().id(), 11);
+}
+
+/// `created` on the primary appends one event with the id, the resource, the record and
+/// generation 1.
+pub async fn created_event_is_published_with_its_payload<M: Replicable>(h: &Harness<M>) {
+    let (fixture, event_id) = h.create_and_publish(21).await;
+    let event = last_event::<M>(&h.primary).await;
+    assert_eq!(event.id, event_id);
+    assert_eq!(event.replicable_name, name::<M>());
+    assert_eq!(event.kind, EventKind::Created);
+    assert_eq!(event.payload.model_id, 21);
+    assert_eq!(event.payload.resource, fixture.record.resource());
+    assert_eq!(event.payload.generation, Some(1));
+    assert_eq!(
+        event.payload.record,
+        Some(serde_json::to_value(&fixture.record).unwrap())
+    );
+}
+
+/// Mutable strategies publish `updated` with the next generation; immutable ones refuse it with
+/// a typed error and write nothing.
+pub async fn updated_event_is_published_or_refused_by_the_strategy<M: Replicable>(h: &Harness<M>) {
+    let (fixture, created) = h.create_and_publish(31).await;
+    let result = fixture
+        .record
+        .replicator(&h.primary)
+        .publish_updated_event()
+        .await;
+    if M::Strategy::MUTABLE {
+        let id = result.expect("publishing updated").expect("an event id");
+        assert!(id > created);
+        let event = last_event::<M>(&h.primary).await;
+        assert_eq!(event.kind, EventKind::Updated);
+        assert_eq!(event.payload.generation, Some(2));
+    } else {
+        match result {
+            Err(ReplicatorError::UnsupportedEvent {
+                event, replicable, ..
+            }) => {
+                assert_eq!(event, EventKind::Updated);
+                assert_eq!(replicable, name::<M>());
+            }
+            other => panic!("updated on an immutable strategy must be refused, got {other:?}"),
+        }
+        let last = h.primary.event_log().last_event_id().await.unwrap();
+        assert_eq!(last, Some(created), "a refused event must not be written");
+    }
+}
+
+/// `deleted` carries the resource's location, and removes the record from the primary's
+/// catalogue.
+pub async fn deleted_event_carries_the_resource<M: Replicable>(h: &Harness<M>) {
+    let (fixture, _) = h.create_and_publish(41).await;
+    fixture
+        .record
+        .replicator(&h.primary)
+        .publish_deleted_event()
+        .await
+        .expect("publishing deleted")
+        .expect("an event id");
+    let event = last_event::<M>(&h.primary).await;
+    assert_eq!(event.kind, EventKind::Deleted);
+    assert_eq!(event.payload.model_id, 41);
+    assert_eq!(event.payload.resource, fixture.record.resource());
+    assert!(
+        h.primary
+            .records()
+            .get(name::<M>(), 41)
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+/// Publishing on a secondary writes nothing anywhere and returns `None`.
+pub async fn publishing_on_a_secondary_writes_nothing<M: Replicable>(h: &Harness<M>) {
+    let record = h.build(51);
+    let replicator = record.replicator(&h.secondary);
+    assert_eq!(replicator.publish_created_event().await.unwrap(), None);
+    assert_eq!(replicator.publish_deleted_event().await.unwrap(), None);
+    if M::Strategy::MUTABLE {
+        assert_eq!(replicator.publish_updated_event().await.unwrap(), None);
+    }
+    assert_eq!(h.secondary.event_log().last_event_id().await.unwrap(), None);
+    assert_eq!(h.primary.event_log().last_event_id().await.unwrap(), None);
+    assert!(
+        h.secondary
+            .records()
+            .get(name::<M>(), 51)
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+/// The log cursor consumes `created`: the registry row is synced and the secondary's copy has
+/// the checksum of the primary's resource.
+pub async fn consuming_created_syncs_and_the_checksum_matches<M: Replicable>(h: &Harness<M>) {
+    let (fixture, event_id) = h.create_and_publish(61).await;
+    let report = catch_up(&h.secondary).await;
+    assert_eq!(
+        (report.consumed, report.skipped, report.cursor),
+        (1, 0, event_id)
+    );
+    assert_eq!(
+        registry_state::<M>(&h.secondary, 61).await,
+        Some(SyncState::Synced)
+    );
+    let local = secondary_checksum(&h.secondary, &fixture.record)
+        .await
+        .expect("the secondary has a copy");
+    assert_eq!(
+        local, fixture.checksum,
+        "the copy differs from the primary's resource"
+    );
+    let registry = fixture
+        .record
+        .replicator(&h.secondary)
+        .registry()
+        .await
+        .unwrap();
+    assert!(registry.is_some(), "typed registry row");
+}
+
+/// Consuming `deleted` removes the local copy and the registry row, although the record no
+/// longer exists on the primary.
+pub async fn consuming_deleted_removes_data_and_registry_even_when_the_record_is_gone<
+    M: Replicable,
+>(
+    h: &Harness<M>,
+) {
+    let (fixture, _) = h.create_and_publish(71).await;
+    catch_up(&h.secondary).await;
+    assert!(
+        secondary_checksum(&h.secondary, &fixture.record)
+            .await
+            .is_ok()
+    );
+    fixture
+        .record
+        .replicator(&h.primary)
+        .publish_deleted_event()
+        .await
+        .unwrap();
+    let gone = h.primary.records().get(name::<M>(), 71).await.unwrap();
+    assert!(gone.is_none(), "the record is gone on the primary");
+    let report = catch_up(&h.secondary).await;
+    assert_eq!(report.consumed, 1);
+    assert_eq!(registry_state::<M>(&h.secondary, 71).await, None);
+    assert!(
+        secondary_checksum(&h.secondary, &fixture.record)
+            .await
+            .is_err(),
+        "the local copy must be removed"
+    );
+}
+
+/// A secondary whose selective sync excludes a record neither registers nor copies it.
+pub async fn out_of_scope_records_are_skipped<M: Replicable>(h: &Harness<M>) {
+    let scoped =
+        h.secondary_with_scope(SelectiveSync::all().only::<M>(|r| r.replicable_id() != 82));
+    let (excluded, _) = h.create_and_publish(82).await;
+    let (included, _) = h.create_and_publish(81).await;
+    let report = catch_up(&scoped).await;
+    assert_eq!(report.consumed, 2);
+    assert_eq!(registry_state::<M>(&scoped, 82).await, None);
+    assert!(secondary_checksum(&scoped, &excluded.record).await.is_err());
+    assert_eq!(
+        registry_state::<M>(&scoped, 81).await,
+        Some(SyncState::Synced)
+    );
+    assert_eq!(
+        secondary_checksum(&scoped, &included.record).await.unwrap(),
+        included.checksum
+    );
+}
+
+/// A sync that fails records `failed`, the retry count, a retry time inside the schedule's
+/// window and the failure text; a second failure counts up.
+pub async fn failed_sync_sets_state_retry_and_failure<M: Replicable>(h: &Harness<M>) {
+    let (fixture, _) = h.create_and_publish(91).await;
+    // The record vanishes from the primary without a `deleted` event.
+    h.primary.records().delete(name::<M>(), 91).await.unwrap();
+    let policy = *h.secondary.retry_policy();
+    for attempt in 1..=2u32 {
+        let before = h.secondary.now();
+        let outcome = fixture
+            .record
+            .replicator(&h.secondary)
+            .sync()
+            .await
+            .unwrap();
+        let after = h.secondary.now();
+        let SyncOutcome::Failed(failure) = outcome else {
+            panic!("sync of a record missing on the primary must fail, got {outcome:?}");
+        };
+        assert!(failure.missing_on_primary);
+        let row = crate::replicator::ReplicationTarget::<M>::new(&h.secondary, 91)
+            .registry_record()
+            .await
+            .unwrap()
+            .expect("a registry row");
+        assert_eq!(row.state, SyncState::Failed);
+        assert_eq!(row.retry_count, attempt);
+        assert!(row.missing_on_primary);
+        let text = row.last_sync_failure.as_deref().unwrap_or_default();
+        assert!(
+            text.contains("does not exist on the primary"),
+            "failure text: {text:?}"
+        );
+        let (lo, hi) = policy.window(attempt, true);
+        let retry_at = row.retry_at.expect("a retry time");
+        assert!(
+            retry_at >= before + chrono::Duration::from_std(lo).unwrap()
+                && retry_at <= after + chrono::Duration::from_std(hi).unwrap(),
+            "retry {attempt} at {retry_at} outside [{lo:?}, {hi:?}] from now"
+        );
+    }
+}
+
+/// A row marked pending while its sync runs (the record changed) is not marked synced; it stays
+/// pending and the next sync completes it.
+pub async fn pending_mark_during_a_sync_makes_it_sync_again<M: Replicable>(h: &Harness<M>) {
+    let (fixture, _) = h.create_and_publish(101).await;
+    let replicator = fixture.record.replicator(&h.secondary);
+    let attempt = replicator.start_sync().await.unwrap();
+    assert_eq!(
+        registry_state::<M>(&h.secondary, 101).await,
+        Some(SyncState::Started)
+    );
+    replicator.target().mark_pending().await.unwrap();
+    assert_eq!(attempt.run().await.unwrap(), SyncOutcome::ChangedDuringSync);
+    assert_eq!(
+        registry_state::<M>(&h.secondary, 101).await,
+        Some(SyncState::Pending)
+    );
+    let outcome = replicator.sync().await.unwrap();
+    assert!(matches!(outcome, SyncOutcome::Synced { .. }), "{outcome:?}");
+    assert_eq!(
+        registry_state::<M>(&h.secondary, 101).await,
+        Some(SyncState::Synced)
+    );
+}
+
+/// The primary's checksum is the checksum of the resource (for blobs, the SHA-256 of the bytes),
+/// and verifying on the primary stores it and publishes `checksum_succeeded`.
+pub async fn primary_checksum_is_the_resource_checksum<M: Replicable>(h: &Harness<M>) {
+    let (fixture, _) = h.create_and_publish(111).await;
+    let replicator = fixture.record.replicator(&h.primary);
+    assert_eq!(
+        replicator.calculate_checksum().await.unwrap(),
+        fixture.checksum
+    );
+    let outcome = replicator.verify().await.unwrap();
+    assert_eq!(
+        outcome,
+        VerifyOutcome::Succeeded {
+            checksum: fixture.checksum.clone()
+        }
+    );
+    let state = replicator
+        .target()
+        .verification_record()
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        state.verification.verification_state,
+        VerificationState::Succeeded
+    );
+    assert_eq!(state.succeeded_checksum(), Some(fixture.checksum.as_str()));
+    assert!(replicator.verification_state().await.unwrap().is_some());
+    let event = last_event::<M>(&h.primary).await;
+    assert_eq!(event.kind, EventKind::ChecksumSucceeded);
+    assert_eq!(
+        event.payload.checksum.as_deref(),
+        Some(fixture.checksum.as_str())
+    );
+}
+
+async fn synced_and_primary_verified<M: Replicable>(h: &Harness<M>, id: i64) -> super::Fixture<M> {
+    let (fixture, _) = h.create_and_publish(id).await;
+    fixture
+        .record
+        .replicator(&h.primary)
+        .verify()
+        .await
+        .unwrap();
+    catch_up(&h.secondary).await;
+    assert_eq!(
+        registry_state::<M>(&h.secondary, id).await,
+        Some(SyncState::Synced)
+    );
+    fixture
+}
+
+/// A synced copy equal to the primary's verifies.
+pub async fn secondary_verification_succeeds_on_an_equal_copy<M: Replicable>(h: &Harness<M>) {
+    let fixture = synced_and_primary_verified(h, 121).await;
+    let outcome = fixture
+        .record
+        .replicator(&h.secondary)
+        .verify()
+        .await
+        .unwrap();
+    assert_eq!(
+        outcome,
+        VerifyOutcome::Succeeded {
+            checksum: fixture.checksum.clone()
+        }
+    );
+    let row = crate::replicator::ReplicationTarget::<M>::new(&h.secondary, 121)
+        .registry_record()
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        row.verification.verification_state,
+        VerificationState::Succeeded
+    );
+    assert_eq!(
+        row.verification.verification_checksum,
+        Some(fixture.checksum)
+    );
+    assert!(!row.verification.checksum_mismatch);
+}
+
+/// A copy damaged behind the framework's back fails verification with a mismatch, which fails
+/// the registry row; the resync repairs it and it verifies again.
+pub async fn secondary_verification_detects_corruption_and_resyncs<M: Replicable>(h: &Harness<M>) {
+    let fixture = synced_and_primary_verified(h, 131).await;
+    M::Strategy::default()
+        .corrupt(&h.secondary, &fixture.record.resource())
+        .await
+        .expect("corrupting the copy");
+    let replicator = fixture.record.replicator(&h.secondary);
+    let outcome = replicator.verify().await.unwrap();
+    let VerifyOutcome::Mismatch { primary, local } = outcome else {
+        panic!("a corrupted copy must not verify, got {outcome:?}");
+    };
+    assert_eq!(primary, fixture.checksum);
+    assert_ne!(local, fixture.checksum);
+    let row = replicator
+        .target()
+        .registry_record()
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        row.verification.verification_state,
+        VerificationState::Failed
+    );
+    assert!(row.verification.checksum_mismatch);
+    assert_eq!(
+        row.verification.verification_checksum_mismatched,
+        Some(local)
+    );
+    assert_eq!(
+        row.verification.verification_failure.as_deref(),
+        Some(CHECKSUM_MISMATCH)
+    );
+    assert_eq!(
+        row.state,
+        SyncState::Failed,
+        "a mismatch must fail the registry to resync"
+    );
+    assert!(row.last_sync_failure.unwrap().contains(CHECKSUM_MISMATCH));
+    // The resync repairs the copy.
+    let outcome = replicator.sync().await.unwrap();
+    assert!(matches!(outcome, SyncOutcome::Synced { .. }), "{outcome:?}");
+    assert_eq!(
+        replicator.calculate_checksum().await.unwrap(),
+        fixture.checksum
+    );
+    assert!(matches!(
+        replicator.verify().await.unwrap(),
+        VerifyOutcome::Succeeded { .. }
+    ));
+}
+
+/// Until the primary has a checksum there is nothing to compare with: the secondary's
+/// verification stays pending.
+pub async fn verification_waits_for_the_primary_checksum<M: Replicable>(h: &Harness<M>) {
+    let (fixture, _) = h.create_and_publish(141).await;
+    catch_up(&h.secondary).await;
+    let replicator = fixture.record.replicator(&h.secondary);
+    assert_eq!(
+        replicator.verify().await.unwrap(),
+        VerifyOutcome::WaitingForPrimary
+    );
+    let row = replicator
+        .target()
+        .registry_record()
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        row.verification.verification_state,
+        VerificationState::Pending
+    );
+    assert_eq!(row.state, SyncState::Synced);
+    fixture
+        .record
+        .replicator(&h.primary)
+        .verify()
+        .await
+        .unwrap();
+    assert!(matches!(
+        replicator.verify().await.unwrap(),
+        VerifyOutcome::Succeeded { .. }
+    ));
+}
+
+/// `checksum_succeeded` from the primary puts a verified copy back to verification pending.
+pub async fn checksum_succeeded_resets_secondary_verification<M: Replicable>(h: &Harness<M>) {
+    let fixture = synced_and_primary_verified(h, 151).await;
+    let replicator = fixture.record.replicator(&h.secondary);
+    replicator.verify().await.unwrap();
+    let event = Event {
+        id: 10_000,
+        replicable_name: name::<M>().to_owned(),
+        kind: EventKind::ChecksumSucceeded,
+        payload: EventPayload {
+            model_id: 151,
+            resource: fixture.record.resource(),
+            generation: None,
+            record: None,
+            checksum: Some(fixture.checksum.clone()),
+        },
+        created_at: h.secondary.now(),
+    };
+    assert_eq!(
+        replicator.consume(&event).await.unwrap(),
+        ConsumeOutcome::VerificationReset
+    );
+    let row = replicator
+        .target()
+        .registry_record()
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        row.verification.verification_state,
+        VerificationState::Pending
+    );
+}
+
+/// Status counts on both sides follow the rows.
+pub async fn counts_are_right<M: Replicable>(h: &Harness<M>) {
+    for id in [161, 162] {
+        synced_and_primary_verified(h, id).await;
+        h.build(id).replicator(&h.secondary).verify().await.unwrap();
+    }
+    let (failing, _) = h.create_and_publish(163).await;
+    h.primary.records().delete(name::<M>(), 163).await.unwrap();
+    failing
+        .record
+        .replicator(&h.secondary)
+        .sync()
+        .await
+        .unwrap();
+
+    let primary = primary_status(&h.primary, name::<M>()).await.unwrap();
+    assert_eq!(primary.count, 2);
+    assert_eq!(primary.checksummed_count, 2);
+    assert_eq!(primary.checksum_failed_count, 0);
+    assert_eq!(primary.checksum_total_count, 3);
+
+    let secondary = secondary_status(&h.secondary, name::<M>()).await.unwrap();
+    assert_eq!(secondary.registry_count, 3);
+    assert_eq!(secondary.synced_count, 2);
+    assert_eq!(secondary.failed_count, 1);
+    assert_eq!(secondary.verification_total_count, 2);
+    assert_eq!(secondary.verified_count, 2);
+    assert_eq!(secondary.verification_failed_count, 0);
+    assert!((secondary.synced_percent - 200.0 / 3.0).abs() < 1e-9);
+}
+
+/// An event of a replicable this binary does not know is recorded as skipped, and the cursor
+/// goes on to the events after it.
+pub async fn unknown_events_are_skipped_without_stopping_the_cursor<M: Replicable>(h: &Harness<M>) {
+    let stray = NewEvent {
+        replicable_name: "no_such_replicable".into(),
+        kind: EventKind::Created,
+        payload: EventPayload {
+            model_id: 1,
+            resource: Resource::Record,
+            generation: Some(1),
+            record: None,
+            checksum: None,
+        },
+    };
+    h.primary
+        .event_log()
+        .append(&[stray], h.primary.now())
+        .await
+        .unwrap();
+    let (_, last) = h.create_and_publish(171).await;
+    let report = catch_up(&h.secondary).await;
+    assert_eq!(
+        (report.consumed, report.skipped, report.cursor),
+        (1, 1, last)
+    );
+    let skipped = h
+        .secondary
+        .registry_store()
+        .skipped_events(10)
+        .await
+        .unwrap();
+    assert_eq!(skipped.len(), 1);
+    assert!(
+        skipped[0].reason.contains("no_such_replicable"),
+        "{}",
+        skipped[0].reason
+    );
+    assert_eq!(
+        registry_state::<M>(&h.secondary, 171).await,
+        Some(SyncState::Synced)
+    );
+}
+
+/// Backfill registers records the secondary never heard of and removes rows (and copies) of
+/// records that are gone.
+pub async fn backfill_registers_records_without_events_and_removes_orphans<M: Replicable>(
+    h: &Harness<M>,
+) {
+    // 181 and 182 were synced; 182 then vanishes without an event. 183..=187 were written
+    // before replication started: in the catalogue but never consumed.
+    for id in [181, 182] {
+        h.create_and_publish(id).await;
+    }
+    catch_up(&h.secondary).await;
+    let orphan = h.build(182);
+    h.primary.records().delete(name::<M>(), 182).await.unwrap();
+    for id in 183..=187 {
+        h.create_and_publish(id).await;
+    }
+    let d = descriptor::<M>();
+    let report = backfill::backfill(&h.secondary, d, 2).await.unwrap();
+    assert_eq!(report.primary_ids, 6);
+    assert_eq!(report.created, 5);
+    assert_eq!(report.removed, 1);
+    assert_eq!(registry_state::<M>(&h.secondary, 182).await, None);
+    assert!(secondary_checksum(&h.secondary, &orphan).await.is_err());
+    for id in 183..=187 {
+        assert_eq!(
+            registry_state::<M>(&h.secondary, id).await,
+            Some(SyncState::Pending)
+        );
+    }
+    let pass = crate::workers::sync_due(&h.secondary, d, 100, 4)
+        .await
+        .unwrap();
+    assert_eq!((pass.claimed, pass.succeeded), (5, 5));
+}

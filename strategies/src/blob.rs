@@ -1,0 +1,246 @@
+//! The blob strategy: a resource is one object in the site's object store.
+//!
+//! A secondary streams the object from the primary into a temporary object under
+//! `.replicable/tmp/` (multipart, so a blob of any size needs only a few parts of memory),
+//! hashing it on the way. Only when the size and the SHA-256 match the primary's does the copy
+//! replace the object under its real key. Blobs are immutable: `created` and `deleted` events
+//! only.
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
+use replicable_core::blob_key::{RESERVED_PREFIX, parse_blob_key};
+use replicable_core::storage::StoredRecord;
+use replicable_core::{
+    DataType, LinkError, ResourceError, Site, Strategy, SyncFailure, SyncRequest,
+};
+use sha2::{Digest, Sha256};
+
+/// Size of one part of a multipart upload (the S3 minimum is 5 MiB).
+pub const PART_SIZE: usize = 5 * 1024 * 1024;
+
+/// Parts uploaded at once; with [`PART_SIZE`] this bounds the memory of one download.
+pub const PART_CONCURRENCY: usize = 2;
+
+/// Replicates blobs: objects in the site's object store, keyed by the model's
+/// `#[replicable(blob)]` field.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct BlobStrategy;
+
+fn blob_key(resource: &replicable_core::Resource) -> Result<&str, ResourceError> {
+    match resource {
+        replicable_core::Resource::Blob { key } => Ok(key),
+        other => Err(ResourceError::Refused {
+            resource: other.to_string(),
+            reason: "BlobStrategy replicates blobs only".into(),
+        }),
+    }
+}
+
+fn io_error(key: &str, e: impl std::fmt::Display) -> ResourceError {
+    ResourceError::Io {
+        resource: format!("blob `{key}`"),
+        reason: e.to_string(),
+    }
+}
+
+fn temporary_path(name: &str, id: i64) -> Path {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    Path::from(format!(
+        "{RESERVED_PREFIX}/tmp/{name}-{id}-{nanos}-{:016x}",
+        fastrand::u64(..)
+    ))
+}
+
+/// Streams `source` into a temporary object, returning its SHA-256 and size.
+async fn download(
+    store: &dyn ObjectStore,
+    tmp: &Path,
+    mut source: futures::stream::BoxStream<'static, Result<bytes::Bytes, LinkError>>,
+) -> Result<(String, u64), SyncFailure> {
+    let upload = store
+        .put_multipart(tmp)
+        .await
+        .map_err(|e| SyncFailure::new(format!("cannot start writing the download: {e}")))?;
+    let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
+    let mut hasher = Sha256::new();
+    let mut size = 0u64;
+    while let Some(chunk) = source.next().await {
+        let chunk = match chunk {
+            Ok(chunk) => chunk,
+            Err(e) => {
+                let _ = writer.abort().await;
+                return Err(SyncFailure::new(e.to_string()));
+            }
+        };
+        if let Err(e) = writer.wait_for_capacity(PART_CONCURRENCY).await {
+            return Err(SyncFailure::new(format!(
+                "writing the download failed: {e}"
+            )));
+        }
+        hasher.update(&chunk);
+        size += chunk.len() as u64;
+        writer.put(chunk);
+    }
+    writer
+        .finish()
+        .await
+        .map_err(|e| SyncFailure::new(format!("writing the download failed: {e}")))?;
+    Ok((hex::encode(hasher.finalize()), size))
+}
+
+/// The SHA-256 of an object, streamed.
+pub async fn object_sha256(store: &dyn ObjectStore, path: &Path) -> Result<String, ResourceError> {
+    let key = path.as_ref();
+    let result = store.get(path).await.map_err(|e| match e {
+        object_store::Error::NotFound { .. } => ResourceError::Missing {
+            resource: format!("blob `{key}`"),
+        },
+        e => io_error(key, e),
+    })?;
+    let mut stream = result.into_stream();
+    let mut hasher = Sha256::new();
+    while let Some(chunk) = stream.next().await {
+        hasher.update(chunk.map_err(|e| io_error(key, e))?);
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
+/// The bytes of the fixture blob for `seed`: between 16 and 20 KiB of seeded pseudo-random
+/// data, so that different records have different content.
+pub fn fixture_bytes(seed: u64) -> Vec<u8> {
+    let len = 16 * 1024 + (seed % 4096) as usize;
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            // xorshift64
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 24) as u8
+        })
+        .collect()
+}
+
+#[async_trait]
+impl Strategy for BlobStrategy {
+    const NAME: &'static str = "BlobStrategy";
+    const DATA_TYPE: DataType = DataType::Blob;
+    const MUTABLE: bool = false;
+
+    async fn sync(&self, request: SyncRequest<'_>) -> Result<(), SyncFailure> {
+        let key = blob_key(request.resource).map_err(|e| SyncFailure::new(e.to_string()))?;
+        let path = parse_blob_key(key).map_err(|e| SyncFailure::new(e.to_string()))?;
+        let download_source = match request
+            .primary
+            .open_blob(request.replicable_name, request.model_id, key)
+            .await
+        {
+            Ok(source) => source,
+            Err(LinkError::NotFound { .. }) => {
+                return Err(SyncFailure::missing_on_primary(format!(
+                    "blob `{key}` is missing on the primary"
+                )));
+            }
+            Err(e) => return Err(SyncFailure::new(e.to_string())),
+        };
+        let expected_size = download_source.size;
+        let store = request.site.blob_store();
+        let tmp = temporary_path(request.replicable_name, request.model_id);
+        let (checksum, size) = download(&**store, &tmp, download_source.stream).await?;
+        let discard = |reason: String| async {
+            let _ = store.delete(&tmp).await;
+            Err(SyncFailure::new(reason))
+        };
+        if size != expected_size {
+            return discard(format!(
+                "Downloaded file size mismatch: expected {expected_size} bytes, got {size}"
+            ))
+            .await;
+        }
+        if let Some(expected) = request.primary_checksum
+            && expected != checksum
+        {
+            return discard(format!(
+                "Downloaded file checksum mismatch: expected {expected}, got {checksum}"
+            ))
+            .await;
+        }
+        if let Err(e) = store.rename(&tmp, &path).await {
+            return discard(format!("cannot move the download into place: {e}")).await;
+        }
+        Ok(())
+    }
+
+    async fn remove(
+        &self,
+        site: &Site,
+        resource: &replicable_core::Resource,
+    ) -> Result<(), ResourceError> {
+        let key = blob_key(resource)?;
+        let path = parse_blob_key(key)?;
+        match site.blob_store().delete(&path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(io_error(key, e)),
+        }
+    }
+
+    async fn checksum(
+        &self,
+        site: &Site,
+        resource: &replicable_core::Resource,
+        _record: Option<&StoredRecord>,
+    ) -> Result<String, ResourceError> {
+        let path = parse_blob_key(blob_key(resource)?)?;
+        object_sha256(&**site.blob_store(), &path).await
+    }
+
+    async fn create_fixture(
+        &self,
+        site: &Site,
+        resource: &replicable_core::Resource,
+        seed: u64,
+    ) -> Result<String, ResourceError> {
+        let key = blob_key(resource)?;
+        let path = parse_blob_key(key)?;
+        let bytes = fixture_bytes(seed);
+        let checksum = crate::sha256_hex(&bytes);
+        site.blob_store()
+            .put(&path, PutPayload::from(bytes))
+            .await
+            .map_err(|e| io_error(key, e))?;
+        Ok(checksum)
+    }
+
+    async fn corrupt(
+        &self,
+        site: &Site,
+        resource: &replicable_core::Resource,
+    ) -> Result<(), ResourceError> {
+        let key = blob_key(resource)?;
+        let path = parse_blob_key(key)?;
+        site.blob_store()
+            .put(
+                &path,
+                PutPayload::from_static(b"corrupted behind the framework's back"),
+            )
+            .await
+            .map_err(|e| io_error(key, e))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fixtures_differ_by_seed_and_are_stable() {
+        assert_eq!(fixture_bytes(3), fixture_bytes(3));
+        assert_ne!(fixture_bytes(3), fixture_bytes(4));
+        assert_eq!(fixture_bytes(0).len(), 16 * 1024);
+    }
+}
