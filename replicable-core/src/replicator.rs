@@ -156,6 +156,7 @@ impl<'a, M: Replicable> Replicator<'a, M> {
         }
         let (name, id, site) = (M::REPLICABLE_NAME, target.id, target.site);
         let resource = self.record.resource();
+        M::Strategy::validate(&resource).map_err(|e| target.resource_error(e))?;
         let mut payload = EventPayload {
             model_id: id,
             resource,

@@ -60,6 +60,13 @@ pub trait Strategy: Default + Send + Sync + 'static {
         }
     }
 
+    /// Checks a resource's location before anything is published or removed (a blob key that
+    /// would escape the store's root is refused here). The default accepts everything.
+    fn validate(resource: &Resource) -> Result<(), ResourceError> {
+        let _ = resource;
+        Ok(())
+    }
+
     /// Copies the resource from the primary onto `request.site`.
     ///
     /// The copy must not become visible under its real location before it is complete and, when

@@ -172,7 +172,9 @@ pub fn read<'a>(cx: &Ctxt, input: &'a DeriveInput) -> Model<'a> {
         blob,
         repository,
     };
-    check_known_strategy(cx, &model);
+    if fields.is_some() {
+        check_known_strategy(cx, &model);
+    }
     model
 }
 
@@ -213,10 +215,10 @@ fn read_container_attrs(cx: &Ctxt, input: &DeriveInput) -> (Option<String>, Opti
             let span = meta.path.span();
             if meta.path.is_ident(NAME) {
                 let lit: LitStr = meta.value()?.parse()?;
-                if let Some(problem) = name_problem(&lit.value()) {
-                    cx.error_spanned_by(&lit, problem);
+                match name_problem(&lit.value()) {
+                    Some(problem) => cx.error_spanned_by(&lit, problem),
+                    None => name.set(cx, span, NAME, lit.value()),
                 }
-                name.set(cx, span, NAME, lit.value());
             } else if meta.path.is_ident(CRATE) {
                 let lit: LitStr = meta.value()?.parse()?;
                 match lit.parse::<Path>() {

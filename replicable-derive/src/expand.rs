@@ -35,9 +35,11 @@ fn expand(model: &Model<'_>, fallback: bool) -> TokenStream {
     let replicator_ident = format_ident!("{}Replicator", ident);
     let id_column = format_ident!("{}_id", name);
 
-    let strategy = match (&model.strategy, fallback) {
-        (Some(path), false) => quote!(#path),
-        _ => quote!(#rp::UnresolvedStrategy),
+    // The fallback keeps the user's strategy when it parsed, so that its import stays used and
+    // a misspelt path is still reported.
+    let strategy = match &model.strategy {
+        Some(path) => quote!(#path),
+        None => quote!(#rp::UnresolvedStrategy),
     };
     let replicable_id = match (&model.id, fallback) {
         (Some(MarkedField { ident: field, ty }), false) => {

@@ -131,6 +131,10 @@ impl Strategy for BlobStrategy {
     const DATA_TYPE: DataType = DataType::Blob;
     const MUTABLE: bool = false;
 
+    fn validate(resource: &replicable_core::Resource) -> Result<(), ResourceError> {
+        parse_blob_key(blob_key(resource)?).map(|_| ())
+    }
+
     async fn sync(&self, request: SyncRequest<'_>) -> Result<(), SyncFailure> {
         let key = blob_key(request.resource).map_err(|e| SyncFailure::new(e.to_string()))?;
         let path = parse_blob_key(key).map_err(|e| SyncFailure::new(e.to_string()))?;

@@ -1,0 +1,14 @@
+use replicable_core::prelude::*;
+use replicable_strategies::BlobStrategy;
+
+#[derive(Clone, Serialize, Deserialize, Replicable)]
+#[replicator(BlobStrategy)]
+#[replicable(name = "package_file", name = "file")]
+pub struct PackageFile {
+    #[replicable(id, id)]
+    pub id: i64,
+    #[replicable(blob)]
+    pub file_path: String,
+}
+
+fn main() {}

@@ -1,0 +1,12 @@
+use replicable_core::prelude::*;
+use replicable_strategies::BlobStrategy;
+
+#[derive(Clone, Serialize, Deserialize, Replicable)]
+#[replicator(BlobStrategy)]
+pub struct PackageFile {
+    pub id: i64,
+    #[replicable(blob)]
+    pub file_path: String,
+}
+
+fn main() {}

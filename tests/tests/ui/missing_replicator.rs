@@ -1,0 +1,12 @@
+use replicable_core::prelude::*;
+use replicable_strategies::BlobStrategy;
+
+#[derive(Clone, Serialize, Deserialize, Replicable)]
+pub struct PackageFile {
+    #[replicable(id)]
+    pub id: i64,
+    #[replicable(blob)]
+    pub file_path: String,
+}
+
+fn main() {}

@@ -1,0 +1,13 @@
+use replicable_core::prelude::*;
+use replicable_strategies::BlobStrategy;
+
+#[derive(Clone, Serialize, Deserialize, Replicable)]
+#[replicator("BlobStrategy")]
+pub struct PackageFile {
+    #[replicable(id)]
+    pub id: i64,
+    #[replicable(blob)]
+    pub file_path: String,
+}
+
+fn main() {}

@@ -1,0 +1,15 @@
+use replicable_core::prelude::*;
+use replicable_strategies::BlobStrategy;
+
+#[derive(Clone, Serialize, Deserialize, Replicable)]
+#[replicator(BlobStrategy)]
+pub struct PackageFile {
+    #[replicable(id)]
+    pub id: i64,
+    #[replicable(id)]
+    pub other_id: i64,
+    #[replicable(blob)]
+    pub file_path: String,
+}
+
+fn main() {}
