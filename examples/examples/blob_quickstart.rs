@@ -34,7 +34,11 @@ fn local_store(dir: &std::path::Path) -> Result<Arc<dyn ObjectStore>, Error> {
 }
 
 /// Writes `mib` MiB of patterned bytes to the primary, one MiB at a time.
-async fn write_large_blob(store: &Arc<dyn ObjectStore>, key: &str, mib: usize) -> Result<(), Error> {
+async fn write_large_blob(
+    store: &Arc<dyn ObjectStore>,
+    key: &str,
+    mib: usize,
+) -> Result<(), Error> {
     let mut writer = WriteMultipart::new(store.put_multipart(&Path::from(key)).await?);
     for i in 0..mib {
         writer.wait_for_capacity(2).await?;
@@ -48,8 +52,7 @@ async fn write_large_blob(store: &Arc<dyn ObjectStore>, key: &str, mib: usize) -
 async fn main() -> Result<(), Error> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .init();
     let args: Vec<String> = std::env::args().collect();
@@ -64,10 +67,16 @@ async fn main() -> Result<(), Error> {
     let primary = Site::primary("primary")
         .blob_store(local_store(&dir.path().join("primary"))?)
         .build();
-    let secondary = Site::secondary("secondary", Arc::new(InProcessPrimary::new(primary.clone())))
-        .blob_store(local_store(&dir.path().join("secondary"))?)
-        .build();
-    println!("primary and secondary blob stores under {}", dir.path().display());
+    let secondary = Site::secondary(
+        "secondary",
+        Arc::new(InProcessPrimary::new(primary.clone())),
+    )
+    .blob_store(local_store(&dir.path().join("secondary"))?)
+    .build();
+    println!(
+        "primary and secondary blob stores under {}",
+        dir.path().display()
+    );
 
     // 1. The app writes records and their files on the primary, then publishes.
     let files = [
@@ -82,7 +91,10 @@ async fn main() -> Result<(), Error> {
             .put(&Path::from(file.file_path.as_str()), PutPayload::from(body))
             .await?;
         let event = file.replicator(&primary).publish_created_event().await?;
-        println!("primary: wrote {} and published created (event {event:?})", file.file_path);
+        println!(
+            "primary: wrote {} and published created (event {event:?})",
+            file.file_path
+        );
     }
 
     // 2. The primary checksums its files.
@@ -99,18 +111,30 @@ async fn main() -> Result<(), Error> {
 
     // 4. The secondary verifies its copies against the primary's checksums.
     let pass = workers::verify_due(&secondary, descriptor, 100, 4).await?;
-    println!("secondary: verified {} copies, {} failed", pass.succeeded, pass.failed);
+    println!(
+        "secondary: verified {} copies, {} failed",
+        pass.succeeded, pass.failed
+    );
 
     // 5. A file is deleted on the primary; the secondary removes its copy.
-    files[2].replicator(&primary).publish_deleted_event().await?;
-    primary.blob_store().delete(&Path::from(files[2].file_path.as_str())).await?;
+    files[2]
+        .replicator(&primary)
+        .publish_deleted_event()
+        .await?;
+    primary
+        .blob_store()
+        .delete(&Path::from(files[2].file_path.as_str()))
+        .await?;
     log_cursor::catch_up(&secondary, log_cursor::DEFAULT_BATCH_SIZE).await?;
     let gone = secondary
         .blob_store()
         .head(&Path::from(files[2].file_path.as_str()))
         .await
         .is_err();
-    println!("secondary: consumed deleted for {}; copy removed: {gone}", files[2].file_path);
+    println!(
+        "secondary: consumed deleted for {}; copy removed: {gone}",
+        files[2].file_path
+    );
 
     if let Some(mib) = large_mib {
         let big = PackageFile::new(100, "large.bin");
@@ -128,7 +152,9 @@ async fn main() -> Result<(), Error> {
             mib as f64 / elapsed.as_secs_f64()
         );
         if let (Some(before), Some(after)) = (rss_before, peak_rss_mib()) {
-            println!("peak memory (VmHWM): {after:.1} MiB (before the large sync: {before:.1} MiB)");
+            println!(
+                "peak memory (VmHWM): {after:.1} MiB (before the large sync: {before:.1} MiB)"
+            );
         }
     }
 

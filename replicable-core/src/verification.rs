@@ -251,10 +251,10 @@ impl Verification {
 /// A duration as an operator reads it: "8 hours", "90 seconds".
 pub(crate) fn humanize(d: std::time::Duration) -> String {
     let secs = d.as_secs();
-    if secs >= 3600 && secs % 3600 == 0 {
+    if secs >= 3600 && secs.is_multiple_of(3600) {
         let h = secs / 3600;
         format!("{h} hour{}", if h == 1 { "" } else { "s" })
-    } else if secs >= 60 && secs % 60 == 0 {
+    } else if secs >= 60 && secs.is_multiple_of(60) {
         let m = secs / 60;
         format!("{m} minute{}", if m == 1 { "" } else { "s" })
     } else {

@@ -184,6 +184,7 @@ fn expand(model: &Model<'_>, fallback: bool) -> TokenStream {
                 type Registry = #registry_ident;
                 type VerificationState = #verification_ident;
 
+                #[allow(clippy::useless_conversion)]
                 fn replicable_id(&self) -> i64 {
                     #replicable_id
                 }

@@ -27,7 +27,7 @@ fn descriptor<M: Replicable>() -> &'static ReplicableDescriptor {
         .unwrap_or_else(|| panic!("replicable `{}` is not registered", name::<M>()))
 }
 
-async fn last_event<M: Replicable>(site: &Site) -> Event {
+async fn last_event(site: &Site) -> Event {
     let id = site
         .event_log()
         .last_event_id()
@@ -96,7 +96,7 @@ pub async fn replicator_returns_its_model_record<M: Replicable>(h: &Harness<M>) 
 /// generation 1.
 pub async fn created_event_is_published_with_its_payload<M: Replicable>(h: &Harness<M>) {
     let (fixture, event_id) = h.create_and_publish(21).await;
-    let event = last_event::<M>(&h.primary).await;
+    let event = last_event(&h.primary).await;
     assert_eq!(event.id, event_id);
     assert_eq!(event.replicable_name, name::<M>());
     assert_eq!(event.kind, EventKind::Created);
@@ -121,7 +121,7 @@ pub async fn updated_event_is_published_or_refused_by_the_strategy<M: Replicable
     if M::Strategy::MUTABLE {
         let id = result.expect("publishing updated").expect("an event id");
         assert!(id > created);
-        let event = last_event::<M>(&h.primary).await;
+        let event = last_event(&h.primary).await;
         assert_eq!(event.kind, EventKind::Updated);
         assert_eq!(event.payload.generation, Some(2));
     } else {
@@ -150,7 +150,7 @@ pub async fn deleted_event_carries_the_resource<M: Replicable>(h: &Harness<M>) {
         .await
         .expect("publishing deleted")
         .expect("an event id");
-    let event = last_event::<M>(&h.primary).await;
+    let event = last_event(&h.primary).await;
     assert_eq!(event.kind, EventKind::Deleted);
     assert_eq!(event.payload.model_id, 41);
     assert_eq!(event.payload.resource, fixture.record.resource());
@@ -362,7 +362,7 @@ pub async fn primary_checksum_is_the_resource_checksum<M: Replicable>(h: &Harnes
     );
     assert_eq!(state.succeeded_checksum(), Some(fixture.checksum.as_str()));
     assert!(replicator.verification_state().await.unwrap().is_some());
-    let event = last_event::<M>(&h.primary).await;
+    let event = last_event(&h.primary).await;
     assert_eq!(event.kind, EventKind::ChecksumSucceeded);
     assert_eq!(
         event.payload.checksum.as_deref(),
