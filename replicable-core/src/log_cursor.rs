@@ -25,8 +25,12 @@ pub struct CursorReport {
     pub cursor: EventId,
 }
 
-/// The batch could not be processed (the primary or the tracking database is unreachable).
-/// The cursor stays before the event that failed, so nothing is lost.
+/// The name of the log cursor's lease in the tracking database.
+pub const CURSOR_LEASE: &str = "log_cursor";
+
+/// The batch could not be processed (the primary or the tracking database is unreachable, or
+/// another cursor holds the lease). The cursor stays before the event that failed, so nothing is
+/// lost.
 #[derive(Debug, thiserror::Error)]
 #[error("log cursor of site `{site}` stopped at event {cursor}: {reason}")]
 pub struct CursorError {
@@ -36,6 +40,105 @@ pub struct CursorError {
     pub cursor: EventId,
     /// Why.
     pub reason: String,
+    /// Another cursor holds this site's lease; this one did nothing.
+    pub lease_held: bool,
+}
+
+/// The log cursor of one secondary. Only one cursor per site runs at a time: each batch takes or
+/// renews the site's cursor lease, which expires if its holder dies.
+#[derive(Debug, Clone)]
+pub struct LogCursor {
+    site: Site,
+    holder: String,
+    batch_size: usize,
+}
+
+impl LogCursor {
+    /// A cursor for `site` with a holder name unique to this process and call.
+    pub fn new(site: &Site) -> Self {
+        Self::with_holder(
+            site,
+            format!(
+                "{}-{}-{:08x}",
+                site.name(),
+                std::process::id(),
+                fastrand::u32(..)
+            ),
+        )
+    }
+
+    /// A cursor with a chosen holder name.
+    pub fn with_holder(site: &Site, holder: impl Into<String>) -> Self {
+        Self {
+            site: site.clone(),
+            holder: holder.into(),
+            batch_size: DEFAULT_BATCH_SIZE,
+        }
+    }
+
+    /// Events per batch (default 50).
+    pub fn batch_size(mut self, batch_size: usize) -> Self {
+        self.batch_size = batch_size.max(1);
+        self
+    }
+
+    /// This cursor's holder name.
+    pub fn holder(&self) -> &str {
+        &self.holder
+    }
+
+    /// Takes or renews the lease, then processes one batch.
+    pub async fn process_batch(&self) -> Result<CursorReport, CursorError> {
+        let site = &self.site;
+        let registry = site.registry_store();
+        let fail = |reason: String, lease_held| CursorError {
+            site: site.name().to_owned(),
+            cursor: 0,
+            reason,
+            lease_held,
+        };
+        let ttl = site.timeouts().cursor_lease;
+        match registry
+            .acquire_lease(CURSOR_LEASE, &self.holder, site.now(), ttl)
+            .await
+        {
+            Ok(true) => process_batch_unleased(site, self.batch_size).await,
+            Ok(false) => Err(fail(
+                "another log cursor holds this site's lease".into(),
+                true,
+            )),
+            Err(e) => Err(fail(e.to_string(), false)),
+        }
+    }
+
+    /// Processes batches until the cursor has caught up with the primary.
+    pub async fn catch_up(&self) -> Result<CursorReport, CursorError> {
+        let mut total = CursorReport::default();
+        loop {
+            let report = self.process_batch().await?;
+            total.read += report.read;
+            total.consumed += report.consumed;
+            total.skipped += report.skipped;
+            total.cursor = report.cursor;
+            if report.read < self.batch_size {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// Gives up the lease so that another cursor can take over at once.
+    pub async fn release(&self) -> Result<(), crate::error::StoreError> {
+        self.site
+            .registry_store()
+            .release_lease(CURSOR_LEASE, &self.holder)
+            .await
+    }
+}
+
+fn process_holder(site: &Site) -> LogCursor {
+    static PROCESS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let id = PROCESS.get_or_init(|| format!("{}-{:08x}", std::process::id(), fastrand::u32(..)));
+    LogCursor::with_holder(site, format!("{}-{id}", site.name()))
 }
 
 /// Whether a consume failure is about this one event (record it and go on) or about the
@@ -48,13 +151,30 @@ fn is_transient(error: &ReplicatorError) -> bool {
 }
 
 /// Processes one batch of up to `batch_size` events after the saved cursor, and saves the
-/// cursor. Malformed events, events of replicables this binary does not know, and events whose
+/// cursor, holding the site's cursor lease under this process's holder name (see [`LogCursor`]).
+/// Malformed events, events of replicables this binary does not know, and events whose
 /// consumption is refused are recorded as skipped and do not stop the cursor.
 pub async fn process_batch(site: &Site, batch_size: usize) -> Result<CursorReport, CursorError> {
+    process_holder(site)
+        .batch_size(batch_size)
+        .process_batch()
+        .await
+}
+
+/// Processes batches until the cursor has caught up with the primary (see [`process_batch`]).
+pub async fn catch_up(site: &Site, batch_size: usize) -> Result<CursorReport, CursorError> {
+    process_holder(site).batch_size(batch_size).catch_up().await
+}
+
+async fn process_batch_unleased(
+    site: &Site,
+    batch_size: usize,
+) -> Result<CursorReport, CursorError> {
     let fail = |cursor: EventId, reason: String| CursorError {
         site: site.name().to_owned(),
         cursor,
         reason,
+        lease_held: false,
     };
     let link = site
         .primary_link()
@@ -131,20 +251,5 @@ async fn dispatch(site: &Site, raw: StoredEvent) -> Result<(), Dispatch> {
         Ok(_) => Ok(()),
         Err(e) if is_transient(&e) => Err(Dispatch::Stop(e.to_string())),
         Err(e) => Err(Dispatch::Skip(e.to_string())),
-    }
-}
-
-/// Processes batches until the cursor has caught up with the primary.
-pub async fn catch_up(site: &Site, batch_size: usize) -> Result<CursorReport, CursorError> {
-    let mut total = CursorReport::default();
-    loop {
-        let report = process_batch(site, batch_size).await?;
-        total.read += report.read;
-        total.consumed += report.consumed;
-        total.skipped += report.skipped;
-        total.cursor = report.cursor;
-        if report.read < batch_size {
-            return Ok(total);
-        }
     }
 }

@@ -93,8 +93,21 @@ pub struct RegistryRecord {
     pub synced_generation: Option<i64>,
     /// The verification columns of the local copy.
     pub verification: Verification,
+    /// When the worker holding the row's sync or verification last said it is alive.
+    pub heartbeat_at: Option<DateTime<Utc>>,
     /// Bumped by every write; writes that expect an older version are refused.
     pub version: i64,
+}
+
+/// When work left in `started` counts as abandoned or hung.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StuckCutoffs {
+    /// Syncs started before this have run too long (the 8 hour sync timeout).
+    pub sync_started_before: DateTime<Utc>,
+    /// Verifications started before this have run too long.
+    pub verification_started_before: DateTime<Utc>,
+    /// Work whose last heartbeat is older than this lost its worker.
+    pub heartbeat_before: DateTime<Utc>,
 }
 
 impl RegistryRecord {
@@ -111,6 +124,7 @@ impl RegistryRecord {
             missing_on_primary: false,
             synced_generation: None,
             verification: Verification::pending(),
+            heartbeat_at: None,
             version: 0,
         }
     }
@@ -138,6 +152,7 @@ impl RegistryRecord {
             SyncState::Pending | SyncState::Synced | SyncState::Failed => {
                 self.state = SyncState::Started;
                 self.last_synced_at = Some(now);
+                self.heartbeat_at = Some(now);
                 Ok(())
             }
             SyncState::Started => Err(self.illegal("start")),
@@ -219,6 +234,59 @@ impl RegistryRecord {
         stuck
     }
 
+    /// Fails the row's sync or verification if it is `started` and either ran past its timeout
+    /// or lost its worker (no heartbeat since `cutoffs.heartbeat_before`). Returns whether it
+    /// changed the row.
+    pub fn fail_stuck_work(
+        &mut self,
+        cutoffs: &StuckCutoffs,
+        timeouts: (std::time::Duration, std::time::Duration),
+        now: DateTime<Utc>,
+        policy: &RetryPolicy,
+        jitter: u32,
+    ) -> bool {
+        let (sync_timeout, verification_timeout) = timeouts;
+        let mut changed = false;
+        if self.state == SyncState::Started {
+            let last_sign = self.heartbeat_at.or(self.last_synced_at);
+            if last_sign.is_none_or(|at| at < cutoffs.heartbeat_before) {
+                let failure = SyncFailure::new(abandoned_message("Sync", last_sign));
+                changed |= self.mark_failed(&failure, now, policy, jitter).is_ok();
+            } else {
+                changed |= self.fail_if_stuck(
+                    cutoffs.sync_started_before,
+                    sync_timeout,
+                    now,
+                    policy,
+                    jitter,
+                );
+            }
+        }
+        let v = &mut self.verification;
+        if v.verification_state == crate::verification::VerificationState::Started {
+            let last_sign = self.heartbeat_at.or(v.verification_started_at);
+            if last_sign.is_none_or(|at| at < cutoffs.heartbeat_before) {
+                changed |= v
+                    .fail(
+                        &abandoned_message("Verification", last_sign),
+                        now,
+                        policy,
+                        jitter,
+                    )
+                    .is_ok();
+            } else {
+                changed |= v.fail_if_stuck(
+                    cutoffs.verification_started_before,
+                    verification_timeout,
+                    now,
+                    policy,
+                    jitter,
+                );
+            }
+        }
+        changed
+    }
+
     /// Whether the row is due for a sync at `now`: pending, or failed with its retry time passed.
     pub fn is_due(&self, now: DateTime<Utc>) -> bool {
         match self.state {
@@ -233,6 +301,17 @@ impl RegistryRecord {
     pub fn schedule_key(&self) -> (u8, Option<DateTime<Utc>>, i64) {
         let never_attempted = self.state == SyncState::Pending && self.last_synced_at.is_none();
         (u8::from(!never_attempted), self.retry_at, self.model_id)
+    }
+}
+
+/// The failure text of work whose worker stopped heartbeating.
+pub(crate) fn abandoned_message(work: &str, last_sign: Option<DateTime<Utc>>) -> String {
+    match last_sign {
+        Some(at) => format!(
+            "{work} worker stopped responding: no heartbeat since {}",
+            at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        ),
+        None => format!("{work} worker stopped responding"),
     }
 }
 
@@ -425,6 +504,73 @@ mod tests {
         running.start(later).unwrap();
         assert!(!running.fail_if_stuck(cutoff, timeout, later, &policy, 0));
         assert!(!in_state(SyncState::Synced).fail_if_stuck(cutoff, timeout, later, &policy, 0));
+    }
+
+    fn cutoffs(now: DateTime<Utc>) -> StuckCutoffs {
+        StuckCutoffs {
+            sync_started_before: now - chrono::Duration::hours(8),
+            verification_started_before: now - chrono::Duration::hours(8),
+            heartbeat_before: now - chrono::Duration::seconds(60),
+        }
+    }
+
+    const TIMEOUTS: (Duration, Duration) =
+        (Duration::from_secs(8 * 3600), Duration::from_secs(8 * 3600));
+
+    #[test]
+    fn a_sync_without_heartbeat_for_a_minute_is_failed_as_abandoned() {
+        let policy = RetryPolicy::default();
+        let mut r = in_state(SyncState::Pending);
+        r.start(now()).unwrap();
+        let at = now() + chrono::Duration::seconds(59);
+        assert!(!r.fail_stuck_work(&cutoffs(at), TIMEOUTS, at, &policy, 0));
+        assert_eq!(r.state, SyncState::Started);
+        let at = now() + chrono::Duration::seconds(61);
+        assert!(r.fail_stuck_work(&cutoffs(at), TIMEOUTS, at, &policy, 0));
+        assert_eq!(r.state, SyncState::Failed);
+        assert_eq!(r.retry_count, 1);
+        assert_eq!(
+            r.last_sync_failure.as_deref(),
+            Some("Sync worker stopped responding: no heartbeat since 2026-01-01T00:00:00Z")
+        );
+    }
+
+    #[test]
+    fn a_heartbeating_sync_is_still_failed_after_eight_hours() {
+        let policy = RetryPolicy::default();
+        let mut r = in_state(SyncState::Pending);
+        r.start(now()).unwrap();
+        let at = now() + chrono::Duration::hours(8) + chrono::Duration::seconds(1);
+        r.heartbeat_at = Some(at - chrono::Duration::seconds(5));
+        assert!(r.fail_stuck_work(&cutoffs(at), TIMEOUTS, at, &policy, 0));
+        assert_eq!(
+            r.last_sync_failure.as_deref(),
+            Some("Sync timed out after 8 hours")
+        );
+    }
+
+    #[test]
+    fn an_abandoned_verification_is_failed_and_the_sync_state_kept() {
+        let policy = RetryPolicy::default();
+        let mut r = in_state(SyncState::Synced);
+        r.verification.start(now()).unwrap();
+        r.heartbeat_at = Some(now());
+        let at = now() + chrono::Duration::minutes(2);
+        assert!(r.fail_stuck_work(&cutoffs(at), TIMEOUTS, at, &policy, 0));
+        assert_eq!(r.state, SyncState::Synced);
+        assert_eq!(
+            r.verification.verification_state,
+            crate::verification::VerificationState::Failed
+        );
+        assert!(
+            r.verification
+                .verification_failure
+                .unwrap()
+                .starts_with("Verification worker stopped responding")
+        );
+        // Rows with nothing started are left alone.
+        let mut idle = in_state(SyncState::Failed);
+        assert!(!idle.fail_stuck_work(&cutoffs(at), TIMEOUTS, at, &policy, 0));
     }
 
     #[test]

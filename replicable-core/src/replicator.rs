@@ -19,6 +19,32 @@ use crate::verification::{CHECKSUM_MISMATCH, VerificationRecord, VerificationSta
 /// How many times a write that lost a compare-and-set race is retried before giving up.
 const CAS_ATTEMPTS: usize = 8;
 
+/// Runs `work`, calling `beat` every `interval` until it completes, so that the claim on the row
+/// it works on is not taken for abandoned.
+async fn heartbeating<T, B, BF>(
+    interval: std::time::Duration,
+    work: impl std::future::Future<Output = T>,
+    beat: B,
+) -> T
+where
+    B: Fn() -> BF,
+    BF: std::future::Future<Output = Result<bool, StoreError>>,
+{
+    tokio::pin!(work);
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            out = &mut work => return out,
+            _ = ticker.tick() => match beat().await {
+                Ok(true) => {}
+                Ok(false) => debug!("the claimed row changed; the work will not be recorded"),
+                Err(e) => warn!(error = %e, "heartbeat failed"),
+            },
+        }
+    }
+}
+
 /// What consuming an event did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ConsumeOutcome {
@@ -654,10 +680,20 @@ impl<'a, M: Replicable> ReplicationTarget<'a, M> {
             )),
             Some(stored) => {
                 let record = self.decode(&stored)?;
-                M::Strategy::default()
-                    .checksum(site, &record.resource(), Some(&stored))
-                    .await
-                    .map_err(|e| e.to_string())
+                let strategy = M::Strategy::default();
+                let resource = record.resource();
+                let work = strategy.checksum(site, &resource, Some(&stored));
+                let version = row.version;
+                heartbeating(site.timeouts().heartbeat_interval, work, || {
+                    site.verification_store().heartbeat(
+                        M::REPLICABLE_NAME,
+                        self.id,
+                        version,
+                        site.now(),
+                    )
+                })
+                .await
+                .map_err(|e| e.to_string())
             }
         };
         let outcome = match checksum {
@@ -730,10 +766,16 @@ impl<'a, M: Replicable> ReplicationTarget<'a, M> {
             Some(stored) => {
                 let record = self.decode(stored)?;
                 let local_copy = self.local_record().await?;
-                M::Strategy::default()
-                    .checksum(site, &record.resource(), local_copy.as_ref())
-                    .await
-                    .map_err(|e| e.to_string())
+                let strategy = M::Strategy::default();
+                let resource = record.resource();
+                let work = strategy.checksum(site, &resource, local_copy.as_ref());
+                let version = row.version;
+                heartbeating(site.timeouts().heartbeat_interval, work, || {
+                    site.registry_store()
+                        .heartbeat(name, self.id, version, site.now())
+                })
+                .await
+                .map_err(|e| e.to_string())
             }
         };
         let outcome = match local {
@@ -822,7 +864,14 @@ impl<'a, M: Replicable> SyncAttempt<'a, M> {
                     target.remove_local(&record.resource()).await?;
                     return Ok(SyncOutcome::OutOfScope);
                 }
-                match self.copy(link, &record, &stored).await {
+                let version = self.row.version;
+                let copy = self.copy(link, &record, &stored);
+                let copied = heartbeating(site.timeouts().heartbeat_interval, copy, || {
+                    site.registry_store()
+                        .heartbeat(name, target.id, version, site.now())
+                })
+                .await;
+                match copied {
                     Ok(()) => {
                         // Keep the record as copied: it names the resource to remove if the
                         // record later disappears without a `deleted` event.

@@ -41,6 +41,13 @@ pub struct Timeouts {
     pub sync: Duration,
     /// A verification stuck in `started` longer than this is failed (default 8 hours).
     pub verification: Duration,
+    /// How often a worker holding a claim says it is alive (default 5 seconds).
+    pub heartbeat_interval: Duration,
+    /// A claim with no heartbeat for this long lost its worker and is failed, to be retried
+    /// (default 1 minute).
+    pub claim_timeout: Duration,
+    /// How long the log cursor's lease lasts without renewal (default 30 seconds).
+    pub cursor_lease: Duration,
 }
 
 impl Default for Timeouts {
@@ -48,6 +55,22 @@ impl Default for Timeouts {
         Self {
             sync: Duration::from_secs(8 * 3600),
             verification: Duration::from_secs(8 * 3600),
+            heartbeat_interval: Duration::from_secs(5),
+            claim_timeout: Duration::from_secs(60),
+            cursor_lease: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Timeouts {
+    /// The cutoffs for stuck work at `now`.
+    pub fn cutoffs(&self, now: DateTime<Utc>) -> crate::registry::StuckCutoffs {
+        let before =
+            |d: Duration| now - chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX);
+        crate::registry::StuckCutoffs {
+            sync_started_before: before(self.sync),
+            verification_started_before: before(self.verification),
+            heartbeat_before: before(self.claim_timeout),
         }
     }
 }

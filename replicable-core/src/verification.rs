@@ -269,6 +269,8 @@ pub struct VerificationRecord {
     pub model_id: i64,
     /// The verification columns.
     pub verification: Verification,
+    /// When the worker verifying the row last said it is alive.
+    pub heartbeat_at: Option<DateTime<Utc>>,
     /// Bumped by every write; writes that expect an older version are refused.
     pub version: i64,
 }
@@ -279,7 +281,44 @@ impl VerificationRecord {
         Self {
             model_id,
             verification: Verification::pending(),
+            heartbeat_at: None,
             version: 0,
+        }
+    }
+
+    /// Moves the row to `started` and sets its heartbeat.
+    pub fn start(&mut self, now: DateTime<Utc>) -> Result<(), IllegalTransition> {
+        self.verification.start(now)?;
+        self.heartbeat_at = Some(now);
+        Ok(())
+    }
+
+    /// Fails the verification if it is `started` and ran past `timeout` or lost its worker.
+    /// Returns whether it changed the row.
+    pub fn fail_stuck_work(
+        &mut self,
+        cutoffs: &crate::registry::StuckCutoffs,
+        timeout: std::time::Duration,
+        now: DateTime<Utc>,
+        policy: &RetryPolicy,
+        jitter: u32,
+    ) -> bool {
+        let v = &mut self.verification;
+        if v.verification_state != VerificationState::Started {
+            return false;
+        }
+        let last_sign = self.heartbeat_at.or(v.verification_started_at);
+        if last_sign.is_none_or(|at| at < cutoffs.heartbeat_before) {
+            let message = crate::registry::abandoned_message("Verification", last_sign);
+            v.fail(&message, now, policy, jitter).is_ok()
+        } else {
+            v.fail_if_stuck(
+                cutoffs.verification_started_before,
+                timeout,
+                now,
+                policy,
+                jitter,
+            )
         }
     }
 

@@ -115,8 +115,9 @@ pub async fn verify_due(
     Ok(report)
 }
 
-/// Fails syncs (secondary) or verifications (both) stuck in `started` longer than the site's
-/// timeouts. Returns how many were failed.
+/// Fails work stuck in `started`: claims whose worker stopped heartbeating (it died; the row
+/// is retried after its backoff) and work that ran past the site's timeouts. Returns how many
+/// rows were failed.
 pub async fn fail_stuck(
     site: &Site,
     replicable: &ReplicableDescriptor,
@@ -125,20 +126,13 @@ pub async fn fail_stuck(
     let now = site.now();
     let policy = *site.retry_policy();
     let timeouts = *site.timeouts();
-    let cutoff =
-        |timeout| now - chrono::Duration::from_std(timeout).unwrap_or(chrono::Duration::MAX);
+    let cutoffs = timeouts.cutoffs(now);
     let mut failed = 0;
     if site.is_primary() {
         let store = site.verification_store();
-        for mut row in store
-            .started_before(replicable.name, cutoff(timeouts.verification), limit)
-            .await?
-        {
+        for mut row in store.stuck(replicable.name, &cutoffs, limit).await? {
             let jitter = fastrand::u32(0..crate::retry::JITTER_RANGE);
-            let cut = cutoff(timeouts.verification);
-            if row
-                .verification
-                .fail_if_stuck(cut, timeouts.verification, now, &policy, jitter)
+            if row.fail_stuck_work(&cutoffs, timeouts.verification, now, &policy, jitter)
                 && store.update(replicable.name, &row).await?
             {
                 failed += 1;
@@ -146,12 +140,10 @@ pub async fn fail_stuck(
         }
     } else {
         let store = site.registry_store();
-        for mut row in store
-            .started_before(replicable.name, cutoff(timeouts.sync), limit)
-            .await?
-        {
+        let limits = (timeouts.sync, timeouts.verification);
+        for mut row in store.stuck(replicable.name, &cutoffs, limit).await? {
             let jitter = fastrand::u32(0..crate::retry::JITTER_RANGE);
-            if row.fail_if_stuck(cutoff(timeouts.sync), timeouts.sync, now, &policy, jitter)
+            if row.fail_stuck_work(&cutoffs, limits, now, &policy, jitter)
                 && store.update(replicable.name, &row).await?
             {
                 failed += 1;

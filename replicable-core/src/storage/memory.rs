@@ -14,7 +14,7 @@ use super::{
 };
 use crate::error::StoreError;
 use crate::event::{EventId, NewEvent, SkippedEvent, StoredEvent};
-use crate::registry::{RegistryRecord, SyncState};
+use crate::registry::{RegistryRecord, StuckCutoffs, SyncState};
 use crate::verification::{VerificationRecord, VerificationState};
 
 type Key = (String, i64);
@@ -27,6 +27,7 @@ struct State {
     registry: BTreeMap<Key, RegistryRecord>,
     cursor: EventId,
     skipped: Vec<SkippedEvent>,
+    leases: std::collections::HashMap<String, (String, DateTime<Utc>)>,
 }
 
 /// All storage roles in one process-local value.
@@ -218,7 +219,7 @@ impl VerificationStore for MemoryStore {
                 .verification
                 .get_mut(&key(name, id))
                 .expect("row listed above");
-            if row.verification.start(now).is_ok() {
+            if row.start(now).is_ok() {
                 row.version += 1;
                 claimed.push(row.clone());
             }
@@ -226,24 +227,45 @@ impl VerificationStore for MemoryStore {
         Ok(claimed)
     }
 
-    async fn started_before(
+    async fn stuck(
         &self,
         name: &str,
-        cutoff: DateTime<Utc>,
+        cutoffs: &StuckCutoffs,
         limit: usize,
     ) -> Result<Vec<VerificationRecord>, StoreError> {
         Ok(of_name(&self.lock().verification, name)
             .map(|(_, row)| row)
             .filter(|row| {
-                row.verification.verification_state == VerificationState::Started
-                    && row
-                        .verification
+                let v = &row.verification;
+                v.verification_state == VerificationState::Started
+                    && (v
                         .verification_started_at
-                        .is_none_or(|at| at < cutoff)
+                        .is_none_or(|at| at < cutoffs.verification_started_before)
+                        || row
+                            .heartbeat_at
+                            .or(v.verification_started_at)
+                            .is_none_or(|at| at < cutoffs.heartbeat_before))
             })
             .take(limit)
             .cloned()
             .collect())
+    }
+
+    async fn heartbeat(
+        &self,
+        name: &str,
+        model_id: i64,
+        version: i64,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let mut state = self.lock();
+        match state.verification.get_mut(&key(name, model_id)) {
+            Some(row) if row.version == version => {
+                row.heartbeat_at = Some(now);
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
     }
 
     async fn delete(&self, name: &str, model_id: i64) -> Result<bool, StoreError> {
@@ -369,6 +391,7 @@ impl RegistryStore for MemoryStore {
                 .get_mut(&key(name, id))
                 .expect("row listed above");
             if row.verification.start(now).is_ok() {
+                row.heartbeat_at = Some(now);
                 row.version += 1;
                 claimed.push(row.clone());
             }
@@ -376,20 +399,54 @@ impl RegistryStore for MemoryStore {
         Ok(claimed)
     }
 
-    async fn started_before(
+    async fn stuck(
         &self,
         name: &str,
-        cutoff: DateTime<Utc>,
+        cutoffs: &StuckCutoffs,
         limit: usize,
     ) -> Result<Vec<RegistryRecord>, StoreError> {
+        let older =
+            |at: Option<DateTime<Utc>>, cutoff: DateTime<Utc>| at.is_none_or(|at| at < cutoff);
         Ok(of_name(&self.lock().registry, name)
             .map(|(_, row)| row)
             .filter(|row| {
-                row.state == SyncState::Started && row.last_synced_at.is_none_or(|at| at < cutoff)
+                let v = &row.verification;
+                let sync_stuck = row.state == SyncState::Started
+                    && (older(row.last_synced_at, cutoffs.sync_started_before)
+                        || older(
+                            row.heartbeat_at.or(row.last_synced_at),
+                            cutoffs.heartbeat_before,
+                        ));
+                let verification_stuck = v.verification_state == VerificationState::Started
+                    && (older(
+                        v.verification_started_at,
+                        cutoffs.verification_started_before,
+                    ) || older(
+                        row.heartbeat_at.or(v.verification_started_at),
+                        cutoffs.heartbeat_before,
+                    ));
+                sync_stuck || verification_stuck
             })
             .take(limit)
             .cloned()
             .collect())
+    }
+
+    async fn heartbeat(
+        &self,
+        name: &str,
+        model_id: i64,
+        version: i64,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let mut state = self.lock();
+        match state.registry.get_mut(&key(name, model_id)) {
+            Some(row) if row.version == version => {
+                row.heartbeat_at = Some(now);
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
     }
 
     async fn delete(&self, name: &str, model_id: i64) -> Result<bool, StoreError> {
@@ -439,6 +496,38 @@ impl RegistryStore for MemoryStore {
 
     async fn save_cursor(&self, event_id: EventId) -> Result<(), StoreError> {
         self.lock().cursor = event_id;
+        Ok(())
+    }
+
+    async fn acquire_lease(
+        &self,
+        lease: &str,
+        holder: &str,
+        now: DateTime<Utc>,
+        ttl: std::time::Duration,
+    ) -> Result<bool, StoreError> {
+        let mut state = self.lock();
+        let until = now + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::MAX);
+        match state.leases.get(lease) {
+            Some((current, expires)) if current != holder && *expires > now => Ok(false),
+            _ => {
+                state
+                    .leases
+                    .insert(lease.to_owned(), (holder.to_owned(), until));
+                Ok(true)
+            }
+        }
+    }
+
+    async fn release_lease(&self, lease: &str, holder: &str) -> Result<(), StoreError> {
+        let mut state = self.lock();
+        if state
+            .leases
+            .get(lease)
+            .is_some_and(|(current, _)| current == holder)
+        {
+            state.leases.remove(lease);
+        }
         Ok(())
     }
 

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::StoreError;
 use crate::event::{EventId, SkippedEvent};
-use crate::registry::RegistryRecord;
+use crate::registry::{RegistryRecord, StuckCutoffs};
 
 /// Registry counts of one replicable on a secondary.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -79,13 +79,24 @@ pub trait RegistryStore: Send + Sync + std::fmt::Debug {
         limit: usize,
     ) -> Result<Vec<RegistryRecord>, StoreError>;
 
-    /// Rows whose sync has been `started` since before `cutoff`, at most `limit`.
-    async fn started_before(
+    /// Rows whose sync or verification is `started` and ran past its timeout or lost its
+    /// worker (see [`StuckCutoffs`]), at most `limit`.
+    async fn stuck(
         &self,
         name: &str,
-        cutoff: DateTime<Utc>,
+        cutoffs: &StuckCutoffs,
         limit: usize,
     ) -> Result<Vec<RegistryRecord>, StoreError>;
+
+    /// Records that the worker holding the row at `version` is alive. The version is not
+    /// bumped. Returns whether the row is still at `version`.
+    async fn heartbeat(
+        &self,
+        name: &str,
+        model_id: i64,
+        version: i64,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
 
     /// Removes a row. Returns whether it existed.
     async fn delete(&self, name: &str, model_id: i64) -> Result<bool, StoreError>;
@@ -106,6 +117,19 @@ pub trait RegistryStore: Send + Sync + std::fmt::Debug {
 
     /// Saves the log cursor's position.
     async fn save_cursor(&self, event_id: EventId) -> Result<(), StoreError>;
+
+    /// Takes or renews the lease `lease` for `holder` until `now + ttl`. Succeeds if the lease
+    /// is free, expired, or already held by `holder`.
+    async fn acquire_lease(
+        &self,
+        lease: &str,
+        holder: &str,
+        now: DateTime<Utc>,
+        ttl: std::time::Duration,
+    ) -> Result<bool, StoreError>;
+
+    /// Gives up the lease if `holder` holds it.
+    async fn release_lease(&self, lease: &str, holder: &str) -> Result<(), StoreError>;
 
     /// Records an event the cursor could not process and skipped.
     async fn record_skipped_event(&self, event: &SkippedEvent) -> Result<(), StoreError>;

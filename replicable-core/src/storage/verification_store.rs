@@ -5,6 +5,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::error::StoreError;
+use crate::registry::StuckCutoffs;
 use crate::verification::VerificationRecord;
 
 /// Verification counts of one replicable on the primary.
@@ -49,13 +50,24 @@ pub trait VerificationStore: Send + Sync + std::fmt::Debug {
         limit: usize,
     ) -> Result<Vec<VerificationRecord>, StoreError>;
 
-    /// Rows `started` before `cutoff` (their worker died or hung), at most `limit`.
-    async fn started_before(
+    /// Rows `started` that ran past their timeout or lost their worker (see
+    /// [`StuckCutoffs`]), at most `limit`.
+    async fn stuck(
         &self,
         name: &str,
-        cutoff: DateTime<Utc>,
+        cutoffs: &StuckCutoffs,
         limit: usize,
     ) -> Result<Vec<VerificationRecord>, StoreError>;
+
+    /// Records that the worker holding the row at `version` is alive. The version is not
+    /// bumped. Returns whether the row is still at `version`.
+    async fn heartbeat(
+        &self,
+        name: &str,
+        model_id: i64,
+        version: i64,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
 
     /// Removes a row. Returns whether it existed.
     async fn delete(&self, name: &str, model_id: i64) -> Result<bool, StoreError>;
