@@ -13,7 +13,7 @@ use crate::primary_link::PrimaryLink;
 use crate::retry::RetryPolicy;
 use crate::selective_sync::SelectiveSync;
 use crate::storage::memory::MemoryStore;
-use crate::storage::{EventLog, RecordStore, RegistryStore, VerificationStore};
+use crate::storage::{Backend, EventLog, RecordStore, RegistryStore, VerificationStore};
 
 /// Whether a site is the primary or a secondary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -227,11 +227,9 @@ impl SiteBuilder {
         }
     }
 
-    /// Uses one value for every database role (event log, records, verification, registry).
-    pub fn database<D>(mut self, database: Arc<D>) -> Self
-    where
-        D: EventLog + RecordStore + VerificationStore + RegistryStore + 'static,
-    {
+    /// Uses one database for every storage role (event log, records, verification, registry),
+    /// e.g. what [`storage::open`](crate::storage::open) returns for a URL.
+    pub fn database(mut self, database: Arc<dyn Backend>) -> Self {
         self.event_log = Some(database.clone());
         self.records = Some(database.clone());
         self.verification = Some(database.clone());

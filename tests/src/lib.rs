@@ -1,1 +1,113 @@
-//! End-to-end, fault and compile-fail tests of the replicable framework live in `tests/`.
+//! Shared helpers of the cross-crate tests: the database lanes.
+//!
+//! The PostgreSQL lane reads `REPLICABLE_TEST_POSTGRES_URL` (set by `scripts/test`). Without it
+//! the lane is skipped with a message, except under `CI=true`, where a missing lane is a failure.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use replicable_core::storage::Backend;
+use replicable_core::storage::sql::{SqlOptions, SqlStore};
+use replicable_core::testing::storage::ConformanceTarget;
+
+/// Whether this run is CI, where every lane must run.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// The PostgreSQL URL of the test lane, or `None` (with a loud message) when it is not set up.
+pub fn postgres_url() -> Option<String> {
+    match std::env::var("REPLICABLE_TEST_POSTGRES_URL") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ if in_ci() => panic!(
+            "the PostgreSQL lane must run under CI: REPLICABLE_TEST_POSTGRES_URL is not set (scripts/test sets it)"
+        ),
+        _ => {
+            eprintln!(
+                "SKIPPED: PostgreSQL lane (REPLICABLE_TEST_POSTGRES_URL is not set; run ./scripts/test)"
+            );
+            None
+        }
+    }
+}
+
+/// A fresh SQLite file in a temporary directory.
+pub struct SqliteTarget {
+    /// The directory holding the file.
+    pub dir: tempfile::TempDir,
+    /// The database URL.
+    pub url: String,
+}
+
+impl SqliteTarget {
+    /// A new empty database.
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let url = format!("sqlite://{}", dir.path().join("site.db").display());
+        Self { dir, url }
+    }
+}
+
+impl Default for SqliteTarget {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[async_trait]
+impl ConformanceTarget for SqliteTarget {
+    async fn handle(&self) -> Arc<dyn Backend> {
+        SqlStore::open(&self.url)
+            .await
+            .expect("opening the SQLite test database")
+    }
+}
+
+/// A fresh PostgreSQL schema on the lane's server.
+pub struct PostgresTarget {
+    /// The server URL.
+    pub url: String,
+    /// The schema holding this target's tables.
+    pub schema: String,
+}
+
+impl PostgresTarget {
+    /// A new empty schema, or `None` when the lane is not set up.
+    pub fn new() -> Option<Self> {
+        let url = postgres_url()?;
+        let schema = format!("rt_{}_{:08x}", std::process::id(), fastrand_u32());
+        Some(Self { url, schema })
+    }
+
+    /// Opens a store on this target's schema.
+    pub async fn open(&self) -> Arc<SqlStore> {
+        SqlStore::open_with(
+            &self.url,
+            SqlOptions {
+                schema: Some(self.schema.clone()),
+                max_connections: Some(4),
+                ..SqlOptions::default()
+            },
+        )
+        .await
+        .expect("opening the PostgreSQL test schema")
+    }
+}
+
+fn fastrand_u32() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(
+        std::time::SystemTime::now()
+            .elapsed()
+            .map_or(0, |d| d.as_nanos() as u64),
+    );
+    h.finish() as u32
+}
+
+#[async_trait]
+impl ConformanceTarget for PostgresTarget {
+    async fn handle(&self) -> Arc<dyn Backend> {
+        self.open().await
+    }
+}

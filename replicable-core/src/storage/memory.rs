@@ -532,7 +532,10 @@ impl RegistryStore for MemoryStore {
     }
 
     async fn record_skipped_event(&self, event: &SkippedEvent) -> Result<(), StoreError> {
-        self.lock().skipped.push(event.clone());
+        let mut state = self.lock();
+        if !state.skipped.iter().any(|e| e.event_id == event.event_id) {
+            state.skipped.push(event.clone());
+        }
         Ok(())
     }
 

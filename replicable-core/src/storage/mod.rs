@@ -13,9 +13,54 @@ mod event_log;
 pub mod memory;
 mod record_store;
 mod registry_store;
+#[cfg(feature = "sql")]
+pub mod sql;
 mod verification_store;
 
 pub use event_log::EventLog;
 pub use record_store::{RecordStore, StoredRecord};
 pub use registry_store::{RegistryCounts, RegistryStore};
 pub use verification_store::{VerificationCounts, VerificationStore};
+
+use std::sync::Arc;
+
+use crate::error::StoreError;
+
+/// A value that fills every storage role of a site: what [`open`] returns and
+/// [`SiteBuilder::database`](crate::site::SiteBuilder::database) takes.
+pub trait Backend: EventLog + RecordStore + VerificationStore + RegistryStore {}
+
+impl<T: EventLog + RecordStore + VerificationStore + RegistryStore> Backend for T {}
+
+/// Opens the database a URL names, for every storage role:
+/// - `sqlite://path/to/site.db`: a SQLite file (the embedded default; created if missing);
+/// - `postgres://user@host:5432/database`: PostgreSQL (feature `postgres`);
+/// - `memory:`: in-memory, for tests.
+pub async fn open(url: &str) -> Result<Arc<dyn Backend>, StoreError> {
+    if url == "memory:" || url.starts_with("memory://") {
+        return Ok(Arc::new(memory::MemoryStore::new()));
+    }
+    let unavailable = |feature: &str| StoreError::Open {
+        url: url.split('@').next_back().unwrap_or(url).to_owned(),
+        reason: format!(
+            "this build has no {feature} support: enable the `{feature}` feature of replicable-core"
+        ),
+    };
+    if url.starts_with("sqlite:") {
+        #[cfg(feature = "sqlite")]
+        return Ok(sql::SqlStore::open(url).await?);
+        #[cfg(not(feature = "sqlite"))]
+        return Err(unavailable("sqlite"));
+    }
+    if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+        #[cfg(feature = "postgres")]
+        return Ok(sql::SqlStore::open(url).await?);
+        #[cfg(not(feature = "postgres"))]
+        return Err(unavailable("postgres"));
+    }
+    let _ = unavailable;
+    Err(StoreError::Open {
+        url: url.to_owned(),
+        reason: "unknown engine: use sqlite://path, postgres://host/database or memory:".into(),
+    })
+}

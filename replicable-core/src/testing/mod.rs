@@ -11,6 +11,7 @@
 
 pub mod checks;
 mod harness;
+pub mod storage;
 
 pub use harness::{Fixture, Harness};
 
@@ -27,8 +28,8 @@ pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
 
 /// Expands into one `#[test]` per shared check for a model, in a module named
 /// `replicator_test_suite` (or the name given first). By default the sites are in memory;
-/// `harness = f` builds them with `f(factory) -> Harness<Model>` instead (durable stores, a real
-/// object store).
+/// `harness = f` builds them with `f(factory)` instead (durable stores, a real object store),
+/// which returns a `Harness<Model>`, or an `Option` of one where `None` skips the lane.
 ///
 /// ```ignore
 /// replicable_core::replicator_test_suite!(PackageFile, |id| PackageFile { id, file_path: format!("pkg/{id}") });
@@ -78,7 +79,9 @@ macro_rules! replicator_test_suite {
                 #[test]
                 fn $check() {
                     $crate::testing::block_on(async {
-                        let harness: $crate::testing::Harness<$model> = ($make)($factory);
+                        let harness: ::std::option::Option<$crate::testing::Harness<$model>> =
+                            ($make)($factory).into();
+                        let Some(harness) = harness else { return };
                         $crate::testing::checks::$check(&harness).await;
                     });
                 }

@@ -1,0 +1,410 @@
+//! SQLite (the embedded default) and PostgreSQL (scale-out) behind every storage role, in one
+//! implementation over sqlx's `Any` driver. The engines differ only in a few SQL fragments
+//! ([`Dialect`]): PostgreSQL claims rows with `FOR UPDATE SKIP LOCKED` and serializes event
+//! appends with a transaction-scoped advisory lock, so that event ids become visible in
+//! commit order and the log cursor can never step over an event committed late; SQLite has a
+//! single writer, which gives both for free.
+//!
+//! Timestamps are stored as microseconds since the Unix epoch (`BIGINT`), flags as `SMALLINT`.
+
+mod event_log;
+mod records;
+mod registry;
+pub mod schema;
+mod verification;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Once};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, AssertSqlSafe, Executor, Row};
+
+use crate::error::StoreError;
+use schema::{
+    CORE_COMPONENT, CORE_VERSION, REPLICABLE_VERSION, SCHEMA_TABLE, core_migrations,
+    replicable_component, replicable_migrations, valid_name,
+};
+
+/// Which SQL engine a store talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    /// SQLite: one file, one writer at a time.
+    Sqlite,
+    /// PostgreSQL: many processes share the work.
+    Postgres,
+}
+
+impl Dialect {
+    fn of_url(url: &str) -> Option<Self> {
+        if url.starts_with("sqlite:") {
+            Some(Self::Sqlite)
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Some(Self::Postgres)
+        } else {
+            None
+        }
+    }
+
+    /// The row-locking clause of a claim's inner select.
+    fn skip_locked(self) -> &'static str {
+        match self {
+            Self::Sqlite => "",
+            Self::Postgres => " FOR UPDATE SKIP LOCKED",
+        }
+    }
+}
+
+/// How to open a SQL store.
+#[derive(Debug, Clone)]
+pub struct SqlOptions {
+    /// Most connections in the pool (default: 4 for SQLite, 8 for PostgreSQL).
+    pub max_connections: Option<u32>,
+    /// PostgreSQL only: the schema (namespace) to keep the tables in; created if missing.
+    pub schema: Option<String>,
+    /// How long to wait for a connection (default 10 seconds).
+    pub acquire_timeout: Duration,
+}
+
+impl Default for SqlOptions {
+    fn default() -> Self {
+        Self {
+            max_connections: None,
+            schema: None,
+            acquire_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Statements of one replicable's tables, built once.
+#[derive(Debug)]
+struct Tables {
+    name: String,
+    registry_columns: String,
+    verification_columns: String,
+}
+
+/// A SQLite or PostgreSQL database holding every storage role of a site.
+#[derive(Debug)]
+pub struct SqlStore {
+    pool: AnyPool,
+    dialect: Dialect,
+    url: String,
+    tables: Mutex<HashMap<String, Arc<Tables>>>,
+}
+
+/// Advisory lock key for migrations (PostgreSQL).
+const MIGRATION_LOCK: i64 = 0x7265_706c_6963_0001;
+/// Advisory lock key for event appends (PostgreSQL).
+const APPEND_LOCK: i64 = 0x7265_706c_6963_0002;
+
+/// The URL without its password, for messages.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, tail) = rest.split_once('/').map_or((rest, ""), |(a, t)| (a, t));
+    let authority = match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{user}:***@{host}"),
+            None => format!("{userinfo}@{host}"),
+        },
+        None => authority.to_owned(),
+    };
+    if tail.is_empty() && !rest.contains('/') {
+        format!("{scheme}://{authority}")
+    } else {
+        format!("{scheme}://{authority}/{tail}")
+    }
+}
+
+pub(crate) fn micros(at: DateTime<Utc>) -> i64 {
+    at.timestamp_micros()
+}
+
+pub(crate) fn opt_micros(at: Option<DateTime<Utc>>) -> Option<i64> {
+    at.map(micros)
+}
+
+fn from_micros(store: &str, v: i64) -> Result<DateTime<Utc>, StoreError> {
+    DateTime::from_timestamp_micros(v).ok_or_else(|| StoreError::Corrupt {
+        store: store.to_owned(),
+        reason: format!("timestamp {v} is out of range"),
+    })
+}
+
+impl SqlStore {
+    /// Opens (creating if needed) the database at `url` (`sqlite://path` or `postgres://...`)
+    /// and brings its schema up to date. A schema newer than this build is refused.
+    pub async fn open(url: &str) -> Result<Arc<Self>, StoreError> {
+        Self::open_with(url, SqlOptions::default()).await
+    }
+
+    /// [`SqlStore::open`] with options.
+    pub async fn open_with(url: &str, options: SqlOptions) -> Result<Arc<Self>, StoreError> {
+        static DRIVERS: Once = Once::new();
+        DRIVERS.call_once(sqlx::any::install_default_drivers);
+        let redacted = redact_url(url);
+        let open_error = |reason: String| StoreError::Open {
+            url: redacted.clone(),
+            reason,
+        };
+        let dialect = Dialect::of_url(url).ok_or_else(|| {
+            open_error("unknown engine: use sqlite://path or postgres://host/database".into())
+        })?;
+        let connect_url = match dialect {
+            Dialect::Sqlite if !url.contains("mode=") => {
+                let sep = if url.contains('?') { '&' } else { '?' };
+                format!("{url}{sep}mode=rwc")
+            }
+            _ => url.to_owned(),
+        };
+        if let Some(schema) = &options.schema
+            && !valid_name(schema)
+        {
+            return Err(open_error(format!(
+                "schema name `{schema}` is not a plain lower-case identifier"
+            )));
+        }
+        let connect_options: AnyConnectOptions = connect_url
+            .parse()
+            .map_err(|e: sqlx::Error| open_error(e.to_string()))?;
+        let schema = options.schema.clone();
+        let pool = AnyPoolOptions::new()
+            .max_connections(options.max_connections.unwrap_or(match dialect {
+                Dialect::Sqlite => 4,
+                Dialect::Postgres => 8,
+            }))
+            .acquire_timeout(options.acquire_timeout)
+            .after_connect(move |conn, _meta| {
+                let schema = schema.clone();
+                Box::pin(async move {
+                    match dialect {
+                        Dialect::Sqlite => {
+                            conn.execute("PRAGMA journal_mode = WAL").await?;
+                            conn.execute("PRAGMA synchronous = FULL").await?;
+                            conn.execute("PRAGMA busy_timeout = 10000").await?;
+                        }
+                        Dialect::Postgres => {
+                            if let Some(schema) = schema {
+                                let create = format!("CREATE SCHEMA IF NOT EXISTS {schema}");
+                                // Concurrent first connections may race on the creation.
+                                let _ = conn.execute(AssertSqlSafe(create)).await;
+                                let set = format!("SET search_path TO {schema}");
+                                conn.execute(AssertSqlSafe(set)).await?;
+                            }
+                        }
+                    }
+                    Ok(())
+                })
+            })
+            .connect_with(connect_options)
+            .await
+            .map_err(|e| open_error(e.to_string()))?;
+        let store = Self {
+            pool,
+            dialect,
+            url: redacted,
+            tables: Mutex::new(HashMap::new()),
+        };
+        store.migrate_core().await?;
+        for descriptor in crate::descriptor::registered_replicables().unwrap_or_default() {
+            store.tables(descriptor.name).await?;
+        }
+        Ok(Arc::new(store))
+    }
+
+    /// The engine.
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+
+    /// The URL, without its password.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The connection pool, for tools and benchmarks.
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    /// Closes every connection.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    fn backend(&self, operation: &'static str) -> impl Fn(sqlx::Error) -> StoreError + '_ {
+        move |e| StoreError::Backend {
+            store: self.url.clone(),
+            operation,
+            reason: e.to_string(),
+        }
+    }
+
+    fn corrupt(&self, reason: impl Into<String>) -> StoreError {
+        StoreError::Corrupt {
+            store: self.url.clone(),
+            reason: reason.into(),
+        }
+    }
+
+    pub(crate) fn time(&self, v: i64) -> Result<DateTime<Utc>, StoreError> {
+        from_micros(&self.url, v)
+    }
+
+    pub(crate) fn opt_time(&self, v: Option<i64>) -> Result<Option<DateTime<Utc>>, StoreError> {
+        v.map(|v| self.time(v)).transpose()
+    }
+
+    pub(crate) fn get<'r, T>(&self, row: &'r AnyRow, column: &str) -> Result<T, StoreError>
+    where
+        T: sqlx::Decode<'r, sqlx::Any> + sqlx::Type<sqlx::Any>,
+    {
+        row.try_get(column)
+            .map_err(|e| self.corrupt(format!("column `{column}`: {e}")))
+    }
+
+    /// Runs `statements` in one transaction that holds the schema lock, after checking that the
+    /// component's stored version is not newer than `supported`.
+    async fn migrate(
+        &self,
+        component: &str,
+        supported: i64,
+        steps: impl FnOnce(i64) -> Vec<String>,
+    ) -> Result<(), StoreError> {
+        let open = |reason: String| StoreError::Open {
+            url: self.url.clone(),
+            reason,
+        };
+        self.pool
+            .execute(SCHEMA_TABLE)
+            .await
+            .map_err(|e| open(e.to_string()))?;
+        let mut tx = match self.dialect {
+            Dialect::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
+            Dialect::Postgres => self.pool.begin().await,
+        }
+        .map_err(|e| open(e.to_string()))?;
+        if self.dialect == Dialect::Postgres {
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(MIGRATION_LOCK)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| open(e.to_string()))?;
+        }
+        let found: Option<i64> =
+            sqlx::query("SELECT version FROM replicable_schema WHERE component = $1")
+                .bind(component.to_owned())
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(|e| open(e.to_string()))?
+                .map(|row| self.get(&row, "version"))
+                .transpose()?;
+        let current = found.unwrap_or(0);
+        if current > supported {
+            return Err(StoreError::SchemaTooNew {
+                url: self.url.clone(),
+                found: current,
+                supported,
+            });
+        }
+        if current < supported {
+            for statement in steps(current) {
+                tx.execute(AssertSqlSafe(statement))
+                    .await
+                    .map_err(|e| open(format!("migrating {component}: {e}")))?;
+            }
+            sqlx::query(
+                "INSERT INTO replicable_schema (component, version) VALUES ($1, $2) \
+                 ON CONFLICT (component) DO UPDATE SET version = excluded.version",
+            )
+            .bind(component.to_owned())
+            .bind(supported)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| open(e.to_string()))?;
+        }
+        tx.commit().await.map_err(|e| open(e.to_string()))
+    }
+
+    async fn migrate_core(&self) -> Result<(), StoreError> {
+        let dialect = self.dialect;
+        self.migrate(CORE_COMPONENT, CORE_VERSION, |from| {
+            core_migrations(dialect, from)
+        })
+        .await
+    }
+
+    /// The tables of replicable `name`, created (or migrated) on first use.
+    async fn tables(&self, name: &str) -> Result<Arc<Tables>, StoreError> {
+        if let Some(tables) = self
+            .tables
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+        {
+            return Ok(tables.clone());
+        }
+        if !valid_name(name) {
+            return Err(StoreError::Backend {
+                store: self.url.clone(),
+                operation: "open replicable tables",
+                reason: format!("`{name}` is not a valid replicable name"),
+            });
+        }
+        self.migrate(&replicable_component(name), REPLICABLE_VERSION, |from| {
+            replicable_migrations(name, from)
+        })
+        .await?;
+        let verification_columns = "verification_state, verification_checksum, verified_at, \
+             verification_started_at, verification_retry_at, verification_retry_count, \
+             verification_failure, checksum_mismatch, verification_checksum_mismatched, \
+             heartbeat_at, version";
+        let tables = Arc::new(Tables {
+            name: name.to_owned(),
+            registry_columns: format!(
+                "{name}_id AS model_id, state, retry_count, retry_at, last_sync_failure, \
+                 last_synced_at, created_at, missing_on_primary, synced_generation, \
+                 {verification_columns}"
+            ),
+            verification_columns: format!("{name}_id AS model_id, {verification_columns}"),
+        });
+        self.tables
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.to_owned(), tables.clone());
+        Ok(tables)
+    }
+
+    /// The schema version stored for `component` (tests and tools).
+    pub async fn schema_version(&self, component: &str) -> Result<Option<i64>, StoreError> {
+        sqlx::query("SELECT version FROM replicable_schema WHERE component = $1")
+            .bind(component.to_owned())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(self.backend("read schema version"))?
+            .map(|row| self.get(&row, "version"))
+            .transpose()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_removed_from_urls() {
+        assert_eq!(
+            redact_url("postgres://app:s3cret@db.internal:5432/geo"),
+            "postgres://app:***@db.internal:5432/geo"
+        );
+        assert_eq!(redact_url("postgres://app@db/geo"), "postgres://app@db/geo");
+        assert_eq!(
+            redact_url("sqlite:///var/lib/site.db"),
+            "sqlite:///var/lib/site.db"
+        );
+        assert_eq!(redact_url("sqlite:site.db"), "sqlite:site.db");
+    }
+}

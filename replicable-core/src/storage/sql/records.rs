@@ -1,0 +1,135 @@
+//! The record store on SQL.
+
+use std::ops::Range;
+
+use async_trait::async_trait;
+use sqlx::AssertSqlSafe;
+
+use super::SqlStore;
+use crate::error::StoreError;
+use crate::storage::{RecordStore, StoredRecord};
+
+#[async_trait]
+impl RecordStore for SqlStore {
+    async fn upsert(
+        &self,
+        name: &str,
+        model_id: i64,
+        body: &serde_json::Value,
+    ) -> Result<i64, StoreError> {
+        let t = self.tables(name).await?;
+        let n = &t.name;
+        let sql = format!(
+            "INSERT INTO {n}_records ({n}_id, generation, body) VALUES ($1, 1, $2) \
+             ON CONFLICT ({n}_id) DO UPDATE SET generation = {n}_records.generation + 1, \
+             body = excluded.body RETURNING generation"
+        );
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(model_id)
+            .bind(body.to_string())
+            .fetch_one(&self.pool)
+            .await
+            .map_err(self.backend("upsert record"))?;
+        self.get(&row, "generation")
+    }
+
+    async fn put_if_newer(&self, name: &str, record: &StoredRecord) -> Result<bool, StoreError> {
+        let t = self.tables(name).await?;
+        let n = &t.name;
+        let sql = format!(
+            "INSERT INTO {n}_records ({n}_id, generation, body) VALUES ($1, $2, $3) \
+             ON CONFLICT ({n}_id) DO UPDATE SET generation = excluded.generation, \
+             body = excluded.body WHERE {n}_records.generation < excluded.generation"
+        );
+        let done = sqlx::query(AssertSqlSafe(sql))
+            .bind(record.model_id)
+            .bind(record.generation)
+            .bind(record.body.to_string())
+            .execute(&self.pool)
+            .await
+            .map_err(self.backend("write record copy"))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn get(&self, name: &str, model_id: i64) -> Result<Option<StoredRecord>, StoreError> {
+        let t = self.tables(name).await?;
+        let n = &t.name;
+        let sql = format!("SELECT generation, body FROM {n}_records WHERE {n}_id = $1");
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(model_id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(self.backend("read record"))?;
+        row.map(|row| {
+            let body: String = self.get(&row, "body")?;
+            Ok(StoredRecord {
+                model_id,
+                generation: self.get(&row, "generation")?,
+                body: serde_json::from_str(&body).map_err(|e| {
+                    self.corrupt(format!("{name} {model_id}: body is not JSON: {e}"))
+                })?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn delete(&self, name: &str, model_id: i64) -> Result<bool, StoreError> {
+        let t = self.tables(name).await?;
+        let n = &t.name;
+        let sql = format!("DELETE FROM {n}_records WHERE {n}_id = $1");
+        let done = sqlx::query(AssertSqlSafe(sql))
+            .bind(model_id)
+            .execute(&self.pool)
+            .await
+            .map_err(self.backend("delete record"))?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn ids(
+        &self,
+        name: &str,
+        range: Range<i64>,
+        limit: usize,
+    ) -> Result<Vec<i64>, StoreError> {
+        let t = self.tables(name).await?;
+        self.ids_of(&format!("{}_records", t.name), &t.name, range, limit)
+            .await
+    }
+
+    async fn count(&self, name: &str) -> Result<u64, StoreError> {
+        let t = self.tables(name).await?;
+        let sql = format!("SELECT COUNT(*) AS n FROM {}_records", t.name);
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .fetch_one(&self.pool)
+            .await
+            .map_err(self.backend("count records"))?;
+        Ok(self.get::<i64>(&row, "n")?.max(0) as u64)
+    }
+}
+
+impl SqlStore {
+    /// Ids of `table` (keyed by `<name>_id`) in `range`, ascending.
+    pub(super) async fn ids_of(
+        &self,
+        table: &str,
+        name: &str,
+        range: Range<i64>,
+        limit: usize,
+    ) -> Result<Vec<i64>, StoreError> {
+        if range.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = format!(
+            "SELECT {name}_id AS id FROM {table} WHERE {name}_id >= $1 AND {name}_id < $2 \
+             ORDER BY {name}_id LIMIT $3"
+        );
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .bind(range.start)
+            .bind(range.end)
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(self.backend("list ids"))?;
+        rows.iter().map(|row| self.get(row, "id")).collect()
+    }
+}

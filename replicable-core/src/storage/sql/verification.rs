@@ -1,0 +1,274 @@
+//! The primary's verification rows on SQL, and the verification columns both tables share.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::any::AnyRow;
+use sqlx::{AssertSqlSafe, Row};
+
+use super::{SqlStore, micros, opt_micros};
+use crate::error::StoreError;
+use crate::registry::StuckCutoffs;
+use crate::storage::{VerificationCounts, VerificationStore};
+use crate::verification::{Verification, VerificationRecord, VerificationState};
+
+/// The `SET` list writing every verification column from `$first` on (10 parameters).
+pub(super) fn verification_assignments(first: usize) -> String {
+    [
+        "verification_state",
+        "verification_checksum",
+        "verified_at",
+        "verification_started_at",
+        "verification_retry_at",
+        "verification_retry_count",
+        "verification_failure",
+        "checksum_mismatch",
+        "verification_checksum_mismatched",
+        "heartbeat_at",
+    ]
+    .iter()
+    .enumerate()
+    .map(|(i, column)| format!("{column} = ${}", first + i))
+    .collect::<Vec<_>>()
+    .join(", ")
+}
+
+/// Binds the values of [`verification_assignments`].
+pub(super) fn bind_verification<'q>(
+    query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>,
+    v: &Verification,
+    heartbeat_at: Option<DateTime<Utc>>,
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments> {
+    query
+        .bind(v.verification_state.value())
+        .bind(v.verification_checksum.clone())
+        .bind(opt_micros(v.verified_at))
+        .bind(opt_micros(v.verification_started_at))
+        .bind(opt_micros(v.verification_retry_at))
+        .bind(i64::from(v.verification_retry_count))
+        .bind(v.verification_failure.clone())
+        .bind(i16::from(v.checksum_mismatch))
+        .bind(v.verification_checksum_mismatched.clone())
+        .bind(opt_micros(heartbeat_at))
+}
+
+impl SqlStore {
+    pub(super) fn read_verification(&self, row: &AnyRow) -> Result<Verification, StoreError> {
+        let state: i16 = self.get(row, "verification_state")?;
+        let retry_count: i64 = self.get(row, "verification_retry_count")?;
+        let mismatch: i16 = self.get(row, "checksum_mismatch")?;
+        Ok(Verification {
+            verification_state: VerificationState::from_value(state)
+                .ok_or_else(|| self.corrupt(format!("unknown verification state {state}")))?,
+            verification_checksum: self.get(row, "verification_checksum")?,
+            verified_at: self.opt_time(self.get(row, "verified_at")?)?,
+            verification_started_at: self.opt_time(self.get(row, "verification_started_at")?)?,
+            verification_retry_at: self.opt_time(self.get(row, "verification_retry_at")?)?,
+            verification_retry_count: u32::try_from(retry_count).unwrap_or(u32::MAX),
+            verification_failure: self.get(row, "verification_failure")?,
+            checksum_mismatch: mismatch != 0,
+            verification_checksum_mismatched: self.get(row, "verification_checksum_mismatched")?,
+        })
+    }
+
+    fn read_verification_record(&self, row: &AnyRow) -> Result<VerificationRecord, StoreError> {
+        Ok(VerificationRecord {
+            model_id: self.get(row, "model_id")?,
+            verification: self.read_verification(row)?,
+            heartbeat_at: self.opt_time(self.get(row, "heartbeat_at")?)?,
+            version: self.get(row, "version")?,
+        })
+    }
+
+    fn read_verification_records(
+        &self,
+        rows: &[AnyRow],
+    ) -> Result<Vec<VerificationRecord>, StoreError> {
+        rows.iter()
+            .map(|row| self.read_verification_record(row))
+            .collect()
+    }
+}
+
+/// The predicate of work stuck in verification, with `$1` the started cutoff and `$2` the
+/// heartbeat cutoff.
+pub(super) const VERIFICATION_STUCK: &str = "(verification_state = 1 AND \
+     (verification_started_at IS NULL OR verification_started_at < $1 \
+      OR COALESCE(heartbeat_at, verification_started_at) < $2))";
+
+#[async_trait]
+impl VerificationStore for SqlStore {
+    async fn get(
+        &self,
+        name: &str,
+        model_id: i64,
+    ) -> Result<Option<VerificationRecord>, StoreError> {
+        let t = self.tables(name).await?;
+        let sql = format!(
+            "SELECT {} FROM {}_verification WHERE {}_id = $1",
+            t.verification_columns, t.name, t.name
+        );
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(model_id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(self.backend("read verification row"))?;
+        row.map(|row| self.read_verification_record(&row))
+            .transpose()
+    }
+
+    async fn mark_pending(
+        &self,
+        name: &str,
+        model_id: i64,
+    ) -> Result<VerificationRecord, StoreError> {
+        let t = self.tables(name).await?;
+        let n = &t.name;
+        let sql = format!(
+            "INSERT INTO {n}_verification ({n}_id, verification_state) VALUES ($1, 0) \
+             ON CONFLICT ({n}_id) DO UPDATE SET verification_state = 0, \
+             verification_retry_at = NULL, verification_retry_count = 0, \
+             verification_failure = NULL, verification_started_at = NULL, \
+             version = {n}_verification.version + 1 RETURNING {}",
+            t.verification_columns
+        );
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(model_id)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(self.backend("mark verification pending"))?;
+        self.read_verification_record(&row)
+    }
+
+    async fn update(&self, name: &str, row: &VerificationRecord) -> Result<bool, StoreError> {
+        let t = self.tables(name).await?;
+        let n = &t.name;
+        let sql = format!(
+            "UPDATE {n}_verification SET {}, version = version + 1 \
+             WHERE {n}_id = $11 AND version = $12",
+            verification_assignments(1)
+        );
+        let query = bind_verification(
+            sqlx::query(AssertSqlSafe(sql)),
+            &row.verification,
+            row.heartbeat_at,
+        )
+        .bind(row.model_id)
+        .bind(row.version);
+        let done = query
+            .execute(&self.pool)
+            .await
+            .map_err(self.backend("update verification row"))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn claim(
+        &self,
+        name: &str,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<VerificationRecord>, StoreError> {
+        let t = self.tables(name).await?;
+        let n = &t.name;
+        let sql = format!(
+            "WITH due AS (SELECT {n}_id FROM {n}_verification \
+               WHERE verification_state = 0 OR (verification_state = 3 AND \
+                 (verification_retry_at IS NULL OR verification_retry_at <= $1)) \
+               ORDER BY verification_retry_at NULLS FIRST, {n}_id LIMIT $2{}) \
+             UPDATE {n}_verification SET verification_state = 1, verification_started_at = $1, \
+               heartbeat_at = $1, version = version + 1 \
+             WHERE {n}_id IN (SELECT {n}_id FROM due) RETURNING {}",
+            self.dialect.skip_locked(),
+            t.verification_columns
+        );
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .bind(micros(now))
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(self.backend("claim verification rows"))?;
+        let mut claimed = self.read_verification_records(&rows)?;
+        claimed.sort_by_key(|r| r.model_id);
+        Ok(claimed)
+    }
+
+    async fn stuck(
+        &self,
+        name: &str,
+        cutoffs: &StuckCutoffs,
+        limit: usize,
+    ) -> Result<Vec<VerificationRecord>, StoreError> {
+        let t = self.tables(name).await?;
+        let sql = format!(
+            "SELECT {} FROM {}_verification WHERE {VERIFICATION_STUCK} LIMIT $3",
+            t.verification_columns, t.name
+        );
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .bind(micros(cutoffs.verification_started_before))
+            .bind(micros(cutoffs.heartbeat_before))
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(self.backend("find stuck verifications"))?;
+        self.read_verification_records(&rows)
+    }
+
+    async fn heartbeat(
+        &self,
+        name: &str,
+        model_id: i64,
+        version: i64,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let t = self.tables(name).await?;
+        let n = &t.name;
+        let sql = format!(
+            "UPDATE {n}_verification SET heartbeat_at = $1 WHERE {n}_id = $2 AND version = $3"
+        );
+        let done = sqlx::query(AssertSqlSafe(sql))
+            .bind(micros(now))
+            .bind(model_id)
+            .bind(version)
+            .execute(&self.pool)
+            .await
+            .map_err(self.backend("heartbeat"))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn delete(&self, name: &str, model_id: i64) -> Result<bool, StoreError> {
+        let t = self.tables(name).await?;
+        let n = &t.name;
+        let sql = format!("DELETE FROM {n}_verification WHERE {n}_id = $1");
+        let done = sqlx::query(AssertSqlSafe(sql))
+            .bind(model_id)
+            .execute(&self.pool)
+            .await
+            .map_err(self.backend("delete verification row"))?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn counts(&self, name: &str) -> Result<VerificationCounts, StoreError> {
+        let t = self.tables(name).await?;
+        let sql = format!(
+            "SELECT verification_state, COUNT(*) AS n FROM {}_verification GROUP BY verification_state",
+            t.name
+        );
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(self.backend("count verification rows"))?;
+        let mut counts = VerificationCounts::default();
+        for row in &rows {
+            let state: i16 = row
+                .try_get("verification_state")
+                .map_err(|e| self.corrupt(e.to_string()))?;
+            let n = self.get::<i64>(row, "n")?.max(0) as u64;
+            counts.total += n;
+            match VerificationState::from_value(state) {
+                Some(VerificationState::Succeeded) => counts.succeeded += n,
+                Some(VerificationState::Failed) => counts.failed += n,
+                _ => {}
+            }
+        }
+        Ok(counts)
+    }
+}
