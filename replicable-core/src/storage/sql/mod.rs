@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
-use sqlx::{AnyPool, AssertSqlSafe, Executor, Row};
+use sqlx::{AnyConnection, AnyPool, AssertSqlSafe, Connection, Executor, Row};
 
 use crate::error::StoreError;
 use schema::{
@@ -134,6 +134,33 @@ fn from_micros(store: &str, v: i64) -> Result<DateTime<Utc>, StoreError> {
     })
 }
 
+/// Per-connection settings: WAL, full fsync and a busy timeout on SQLite; the schema on
+/// PostgreSQL.
+async fn prepare_connection(
+    conn: &mut AnyConnection,
+    dialect: Dialect,
+    schema: Option<&str>,
+) -> Result<(), sqlx::Error> {
+    match dialect {
+        Dialect::Sqlite => {
+            conn.execute("PRAGMA journal_mode = WAL").await?;
+            conn.execute("PRAGMA synchronous = FULL").await?;
+            conn.execute("PRAGMA busy_timeout = 10000").await?;
+        }
+        Dialect::Postgres => {
+            if let Some(schema) = schema {
+                let create = format!("CREATE SCHEMA IF NOT EXISTS {schema}");
+                // Concurrent first connections may race on the creation; the SET below is
+                // what must succeed.
+                let _ = conn.execute(AssertSqlSafe(create)).await;
+                conn.execute(AssertSqlSafe(format!("SET search_path TO {schema}")))
+                    .await?;
+            }
+        }
+    }
+    Ok(())
+}
+
 impl SqlStore {
     /// Opens (creating if needed) the database at `url` (`sqlite://path` or `postgres://...`)
     /// and brings its schema up to date. A schema newer than this build is refused.
@@ -170,6 +197,16 @@ impl SqlStore {
         let connect_options: AnyConnectOptions = connect_url
             .parse()
             .map_err(|e: sqlx::Error| open_error(e.to_string()))?;
+        // One connection first, outside the pool: the pool retries a failing connection until
+        // its timeout and reports only that, while this reports the cause (a corrupt file, a
+        // refused connection, bad credentials).
+        let mut probe = AnyConnection::connect_with(&connect_options)
+            .await
+            .map_err(|e| open_error(e.to_string()))?;
+        prepare_connection(&mut probe, dialect, options.schema.as_deref())
+            .await
+            .map_err(|e| open_error(e.to_string()))?;
+        let _ = probe.close().await;
         let schema = options.schema.clone();
         let pool = AnyPoolOptions::new()
             .max_connections(options.max_connections.unwrap_or(match dialect {
@@ -179,25 +216,7 @@ impl SqlStore {
             .acquire_timeout(options.acquire_timeout)
             .after_connect(move |conn, _meta| {
                 let schema = schema.clone();
-                Box::pin(async move {
-                    match dialect {
-                        Dialect::Sqlite => {
-                            conn.execute("PRAGMA journal_mode = WAL").await?;
-                            conn.execute("PRAGMA synchronous = FULL").await?;
-                            conn.execute("PRAGMA busy_timeout = 10000").await?;
-                        }
-                        Dialect::Postgres => {
-                            if let Some(schema) = schema {
-                                let create = format!("CREATE SCHEMA IF NOT EXISTS {schema}");
-                                // Concurrent first connections may race on the creation.
-                                let _ = conn.execute(AssertSqlSafe(create)).await;
-                                let set = format!("SET search_path TO {schema}");
-                                conn.execute(AssertSqlSafe(set)).await?;
-                            }
-                        }
-                    }
-                    Ok(())
-                })
+                Box::pin(async move { prepare_connection(conn, dialect, schema.as_deref()).await })
             })
             .connect_with(connect_options)
             .await
