@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use object_store::ObjectStoreExt;
-use replicable_core::clock::ManualClock;
+use replicable_core::clock::{Clock, ManualClock};
 use replicable_core::event::{EventId, StoredEvent};
 use replicable_core::prelude::*;
 use replicable_core::primary_link::BlobDownload;
