@@ -111,3 +111,23 @@ impl ConformanceTarget for PostgresTarget {
         self.open().await
     }
 }
+
+/// The S3-compatible endpoint and bucket of the test lane, or `None` (with a loud message) when
+/// it is not set up.
+pub fn s3_lane() -> Option<(String, String)> {
+    match (
+        std::env::var("REPLICABLE_TEST_S3_ENDPOINT"),
+        std::env::var("REPLICABLE_TEST_S3_BUCKET"),
+    ) {
+        (Ok(endpoint), Ok(bucket)) if !endpoint.is_empty() => Some((endpoint, bucket)),
+        _ if in_ci() => panic!(
+            "the S3 lane must run under CI: REPLICABLE_TEST_S3_ENDPOINT is not set (scripts/test sets it)"
+        ),
+        _ => {
+            eprintln!(
+                "SKIPPED: S3 lane (REPLICABLE_TEST_S3_ENDPOINT is not set; run ./scripts/test)"
+            );
+            None
+        }
+    }
+}

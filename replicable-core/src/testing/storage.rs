@@ -228,7 +228,10 @@ pub async fn records_keep_generations_and_never_downgrade(target: &dyn Conforman
     );
     assert_eq!(db.records.ids(NAME, 0..100, 2).await.unwrap(), vec![1, 3]);
     assert_eq!(
-        db.records.ids(NAME, 10..3, 100).await.unwrap(),
+        db.records
+            .ids(NAME, std::ops::Range { start: 10, end: 3 }, 100)
+            .await
+            .unwrap(),
         Vec::<i64>::new()
     );
     assert_eq!(db.records.count(NAME).await.unwrap(), 6);

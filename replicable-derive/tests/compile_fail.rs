@@ -1,6 +1,6 @@
 //! `#[derive(Replicable)]` misuse is a compile error on the offending tokens, and every mistake
 //! of a struct is reported in one run. The expected compiler output is checked in beside each
-//! case (`ui/*.stderr`); regenerate with `TRYBUILD=overwrite cargo test -p replicable-tests --test
+//! case (`ui/*.stderr`); regenerate with `TRYBUILD=overwrite cargo test -p replicable-derive --test
 //! compile_fail` after reading the diff.
 
 #[test]
