@@ -89,6 +89,9 @@ struct Tables {
 #[derive(Debug)]
 pub struct SqlStore {
     pool: AnyPool,
+    /// PostgreSQL: a native pool for `COPY`, which the `Any` driver cannot do.
+    #[cfg(feature = "postgres")]
+    copy_pool: Option<sqlx::PgPool>,
     dialect: Dialect,
     url: String,
     tables: Mutex<HashMap<String, Arc<Tables>>>,
@@ -221,8 +224,36 @@ impl SqlStore {
             .connect_with(connect_options)
             .await
             .map_err(|e| open_error(e.to_string()))?;
+        #[cfg(feature = "postgres")]
+        let copy_pool = match dialect {
+            Dialect::Postgres => {
+                let schema = options.schema.clone();
+                let pg_options: sqlx::postgres::PgConnectOptions = url
+                    .parse()
+                    .map_err(|e: sqlx::Error| open_error(e.to_string()))?;
+                Some(
+                    sqlx::postgres::PgPoolOptions::new()
+                        .max_connections(2)
+                        .acquire_timeout(options.acquire_timeout)
+                        .after_connect(move |conn, _meta| {
+                            let schema = schema.clone();
+                            Box::pin(async move {
+                                if let Some(schema) = schema {
+                                    let set = format!("SET search_path TO {schema}");
+                                    conn.execute(AssertSqlSafe(set)).await?;
+                                }
+                                Ok(())
+                            })
+                        })
+                        .connect_lazy_with(pg_options),
+                )
+            }
+            Dialect::Sqlite => None,
+        };
         let store = Self {
             pool,
+            #[cfg(feature = "postgres")]
+            copy_pool,
             dialect,
             url: redacted,
             tables: Mutex::new(HashMap::new()),
