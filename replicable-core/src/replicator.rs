@@ -13,7 +13,7 @@ use crate::primary_link::PrimaryLink;
 use crate::registry::{RegistryRecord, SyncState};
 use crate::site::Site;
 use crate::storage::StoredRecord;
-use crate::strategy::{Strategy, SyncRequest};
+use crate::strategy::{ResourceTarget, Strategy, SyncRequest};
 use crate::verification::{CHECKSUM_MISMATCH, VerificationRecord, VerificationState};
 
 /// How many times a write that lost a compare-and-set race is retried before giving up.
@@ -247,8 +247,13 @@ impl<'a, M: Replicable> Replicator<'a, M> {
     pub async fn calculate_checksum(&self) -> Result<String, ReplicatorError> {
         let target = &self.target;
         let stored = target.local_record().await?;
+        let resource = self.record.resource();
         M::Strategy::default()
-            .checksum(target.site, &self.record.resource(), stored.as_ref())
+            .checksum(
+                target.site,
+                &target.resource_target(&resource),
+                stored.as_ref(),
+            )
             .await
             .map_err(|e| target.resource_error(e))
     }
@@ -299,6 +304,15 @@ impl<'a, M: Replicable> ReplicationTarget<'a, M> {
     /// The record's id.
     pub fn id(&self) -> i64 {
         self.id
+    }
+
+    /// The resource `resource` of this record, as strategies take it.
+    pub fn resource_target<'r>(&self, resource: &'r Resource) -> ResourceTarget<'r> {
+        ResourceTarget {
+            replicable_name: M::REPLICABLE_NAME,
+            model_id: self.id,
+            resource,
+        }
     }
 
     fn store_error(&self, source: StoreError) -> ReplicatorError {
@@ -528,7 +542,7 @@ impl<'a, M: Replicable> ReplicationTarget<'a, M> {
 
     async fn remove_local(&self, resource: &Resource) -> Result<(), ReplicatorError> {
         M::Strategy::default()
-            .remove(self.site, resource)
+            .remove(self.site, &self.resource_target(resource))
             .await
             .map_err(|e| self.resource_error(e))?;
         self.site
@@ -682,7 +696,8 @@ impl<'a, M: Replicable> ReplicationTarget<'a, M> {
                 let record = self.decode(&stored)?;
                 let strategy = M::Strategy::default();
                 let resource = record.resource();
-                let work = strategy.checksum(site, &resource, Some(&stored));
+                let resource_target = self.resource_target(&resource);
+                let work = strategy.checksum(site, &resource_target, Some(&stored));
                 let version = row.version;
                 heartbeating(site.timeouts().heartbeat_interval, work, || {
                     site.verification_store().heartbeat(
@@ -768,7 +783,8 @@ impl<'a, M: Replicable> ReplicationTarget<'a, M> {
                 let local_copy = self.local_record().await?;
                 let strategy = M::Strategy::default();
                 let resource = record.resource();
-                let work = strategy.checksum(site, &resource, local_copy.as_ref());
+                let resource_target = self.resource_target(&resource);
+                let work = strategy.checksum(site, &resource_target, local_copy.as_ref());
                 let version = row.version;
                 heartbeating(site.timeouts().heartbeat_interval, work, || {
                     site.registry_store()

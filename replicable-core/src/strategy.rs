@@ -15,6 +15,28 @@ use crate::primary_link::PrimaryLink;
 use crate::site::Site;
 use crate::storage::StoredRecord;
 
+/// The resource of one record, as strategies see it: which replicable and record it belongs to,
+/// and where it lives.
+#[derive(Debug, Clone, Copy)]
+pub struct ResourceTarget<'a> {
+    /// The replicable's name.
+    pub replicable_name: &'a str,
+    /// The record's id.
+    pub model_id: i64,
+    /// Where the resource lives.
+    pub resource: &'a Resource,
+}
+
+impl std::fmt::Display for ResourceTarget<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} of {} {}",
+            self.resource, self.replicable_name, self.model_id
+        )
+    }
+}
+
 /// What a strategy needs to copy one resource to a secondary.
 pub struct SyncRequest<'a> {
     /// The secondary site the copy is made on.
@@ -31,6 +53,17 @@ pub struct SyncRequest<'a> {
     pub record: &'a StoredRecord,
     /// The primary's checksum of the resource, if it has computed one.
     pub primary_checksum: Option<&'a str>,
+}
+
+impl SyncRequest<'_> {
+    /// The resource being synced.
+    pub fn target(&self) -> ResourceTarget<'_> {
+        ResourceTarget {
+            replicable_name: self.replicable_name,
+            model_id: self.model_id,
+            resource: self.resource,
+        }
+    }
 }
 
 /// The data-type specific part of a replicator.
@@ -75,30 +108,32 @@ pub trait Strategy: Default + Send + Sync + 'static {
     async fn sync(&self, request: SyncRequest<'_>) -> Result<(), SyncFailure>;
 
     /// Removes the local copy of a resource. Removing one that does not exist succeeds.
-    async fn remove(&self, site: &Site, resource: &Resource) -> Result<(), ResourceError>;
+    async fn remove(&self, site: &Site, target: &ResourceTarget<'_>) -> Result<(), ResourceError>;
 
     /// The checksum of the resource as `site` holds it (lower-case hex).
     ///
-    /// `record` is the record as `site` knows it, for strategies whose resource is the record.
+    /// `record` is the record as `site` stores it, for strategies whose resource is the record.
     async fn checksum(
         &self,
         site: &Site,
-        resource: &Resource,
+        target: &ResourceTarget<'_>,
         record: Option<&StoredRecord>,
     ) -> Result<String, ResourceError>;
 
-    /// Makes a sample resource on `site` for the shared test suite, derived from `seed`, and
-    /// returns its checksum computed independently of [`Strategy::checksum`].
+    /// Makes a sample resource on `site` for the shared test suite, derived from `seed`, for the
+    /// record serialized as `record`, and returns its checksum computed independently of
+    /// [`Strategy::checksum`].
     async fn create_fixture(
         &self,
         site: &Site,
-        resource: &Resource,
+        target: &ResourceTarget<'_>,
+        record: &serde_json::Value,
         seed: u64,
     ) -> Result<String, ResourceError>;
 
     /// Damages the local copy of a resource behind the framework's back, for the shared test
     /// suite's corruption checks.
-    async fn corrupt(&self, site: &Site, resource: &Resource) -> Result<(), ResourceError>;
+    async fn corrupt(&self, site: &Site, target: &ResourceTarget<'_>) -> Result<(), ResourceError>;
 }
 
 /// The strategy the derive puts in place when the model's attributes have errors, so that the
@@ -120,36 +155,37 @@ impl Strategy for UnresolvedStrategy {
         ))
     }
 
-    async fn remove(&self, _: &Site, resource: &Resource) -> Result<(), ResourceError> {
-        Err(unresolved(resource))
+    async fn remove(&self, _: &Site, target: &ResourceTarget<'_>) -> Result<(), ResourceError> {
+        Err(unresolved(target))
     }
 
     async fn checksum(
         &self,
         _: &Site,
-        resource: &Resource,
+        target: &ResourceTarget<'_>,
         _: Option<&StoredRecord>,
     ) -> Result<String, ResourceError> {
-        Err(unresolved(resource))
+        Err(unresolved(target))
     }
 
     async fn create_fixture(
         &self,
         _: &Site,
-        resource: &Resource,
+        target: &ResourceTarget<'_>,
+        _: &serde_json::Value,
         _: u64,
     ) -> Result<String, ResourceError> {
-        Err(unresolved(resource))
+        Err(unresolved(target))
     }
 
-    async fn corrupt(&self, _: &Site, resource: &Resource) -> Result<(), ResourceError> {
-        Err(unresolved(resource))
+    async fn corrupt(&self, _: &Site, target: &ResourceTarget<'_>) -> Result<(), ResourceError> {
+        Err(unresolved(target))
     }
 }
 
-fn unresolved(resource: &Resource) -> ResourceError {
+fn unresolved(target: &ResourceTarget<'_>) -> ResourceError {
     ResourceError::Io {
-        resource: resource.to_string(),
+        resource: target.to_string(),
         reason: "the model's #[derive(Replicable)] did not compile".into(),
     }
 }

@@ -13,7 +13,7 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
 use replicable_core::blob_key::{RESERVED_PREFIX, parse_blob_key};
 use replicable_core::storage::StoredRecord;
 use replicable_core::{
-    DataType, LinkError, ResourceError, Site, Strategy, SyncFailure, SyncRequest,
+    DataType, LinkError, ResourceError, ResourceTarget, Site, Strategy, SyncFailure, SyncRequest,
 };
 use sha2::{Digest, Sha256};
 
@@ -179,12 +179,8 @@ impl Strategy for BlobStrategy {
         Ok(())
     }
 
-    async fn remove(
-        &self,
-        site: &Site,
-        resource: &replicable_core::Resource,
-    ) -> Result<(), ResourceError> {
-        let key = blob_key(resource)?;
+    async fn remove(&self, site: &Site, target: &ResourceTarget<'_>) -> Result<(), ResourceError> {
+        let key = blob_key(target.resource)?;
         let path = parse_blob_key(key)?;
         match site.blob_store().delete(&path).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
@@ -195,20 +191,21 @@ impl Strategy for BlobStrategy {
     async fn checksum(
         &self,
         site: &Site,
-        resource: &replicable_core::Resource,
+        target: &ResourceTarget<'_>,
         _record: Option<&StoredRecord>,
     ) -> Result<String, ResourceError> {
-        let path = parse_blob_key(blob_key(resource)?)?;
+        let path = parse_blob_key(blob_key(target.resource)?)?;
         object_sha256(&**site.blob_store(), &path).await
     }
 
     async fn create_fixture(
         &self,
         site: &Site,
-        resource: &replicable_core::Resource,
+        target: &ResourceTarget<'_>,
+        _record: &serde_json::Value,
         seed: u64,
     ) -> Result<String, ResourceError> {
-        let key = blob_key(resource)?;
+        let key = blob_key(target.resource)?;
         let path = parse_blob_key(key)?;
         let bytes = fixture_bytes(seed);
         let checksum = crate::sha256_hex(&bytes);
@@ -219,12 +216,8 @@ impl Strategy for BlobStrategy {
         Ok(checksum)
     }
 
-    async fn corrupt(
-        &self,
-        site: &Site,
-        resource: &replicable_core::Resource,
-    ) -> Result<(), ResourceError> {
-        let key = blob_key(resource)?;
+    async fn corrupt(&self, site: &Site, target: &ResourceTarget<'_>) -> Result<(), ResourceError> {
+        let key = blob_key(target.resource)?;
         let path = parse_blob_key(key)?;
         site.blob_store()
             .put(

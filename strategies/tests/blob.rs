@@ -241,7 +241,12 @@ fn removing_a_blob_that_is_already_gone_succeeds() {
         let strategy = BlobStrategy;
         use replicable_core::Strategy as _;
         let resource = upload(8).resource();
-        strategy.remove(&h.secondary, &resource).await.unwrap();
+        let target = replicable_core::ResourceTarget {
+            replicable_name: "upload",
+            model_id: 8,
+            resource: &resource,
+        };
+        strategy.remove(&h.secondary, &target).await.unwrap();
         h.secondary
             .blob_store()
             .put(
@@ -250,10 +255,10 @@ fn removing_a_blob_that_is_already_gone_succeeds() {
             )
             .await
             .unwrap();
-        strategy.remove(&h.secondary, &resource).await.unwrap();
+        strategy.remove(&h.secondary, &target).await.unwrap();
         assert!(
             strategy
-                .checksum(&h.secondary, &resource, None)
+                .checksum(&h.secondary, &target, None)
                 .await
                 .is_err()
         );

@@ -421,8 +421,10 @@ pub async fn secondary_verification_succeeds_on_an_equal_copy<M: Replicable>(h: 
 /// the registry row; the resync repairs it and it verifies again.
 pub async fn secondary_verification_detects_corruption_and_resyncs<M: Replicable>(h: &Harness<M>) {
     let fixture = synced_and_primary_verified(h, 131).await;
+    let resource = fixture.record.resource();
+    let target = crate::replicator::ReplicationTarget::<M>::new(&h.secondary, 131);
     M::Strategy::default()
-        .corrupt(&h.secondary, &fixture.record.resource())
+        .corrupt(&h.secondary, &target.resource_target(&resource))
         .await
         .expect("corrupting the copy");
     let replicator = fixture.record.replicator(&h.secondary);
