@@ -1,7 +1,7 @@
 //! A small application replicated with the framework: the models of a package registry.
 
 use replicable_core::prelude::*;
-use replicable_strategies::BlobStrategy;
+use replicable_strategies::{BlobStrategy, DatabaseStrategy};
 
 /// A file of a package, stored as a blob under `file_path`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Replicable)]
@@ -26,4 +26,18 @@ impl PackageFile {
             file_name: file_name.to_owned(),
         }
     }
+}
+
+/// A CI setting: the row itself is replicated.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Replicable)]
+#[replicator(DatabaseStrategy)]
+#[replicable(name = "ci_setting")]
+pub struct CiSetting {
+    /// The record's id.
+    #[replicable(id)]
+    pub id: i64,
+    /// The setting's key.
+    pub key: String,
+    /// The setting's value.
+    pub value: String,
 }

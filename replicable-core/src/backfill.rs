@@ -1,6 +1,6 @@
 //! Backfill: brings a secondary's registry in line with the primary's records, so that records
 //! created before replication started, or whose events were lost, are synced, and registry rows
-//! of records that are gone are removed with their data.
+//! of records that are gone, or that left the selective sync, are removed with their data.
 
 use serde::{Deserialize, Serialize};
 
@@ -20,6 +20,9 @@ pub struct BackfillReport {
     pub created: u64,
     /// Registry rows of records that no longer exist, removed.
     pub removed: usize,
+    /// Records outside this secondary's selective sync: not registered, or removed with their
+    /// copy if they were.
+    pub out_of_scope: usize,
 }
 
 /// Backfill failed.
@@ -91,7 +94,26 @@ pub async fn backfill(
         let registry_ids = collect_registry_ids(site, name, from, end)
             .await
             .map_err(store_err)?;
-        let missing: Vec<i64> = primary_ids
+        let mut in_scope = primary_ids.clone();
+        if site.selective_sync().is_restricted(name) {
+            in_scope.clear();
+            for &id in &primary_ids {
+                let record = link
+                    .record(name, id)
+                    .await
+                    .map_err(|source| BackfillError::Link {
+                        replicable: name,
+                        source,
+                    })?;
+                match record {
+                    Some(r) if site.selective_sync().includes(name, &r.body) => in_scope.push(id),
+                    Some(_) => report.out_of_scope += 1,
+                    // Deleted since it was listed: treated as gone below.
+                    None => {}
+                }
+            }
+        }
+        let missing: Vec<i64> = in_scope
             .iter()
             .copied()
             .filter(|id| registry_ids.binary_search(id).is_err())
@@ -103,7 +125,7 @@ pub async fn backfill(
             .map_err(store_err)?;
         for id in registry_ids
             .iter()
-            .filter(|id| primary_ids.binary_search(id).is_err())
+            .filter(|id| in_scope.binary_search(id).is_err())
         {
             replicable
                 .remove_orphan(site, *id)
@@ -112,7 +134,9 @@ pub async fn backfill(
                     replicable: name,
                     reason: e.to_string(),
                 })?;
-            report.removed += 1;
+            if primary_ids.binary_search(id).is_err() {
+                report.removed += 1;
+            }
         }
         report.primary_ids += primary_ids.len();
         if end == i64::MAX {

@@ -892,7 +892,7 @@ impl<'a, M: Replicable> SyncAttempt<'a, M> {
                         // Keep the record as copied: it names the resource to remove if the
                         // record later disappears without a `deleted` event.
                         site.records()
-                            .put_if_newer(name, &stored)
+                            .put_unless_older(name, &stored)
                             .await
                             .map_err(|e| target.store_error(e))?;
                         Ok(stored.generation)

@@ -118,3 +118,72 @@ mod tests {
         assert_eq!(status.verified_percent, 25.0);
     }
 }
+
+/// A record whose copy on a secondary is behind the primary.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BehindRecord {
+    /// The record's id.
+    pub model_id: i64,
+    /// The generation the secondary holds (`None`: never synced).
+    pub secondary_generation: Option<i64>,
+    /// The primary's generation.
+    pub primary_generation: i64,
+    /// How many generations the secondary is behind.
+    pub behind_by: i64,
+}
+
+/// Reading the primary or the registry failed while building a report.
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    /// The tracking database failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The primary could not be read.
+    #[error(transparent)]
+    Link(#[from] crate::error::LinkError),
+    /// The site is not a secondary.
+    #[error("site `{0}` is not a secondary")]
+    NotSecondary(String),
+}
+
+/// The data-loss report of one replicable on a secondary: every registered record whose copy
+/// is behind the primary's generation, and by how much, in id order. A record is up to date only
+/// when the generations are equal.
+pub async fn dataloss(site: &Site, name: &str) -> Result<Vec<BehindRecord>, ReportError> {
+    const PAGE: usize = 1_000;
+    let link = site
+        .primary_link()
+        .filter(|_| !site.is_primary())
+        .ok_or_else(|| ReportError::NotSecondary(site.name().to_owned()))?;
+    let mut behind = Vec::new();
+    let mut from = i64::MIN;
+    loop {
+        let ids = site
+            .registry_store()
+            .ids(name, from..i64::MAX, PAGE)
+            .await?;
+        for &id in &ids {
+            let Some(primary) = link.record(name, id).await? else {
+                continue;
+            };
+            let held = site
+                .registry_store()
+                .get(name, id)
+                .await?
+                .and_then(|row| row.synced_generation);
+            let behind_by = primary.generation - held.unwrap_or(0);
+            if behind_by > 0 {
+                behind.push(BehindRecord {
+                    model_id: id,
+                    secondary_generation: held,
+                    primary_generation: primary.generation,
+                    behind_by,
+                });
+            }
+        }
+        match ids.last() {
+            Some(&last) if ids.len() == PAGE => from = last.saturating_add(1),
+            _ => return Ok(behind),
+        }
+    }
+}

@@ -3,7 +3,9 @@
 //! The built-in strategies of the replicable framework:
 //! - [`BlobStrategy`]: files in an `object_store` (local directory, S3, GCS, Azure, memory),
 //!   streamed from the primary and checked against the primary's SHA-256 before they become
-//!   visible.
+//!   visible;
+//! - [`DatabaseStrategy`]: records whose data is the row itself, copied with their generation
+//!   and checksummed over their canonical JSON.
 //!
 //! ```ignore
 //! #[derive(Debug, Clone, Serialize, Deserialize, Replicable)]
@@ -18,6 +20,8 @@
 
 pub mod blob;
 mod checksum;
+pub mod database;
 
 pub use blob::BlobStrategy;
 pub use checksum::sha256_hex;
+pub use database::DatabaseStrategy;

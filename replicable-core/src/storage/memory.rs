@@ -128,11 +128,15 @@ impl RecordStore for MemoryStore {
         Ok(entry.generation)
     }
 
-    async fn put_if_newer(&self, name: &str, record: &StoredRecord) -> Result<bool, StoreError> {
+    async fn put_unless_older(
+        &self,
+        name: &str,
+        record: &StoredRecord,
+    ) -> Result<bool, StoreError> {
         let mut state = self.lock();
         let k = key(name, record.model_id);
         match state.records.get(&k) {
-            Some(existing) if existing.generation >= record.generation => Ok(false),
+            Some(existing) if existing.generation > record.generation => Ok(false),
             _ => {
                 state.records.insert(k, record.clone());
                 Ok(true)

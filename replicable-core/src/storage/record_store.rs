@@ -35,9 +35,11 @@ pub trait RecordStore: Send + Sync + std::fmt::Debug {
         body: &serde_json::Value,
     ) -> Result<i64, StoreError>;
 
-    /// Writes a copy received from the primary if `generation` is newer than the stored one.
-    /// Returns whether it was written.
-    async fn put_if_newer(&self, name: &str, record: &StoredRecord) -> Result<bool, StoreError>;
+    /// Writes a copy received from the primary unless the stored copy has a newer generation
+    /// (an equal generation is rewritten, which repairs a damaged copy). Returns whether it was
+    /// written.
+    async fn put_unless_older(&self, name: &str, record: &StoredRecord)
+    -> Result<bool, StoreError>;
 
     /// One record.
     async fn get(&self, name: &str, model_id: i64) -> Result<Option<StoredRecord>, StoreError>;

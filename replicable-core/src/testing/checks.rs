@@ -647,3 +647,221 @@ pub async fn backfill_registers_records_without_events_and_removes_orphans<M: Re
         .unwrap();
     assert_eq!((pass.claimed, pass.succeeded), (5, 5));
 }
+
+/// An immutable strategy refuses `updated`; the mutable-only checks below assert that instead.
+async fn refuses_updates<M: Replicable>(h: &Harness<M>, id: i64) -> bool {
+    if M::Strategy::MUTABLE {
+        return false;
+    }
+    let (fixture, _) = h.create_and_publish(id).await;
+    let err = fixture
+        .record
+        .replicator(&h.primary)
+        .publish_updated_event()
+        .await;
+    assert!(
+        matches!(err, Err(ReplicatorError::UnsupportedEvent { .. })),
+        "an immutable strategy must refuse updated: {err:?}"
+    );
+    true
+}
+
+async fn publish_updated<M: Replicable>(h: &Harness<M>, id: i64, seed: u64) -> super::Fixture<M> {
+    let fixture = h.change(id, seed).await;
+    fixture
+        .record
+        .replicator(&h.primary)
+        .publish_updated_event()
+        .await
+        .expect("publishing updated")
+        .expect("the primary publishes");
+    fixture
+}
+
+/// Consuming `updated` syncs the changed resource and records the new generation.
+pub async fn consuming_updated_syncs_the_new_generation<M: Replicable>(h: &Harness<M>) {
+    if refuses_updates(h, 191).await {
+        return;
+    }
+    h.create_and_publish(191).await;
+    catch_up(&h.secondary).await;
+    let changed = publish_updated(h, 191, 10_191).await;
+    let report = catch_up(&h.secondary).await;
+    assert_eq!(report.consumed, 1);
+    let row = crate::replicator::ReplicationTarget::<M>::new(&h.secondary, 191)
+        .registry_record()
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(row.state, SyncState::Synced);
+    assert_eq!(row.synced_generation, Some(2));
+    assert_eq!(
+        secondary_checksum(&h.secondary, &changed.record)
+            .await
+            .unwrap(),
+        changed.checksum,
+        "the secondary holds the changed resource"
+    );
+}
+
+/// An `updated` event consumed while a sync of the record runs sends the row back to pending;
+/// the running sync does not mark it synced, and the next one copies the new state.
+pub async fn an_update_during_a_sync_sends_it_back_to_pending<M: Replicable>(h: &Harness<M>) {
+    if refuses_updates(h, 201).await {
+        return;
+    }
+    let (fixture, _) = h.create_and_publish(201).await;
+    let replicator = fixture.record.replicator(&h.secondary);
+    let attempt = replicator.start_sync().await.unwrap();
+    let changed = publish_updated(h, 201, 10_201).await;
+    let event = last_event(&h.primary).await;
+    // Consuming marks the row pending, then syncs it at once; the stale attempt loses.
+    let outcome = replicator.consume(&event).await.unwrap();
+    assert!(
+        matches!(
+            outcome,
+            ConsumeOutcome::Synced(SyncOutcome::Synced { generation: 2 })
+        ),
+        "{outcome:?}"
+    );
+    assert_eq!(attempt.run().await.unwrap(), SyncOutcome::ChangedDuringSync);
+    let row = replicator
+        .target()
+        .registry_record()
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (row.state, row.synced_generation),
+        (SyncState::Synced, Some(2))
+    );
+    assert_eq!(
+        replicator.calculate_checksum().await.unwrap(),
+        changed.checksum
+    );
+}
+
+/// Two `updated` events consumed out of order: the older one is ignored and the newer
+/// generation stays in place.
+pub async fn out_of_order_updates_leave_the_newer_generation<M: Replicable>(h: &Harness<M>) {
+    if refuses_updates(h, 211).await {
+        return;
+    }
+    h.create_and_publish(211).await;
+    catch_up(&h.secondary).await;
+    publish_updated(h, 211, 10_211).await;
+    let older = last_event(&h.primary).await;
+    let newest = publish_updated(h, 211, 20_211).await;
+    let newer = last_event(&h.primary).await;
+    assert_eq!(
+        (older.payload.generation, newer.payload.generation),
+        (Some(2), Some(3))
+    );
+    let replicator = newest.record.replicator(&h.secondary);
+    let outcome = replicator.consume(&newer).await.unwrap();
+    assert!(
+        matches!(
+            outcome,
+            ConsumeOutcome::Synced(SyncOutcome::Synced { generation: 3 })
+        ),
+        "{outcome:?}"
+    );
+    assert_eq!(
+        replicator.consume(&older).await.unwrap(),
+        ConsumeOutcome::AlreadyCurrent
+    );
+    let row = replicator
+        .target()
+        .registry_record()
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (row.state, row.synced_generation),
+        (SyncState::Synced, Some(3))
+    );
+    assert_eq!(
+        replicator.calculate_checksum().await.unwrap(),
+        newest.checksum
+    );
+}
+
+/// A record that leaves a secondary's selective sync is removed from it, with its copy.
+pub async fn a_record_that_leaves_the_scope_is_removed<M: Replicable>(h: &Harness<M>) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let excluded = Arc::new(AtomicBool::new(false));
+    let flag = excluded.clone();
+    let scoped = h.secondary_with_scope(
+        SelectiveSync::all()
+            .only::<M>(move |r| !(r.replicable_id() == 221 && flag.load(Ordering::SeqCst))),
+    );
+    let (fixture, _) = h.create_and_publish(221).await;
+    h.create_and_publish(222).await;
+    catch_up(&scoped).await;
+    assert_eq!(
+        registry_state::<M>(&scoped, 221).await,
+        Some(SyncState::Synced)
+    );
+    excluded.store(true, Ordering::SeqCst);
+    let report = backfill::backfill(&scoped, descriptor::<M>(), 100)
+        .await
+        .unwrap();
+    assert_eq!((report.out_of_scope, report.removed), (1, 0));
+    assert_eq!(registry_state::<M>(&scoped, 221).await, None);
+    assert!(
+        secondary_checksum(&scoped, &fixture.record).await.is_err(),
+        "the copy is removed"
+    );
+    assert_eq!(
+        registry_state::<M>(&scoped, 222).await,
+        Some(SyncState::Synced)
+    );
+}
+
+/// The data-loss report lists the records whose copy is behind the primary, and by how many
+/// generations.
+pub async fn dataloss_lists_records_behind_and_by_how_much<M: Replicable>(h: &Harness<M>) {
+    h.create_and_publish(231).await;
+    h.create_and_publish(232).await;
+    catch_up(&h.secondary).await;
+    h.create_and_publish(233).await;
+    h.secondary
+        .registry_store()
+        .mark_pending(name::<M>(), 233, h.secondary.now())
+        .await
+        .unwrap();
+    let mut expected = vec![crate::status::BehindRecord {
+        model_id: 233,
+        secondary_generation: None,
+        primary_generation: 1,
+        behind_by: 1,
+    }];
+    if M::Strategy::MUTABLE {
+        publish_updated(h, 232, 10_232).await;
+        publish_updated(h, 232, 20_232).await;
+        expected.insert(
+            0,
+            crate::status::BehindRecord {
+                model_id: 232,
+                secondary_generation: Some(1),
+                primary_generation: 3,
+                behind_by: 2,
+            },
+        );
+    }
+    let report = crate::status::dataloss(&h.secondary, name::<M>())
+        .await
+        .unwrap();
+    assert_eq!(report, expected);
+    catch_up(&h.secondary).await;
+    crate::workers::sync_due(&h.secondary, descriptor::<M>(), 10, 2)
+        .await
+        .unwrap();
+    assert!(
+        crate::status::dataloss(&h.secondary, name::<M>())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}

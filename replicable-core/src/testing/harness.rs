@@ -121,6 +121,25 @@ impl<M: Replicable> Harness<M> {
         Fixture { record, checksum }
     }
 
+    /// Changes the record's resource on the primary (a new fixture from `seed`), as a write of
+    /// the app would. Nothing is published.
+    pub async fn change(&self, id: i64, seed: u64) -> Fixture<M> {
+        let record = self.build(id);
+        let resource = record.resource();
+        let body = serde_json::to_value(&record).expect("records serialize");
+        let target = crate::replicator::ReplicationTarget::<M>::new(&self.primary, id);
+        let checksum = M::Strategy::default()
+            .create_fixture(
+                &self.primary,
+                &target.resource_target(&resource),
+                &body,
+                seed,
+            )
+            .await
+            .unwrap_or_else(|e| panic!("changing the fixture of {} {id}: {e}", M::REPLICABLE_NAME));
+        Fixture { record, checksum }
+    }
+
     /// Makes the record's resource on the primary and publishes `created`.
     pub async fn create_and_publish(&self, id: i64) -> (Fixture<M>, EventId) {
         let fixture = self.create(id).await;

@@ -59,6 +59,11 @@ macro_rules! replicator_test_suite {
             counts_are_right,
             unknown_events_are_skipped_without_stopping_the_cursor,
             backfill_registers_records_without_events_and_removes_orphans,
+            consuming_updated_syncs_the_new_generation,
+            an_update_during_a_sync_sends_it_back_to_pending,
+            out_of_order_updates_leave_the_newer_generation,
+            a_record_that_leaves_the_scope_is_removed,
+            dataloss_lists_records_behind_and_by_how_much,
         );
     };
     ($module:ident : $model:ty, $factory:expr $(,)?) => {

@@ -187,7 +187,7 @@ pub async fn a_tailing_reader_never_skips_concurrently_appended_events(
     assert_eq!(unique.len(), total, "every event once, none twice");
 }
 
-/// Upserts bump the generation; copies are only written when newer.
+/// Upserts bump the generation; copies are never replaced by older ones.
 pub async fn records_keep_generations_and_never_downgrade(target: &dyn ConformanceTarget) {
     let db = open(target).await;
     let body = serde_json::json!({"id": 5, "v": 1});
@@ -209,12 +209,15 @@ pub async fn records_keep_generations_and_never_downgrade(target: &dyn Conforman
         generation,
         body: serde_json::json!({"g": generation}),
     };
-    assert!(db.records.put_if_newer(NAME, &copy(3)).await.unwrap());
+    assert!(db.records.put_unless_older(NAME, &copy(3)).await.unwrap());
     assert!(
-        !db.records.put_if_newer(NAME, &copy(2)).await.unwrap(),
+        !db.records.put_unless_older(NAME, &copy(2)).await.unwrap(),
         "an older copy must not win"
     );
-    assert!(!db.records.put_if_newer(NAME, &copy(3)).await.unwrap());
+    assert!(
+        db.records.put_unless_older(NAME, &copy(3)).await.unwrap(),
+        "an equal generation is rewritten"
+    );
     assert_eq!(
         db.records.get(NAME, 6).await.unwrap().unwrap().generation,
         3

@@ -33,13 +33,17 @@ impl RecordStore for SqlStore {
         self.get(&row, "generation")
     }
 
-    async fn put_if_newer(&self, name: &str, record: &StoredRecord) -> Result<bool, StoreError> {
+    async fn put_unless_older(
+        &self,
+        name: &str,
+        record: &StoredRecord,
+    ) -> Result<bool, StoreError> {
         let t = self.tables(name).await?;
         let n = &t.name;
         let sql = format!(
             "INSERT INTO {n}_records ({n}_id, generation, body) VALUES ($1, $2, $3) \
              ON CONFLICT ({n}_id) DO UPDATE SET generation = excluded.generation, \
-             body = excluded.body WHERE {n}_records.generation < excluded.generation"
+             body = excluded.body WHERE {n}_records.generation <= excluded.generation"
         );
         let done = sqlx::query(AssertSqlSafe(sql))
             .bind(record.model_id)
