@@ -1,7 +1,7 @@
 //! A small application replicated with the framework: the models of a package registry.
 
 use replicable_core::prelude::*;
-use replicable_strategies::{BlobStrategy, DatabaseStrategy};
+use replicable_strategies::{BlobStrategy, DatabaseStrategy, GitRepositoryStrategy};
 
 /// A file of a package, stored as a blob under `file_path`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Replicable)]
@@ -40,4 +40,16 @@ pub struct CiSetting {
     pub key: String,
     /// The setting's value.
     pub value: String,
+}
+
+/// A project whose git repository is replicated.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Replicable)]
+#[replicator(GitRepositoryStrategy)]
+pub struct Project {
+    /// The record's id.
+    #[replicable(id)]
+    pub id: i64,
+    /// The repository's path under the site's repository root.
+    #[replicable(repository)]
+    pub disk_path: String,
 }

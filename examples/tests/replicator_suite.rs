@@ -8,3 +8,9 @@ replicable_core::replicator_test_suite!(ci_setting_suite: CiSetting, |id| CiSett
     key: format!("setting_{id}"),
     value: format!("value of {id}"),
 });
+replicable_core::replicator_test_suite!(project_suite: replicable_examples::Project, |id| {
+    replicable_examples::Project {
+        id,
+        disk_path: format!("@hashed/{:02x}/{id}.git", id % 256),
+    }
+});

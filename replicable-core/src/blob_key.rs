@@ -43,9 +43,43 @@ pub fn parse_blob_key(key: &str) -> Result<Path, ResourceError> {
     Path::parse(key).map_err(|e| refuse(&e.to_string()))
 }
 
+/// Checks a repository path from a model or an event: the same rules as blob keys, and no
+/// segment may start with `-` (it would read as an option to git).
+pub fn parse_repository_path(path: &str) -> Result<std::path::PathBuf, ResourceError> {
+    parse_blob_key(path).map_err(|e| match e {
+        ResourceError::Refused { reason, .. } => ResourceError::Refused {
+            resource: format!("repository `{path}`"),
+            reason,
+        },
+        other => other,
+    })?;
+    if path.split('/').any(|segment| segment.starts_with('-')) {
+        return Err(ResourceError::Refused {
+            resource: format!("repository `{path}`"),
+            reason: "a path segment starts with `-`".into(),
+        });
+    }
+    Ok(std::path::PathBuf::from(path))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn repository_paths_follow_the_key_rules_and_refuse_options() {
+        assert_eq!(
+            parse_repository_path("group/project.git").unwrap(),
+            std::path::PathBuf::from("group/project.git")
+        );
+        for bad in ["../x.git", "/abs.git", "group/--upload-pack=evil", ""] {
+            let err = parse_repository_path(bad).unwrap_err();
+            assert!(
+                err.to_string().starts_with("repository `"),
+                "{bad:?}: {err}"
+            );
+        }
+    }
 
     #[test]
     fn ordinary_keys_are_accepted() {

@@ -9,7 +9,7 @@ use futures::StreamExt;
 use futures::stream::BoxStream;
 use object_store::ObjectStoreExt;
 
-use crate::blob_key::parse_blob_key;
+use crate::blob_key::{parse_blob_key, parse_repository_path};
 use crate::error::{LinkError, StoreError};
 use crate::event::{EventId, StoredEvent};
 use crate::site::Site;
@@ -209,6 +209,10 @@ impl PrimaryLink for InProcessPrimary {
         path: &str,
     ) -> Result<String, LinkError> {
         let what = format!("repository `{path}` of {name} {model_id}");
+        let relative = parse_repository_path(path).map_err(|e| LinkError::Refused {
+            what: what.clone(),
+            reason: e.to_string(),
+        })?;
         let root = self
             .primary
             .repository_root()
@@ -216,6 +220,10 @@ impl PrimaryLink for InProcessPrimary {
                 what: what.clone(),
                 reason: "the primary has no repository root".into(),
             })?;
-        Ok(root.join(path).to_string_lossy().into_owned())
+        let full = root.join(relative);
+        if !full.exists() {
+            return Err(LinkError::NotFound { what });
+        }
+        Ok(full.to_string_lossy().into_owned())
     }
 }

@@ -48,6 +48,9 @@ pub struct Timeouts {
     pub claim_timeout: Duration,
     /// How long the log cursor's lease lasts without renewal (default 30 seconds).
     pub cursor_lease: Duration,
+    /// How long one external command of a strategy (a `git clone`, a `git fetch`) may run
+    /// before it is killed and the sync failed (default 1 hour).
+    pub command: Duration,
 }
 
 impl Default for Timeouts {
@@ -58,6 +61,7 @@ impl Default for Timeouts {
             heartbeat_interval: Duration::from_secs(5),
             claim_timeout: Duration::from_secs(60),
             cursor_lease: Duration::from_secs(30),
+            command: Duration::from_secs(3600),
         }
     }
 }

@@ -1,0 +1,348 @@
+//! The git repository strategy on real repositories made by the test: commits, branches, tags,
+//! a force-push that rewrites history, a deleted branch, a moved HEAD; after each sync the
+//! secondary's refs equal the primary's.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use replicable_core::prelude::*;
+use replicable_core::site::Timeouts;
+use replicable_core::{ReplicatorError, ResourceError};
+use replicable_strategies::GitRepositoryStrategy;
+use replicable_strategies::git::{EMPTY_CHECKSUM, checksummed_refs, git, repository_checksum};
+
+#[derive(Debug, Clone, Serialize, Deserialize, Replicable)]
+#[replicator(GitRepositoryStrategy)]
+pub struct Repo {
+    #[replicable(id)]
+    pub id: i64,
+    #[replicable(repository)]
+    pub path: String,
+}
+
+const T: Duration = Duration::from_secs(60);
+
+struct Sites {
+    _dir: tempfile::TempDir,
+    primary: Site,
+    secondary: Site,
+    work: PathBuf,
+}
+
+fn sites(timeouts: Timeouts) -> Sites {
+    let dir = tempfile::tempdir().unwrap();
+    let primary = Site::primary("primary")
+        .repository_root(dir.path().join("primary"))
+        .build();
+    let secondary = Site::secondary(
+        "secondary",
+        Arc::new(InProcessPrimary::new(primary.clone())),
+    )
+    .repository_root(dir.path().join("secondary"))
+    .timeouts(timeouts)
+    .build();
+    let work = dir.path().join("work");
+    Sites {
+        primary,
+        secondary,
+        work,
+        _dir: dir,
+    }
+}
+
+fn repo(path: &str) -> Repo {
+    Repo {
+        id: 1,
+        path: path.into(),
+    }
+}
+
+async fn sh(dir: &Path, args: &[&str]) -> String {
+    let identity = [
+        ("GIT_AUTHOR_NAME", "dev"),
+        ("GIT_AUTHOR_EMAIL", "dev@example.invalid"),
+        ("GIT_COMMITTER_NAME", "dev"),
+        ("GIT_COMMITTER_EMAIL", "dev@example.invalid"),
+    ];
+    git(Some(dir), args, None, &identity, T)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+async fn commit(work: &Path, file: &str, text: &str) {
+    tokio::fs::write(work.join(file), text).await.unwrap();
+    sh(work, &["add", file]).await;
+    sh(work, &["commit", "--quiet", "-m", text]).await;
+}
+
+/// A bare repository on the primary, with a working clone to push from.
+async fn primary_repository(s: &Sites, path: &str) -> PathBuf {
+    let bare = s.primary.repository_root().unwrap().join(path);
+    tokio::fs::create_dir_all(&bare).await.unwrap();
+    sh(
+        &bare,
+        &["init", "--bare", "--quiet", "--initial-branch=main"],
+    )
+    .await;
+    tokio::fs::create_dir_all(&s.work).await.unwrap();
+    sh(&s.work, &["init", "--quiet", "--initial-branch=main"]).await;
+    sh(
+        &s.work,
+        &["remote", "add", "origin", bare.to_str().unwrap()],
+    )
+    .await;
+    bare
+}
+
+async fn assert_same_refs(s: &Sites, path: &str) {
+    let primary = checksummed_refs(&s.primary.repository_root().unwrap().join(path), T)
+        .await
+        .unwrap();
+    let secondary = checksummed_refs(&s.secondary.repository_root().unwrap().join(path), T)
+        .await
+        .unwrap();
+    assert_eq!(
+        secondary, primary,
+        "the secondary's refs must equal the primary's"
+    );
+    assert!(!primary.is_empty());
+}
+
+async fn publish_and_sync(s: &Sites, record: &Repo, first: bool) {
+    let r = record.replicator(&s.primary);
+    if first {
+        r.publish_created_event().await.unwrap();
+    } else {
+        r.publish_updated_event().await.unwrap();
+    }
+    r.verify().await.unwrap();
+    let report = replicable_core::log_cursor::catch_up(&s.secondary, 50)
+        .await
+        .unwrap();
+    assert_eq!(report.skipped, 0);
+    let row = record
+        .replicator(&s.secondary)
+        .registry()
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(row.state, SyncState::Synced, "{:?}", row.last_sync_failure);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refs_follow_the_primary_through_commits_branches_tags_force_pushes_and_deletions() {
+    let s = sites(Timeouts::default());
+    let path = "group/app.git";
+    let record = repo(path);
+    primary_repository(&s, path).await;
+    let w = &s.work;
+
+    // Commits, a branch and an annotated tag.
+    commit(w, "a.txt", "one").await;
+    commit(w, "a.txt", "two").await;
+    sh(w, &["tag", "-a", "v1.0", "-m", "release 1.0"]).await;
+    sh(w, &["checkout", "--quiet", "-b", "feature"]).await;
+    commit(w, "b.txt", "feature work").await;
+    sh(w, &["checkout", "--quiet", "main"]).await;
+    sh(
+        w,
+        &["push", "--quiet", "origin", "main", "feature", "--tags"],
+    )
+    .await;
+    publish_and_sync(&s, &record, true).await;
+    assert_same_refs(&s, path).await;
+
+    // More commits and a second branch.
+    commit(w, "a.txt", "three").await;
+    sh(w, &["branch", "release"]).await;
+    sh(w, &["push", "--quiet", "origin", "main", "release"]).await;
+    publish_and_sync(&s, &record, false).await;
+    assert_same_refs(&s, path).await;
+
+    // A force-push that rewrites main's history.
+    let before = sh(w, &["rev-parse", "main"]).await;
+    sh(w, &["reset", "--quiet", "--hard", "HEAD~2"]).await;
+    commit(w, "c.txt", "rewritten").await;
+    sh(w, &["push", "--quiet", "--force", "origin", "main"]).await;
+    publish_and_sync(&s, &record, false).await;
+    assert_same_refs(&s, path).await;
+    let secondary_dir = s.secondary.repository_root().unwrap().join(path);
+    let main = sh(&secondary_dir, &["rev-parse", "main"]).await;
+    assert_ne!(main, before, "the rewritten main replaced the old one");
+
+    // A deleted branch and tag disappear from the secondary.
+    sh(w, &["push", "--quiet", "origin", "--delete", "feature"]).await;
+    sh(w, &["push", "--quiet", "origin", "--delete", "v1.0"]).await;
+    publish_and_sync(&s, &record, false).await;
+    assert_same_refs(&s, path).await;
+    let branches = sh(&secondary_dir, &["for-each-ref", "--format=%(refname)"]).await;
+    assert!(
+        !branches.contains("feature") && !branches.contains("v1.0"),
+        "{branches}"
+    );
+
+    // HEAD moves to another branch on the primary.
+    let bare = s.primary.repository_root().unwrap().join(path);
+    sh(&bare, &["symbolic-ref", "HEAD", "refs/heads/release"]).await;
+    publish_and_sync(&s, &record, false).await;
+    assert_same_refs(&s, path).await;
+    assert_eq!(
+        sh(&secondary_dir, &["symbolic-ref", "HEAD"]).await.trim(),
+        "refs/heads/release"
+    );
+
+    // The secondary verifies against the primary's checksum.
+    let outcome = record.replicator(&s.secondary).verify().await.unwrap();
+    assert!(
+        matches!(outcome, VerifyOutcome::Succeeded { .. }),
+        "{outcome:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ref_changed_behind_the_framework_s_back_is_detected_and_repaired() {
+    let s = sites(Timeouts::default());
+    let path = "group/tampered.git";
+    let record = repo(path);
+    primary_repository(&s, path).await;
+    commit(&s.work, "a.txt", "one").await;
+    sh(&s.work, &["push", "--quiet", "origin", "main"]).await;
+    publish_and_sync(&s, &record, true).await;
+    let secondary_dir = s.secondary.repository_root().unwrap().join(path);
+    // Someone moves main on the secondary to a commit of their own.
+    let tree = sh(&secondary_dir, &["mktree"]).await;
+    let rogue = sh(&secondary_dir, &["commit-tree", tree.trim(), "-m", "rogue"]).await;
+    sh(
+        &secondary_dir,
+        &["update-ref", "refs/heads/main", rogue.trim()],
+    )
+    .await;
+
+    let replicator = record.replicator(&s.secondary);
+    let outcome = replicator.verify().await.unwrap();
+    assert!(
+        matches!(outcome, VerifyOutcome::Mismatch { .. }),
+        "{outcome:?}"
+    );
+    let row = replicator.registry().await.unwrap().unwrap();
+    assert_eq!(row.state, SyncState::Failed);
+    assert!(row.checksum_mismatch);
+    // The resync repairs it.
+    let synced = replicator.sync().await.unwrap();
+    assert!(matches!(synced, SyncOutcome::Synced { .. }), "{synced:?}");
+    assert_same_refs(&s, path).await;
+    assert!(matches!(
+        replicator.verify().await.unwrap(),
+        VerifyOutcome::Succeeded { .. }
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_repository_has_the_zero_checksum_and_a_missing_one_is_an_error() {
+    let s = sites(Timeouts::default());
+    let path = "group/empty.git";
+    let bare = primary_repository(&s, path).await;
+    assert_eq!(repository_checksum(&bare, T).await.unwrap(), EMPTY_CHECKSUM);
+    let missing = s.primary.repository_root().unwrap().join("nope.git");
+    assert!(repository_checksum(&missing, T).await.is_err());
+    let not_a_repo = s.primary.repository_root().unwrap().join("plain");
+    tokio::fs::create_dir_all(&not_a_repo).await.unwrap();
+    let err = repository_checksum(&not_a_repo, T).await.unwrap_err();
+    assert!(err.to_string().contains("rev-parse"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repository_missing_on_the_primary_fails_as_missing() {
+    let s = sites(Timeouts::default());
+    let record = repo("group/ghost.git");
+    record
+        .replicator(&s.primary)
+        .publish_created_event()
+        .await
+        .unwrap();
+    let outcome = record.replicator(&s.secondary).sync().await.unwrap();
+    let SyncOutcome::Failed(failure) = outcome else {
+        panic!("expected a failure, got {outcome:?}");
+    };
+    assert!(failure.missing_on_primary);
+    assert_eq!(
+        failure.message,
+        "repository `group/ghost.git` is missing on the primary"
+    );
+    assert!(
+        !s.secondary
+            .repository_root()
+            .unwrap()
+            .join("group/ghost.git")
+            .exists()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paths_that_escape_the_root_are_refused() {
+    let s = sites(Timeouts::default());
+    for path in [
+        "../outside.git",
+        "/etc",
+        "group/--upload-pack=touch x",
+        "a//b.git",
+        "",
+    ] {
+        let err = repo(path)
+            .replicator(&s.primary)
+            .publish_created_event()
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ReplicatorError::Resource {
+                    source: ResourceError::Refused { .. },
+                    ..
+                }
+            ),
+            "{path:?}: {err}"
+        );
+    }
+    assert_eq!(s.primary.event_log().last_event_id().await.unwrap(), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_git_command_past_its_timeout_is_killed_and_the_sync_failed_with_git_s_words() {
+    let s = sites(Timeouts {
+        command: Duration::from_millis(1),
+        ..Timeouts::default()
+    });
+    let path = "group/slow.git";
+    let record = repo(path);
+    primary_repository(&s, path).await;
+    commit(&s.work, "a.txt", "one").await;
+    sh(&s.work, &["push", "--quiet", "origin", "main"]).await;
+    record
+        .replicator(&s.primary)
+        .publish_created_event()
+        .await
+        .unwrap();
+    let outcome = record.replicator(&s.secondary).sync().await.unwrap();
+    let SyncOutcome::Failed(failure) = outcome else {
+        panic!("expected a failure, got {outcome:?}");
+    };
+    assert!(failure.message.contains("timed out"), "{}", failure.message);
+    assert!(
+        failure.message.contains("git clone --mirror"),
+        "{}",
+        failure.message
+    );
+    assert!(
+        !s.secondary.repository_root().unwrap().join(path).exists(),
+        "no half clone is visible"
+    );
+    let tmp = s
+        .secondary
+        .repository_root()
+        .unwrap()
+        .join(".replicable/tmp");
+    let leftovers = std::fs::read_dir(&tmp).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(leftovers, 0, "the partial clone is removed");
+}
