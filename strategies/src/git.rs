@@ -59,6 +59,8 @@ impl std::fmt::Display for GitError {
     }
 }
 
+impl std::error::Error for GitError {}
+
 /// Runs git with `args` (in `dir` if given), feeding `stdin`, within `timeout`. Returns stdout.
 pub async fn git(
     dir: Option<&Path>,
