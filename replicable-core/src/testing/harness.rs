@@ -103,22 +103,10 @@ impl<M: Replicable> Harness<M> {
         (self.factory)(id)
     }
 
-    /// Makes the record's resource on the primary (the app's write). Nothing is published.
+    /// Makes the record's resource on the primary (the app's write), from seed `id`. Nothing
+    /// is published.
     pub async fn create(&self, id: i64) -> Fixture<M> {
-        let record = self.build(id);
-        let resource = record.resource();
-        let body = serde_json::to_value(&record).expect("records serialize");
-        let target = crate::replicator::ReplicationTarget::<M>::new(&self.primary, id);
-        let checksum = M::Strategy::default()
-            .create_fixture(
-                &self.primary,
-                &target.resource_target(&resource),
-                &body,
-                id as u64,
-            )
-            .await
-            .unwrap_or_else(|e| panic!("creating the fixture of {} {id}: {e}", M::REPLICABLE_NAME));
-        Fixture { record, checksum }
+        self.change(id, id as u64).await
     }
 
     /// Changes the record's resource on the primary (a new fixture from `seed`), as a write of
