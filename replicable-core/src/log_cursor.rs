@@ -89,20 +89,14 @@ impl LogCursor {
 
     /// Takes or renews the lease, then processes one batch.
     pub async fn process_batch(&self) -> Result<CursorReport, CursorError> {
-        let site = &self.site;
-        let registry = site.registry_store();
         let fail = |reason: String, lease_held| CursorError {
-            site: site.name().to_owned(),
+            site: self.site.name().to_owned(),
             cursor: 0,
             reason,
             lease_held,
         };
-        let ttl = site.timeouts().cursor_lease;
-        match registry
-            .acquire_lease(CURSOR_LEASE, &self.holder, site.now(), ttl)
-            .await
-        {
-            Ok(true) => process_batch_unleased(site, self.batch_size).await,
+        match self.renew().await {
+            Ok(true) => self.run_batch().await,
             Ok(false) => Err(fail(
                 "another log cursor holds this site's lease".into(),
                 true,
@@ -124,6 +118,19 @@ impl LogCursor {
                 return Ok(total);
             }
         }
+    }
+
+    /// Takes or renews the site's cursor lease for this holder.
+    async fn renew(&self) -> Result<bool, crate::error::StoreError> {
+        let site = &self.site;
+        site.registry_store()
+            .acquire_lease(
+                CURSOR_LEASE,
+                &self.holder,
+                site.now(),
+                site.timeouts().cursor_lease,
+            )
+            .await
     }
 
     /// Gives up the lease so that another cursor can take over at once.
@@ -166,69 +173,92 @@ pub async fn catch_up(site: &Site, batch_size: usize) -> Result<CursorReport, Cu
     process_holder(site).batch_size(batch_size).catch_up().await
 }
 
-async fn process_batch_unleased(
-    site: &Site,
-    batch_size: usize,
-) -> Result<CursorReport, CursorError> {
-    let fail = |cursor: EventId, reason: String| CursorError {
-        site: site.name().to_owned(),
-        cursor,
-        reason,
-        lease_held: false,
-    };
-    let link = site
-        .primary_link()
-        .filter(|_| !site.is_primary())
-        .ok_or_else(|| fail(0, "the log cursor runs on secondaries only".into()))?;
-    let registry = site.registry_store();
-    let start = registry
-        .cursor()
-        .await
-        .map_err(|e| fail(0, e.to_string()))?;
-    let events = link
-        .events_after(start, batch_size)
-        .await
-        .map_err(|e| fail(start, e.to_string()))?;
-    let mut report = CursorReport {
-        read: events.len(),
-        cursor: start,
-        ..CursorReport::default()
-    };
-    let mut stop = None;
-    for raw in events {
-        match dispatch(site, raw.clone()).await {
-            Ok(()) => report.consumed += 1,
-            Err(Dispatch::Skip(reason)) => {
-                warn!(event_id = raw.id, %reason, "skipping event");
-                let skipped = SkippedEvent {
-                    event_id: raw.id,
-                    replicable_name: raw.replicable_name.clone(),
-                    event_name: raw.event_name.clone(),
-                    reason,
-                    skipped_at: site.now(),
-                };
-                if let Err(e) = registry.record_skipped_event(&skipped).await {
-                    stop = Some(e.to_string());
+impl LogCursor {
+    /// One batch under the lease. The lease is renewed while the batch runs (consuming an event
+    /// may sync a large resource) and once more before the cursor is saved: a cursor that lost
+    /// its lease saves nothing, and its events are consumed again by the new holder (consuming
+    /// is idempotent).
+    async fn run_batch(&self) -> Result<CursorReport, CursorError> {
+        let site = &self.site;
+        let fail = |cursor: EventId, reason: String, lease_held: bool| CursorError {
+            site: site.name().to_owned(),
+            cursor,
+            reason,
+            lease_held,
+        };
+        let link = site
+            .primary_link()
+            .filter(|_| !site.is_primary())
+            .ok_or_else(|| fail(0, "the log cursor runs on secondaries only".into(), false))?;
+        let registry = site.registry_store();
+        let start = registry
+            .cursor()
+            .await
+            .map_err(|e| fail(0, e.to_string(), false))?;
+        let events = link
+            .events_after(start, self.batch_size)
+            .await
+            .map_err(|e| fail(start, e.to_string(), false))?;
+        let mut report = CursorReport {
+            read: events.len(),
+            cursor: start,
+            ..CursorReport::default()
+        };
+        let renew_every = chrono::Duration::from_std(site.timeouts().cursor_lease / 3)
+            .unwrap_or(chrono::Duration::MAX);
+        let mut renewed_at = site.now();
+        let lost = || fail(start, "the lease passed to another log cursor".into(), true);
+        let mut stop = None;
+        for raw in events {
+            if site.now() - renewed_at >= renew_every {
+                match self.renew().await {
+                    Ok(true) => renewed_at = site.now(),
+                    Ok(false) => return Err(lost()),
+                    Err(e) => {
+                        stop = Some(e.to_string());
+                        break;
+                    }
+                }
+            }
+            match dispatch(site, raw.clone()).await {
+                Ok(()) => report.consumed += 1,
+                Err(Dispatch::Skip(reason)) => {
+                    warn!(event_id = raw.id, %reason, "skipping event");
+                    let skipped = SkippedEvent {
+                        event_id: raw.id,
+                        replicable_name: raw.replicable_name.clone(),
+                        event_name: raw.event_name.clone(),
+                        reason,
+                        skipped_at: site.now(),
+                    };
+                    if let Err(e) = registry.record_skipped_event(&skipped).await {
+                        stop = Some(e.to_string());
+                        break;
+                    }
+                    report.skipped += 1;
+                }
+                Err(Dispatch::Stop(reason)) => {
+                    stop = Some(reason);
                     break;
                 }
-                report.skipped += 1;
             }
-            Err(Dispatch::Stop(reason)) => {
-                stop = Some(reason);
-                break;
-            }
+            report.cursor = raw.id;
         }
-        report.cursor = raw.id;
-    }
-    if report.cursor != start {
-        registry
-            .save_cursor(report.cursor)
-            .await
-            .map_err(|e| fail(start, e.to_string()))?;
-    }
-    match stop {
-        Some(reason) => Err(fail(report.cursor, reason)),
-        None => Ok(report),
+        if report.cursor != start {
+            match self.renew().await {
+                Ok(true) => {}
+                Ok(false) => return Err(lost()),
+                Err(e) => return Err(fail(start, e.to_string(), false)),
+            }
+            registry
+                .save_cursor(report.cursor)
+                .await
+                .map_err(|e| fail(start, e.to_string(), false))?;
+        }
+        match stop {
+            Some(reason) => Err(fail(report.cursor, reason, false)),
+            None => Ok(report),
+        }
     }
 }
 

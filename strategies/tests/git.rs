@@ -346,3 +346,44 @@ async fn a_git_command_past_its_timeout_is_killed_and_the_sync_failed_with_git_s
     let leftovers = std::fs::read_dir(&tmp).map(|d| d.count()).unwrap_or(0);
     assert_eq!(leftovers, 0, "the partial clone is removed");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn git_s_own_words_end_up_in_the_failure_text() {
+    let s = sites(Timeouts::default());
+    let path = "group/broken.git";
+    // Something that exists on the primary but is no repository.
+    let broken = s.primary.repository_root().unwrap().join(path);
+    tokio::fs::create_dir_all(&broken).await.unwrap();
+    tokio::fs::write(broken.join("HEAD"), "garbage")
+        .await
+        .unwrap();
+    let record = repo(path);
+    record
+        .replicator(&s.primary)
+        .publish_created_event()
+        .await
+        .unwrap();
+    let outcome = record.replicator(&s.secondary).sync().await.unwrap();
+    let SyncOutcome::Failed(failure) = outcome else {
+        panic!("expected a failure, got {outcome:?}");
+    };
+    assert!(!failure.missing_on_primary);
+    assert!(
+        failure.message.contains("git clone --mirror"),
+        "{}",
+        failure.message
+    );
+    assert!(
+        failure.message.contains("fatal: repository")
+            && failure.message.contains("exit status: 128"),
+        "git's stderr is kept: {}",
+        failure.message
+    );
+    let row = record
+        .replicator(&s.secondary)
+        .registry()
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(row.last_sync_failure.unwrap().chars().count() <= 255);
+}

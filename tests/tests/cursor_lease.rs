@@ -1,0 +1,94 @@
+//! One log cursor per secondary at a time: a second cursor is refused while the first holds the
+//! lease and changes nothing, takes over when the lease expires or is released, and the first is
+//! refused once it lost the lease.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use object_store::ObjectStoreExt;
+use replicable_core::clock::ManualClock;
+use replicable_core::log_cursor::LogCursor;
+use replicable_core::prelude::*;
+use replicable_core::storage::sql::SqlStore;
+use replicable_strategies::BlobStrategy;
+use replicable_tests::SqliteTarget;
+
+#[derive(Debug, Clone, Serialize, Deserialize, Replicable)]
+#[replicator(BlobStrategy)]
+pub struct Diff {
+    #[replicable(id)]
+    pub id: i64,
+    #[replicable(blob)]
+    pub key: String,
+}
+
+async fn publish(primary: &Site, id: i64) {
+    let diff = Diff {
+        id,
+        key: format!("diffs/{id}"),
+    };
+    primary
+        .blob_store()
+        .put(
+            &object_store::path::Path::from(diff.key.as_str()),
+            b"diff".to_vec().into(),
+        )
+        .await
+        .unwrap();
+    diff.replicator(primary)
+        .publish_created_event()
+        .await
+        .unwrap();
+}
+
+#[test]
+fn only_one_cursor_per_site_runs_and_an_expired_lease_is_taken_over() {
+    replicable_core::testing::block_on(async {
+        let target = SqliteTarget::new();
+        let clock = Arc::new(ManualClock::new("2030-03-01T00:00:00Z".parse().unwrap()));
+        let primary = Site::primary("primary").build();
+        // Two processes of the same secondary: separate handles on one tracking database.
+        let process = async || {
+            Site::secondary(
+                "secondary",
+                Arc::new(InProcessPrimary::new(primary.clone())),
+            )
+            .database(SqlStore::open(&target.url).await.unwrap())
+            .clock(clock.clone())
+            .build()
+        };
+        let (one, two) = (process().await, process().await);
+        let a = LogCursor::new(&one).batch_size(2);
+        let b = LogCursor::new(&two).batch_size(2);
+        for id in 1..=5 {
+            publish(&primary, id).await;
+        }
+
+        let report = a.process_batch().await.unwrap();
+        assert_eq!((report.consumed, report.cursor), (2, 2));
+        let refused = b.process_batch().await.unwrap_err();
+        assert!(refused.lease_held, "{refused}");
+        assert_eq!(
+            two.registry_store().cursor().await.unwrap(),
+            2,
+            "b changed nothing"
+        );
+
+        // a stops renewing; after the lease runs out, b takes over where a left off.
+        clock.advance(Duration::from_secs(31));
+        let report = b.catch_up().await.unwrap();
+        assert_eq!((report.consumed, report.cursor), (3, 5));
+        let refused = a.process_batch().await.unwrap_err();
+        assert!(refused.lease_held, "a lost the lease: {refused}");
+
+        // Releasing hands over at once.
+        b.release().await.unwrap();
+        publish(&primary, 6).await;
+        let report = a.catch_up().await.unwrap();
+        assert_eq!((report.consumed, report.cursor), (1, 6));
+        let status = replicable_core::status::secondary_status(&one, "diff")
+            .await
+            .unwrap();
+        assert_eq!(status.synced_count, 6);
+    });
+}
