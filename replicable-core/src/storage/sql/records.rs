@@ -78,15 +78,7 @@ impl RecordStore for SqlStore {
     }
 
     async fn delete(&self, name: &str, model_id: i64) -> Result<bool, StoreError> {
-        let t = self.tables(name).await?;
-        let n = &t.name;
-        let sql = format!("DELETE FROM {n}_records WHERE {n}_id = $1");
-        let done = sqlx::query(AssertSqlSafe(sql))
-            .bind(model_id)
-            .execute(&self.pool)
-            .await
-            .map_err(self.backend("delete record"))?;
-        Ok(done.rows_affected() > 0)
+        self.delete_row("records", name, model_id).await
     }
 
     async fn ids(
@@ -112,6 +104,25 @@ impl RecordStore for SqlStore {
 }
 
 impl SqlStore {
+    /// Deletes the row of `model_id` from replicable `name`'s table `<name>_<kind>`. Returns
+    /// whether it existed.
+    pub(super) async fn delete_row(
+        &self,
+        kind: &'static str,
+        name: &str,
+        model_id: i64,
+    ) -> Result<bool, StoreError> {
+        let t = self.tables(name).await?;
+        let n = &t.name;
+        let sql = format!("DELETE FROM {n}_{kind} WHERE {n}_id = $1");
+        let done = sqlx::query(AssertSqlSafe(sql))
+            .bind(model_id)
+            .execute(&self.pool)
+            .await
+            .map_err(self.backend("delete row"))?;
+        Ok(done.rows_affected() > 0)
+    }
+
     /// Ids of `table` (keyed by `<name>_id`) in `range`, ascending.
     pub(super) async fn ids_of(
         &self,

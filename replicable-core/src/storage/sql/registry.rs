@@ -251,15 +251,7 @@ impl RegistryStore for SqlStore {
     }
 
     async fn delete(&self, name: &str, model_id: i64) -> Result<bool, StoreError> {
-        let t = self.tables(name).await?;
-        let n = &t.name;
-        let sql = format!("DELETE FROM {n}_registry WHERE {n}_id = $1");
-        let done = sqlx::query(AssertSqlSafe(sql))
-            .bind(model_id)
-            .execute(&self.pool)
-            .await
-            .map_err(self.backend("delete registry row"))?;
-        Ok(done.rows_affected() > 0)
+        self.delete_row("registry", name, model_id).await
     }
 
     async fn ids(

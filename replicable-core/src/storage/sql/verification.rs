@@ -235,15 +235,7 @@ impl VerificationStore for SqlStore {
     }
 
     async fn delete(&self, name: &str, model_id: i64) -> Result<bool, StoreError> {
-        let t = self.tables(name).await?;
-        let n = &t.name;
-        let sql = format!("DELETE FROM {n}_verification WHERE {n}_id = $1");
-        let done = sqlx::query(AssertSqlSafe(sql))
-            .bind(model_id)
-            .execute(&self.pool)
-            .await
-            .map_err(self.backend("delete verification row"))?;
-        Ok(done.rows_affected() > 0)
+        self.delete_row("verification", name, model_id).await
     }
 
     async fn counts(&self, name: &str) -> Result<VerificationCounts, StoreError> {
