@@ -4,7 +4,9 @@
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
-use crate::descriptor::find_replicable;
+use std::collections::HashMap;
+
+use crate::descriptor::{ReplicableDescriptor, registered_replicables};
 use crate::error::ReplicatorError;
 use crate::event::{Event, EventId, SkippedEvent, StoredEvent};
 use crate::site::Site;
@@ -204,6 +206,13 @@ impl LogCursor {
             cursor: start,
             ..CursorReport::default()
         };
+        // The catalogue once per batch, not once per event.
+        let catalogue: HashMap<&'static str, &'static ReplicableDescriptor> =
+            registered_replicables()
+                .map_err(|e| fail(start, e.to_string(), false))?
+                .into_iter()
+                .map(|d| (d.name, d))
+                .collect();
         let renew_every = chrono::Duration::from_std(site.timeouts().cursor_lease / 3)
             .unwrap_or(chrono::Duration::MAX);
         let mut renewed_at = site.now();
@@ -220,7 +229,7 @@ impl LogCursor {
                     }
                 }
             }
-            match dispatch(site, raw.clone()).await {
+            match dispatch(site, &catalogue, raw.clone()).await {
                 Ok(()) => report.consumed += 1,
                 Err(Dispatch::Skip(reason)) => {
                     warn!(event_id = raw.id, %reason, "skipping event");
@@ -267,9 +276,14 @@ enum Dispatch {
     Stop(String),
 }
 
-async fn dispatch(site: &Site, raw: StoredEvent) -> Result<(), Dispatch> {
-    let descriptor = find_replicable(&raw.replicable_name)
-        .map_err(|e| Dispatch::Stop(e.to_string()))?
+async fn dispatch(
+    site: &Site,
+    catalogue: &HashMap<&'static str, &'static ReplicableDescriptor>,
+    raw: StoredEvent,
+) -> Result<(), Dispatch> {
+    let descriptor = catalogue
+        .get(raw.replicable_name.as_str())
+        .copied()
         .ok_or_else(|| {
             Dispatch::Skip(format!(
                 "no replicable named `{}` is registered in this binary",

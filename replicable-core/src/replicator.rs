@@ -890,7 +890,8 @@ impl<'a, M: Replicable> SyncAttempt<'a, M> {
                 match copied {
                     Ok(()) => {
                         // Keep the record as copied: it names the resource to remove if the
-                        // record later disappears without a `deleted` event.
+                        // record later disappears without a `deleted` event, and for the
+                        // database strategy it is the resource itself.
                         site.records()
                             .put_unless_older(name, &stored)
                             .await

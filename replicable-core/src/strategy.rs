@@ -104,7 +104,9 @@ pub trait Strategy: Default + Send + Sync + 'static {
     ///
     /// The copy must not become visible under its real location before it is complete and, when
     /// `primary_checksum` is given, before its checksum matches. A resource that does not exist on
-    /// the primary is a [`SyncFailure::missing_on_primary`].
+    /// the primary is a [`SyncFailure::missing_on_primary`]. After a successful copy the framework
+    /// stores the primary's record in the site's record store, so strategies whose resource is
+    /// the record have nothing to copy.
     async fn sync(&self, request: SyncRequest<'_>) -> Result<(), SyncFailure>;
 
     /// Removes the local copy of a resource. Removing one that does not exist succeeds.

@@ -77,6 +77,8 @@ async fn download(
             }
         };
         if let Err(e) = writer.wait_for_capacity(PART_CONCURRENCY).await {
+            // Abort, so an object store does not keep the parts already uploaded.
+            let _ = writer.abort().await;
             return Err(SyncFailure::new(format!(
                 "writing the download failed: {e}"
             )));

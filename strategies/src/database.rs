@@ -1,7 +1,7 @@
 //! The database strategy: the record itself is the resource.
 //!
-//! A secondary copies the primary's record (serialized with serde, with its generation) into its
-//! own record store: the site's database by default, or a user's table through their own
+//! A completed sync stores the primary's record (serialized with serde, with its generation) in
+//! the secondary's record store: the site's database by default, or a user's table through their own
 //! [`RecordStore`](replicable_core::storage::RecordStore). A copy is never replaced by an older
 //! generation. The checksum is the SHA-256 of the record's canonical JSON (object keys sorted,
 //! no insignificant white space), equal on both sides for equal records.
@@ -91,14 +91,9 @@ impl Strategy for DatabaseStrategy {
     }
 
     async fn sync(&self, request: SyncRequest<'_>) -> Result<(), SyncFailure> {
-        not_a_record(&request.target()).map_err(|e| SyncFailure::new(e.to_string()))?;
-        request
-            .site
-            .records()
-            .put_unless_older(request.replicable_name, request.record)
-            .await
-            .map_err(|e| SyncFailure::new(e.to_string()))?;
-        Ok(())
+        // The record is the resource, and every completed sync stores the primary's record in
+        // the secondary's record store (the site's table or the user's): nothing else to copy.
+        not_a_record(&request.target()).map_err(|e| SyncFailure::new(e.to_string()))
     }
 
     async fn remove(&self, site: &Site, target: &ResourceTarget<'_>) -> Result<(), ResourceError> {
