@@ -19,6 +19,10 @@ pub struct SyncFailure {
     /// The resource does not exist on the primary: retried on the longer cap, since only a change
     /// on the primary can heal it.
     pub missing_on_primary: bool,
+    /// The sync was overtaken (the record changed, was deleted, or another attempt took the row
+    /// while it ran): its staged copy was discarded and nothing became visible. Not a failure of
+    /// the resource: the row is not failed for it.
+    pub overtaken: bool,
 }
 
 impl SyncFailure {
@@ -27,6 +31,7 @@ impl SyncFailure {
         Self {
             message: message.into(),
             missing_on_primary: false,
+            overtaken: false,
         }
     }
 
@@ -35,6 +40,17 @@ impl SyncFailure {
         Self {
             message: message.into(),
             missing_on_primary: true,
+            overtaken: false,
+        }
+    }
+
+    /// The sync was overtaken before its copy became visible (see
+    /// [`SyncRequest::ensure_current`](crate::strategy::SyncRequest::ensure_current)).
+    pub fn overtaken(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            missing_on_primary: false,
+            overtaken: true,
         }
     }
 }

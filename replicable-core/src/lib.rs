@@ -66,7 +66,7 @@ pub use replicator::{
 };
 pub use selective_sync::SelectiveSync;
 pub use site::{Site, SiteRole};
-pub use strategy::{ResourceTarget, Strategy, SyncRequest};
+pub use strategy::{AlwaysCurrent, ResourceTarget, Strategy, SyncGuard, SyncRequest};
 pub use verification::{Verification, VerificationRecord, VerificationState};
 
 /// `#[derive(Replicable)]`.

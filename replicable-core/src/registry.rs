@@ -91,6 +91,9 @@ pub struct RegistryRecord {
     pub missing_on_primary: bool,
     /// The primary's generation of the record that the local copy holds.
     pub synced_generation: Option<i64>,
+    /// A change (new event, resync or deletion) arrived while the row was `started`: the sync in
+    /// flight may not make its copy visible, and the row goes back to pending when it ends.
+    pub change_pending: bool,
     /// The verification columns of the local copy.
     pub verification: Verification,
     /// When the worker holding the row's sync or verification last said it is alive.
@@ -123,7 +126,8 @@ impl RegistryRecord {
             created_at: now,
             missing_on_primary: false,
             synced_generation: None,
-            verification: Verification::pending(),
+            change_pending: false,
+            verification: Verification::disabled(),
             heartbeat_at: None,
             version: 0,
         }
@@ -138,12 +142,23 @@ impl RegistryRecord {
     }
 
     /// Back to pending, from any state (the record changed, or an operator asked for a resync):
-    /// clears the retry schedule and `last_synced_at`.
+    /// clears the retry schedule and `last_synced_at`, and turns verification off until the
+    /// next sync (a copy waiting to be synced again is not counted as verified).
+    ///
+    /// A row whose sync is running (`started`) is not restarted under it: it stays `started`
+    /// with [`change_pending`](Self::change_pending) set, so that the sync in flight discards its
+    /// copy and the row goes pending when that sync ends. One sync per record at a time.
     pub fn mark_pending(&mut self) {
+        if self.state == SyncState::Started {
+            self.change_pending = true;
+            return;
+        }
         self.state = SyncState::Pending;
         self.retry_at = None;
         self.retry_count = 0;
         self.last_synced_at = None;
+        self.change_pending = false;
+        self.verification.disable();
     }
 
     /// Begins a sync: from pending, synced or failed. Sets `last_synced_at`.

@@ -13,7 +13,7 @@ use crate::primary_link::PrimaryLink;
 use crate::registry::{RegistryRecord, SyncState};
 use crate::site::Site;
 use crate::storage::StoredRecord;
-use crate::strategy::{ResourceTarget, Strategy, SyncRequest};
+use crate::strategy::{ResourceTarget, Strategy, SyncGuard, SyncRequest};
 use crate::verification::{CHECKSUM_MISMATCH, VerificationRecord, VerificationState};
 
 /// How many times a write that lost a compare-and-set race is retried before giving up.
@@ -952,6 +952,11 @@ impl<'a, M: Replicable> SyncAttempt<'a, M> {
             None
         };
         let resource = record.resource();
+        let guard = AttemptGuard {
+            target,
+            started_at: self.row.last_synced_at,
+            generation: stored.generation,
+        };
         M::Strategy::default()
             .sync(SyncRequest {
                 site: target.site,
@@ -961,7 +966,53 @@ impl<'a, M: Replicable> SyncAttempt<'a, M> {
                 resource: &resource,
                 record: stored,
                 primary_checksum: primary_checksum.as_deref(),
+                guard: &guard,
             })
             .await
+    }
+}
+
+/// The guard of one sync attempt: the copy may become visible only while the registry row is
+/// still `started` by this attempt, no change arrived meanwhile, and the generation copied is not
+/// older than the one the row records.
+struct AttemptGuard<'t, 'a, M: Replicable> {
+    target: &'t ReplicationTarget<'a, M>,
+    started_at: Option<chrono::DateTime<chrono::Utc>>,
+    generation: i64,
+}
+
+#[async_trait::async_trait]
+impl<M: Replicable> SyncGuard for AttemptGuard<'_, '_, M> {
+    async fn ensure_current(&self) -> Result<(), SyncFailure> {
+        let (name, id) = (M::REPLICABLE_NAME, self.target.id);
+        let row = self
+            .target
+            .registry_record()
+            .await
+            .map_err(|e| SyncFailure::new(e.to_string()))?;
+        let reason = match row {
+            None => "it was deleted while the sync ran",
+            Some(row)
+                if row.state != SyncState::Started || row.last_synced_at != self.started_at =>
+            {
+                "another attempt took the registry row"
+            }
+            Some(row) if row.change_pending => "it changed while the sync ran",
+            Some(row)
+                if row
+                    .synced_generation
+                    .is_some_and(|held| held > self.generation) =>
+            {
+                "a newer generation is already held"
+            }
+            Some(_) => return Ok(()),
+        };
+        debug!(
+            name,
+            id, reason, "sync overtaken: discarding the staged copy"
+        );
+        Err(SyncFailure::overtaken(format!(
+            "sync of {name} {id} overtaken: {reason}"
+        )))
     }
 }

@@ -53,9 +53,41 @@ pub struct SyncRequest<'a> {
     pub record: &'a StoredRecord,
     /// The primary's checksum of the resource, if it has computed one.
     pub primary_checksum: Option<&'a str>,
+    /// Decides whether the staged copy may still become visible.
+    pub guard: &'a dyn SyncGuard,
+}
+
+/// Decides, right before a staged copy becomes visible, whether the sync that staged it is still
+/// current: its registry row is still the one it started, no change or deletion arrived while it
+/// ran, and the generation it copies is not older than the one recorded.
+#[async_trait]
+pub trait SyncGuard: Send + Sync {
+    /// `Ok` if the copy may become visible now; a [`SyncFailure::overtaken`] otherwise.
+    async fn ensure_current(&self) -> Result<(), SyncFailure>;
+}
+
+/// A guard that lets every copy through: for strategies driven outside a registry (tools,
+/// tests of a strategy on its own).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct AlwaysCurrent;
+
+#[async_trait]
+impl SyncGuard for AlwaysCurrent {
+    async fn ensure_current(&self) -> Result<(), SyncFailure> {
+        Ok(())
+    }
 }
 
 impl SyncRequest<'_> {
+    /// Call right before the step that makes the staged copy visible (a rename into place, a ref
+    /// update, a row write), and make it visible only on `Ok`. On `Err` the sync was overtaken:
+    /// discard the staged copy and return the error. The step itself should be short (a rename,
+    /// not a transfer), since a change that arrives between the check and the step is only
+    /// caught by the registry write after it (the record is then synced again).
+    pub async fn ensure_current(&self) -> Result<(), SyncFailure> {
+        self.guard.ensure_current().await
+    }
+
     /// The resource being synced.
     pub fn target(&self) -> ResourceTarget<'_> {
         ResourceTarget {
@@ -103,7 +135,10 @@ pub trait Strategy: Default + Send + Sync + 'static {
     /// Copies the resource from the primary onto `request.site`.
     ///
     /// The copy must not become visible under its real location before it is complete and, when
-    /// `primary_checksum` is given, before its checksum matches. A resource that does not exist on
+    /// `primary_checksum` is given, before its checksum matches. Stage it first (a temporary
+    /// object, a temporary repository or ref namespace), then call
+    /// [`SyncRequest::ensure_current`] and make it visible only if that succeeds; an overtaken
+    /// sync discards its staged copy and returns the guard's error. A resource that does not exist on
     /// the primary is a [`SyncFailure::missing_on_primary`]. After a successful copy the framework
     /// stores the primary's record in the site's record store, so strategies whose resource is
     /// the record have nothing to copy.

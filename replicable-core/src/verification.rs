@@ -209,6 +209,15 @@ impl Verification {
         Ok(())
     }
 
+    /// Fresh columns in the disabled state: a registry row whose copy is not synced yet, or
+    /// whose primary has no checksum to compare with.
+    pub fn disabled() -> Self {
+        Self {
+            verification_state: VerificationState::Disabled,
+            ..Self::pending()
+        }
+    }
+
     /// Turns verification off for the row, from any state.
     pub fn disable(&mut self) {
         self.verification_state = VerificationState::Disabled;

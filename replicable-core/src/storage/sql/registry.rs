@@ -24,6 +24,7 @@ impl SqlStore {
         let state: i16 = self.get(row, "state")?;
         let retry_count: i64 = self.get(row, "retry_count")?;
         let missing: i16 = self.get(row, "missing_on_primary")?;
+        let change_pending: i16 = self.get(row, "change_pending")?;
         Ok(RegistryRecord {
             model_id: self.get(row, "model_id")?,
             state: SyncState::from_value(state)
@@ -35,6 +36,7 @@ impl SqlStore {
             created_at: self.time(self.get(row, "created_at")?)?,
             missing_on_primary: missing != 0,
             synced_generation: self.get(row, "synced_generation")?,
+            change_pending: change_pending != 0,
             verification: self.read_verification(row)?,
             heartbeat_at: self.opt_time(self.get(row, "heartbeat_at")?)?,
             version: self.get(row, "version")?,
@@ -71,9 +73,21 @@ impl RegistryStore for SqlStore {
         let t = self.tables(name).await?;
         let n = &t.name;
         let sql = format!(
-            "INSERT INTO {n}_registry ({n}_id, state, created_at) VALUES ($1, 0, $2) \
-             ON CONFLICT ({n}_id) DO UPDATE SET state = 0, retry_at = NULL, retry_count = 0, \
-             last_synced_at = NULL, version = {n}_registry.version + 1 RETURNING {}",
+            "INSERT INTO {n}_registry ({n}_id, state, created_at, verification_state) \
+             VALUES ($1, 0, $2, 4) \
+             ON CONFLICT ({n}_id) DO UPDATE SET \
+             change_pending = CASE WHEN {n}_registry.state = 1 THEN 1 ELSE 0 END, \
+             retry_at = CASE WHEN {n}_registry.state = 1 THEN {n}_registry.retry_at END, \
+             retry_count = CASE WHEN {n}_registry.state = 1 THEN {n}_registry.retry_count ELSE 0 END, \
+             last_synced_at = CASE WHEN {n}_registry.state = 1 THEN {n}_registry.last_synced_at END, \
+             verification_state = CASE WHEN {n}_registry.state = 1 \
+               THEN {n}_registry.verification_state ELSE 4 END, \
+             verification_started_at = CASE WHEN {n}_registry.state = 1 \
+               THEN {n}_registry.verification_started_at END, \
+             verification_retry_at = CASE WHEN {n}_registry.state = 1 \
+               THEN {n}_registry.verification_retry_at END, \
+             state = CASE WHEN {n}_registry.state = 1 THEN 1 ELSE 0 END, \
+             version = {n}_registry.version + 1 RETURNING {}",
             t.registry_columns
         );
         let row = sqlx::query(AssertSqlSafe(sql))
@@ -96,12 +110,12 @@ impl RegistryStore for SqlStore {
         let mut inserted = 0;
         for chunk in model_ids.chunks(INSERT_CHUNK) {
             let values = (0..chunk.len())
-                .map(|i| format!("(${}, 0, $1)", i + 2))
+                .map(|i| format!("(${}, 0, $1, 4)", i + 2))
                 .collect::<Vec<_>>()
                 .join(", ");
             let sql = format!(
-                "INSERT INTO {n}_registry ({n}_id, state, created_at) VALUES {values} \
-                 ON CONFLICT ({n}_id) DO NOTHING"
+                "INSERT INTO {n}_registry ({n}_id, state, created_at, verification_state) \
+                 VALUES {values} ON CONFLICT ({n}_id) DO NOTHING"
             );
             let mut query = sqlx::query(AssertSqlSafe(sql)).bind(micros(now));
             for id in chunk {
@@ -122,9 +136,9 @@ impl RegistryStore for SqlStore {
         let sql = format!(
             "UPDATE {n}_registry SET state = $1, retry_count = $2, retry_at = $3, \
              last_sync_failure = $4, last_synced_at = $5, missing_on_primary = $6, \
-             synced_generation = $7, {}, version = version + 1 \
-             WHERE {n}_id = $18 AND version = $19",
-            verification_assignments(8)
+             synced_generation = $7, change_pending = $8, {}, version = version + 1 \
+             WHERE {n}_id = $19 AND version = $20",
+            verification_assignments(9)
         );
         let query = sqlx::query(AssertSqlSafe(sql))
             .bind(row.state.value())
@@ -133,7 +147,8 @@ impl RegistryStore for SqlStore {
             .bind(row.last_sync_failure.clone())
             .bind(opt_micros(row.last_synced_at))
             .bind(i16::from(row.missing_on_primary))
-            .bind(row.synced_generation);
+            .bind(row.synced_generation)
+            .bind(i16::from(row.change_pending));
         let done = bind_verification(query, &row.verification, row.heartbeat_at)
             .bind(row.model_id)
             .bind(row.version)
@@ -158,7 +173,7 @@ impl RegistryStore for SqlStore {
                ORDER BY CASE WHEN state = 0 AND last_synced_at IS NULL THEN 0 ELSE 1 END, \
                  retry_at NULLS FIRST, {n}_id LIMIT $2{}) \
              UPDATE {n}_registry SET state = 1, last_synced_at = $1, heartbeat_at = $1, \
-               version = version + 1 \
+               change_pending = 0, version = version + 1 \
              WHERE {n}_id IN (SELECT {n}_id FROM due) RETURNING {}",
             self.dialect.skip_locked(),
             t.registry_columns

@@ -8,7 +8,7 @@ use super::Dialect;
 pub const CORE_VERSION: i64 = 1;
 
 /// The newest version of a replicable's tables this build knows.
-pub const REPLICABLE_VERSION: i64 = 1;
+pub const REPLICABLE_VERSION: i64 = 2;
 
 /// The component name of the shared tables in `replicable_schema`.
 pub const CORE_COMPONENT: &str = "core";
@@ -128,6 +128,13 @@ pub fn replicable_migrations(name: &str, from: i64) -> Vec<String> {
              {name}_id BIGINT PRIMARY KEY, \
              generation BIGINT NOT NULL, \
              body TEXT NOT NULL)"
+        ));
+    }
+    if from < 2 {
+        // A change (or a resync, or a deletion) that arrived while the row's sync was running:
+        // the sync in flight may not make its copy visible, and the row goes pending after it.
+        steps.push(format!(
+            "ALTER TABLE {name}_registry ADD COLUMN change_pending SMALLINT NOT NULL DEFAULT 0"
         ));
     }
     steps
