@@ -36,6 +36,7 @@ pub mod event;
 pub mod failure;
 pub mod log_cursor;
 pub mod model;
+pub mod observer;
 pub mod primary_link;
 pub mod registry;
 pub mod replicator;

@@ -168,15 +168,22 @@ impl RegistryRecord {
                 self.state = SyncState::Started;
                 self.last_synced_at = Some(now);
                 self.heartbeat_at = Some(now);
+                self.change_pending = false;
                 Ok(())
             }
             SyncState::Started => Err(self.illegal("start")),
         }
     }
 
-    /// Completes a sync: only from started. Clears the failure and the retry schedule, records
-    /// the generation copied and puts verification back to pending, since the copy is new.
-    pub fn mark_synced(&mut self, generation: Option<i64>) -> Result<(), IllegalTransition> {
+    /// Completes a sync: only from started. Clears the failure, the missing-on-primary flag and
+    /// the retry schedule, and records the generation copied. The copy is new, so its
+    /// verification starts over: `pending` when the primary has a checksum to compare with
+    /// (`primary_checksum_known`), `disabled` until it has one otherwise.
+    pub fn mark_synced(
+        &mut self,
+        generation: Option<i64>,
+        primary_checksum_known: bool,
+    ) -> Result<(), IllegalTransition> {
         if self.state != SyncState::Started {
             return Err(self.illegal("mark synced"));
         }
@@ -185,15 +192,33 @@ impl RegistryRecord {
         self.retry_at = None;
         self.last_sync_failure = None;
         self.missing_on_primary = false;
+        self.change_pending = false;
         if generation.is_some() {
             self.synced_generation = generation;
         }
-        self.verification.mark_pending();
+        self.verification.restart();
+        if primary_checksum_known {
+            self.verification.mark_pending();
+        } else {
+            self.verification.disable();
+        }
         Ok(())
     }
 
-    /// Records a failed sync, from started, or from synced when verification found the copy bad.
-    /// Increments `retry_count` and schedules the retry.
+    /// Ends a sync that was overtaken (a change, a resync or another attempt arrived while it
+    /// ran; its copy was discarded): from started back to pending, to be synced again at once.
+    pub fn requeue(&mut self) -> Result<(), IllegalTransition> {
+        if self.state != SyncState::Started {
+            return Err(self.illegal("requeue"));
+        }
+        self.state = SyncState::Pending;
+        self.change_pending = false;
+        self.mark_pending();
+        Ok(())
+    }
+
+    /// Records a failed sync, from any state (a failed copy, a verification that found the
+    /// copy bad, an operator's decision). Increments `retry_count` and schedules the retry.
     pub fn mark_failed(
         &mut self,
         failure: &SyncFailure,
@@ -201,10 +226,7 @@ impl RegistryRecord {
         policy: &RetryPolicy,
         jitter: u32,
     ) -> Result<(), IllegalTransition> {
-        match self.state {
-            SyncState::Started | SyncState::Synced => {}
-            _ => return Err(self.illegal("mark failed")),
-        }
+        self.change_pending = false;
         self.state = SyncState::Failed;
         self.retry_count = self.retry_count.saturating_add(1);
         self.retry_at = Some(policy.next_retry_time_with_jitter(
@@ -289,14 +311,21 @@ impl RegistryRecord {
                         jitter,
                     )
                     .is_ok();
-            } else {
-                changed |= v.fail_if_stuck(
-                    cutoffs.verification_started_before,
-                    verification_timeout,
-                    now,
-                    policy,
-                    jitter,
-                );
+            } else if v.fail_if_stuck(
+                cutoffs.verification_started_before,
+                verification_timeout,
+                now,
+                policy,
+                jitter,
+            ) {
+                // A verification that hangs past its timeout says the copy cannot be read back:
+                // fetch it again.
+                let failure = SyncFailure::new(format!(
+                    "Verification timed out after {}",
+                    humanize(verification_timeout)
+                ));
+                let _ = self.mark_failed(&failure, now, policy, jitter);
+                changed = true;
             }
         }
         changed
@@ -342,6 +371,7 @@ mod tests {
     fn in_state(state: SyncState) -> RegistryRecord {
         RegistryRecord {
             state,
+            verification: Verification::pending(),
             ..RegistryRecord::new_pending(7, now())
         }
     }
@@ -358,7 +388,7 @@ mod tests {
 
     #[test]
     fn pending_is_allowed_from_any_state_and_clears_the_schedule() {
-        for s in SyncState::ALL {
+        for s in [SyncState::Pending, SyncState::Synced, SyncState::Failed] {
             let mut r = in_state(s);
             r.retry_count = 4;
             r.retry_at = Some(now());
@@ -370,6 +400,40 @@ mod tests {
                 (0, None, None)
             );
         }
+    }
+
+    #[test]
+    fn a_row_sent_back_to_pending_has_verification_disabled() {
+        let mut r = in_state(SyncState::Synced);
+        r.verification.start(now()).unwrap();
+        r.verification.succeed("abc".into(), now()).unwrap();
+        r.mark_pending();
+        assert_eq!(
+            r.verification.verification_state,
+            crate::verification::VerificationState::Disabled
+        );
+        assert_eq!(
+            RegistryRecord::new_pending(1, now())
+                .verification
+                .verification_state,
+            crate::verification::VerificationState::Disabled
+        );
+    }
+
+    #[test]
+    fn a_change_during_a_sync_is_flagged_not_restarted() {
+        let mut r = in_state(SyncState::Pending);
+        r.start(now()).unwrap();
+        r.mark_pending();
+        assert_eq!(r.state, SyncState::Started, "one sync per record at a time");
+        assert!(r.change_pending);
+        assert!(r.start(now()).is_err());
+        r.requeue().unwrap();
+        assert_eq!(r.state, SyncState::Pending);
+        assert!(!r.change_pending);
+        r.start(now()).unwrap();
+        assert!(!r.change_pending);
+        assert!(in_state(SyncState::Synced).requeue().is_err());
     }
 
     #[test]
@@ -398,7 +462,7 @@ mod tests {
             r.retry_count = 3;
             r.last_sync_failure = Some("x".into());
             r.missing_on_primary = true;
-            let result = r.mark_synced(Some(5));
+            let result = r.mark_synced(Some(5), true);
             if s == SyncState::Started {
                 result.unwrap();
                 assert_eq!(r.state, SyncState::Synced);
@@ -413,34 +477,55 @@ mod tests {
     }
 
     #[test]
-    fn synced_puts_verification_back_to_pending() {
-        let mut r = in_state(SyncState::Started);
-        r.verification.start(now()).unwrap();
-        r.verification.succeed("abc".into(), now()).unwrap();
-        r.mark_synced(None).unwrap();
-        assert_eq!(
-            r.verification.verification_state,
-            crate::verification::VerificationState::Pending
-        );
+    fn synced_puts_verification_back_to_pending_or_disabled_without_a_primary_checksum() {
+        use crate::verification::VerificationState;
+        for (known, expected) in [
+            (true, VerificationState::Pending),
+            (false, VerificationState::Disabled),
+        ] {
+            let mut r = in_state(SyncState::Started);
+            r.verification.start(now()).unwrap();
+            r.verification
+                .fail_mismatch("bad".into(), now(), &RetryPolicy::default(), 0)
+                .unwrap();
+            r.mark_synced(None, known).unwrap();
+            assert_eq!(r.verification.verification_state, expected);
+            assert!(!r.verification.checksum_mismatch);
+            assert_eq!(r.verification.verification_retry_count, 0);
+        }
     }
 
     #[test]
-    fn failed_from_started_or_synced_counts_retries_and_schedules() {
+    fn failed_from_any_state_counts_retries_and_schedules() {
         let policy = RetryPolicy::default();
         for s in SyncState::ALL {
             let mut r = in_state(s);
-            let result = r.mark_failed(&SyncFailure::new("nope"), now(), &policy, 0);
-            match s {
-                SyncState::Started | SyncState::Synced => {
-                    result.unwrap();
-                    assert_eq!(r.state, SyncState::Failed);
-                    assert_eq!(r.retry_count, 1);
-                    assert_eq!(r.retry_at, Some(now() + chrono::Duration::seconds(16)));
-                    assert_eq!(r.last_sync_failure.as_deref(), Some("nope"));
-                }
-                _ => assert!(result.is_err(), "failed from {s} must be refused"),
-            }
+            r.mark_failed(&SyncFailure::new("nope"), now(), &policy, 0)
+                .unwrap();
+            assert_eq!(r.state, SyncState::Failed);
+            assert_eq!(r.retry_count, 1);
+            assert_eq!(r.retry_at, Some(now() + chrono::Duration::seconds(16)));
+            assert_eq!(r.last_sync_failure.as_deref(), Some("nope"));
         }
+    }
+
+    #[test]
+    fn a_verification_past_its_timeout_fails_the_sync_too() {
+        let policy = RetryPolicy::default();
+        let mut r = in_state(SyncState::Synced);
+        r.verification.start(now()).unwrap();
+        let at = now() + chrono::Duration::hours(9);
+        r.heartbeat_at = Some(at);
+        assert!(r.fail_stuck_work(&cutoffs(at), TIMEOUTS, at, &policy, 0));
+        assert_eq!(r.state, SyncState::Failed);
+        assert_eq!(
+            r.verification.verification_state,
+            crate::verification::VerificationState::Failed
+        );
+        assert_eq!(
+            r.last_sync_failure.as_deref(),
+            Some("Verification timed out after 8 hours")
+        );
     }
 
     #[test]

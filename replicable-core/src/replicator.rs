@@ -50,6 +50,10 @@ where
 pub enum ConsumeOutcome {
     /// The record was marked pending and synced (with this result).
     Synced(SyncOutcome),
+    /// The record was marked pending without syncing it now: a sync of it is already running
+    /// (it will not make its copy visible, and the record is synced again after it), or
+    /// replication of this replicable is paused on this site.
+    Pending,
     /// The record is outside this secondary's selective sync; nothing was copied (and a copy
     /// that was there is removed).
     OutOfScope,
@@ -371,6 +375,16 @@ impl<'a, M: Replicable> ReplicationTarget<'a, M> {
         }
     }
 
+    /// The primary's succeeded checksum of this record, if it has one (secondary).
+    pub async fn primary_checksum(&self) -> Result<Option<String>, ReplicatorError> {
+        let link = self.secondary_link("read the primary's checksum")?;
+        Ok(link
+            .verification(M::REPLICABLE_NAME, self.id)
+            .await
+            .map_err(|e| self.link_error(e))?
+            .and_then(|v| v.succeeded_checksum().map(str::to_owned)))
+    }
+
     fn decode(&self, stored: &StoredRecord) -> Result<M, ReplicatorError> {
         serde_json::from_value(stored.body.clone()).map_err(|e| ReplicatorError::Decode {
             replicable: M::REPLICABLE_NAME,
@@ -504,8 +518,20 @@ impl<'a, M: Replicable> ReplicationTarget<'a, M> {
             );
             return Ok(ConsumeOutcome::AlreadyCurrent);
         }
-        self.mark_pending().await?;
-        Ok(ConsumeOutcome::Synced(self.sync().await?))
+        let row = self.mark_pending().await?;
+        if row.state == SyncState::Started {
+            debug!(
+                name,
+                id = self.id,
+                "a sync is in flight: the change waits for it"
+            );
+            return Ok(ConsumeOutcome::Pending);
+        }
+        match self.try_start_sync().await? {
+            Some(attempt) => Ok(ConsumeOutcome::Synced(attempt.run().await?)),
+            // A worker took the row between the two steps: its sync carries the change.
+            None => Ok(ConsumeOutcome::Pending),
+        }
     }
 
     async fn consume_checksum_succeeded(&self) -> Result<ConsumeOutcome, ReplicatorError> {
@@ -513,7 +539,14 @@ impl<'a, M: Replicable> ReplicationTarget<'a, M> {
             let Some(mut row) = self.registry_record().await? else {
                 return Ok(ConsumeOutcome::Ignored);
             };
-            if row.verification.verification_state != VerificationState::Succeeded {
+            // A synced copy waiting for the primary's checksum (disabled) or verified against
+            // an older one (succeeded) is verified again. A copy being synced reads the
+            // checksum when it completes.
+            let waiting = matches!(
+                row.verification.verification_state,
+                VerificationState::Succeeded | VerificationState::Disabled
+            );
+            if row.state != SyncState::Synced || !waiting {
                 return Ok(ConsumeOutcome::Ignored);
             }
             row.verification.mark_pending();
@@ -593,8 +626,27 @@ impl<'a, M: Replicable> ReplicationTarget<'a, M> {
     }
 
     /// Moves the registry row to `started` (creating it pending first if there is none) and
-    /// returns the attempt, to be [run](SyncAttempt::run).
+    /// returns the attempt, to be [run](SyncAttempt::run). A row already `started` (a sync of
+    /// the record is running) is an error: one sync per record at a time.
     pub async fn start_sync(&self) -> Result<SyncAttempt<'a, M>, ReplicatorError> {
+        let now = self.site.now();
+        match self.try_start_sync().await? {
+            Some(attempt) => Ok(attempt),
+            None => {
+                let mut row = RegistryRecord::new_pending(self.id, now);
+                row.state = SyncState::Started;
+                Err(ReplicatorError::Transition {
+                    replicable: M::REPLICABLE_NAME,
+                    id: self.id,
+                    source: row.start(now).expect_err("a started row cannot start"),
+                })
+            }
+        }
+    }
+
+    /// Like [`start_sync`](Self::start_sync), but `None` when a sync of the record is already
+    /// running (the row is `started`).
+    pub async fn try_start_sync(&self) -> Result<Option<SyncAttempt<'a, M>>, ReplicatorError> {
         self.secondary_link("sync")?;
         let now = self.site.now();
         for _ in 0..CAS_ATTEMPTS {
@@ -602,18 +654,15 @@ impl<'a, M: Replicable> ReplicationTarget<'a, M> {
                 Some(row) => row,
                 None => self.mark_pending().await?,
             };
-            row.start(now)
-                .map_err(|source| ReplicatorError::Transition {
-                    replicable: M::REPLICABLE_NAME,
-                    id: self.id,
-                    source,
-                })?;
+            if row.start(now).is_err() {
+                return Ok(None);
+            }
             if self.update_registry(&row).await? {
                 row.version += 1;
-                return Ok(SyncAttempt {
+                return Ok(Some(SyncAttempt {
                     target: self.clone(),
                     row,
-                });
+                }));
             }
         }
         Err(self.contention())
@@ -654,6 +703,13 @@ impl<'a, M: Replicable> ReplicationTarget<'a, M> {
             };
             if row.state != SyncState::Synced {
                 return Ok(VerifyOutcome::NotSynced);
+            }
+            if row.verification.verification_state == VerificationState::Disabled {
+                // Waiting for the primary's checksum: verify only once there is one.
+                if self.primary_checksum().await?.is_none() {
+                    return Ok(VerifyOutcome::WaitingForPrimary);
+                }
+                row.verification.mark_pending();
             }
             row.verification.start(self.site.now()).map_err(|source| {
                 ReplicatorError::Transition {
@@ -764,8 +820,10 @@ impl<'a, M: Replicable> ReplicationTarget<'a, M> {
             .map_err(|e| self.link_error(e))?
             .and_then(|v| v.succeeded_checksum().map(str::to_owned));
         let Some(primary_checksum) = primary_checksum else {
-            // Nothing to compare with yet: back to pending, untouched otherwise.
-            row.verification.mark_pending();
+            // Nothing to compare with yet: disabled until the primary's checksum succeeds (its
+            // `checksum_succeeded` event, or backfill, turns it back on), so that copies waiting
+            // for the primary never fill a verification batch.
+            row.verification.disable();
             self.update_registry(&row).await?;
             return Ok(VerifyOutcome::WaitingForPrimary);
         };
@@ -868,7 +926,7 @@ impl<'a, M: Replicable> SyncAttempt<'a, M> {
         self.run_inner().instrument(span).await
     }
 
-    async fn run_inner(mut self) -> Result<SyncOutcome, ReplicatorError> {
+    async fn run_inner(self) -> Result<SyncOutcome, ReplicatorError> {
         let target = &self.target;
         let site = target.site;
         let name = M::REPLICABLE_NAME;
@@ -888,15 +946,19 @@ impl<'a, M: Replicable> SyncAttempt<'a, M> {
                 })
                 .await;
                 match copied {
-                    Ok(()) => {
-                        // Keep the record as copied: it names the resource to remove if the
-                        // record later disappears without a `deleted` event, and for the
-                        // database strategy it is the resource itself.
-                        site.records()
-                            .put_unless_older(name, &stored)
-                            .await
-                            .map_err(|e| target.store_error(e))?;
-                        Ok(stored.generation)
+                    Ok(primary_checksum) => {
+                        // The record as copied is the last thing made visible (for the database
+                        // strategy it is the resource itself): the same guard decides.
+                        match self.guard(stored.generation).ensure_current().await {
+                            Ok(()) => {
+                                site.records()
+                                    .put_unless_older(name, &stored)
+                                    .await
+                                    .map_err(|e| target.store_error(e))?;
+                                Ok((stored.generation, primary_checksum, record.resource()))
+                            }
+                            Err(overtaken) => Err(overtaken),
+                        }
                     }
                     Err(failure) => Err(failure),
                 }
@@ -907,41 +969,109 @@ impl<'a, M: Replicable> SyncAttempt<'a, M> {
             ))),
             Err(e) => Err(SyncFailure::new(e.to_string())),
         };
+        self.complete(copied).await
+    }
+
+    /// Writes the attempt's end into the registry row, if the row is still this attempt's.
+    ///
+    /// The write is a compare-and-set on the version the attempt started at. When it is
+    /// refused, the row is read again: a row this attempt still holds (a change arrived, or the
+    /// primary's checksum reset its verification) is completed again from the fresh copy of the
+    /// row, a change making it pending rather than synced; a row another attempt took is left
+    /// alone; a row that was deleted while the copy became visible has that copy removed.
+    async fn complete(
+        mut self,
+        copied: Result<(i64, Option<String>, Resource), SyncFailure>,
+    ) -> Result<SyncOutcome, ReplicatorError> {
+        let target = &self.target;
+        let site = target.site;
+        let name = M::REPLICABLE_NAME;
+        let started_at = self.row.last_synced_at;
         let (policy, now) = (*site.retry_policy(), site.now());
-        let outcome = match copied {
-            Ok(generation) => {
-                self.row
-                    .mark_synced(Some(generation))
-                    .expect("attempt rows are started");
-                SyncOutcome::Synced { generation }
+        let jitter = fastrand::u32(0..crate::retry::JITTER_RANGE);
+        for _ in 0..CAS_ATTEMPTS {
+            let mut row = self.row.clone();
+            let outcome = if row.change_pending {
+                row.requeue().expect("attempt rows are started");
+                SyncOutcome::ChangedDuringSync
+            } else {
+                match &copied {
+                    Ok((generation, primary_checksum, _)) => {
+                        let known = match primary_checksum {
+                            Some(_) => true,
+                            // The checksum may have succeeded while the copy ran.
+                            None => target.primary_checksum().await.ok().flatten().is_some(),
+                        };
+                        row.mark_synced(Some(*generation), M::Strategy::VERIFIABLE && known)
+                            .expect("attempt rows are started");
+                        SyncOutcome::Synced {
+                            generation: *generation,
+                        }
+                    }
+                    Err(failure) if failure.overtaken => {
+                        row.requeue().expect("attempt rows are started");
+                        SyncOutcome::ChangedDuringSync
+                    }
+                    Err(failure) => {
+                        row.mark_failed(failure, now, &policy, jitter)
+                            .expect("a row can always fail");
+                        warn!(name, id = target.id, failure = %failure.message, "sync failed");
+                        SyncOutcome::Failed(failure.clone())
+                    }
+                }
+            };
+            if target.update_registry(&row).await? {
+                return Ok(outcome);
             }
-            Err(failure) => {
-                let jitter = fastrand::u32(0..crate::retry::JITTER_RANGE);
-                self.row
-                    .mark_failed(&failure, now, &policy, jitter)
-                    .expect("attempt rows are started");
-                warn!(name, id = target.id, failure = %failure.message, "sync failed");
-                SyncOutcome::Failed(failure)
+            match target.registry_record().await? {
+                Some(fresh)
+                    if fresh.state == SyncState::Started && fresh.last_synced_at == started_at =>
+                {
+                    self.row = fresh;
+                }
+                Some(_) => {
+                    debug!(
+                        name,
+                        id = target.id,
+                        "another attempt took the row; leaving it"
+                    );
+                    return Ok(SyncOutcome::ChangedDuringSync);
+                }
+                None => {
+                    if let Ok((_, _, resource)) = &copied {
+                        // Deleted between the guard and the copy becoming visible: nothing
+                        // may be left behind.
+                        debug!(
+                            name,
+                            id = target.id,
+                            "deleted during sync: removing the copy"
+                        );
+                        target.remove_local(resource).await?;
+                    }
+                    return Ok(SyncOutcome::ChangedDuringSync);
+                }
             }
-        };
-        if target.update_registry(&self.row).await? {
-            Ok(outcome)
-        } else {
-            debug!(
-                name,
-                id = target.id,
-                "record changed during sync; it stays pending"
-            );
-            Ok(SyncOutcome::ChangedDuringSync)
+        }
+        Err(target.contention())
+    }
+
+    fn guard(&self, generation: i64) -> AttemptGuard<'_, 'a, M> {
+        AttemptGuard {
+            target: &self.target,
+            started_at: self.row.last_synced_at,
+            generation,
         }
     }
 
+    /// Copies the resource, unless the secondary already holds a copy whose checksum equals
+    /// the primary's (a secondary re-seeded from a backup): then nothing is transferred.
+    /// Returns the primary's checksum, if it has one.
     async fn copy(
         &self,
         link: &dyn PrimaryLink,
         record: &M,
         stored: &StoredRecord,
-    ) -> Result<(), SyncFailure> {
+    ) -> Result<Option<String>, SyncFailure> {
         let target = &self.target;
         let primary_checksum = if M::Strategy::VERIFIABLE {
             link.verification(M::REPLICABLE_NAME, target.id)
@@ -952,12 +1082,31 @@ impl<'a, M: Replicable> SyncAttempt<'a, M> {
             None
         };
         let resource = record.resource();
-        let guard = AttemptGuard {
-            target,
-            started_at: self.row.last_synced_at,
-            generation: stored.generation,
-        };
-        M::Strategy::default()
+        let strategy = M::Strategy::default();
+        if let Some(expected) = &primary_checksum {
+            let local = strategy
+                .checksum(
+                    target.site,
+                    &target.resource_target(&resource),
+                    Some(stored),
+                )
+                .await;
+            if local.as_ref().is_ok_and(|local| local == expected) {
+                debug!(
+                    replicable = M::REPLICABLE_NAME,
+                    id = target.id,
+                    "the local copy already matches the primary: nothing to transfer"
+                );
+                return Ok(primary_checksum);
+            }
+        }
+        if let Some(observer) = target.site.sync_observer() {
+            observer
+                .before_transfer(M::REPLICABLE_NAME, target.id)
+                .await;
+        }
+        let guard = self.guard(stored.generation);
+        strategy
             .sync(SyncRequest {
                 site: target.site,
                 primary: link,
@@ -968,7 +1117,8 @@ impl<'a, M: Replicable> SyncAttempt<'a, M> {
                 primary_checksum: primary_checksum.as_deref(),
                 guard: &guard,
             })
-            .await
+            .await?;
+        Ok(primary_checksum)
     }
 }
 
@@ -985,6 +1135,9 @@ struct AttemptGuard<'t, 'a, M: Replicable> {
 impl<M: Replicable> SyncGuard for AttemptGuard<'_, '_, M> {
     async fn ensure_current(&self) -> Result<(), SyncFailure> {
         let (name, id) = (M::REPLICABLE_NAME, self.target.id);
+        if let Some(observer) = self.target.site.sync_observer() {
+            observer.before_visible(name, id).await;
+        }
         let row = self
             .target
             .registry_record()

@@ -9,6 +9,7 @@ use object_store::ObjectStore;
 use object_store::memory::InMemory;
 
 use crate::clock::{Clock, SystemClock};
+use crate::observer::SyncObserver;
 use crate::primary_link::PrimaryLink;
 use crate::retry::RetryPolicy;
 use crate::selective_sync::SelectiveSync;
@@ -93,6 +94,7 @@ struct Inner {
     clock: Arc<dyn Clock>,
     retry: RetryPolicy,
     timeouts: Timeouts,
+    observer: Option<Arc<dyn SyncObserver>>,
 }
 
 /// A site and its stores. Cheap to clone: clones share everything.
@@ -193,6 +195,11 @@ impl Site {
     pub fn timeouts(&self) -> &Timeouts {
         &self.inner.timeouts
     }
+
+    /// The observer of this site's syncs, if one was set.
+    pub fn sync_observer(&self) -> Option<&dyn SyncObserver> {
+        self.inner.observer.as_deref()
+    }
 }
 
 /// Builds a [`Site`]. Every store defaults to an in-memory one.
@@ -210,6 +217,7 @@ pub struct SiteBuilder {
     clock: Arc<dyn Clock>,
     retry: RetryPolicy,
     timeouts: Timeouts,
+    observer: Option<Arc<dyn SyncObserver>>,
 }
 
 impl SiteBuilder {
@@ -228,6 +236,7 @@ impl SiteBuilder {
             clock: Arc::new(SystemClock),
             retry: RetryPolicy::default(),
             timeouts: Timeouts::default(),
+            observer: None,
         }
     }
 
@@ -301,6 +310,12 @@ impl SiteBuilder {
         self
     }
 
+    /// Observes this site's syncs (see [`SyncObserver`]).
+    pub fn sync_observer(mut self, observer: Arc<dyn SyncObserver>) -> Self {
+        self.observer = Some(observer);
+        self
+    }
+
     /// Builds the site.
     pub fn build(self) -> Site {
         let memory = Arc::new(MemoryStore::new());
@@ -319,6 +334,7 @@ impl SiteBuilder {
                 clock: self.clock,
                 retry: self.retry,
                 timeouts: self.timeouts,
+                observer: self.observer,
             }),
         }
     }

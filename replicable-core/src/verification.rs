@@ -127,13 +127,23 @@ impl Verification {
         }
     }
 
-    /// Back to pending, from any state: the retry schedule and the failure are cleared.
+    /// Back to pending, from any state. A failed verification keeps its retry count (and so its
+    /// backoff: the next failure waits longer) and its failure text until it succeeds.
     pub fn mark_pending(&mut self) {
         self.verification_state = VerificationState::Pending;
+        self.verification_retry_at = None;
+        self.verification_started_at = None;
+    }
+
+    /// Forgets the verification history of a copy that was replaced by a new sync: retry count,
+    /// failure and mismatch. The state is left to the caller.
+    pub fn restart(&mut self) {
         self.verification_retry_at = None;
         self.verification_retry_count = 0;
         self.verification_failure = None;
         self.verification_started_at = None;
+        self.checksum_mismatch = false;
+        self.verification_checksum_mismatched = None;
     }
 
     /// Begins a verification: from pending, succeeded or failed.
@@ -461,7 +471,7 @@ mod tests {
             v.verification_retry_count = 2;
             v.mark_pending();
             assert_eq!(v.verification_state, VerificationState::Pending);
-            assert_eq!(v.verification_retry_count, 0);
+            assert_eq!(v.verification_retry_count, 2, "the backoff is kept");
             let mut v = in_state(s);
             v.disable();
             assert_eq!(v.verification_state, VerificationState::Disabled);

@@ -473,7 +473,8 @@ pub async fn secondary_verification_detects_corruption_and_resyncs<M: Replicable
 }
 
 /// Until the primary has a checksum there is nothing to compare with: the secondary's
-/// verification stays pending.
+/// verification is disabled (no verification pass takes it, so such copies never starve
+/// verifiable ones) and becomes pending when the primary's checksum succeeds.
 pub async fn verification_waits_for_the_primary_checksum<M: Replicable>(h: &Harness<M>) {
     let (fixture, _) = h.create_and_publish(141).await;
     catch_up(&h.secondary).await;
@@ -490,19 +491,38 @@ pub async fn verification_waits_for_the_primary_checksum<M: Replicable>(h: &Harn
         .unwrap();
     assert_eq!(
         row.verification.verification_state,
-        VerificationState::Pending
+        VerificationState::Disabled
     );
     assert_eq!(row.state, SyncState::Synced);
+    let pass = crate::workers::verify_due(&h.secondary, descriptor::<M>(), 100, 4)
+        .await
+        .unwrap();
+    assert_eq!(
+        pass.claimed, 0,
+        "a copy waiting for the primary is not taken"
+    );
     fixture
         .record
         .replicator(&h.primary)
         .verify()
         .await
         .unwrap();
-    assert!(matches!(
-        replicator.verify().await.unwrap(),
-        VerifyOutcome::Succeeded { .. }
-    ));
+    // The primary's `checksum_succeeded` turns verification on.
+    catch_up(&h.secondary).await;
+    let row = replicator
+        .target()
+        .registry_record()
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        row.verification.verification_state,
+        VerificationState::Pending
+    );
+    let pass = crate::workers::verify_due(&h.secondary, descriptor::<M>(), 100, 4)
+        .await
+        .unwrap();
+    assert_eq!((pass.claimed, pass.succeeded), (1, 1), "{pass:?}");
 }
 
 /// `checksum_succeeded` from the primary puts a verified copy back to verification pending.
@@ -704,8 +724,9 @@ pub async fn consuming_updated_syncs_the_new_generation<M: Replicable>(h: &Harne
     );
 }
 
-/// An `updated` event consumed while a sync of the record runs sends the row back to pending;
-/// the running sync does not mark it synced, and the next one copies the new state.
+/// An `updated` event consumed while a sync of the record runs does not start a second copy:
+/// the row stays `started` with the change noted, the running sync ends without marking it
+/// synced, and the next sync copies the new state.
 pub async fn an_update_during_a_sync_sends_it_back_to_pending<M: Replicable>(h: &Harness<M>) {
     if refuses_updates(h, 201).await {
         return;
@@ -715,16 +736,22 @@ pub async fn an_update_during_a_sync_sends_it_back_to_pending<M: Replicable>(h: 
     let attempt = replicator.start_sync().await.unwrap();
     let changed = publish_updated(h, 201, 10_201).await;
     let event = last_event(&h.primary).await;
-    // Consuming marks the row pending, then syncs it at once; the stale attempt loses.
-    let outcome = replicator.consume(&event).await.unwrap();
-    assert!(
-        matches!(
-            outcome,
-            ConsumeOutcome::Synced(SyncOutcome::Synced { generation: 2 })
-        ),
-        "{outcome:?}"
+    assert_eq!(
+        replicator.consume(&event).await.unwrap(),
+        ConsumeOutcome::Pending,
+        "one sync per record at a time"
+    );
+    assert_eq!(
+        registry_state::<M>(&h.secondary, 201).await,
+        Some(SyncState::Started)
     );
     assert_eq!(attempt.run().await.unwrap(), SyncOutcome::ChangedDuringSync);
+    assert_eq!(
+        registry_state::<M>(&h.secondary, 201).await,
+        Some(SyncState::Pending)
+    );
+    let outcome = replicator.sync().await.unwrap();
+    assert_eq!(outcome, SyncOutcome::Synced { generation: 2 });
     let row = replicator
         .target()
         .registry_record()
@@ -739,6 +766,206 @@ pub async fn an_update_during_a_sync_sends_it_back_to_pending<M: Replicable>(h: 
         replicator.calculate_checksum().await.unwrap(),
         changed.checksum
     );
+}
+
+/// A sync overtaken by a change of its record never makes its older copy visible: held right
+/// before its copy would become visible while the record changes (new bytes under the same
+/// key, a new commit, a changed row), it discards its copy, the row goes pending, and the next
+/// sync leaves the new state and the new generation.
+pub async fn an_overtaken_sync_never_makes_an_older_copy_visible<M: Replicable>(h: &Harness<M>) {
+    let hold = std::sync::Arc::new(super::HoldBeforeVisible::default());
+    let secondary = h.secondary_observed(hold.clone());
+    let (old, _) = h.create_and_publish(301).await;
+    let replicator = old.record.replicator(&secondary);
+    let attempt = replicator.start_sync().await.unwrap();
+    hold.arm();
+    let (outcome, changed) = tokio::join!(attempt.run(), async {
+        hold.reached().await;
+        assert!(
+            secondary_checksum(&secondary, &old.record).await.is_err(),
+            "{} {} became visible before its sync checked it was still current \
+             (a strategy must call SyncRequest::ensure_current before making a copy visible)",
+            name::<M>(),
+            301
+        );
+        let changed = h.change_and_publish(301, 10_301).await;
+        let event = last_event(&h.primary).await;
+        let consumed = replicator.consume(&event).await.unwrap();
+        assert_eq!(consumed, ConsumeOutcome::Pending, "no second copy starts");
+        hold.release();
+        changed
+    });
+    assert_eq!(outcome.unwrap(), SyncOutcome::ChangedDuringSync);
+    assert_eq!(
+        registry_state::<M>(&secondary, 301).await,
+        Some(SyncState::Pending)
+    );
+    assert_eq!(
+        replicator.sync().await.unwrap(),
+        SyncOutcome::Synced { generation: 2 }
+    );
+    assert_eq!(
+        secondary_checksum(&secondary, &changed.record)
+            .await
+            .unwrap(),
+        changed.checksum,
+        "the secondary holds the newer copy"
+    );
+}
+
+/// A sync whose row was taken from it while it ran (its worker looked dead, the row was failed
+/// and a newer sync completed) discards its copy when it resumes: the newer copy and the
+/// registry's newer generation stay.
+pub async fn a_sync_resumed_after_a_newer_one_finished_discards_its_copy<M: Replicable>(
+    h: &Harness<M>,
+) {
+    let hold = std::sync::Arc::new(super::HoldBeforeVisible::default());
+    let secondary = h.secondary_observed(hold.clone());
+    let (old, _) = h.create_and_publish(311).await;
+    let replicator = old.record.replicator(&secondary);
+    let attempt = replicator.start_sync().await.unwrap();
+    hold.arm();
+    let (outcome, changed) = tokio::join!(attempt.run(), async {
+        hold.reached().await;
+        let changed = h.change_and_publish(311, 10_311).await;
+        // What the sweep of abandoned work does to a worker that stopped heartbeating.
+        let target = replicator.target();
+        let mut row = target.registry_record().await.unwrap().unwrap();
+        row.mark_failed(
+            &crate::failure::SyncFailure::new("Sync worker stopped responding"),
+            secondary.now(),
+            secondary.retry_policy(),
+            0,
+        )
+        .unwrap();
+        assert!(
+            secondary
+                .registry_store()
+                .update(name::<M>(), &row)
+                .await
+                .unwrap()
+        );
+        assert_eq!(
+            target.sync().await.unwrap(),
+            SyncOutcome::Synced { generation: 2 },
+            "the newer sync completes while the old one is held"
+        );
+        hold.release();
+        changed
+    });
+    assert_eq!(outcome.unwrap(), SyncOutcome::ChangedDuringSync);
+    let row = replicator
+        .target()
+        .registry_record()
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (row.state, row.synced_generation),
+        (SyncState::Synced, Some(2))
+    );
+    assert_eq!(
+        secondary_checksum(&secondary, &changed.record)
+            .await
+            .unwrap(),
+        changed.checksum,
+        "the old sync did not put its copy back"
+    );
+}
+
+/// A `deleted` event consumed while a copy is in flight ends with nothing left behind: no
+/// registry row, no stored record, no resource.
+pub async fn a_record_deleted_during_its_sync_leaves_nothing_behind<M: Replicable>(h: &Harness<M>) {
+    let hold = std::sync::Arc::new(super::HoldBeforeVisible::default());
+    let secondary = h.secondary_observed(hold.clone());
+    let (fixture, _) = h.create_and_publish(321).await;
+    let replicator = fixture.record.replicator(&secondary);
+    let attempt = replicator.start_sync().await.unwrap();
+    hold.arm();
+    let (outcome, ()) = tokio::join!(attempt.run(), async {
+        hold.reached().await;
+        fixture
+            .record
+            .replicator(&h.primary)
+            .publish_deleted_event()
+            .await
+            .unwrap();
+        let event = last_event(&h.primary).await;
+        assert_eq!(
+            replicator.consume(&event).await.unwrap(),
+            ConsumeOutcome::Removed
+        );
+        hold.release();
+    });
+    assert_eq!(outcome.unwrap(), SyncOutcome::ChangedDuringSync);
+    assert_eq!(registry_state::<M>(&secondary, 321).await, None);
+    assert!(
+        secondary
+            .records()
+            .get(name::<M>(), 321)
+            .await
+            .unwrap()
+            .is_none(),
+        "no record left on the secondary"
+    );
+    assert!(
+        secondary_checksum(&secondary, &fixture.record)
+            .await
+            .is_err(),
+        "no resource left on the secondary"
+    );
+}
+
+/// A secondary that already holds a copy equal to the primary's (re-seeded from a backup)
+/// records it as synced without transferring it.
+pub async fn a_copy_already_equal_to_the_primary_is_not_downloaded<M: Replicable>(h: &Harness<M>) {
+    let hold = std::sync::Arc::new(super::HoldBeforeVisible::default());
+    let secondary = h.secondary_observed(hold.clone());
+    let (fixture, _) = h.create_and_publish(331).await;
+    fixture
+        .record
+        .replicator(&h.primary)
+        .verify()
+        .await
+        .unwrap();
+    // The backup: the same resource made on the secondary behind the framework's back.
+    let body = serde_json::to_value(&fixture.record).unwrap();
+    let resource = fixture.record.resource();
+    let target = crate::replicator::ReplicationTarget::<M>::new(&secondary, 331);
+    M::Strategy::default()
+        .create_fixture(&secondary, &target.resource_target(&resource), &body, 331)
+        .await
+        .unwrap();
+    if let Ok(Some(stored)) = h.primary.records().get(name::<M>(), 331).await {
+        // Strategies whose resource is the record hold it in the record store.
+        if M::Strategy::DATA_TYPE == crate::model::DataType::Database {
+            secondary
+                .records()
+                .put_unless_older(name::<M>(), &stored)
+                .await
+                .unwrap();
+        }
+    }
+    let replicator = fixture.record.replicator(&secondary);
+    assert_eq!(
+        replicator.sync().await.unwrap(),
+        SyncOutcome::Synced { generation: 1 }
+    );
+    assert_eq!(hold.transfers(), 0, "nothing was transferred");
+    let row = replicator
+        .target()
+        .registry_record()
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        row.verification.verification_state,
+        VerificationState::Pending
+    );
+    assert!(matches!(
+        replicator.verify().await.unwrap(),
+        VerifyOutcome::Succeeded { .. }
+    ));
 }
 
 /// Two `updated` events consumed out of order: the older one is ignored and the newer

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use crate::event::EventId;
 use crate::model::Replicable;
+use crate::observer::SyncObserver;
 use crate::primary_link::InProcessPrimary;
 use crate::selective_sync::SelectiveSync;
 use crate::site::{Site, SiteBuilder};
@@ -20,6 +21,8 @@ pub struct Fixture<M> {
 }
 
 type Factory<M> = Arc<dyn Fn(i64) -> M + Send + Sync>;
+type MakeSecondary =
+    Arc<dyn Fn(SelectiveSync, Option<Arc<dyn SyncObserver>>) -> Site + Send + Sync>;
 
 /// A primary and a secondary reading it in process.
 pub struct Harness<M: Replicable> {
@@ -28,8 +31,56 @@ pub struct Harness<M: Replicable> {
     /// The secondary site.
     pub secondary: Site,
     factory: Factory<M>,
-    make_secondary: Arc<dyn Fn(SelectiveSync) -> Site + Send + Sync>,
+    make_secondary: MakeSecondary,
     _dirs: Arc<Vec<tempfile::TempDir>>,
+}
+
+/// A [`SyncObserver`] that holds the next sync that reaches the point before its copy becomes
+/// visible, until released: the shared suite uses it to let a newer change overtake an older
+/// sync. It also counts the transfers it sees.
+#[derive(Debug, Default)]
+pub struct HoldBeforeVisible {
+    armed: std::sync::atomic::AtomicBool,
+    reached: tokio::sync::Notify,
+    release: tokio::sync::Notify,
+    transfers: std::sync::atomic::AtomicUsize,
+}
+
+impl HoldBeforeVisible {
+    /// Holds the next sync that reaches the visibility check.
+    pub fn arm(&self) {
+        self.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Waits until the armed sync is held.
+    pub async fn reached(&self) {
+        self.reached.notified().await;
+    }
+
+    /// Lets the held sync go on.
+    pub fn release(&self) {
+        self.release.notify_one();
+    }
+
+    /// How many times a strategy was asked to transfer a resource.
+    pub fn transfers(&self) -> usize {
+        self.transfers.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+#[async_trait::async_trait]
+impl SyncObserver for HoldBeforeVisible {
+    async fn before_transfer(&self, _: &str, _: i64) {
+        self.transfers
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    async fn before_visible(&self, _: &str, _: i64) {
+        if self.armed.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            self.reached.notify_one();
+            self.release.notified().await;
+        }
+    }
 }
 
 impl<M: Replicable> Harness<M> {
@@ -48,13 +99,18 @@ impl<M: Replicable> Harness<M> {
         let link = Arc::new(InProcessPrimary::new(primary.clone()));
         let secondary_dir = dir("secondary");
         let secondary_root = secondary_dir.path().to_path_buf();
-        let make_secondary = move |scope: SelectiveSync| {
-            let root = secondary_root.join(format!("scoped-{}", fastrand::u64(..)));
-            Site::secondary("secondary", link.clone())
-                .repository_root(root)
-                .selective_sync(scope)
+        let make_secondary =
+            move |scope: SelectiveSync, observer: Option<Arc<dyn SyncObserver>>| {
+                let root = secondary_root.join(format!("scoped-{}", fastrand::u64(..)));
+                let builder = Site::secondary("secondary", link.clone())
+                    .repository_root(root)
+                    .selective_sync(scope);
+                match observer {
+                    Some(observer) => builder.sync_observer(observer),
+                    None => builder,
+                }
                 .build()
-        };
+            };
         let secondary = Site::secondary(
             "secondary",
             Arc::new(InProcessPrimary::new(primary.clone())),
@@ -83,8 +139,12 @@ impl<M: Replicable> Harness<M> {
             primary,
             secondary,
             factory: Arc::new(factory),
-            make_secondary: Arc::new(move |scope| {
-                make_secondary(Site::secondary("secondary", link.clone()).selective_sync(scope))
+            make_secondary: Arc::new(move |scope, observer| {
+                let builder = Site::secondary("secondary", link.clone()).selective_sync(scope);
+                make_secondary(match observer {
+                    Some(observer) => builder.sync_observer(observer),
+                    None => builder,
+                })
             }),
             _dirs: Arc::new(Vec::new()),
         }
@@ -143,6 +203,29 @@ impl<M: Replicable> Harness<M> {
 
     /// A further secondary of the same primary, with its own stores and a selective sync.
     pub fn secondary_with_scope(&self, scope: SelectiveSync) -> Site {
-        (self.make_secondary)(scope)
+        (self.make_secondary)(scope, None)
+    }
+
+    /// A further secondary of the same primary, with its own stores, whose syncs `observer`
+    /// watches (and may hold).
+    pub fn secondary_observed(&self, observer: Arc<dyn SyncObserver>) -> Site {
+        (self.make_secondary)(SelectiveSync::all(), Some(observer))
+    }
+
+    /// Changes the record's resource on the primary from `seed` and publishes the change:
+    /// `updated` for a mutable data type, `created` again for an immutable one (new bytes under
+    /// the same key).
+    pub async fn change_and_publish(&self, id: i64, seed: u64) -> Fixture<M> {
+        let fixture = self.change(id, seed).await;
+        let replicator = fixture.record.replicator(&self.primary);
+        let published = if M::Strategy::MUTABLE {
+            replicator.publish_updated_event().await
+        } else {
+            replicator.publish_created_event().await
+        };
+        published
+            .expect("publishing the change")
+            .expect("the primary publishes");
+        fixture
     }
 }

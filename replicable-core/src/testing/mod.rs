@@ -13,7 +13,7 @@ pub mod checks;
 mod harness;
 pub mod storage;
 
-pub use harness::{Fixture, Harness};
+pub use harness::{Fixture, Harness, HoldBeforeVisible};
 
 /// Runs a future to completion on a fresh multi-threaded runtime (the suite's `#[test]`s use it,
 /// so that users need no async test attribute of their own).
@@ -61,6 +61,10 @@ macro_rules! replicator_test_suite {
             backfill_registers_records_without_events_and_removes_orphans,
             consuming_updated_syncs_the_new_generation,
             an_update_during_a_sync_sends_it_back_to_pending,
+            an_overtaken_sync_never_makes_an_older_copy_visible,
+            a_sync_resumed_after_a_newer_one_finished_discards_its_copy,
+            a_record_deleted_during_its_sync_leaves_nothing_behind,
+            a_copy_already_equal_to_the_primary_is_not_downloaded,
             out_of_order_updates_leave_the_newer_generation,
             a_record_that_leaves_the_scope_is_removed,
             dataloss_lists_records_behind_and_by_how_much,

@@ -353,7 +353,7 @@ pub async fn registry_rows_round_trip_every_transition(target: &dyn ConformanceT
         "a failed row reads back exactly"
     );
     row.start(t0() + secs(100)).unwrap();
-    row.mark_synced(Some(4)).unwrap();
+    row.mark_synced(Some(4), true).unwrap();
     row.verification.start(t0()).unwrap();
     row.verification
         .fail_mismatch("cd".repeat(32), t0(), &policy, 3)
@@ -411,7 +411,7 @@ pub async fn sync_claims_follow_the_scheduling_order(target: &dyn ConformanceTar
     fail(12, 29).await; // due at t0 + 74 s: not yet due below
     let mut synced = registry(&db, 13).await.unwrap();
     synced.start(t0()).unwrap();
-    synced.mark_synced(None).unwrap();
+    synced.mark_synced(None, true).unwrap();
     assert!(db.registry.update(NAME, &synced).await.unwrap());
     db.registry.insert_pending(NAME, &[15], t0()).await.unwrap();
     let now = t0() + secs(60);
@@ -486,7 +486,7 @@ pub async fn bulk_insert_skips_existing_rows_and_counts_follow(target: &dyn Conf
     let policy = RetryPolicy::default();
     let mut rows = claimed.into_iter();
     let mut synced = rows.next().unwrap();
-    synced.mark_synced(None).unwrap();
+    synced.mark_synced(None, true).unwrap();
     let mut failed = rows.next().unwrap();
     failed
         .mark_failed(&SyncFailure::new("x"), t0(), &policy, 0)
