@@ -124,7 +124,9 @@ async fn main() -> Result<(), Error> {
 
     let primary = Site::primary("primary")
         .repository_root(&primary_root)
-        .build();
+        .in_memory()
+        .build()
+        .expect("a site");
     project.replicator(&primary).publish_created_event().await?;
     project.replicator(&primary).verify().await?;
     let secondary = Site::secondary(
@@ -132,7 +134,9 @@ async fn main() -> Result<(), Error> {
         Arc::new(InProcessPrimary::new(primary.clone())),
     )
     .repository_root(dir.path().join("secondary"))
-    .build();
+    .in_memory()
+    .build()
+    .expect("a site");
     let started = Instant::now();
     let outcome = project.replicator(&secondary).sync().await?;
     let framework = started.elapsed();

@@ -66,13 +66,17 @@ async fn main() -> Result<(), Error> {
     let dir = tempfile::tempdir()?;
     let primary = Site::primary("primary")
         .blob_store(local_store(&dir.path().join("primary"))?)
-        .build();
+        .in_memory()
+        .build()
+        .expect("a site");
     let secondary = Site::secondary(
         "secondary",
         Arc::new(InProcessPrimary::new(primary.clone())),
     )
     .blob_store(local_store(&dir.path().join("secondary"))?)
-    .build();
+    .in_memory()
+    .build()
+    .expect("a site");
     println!(
         "primary and secondary blob stores under {}",
         dir.path().display()

@@ -66,7 +66,7 @@ pub use replicator::{
     ConsumeOutcome, ReplicationTarget, Replicator, SyncAttempt, SyncOutcome, VerifyOutcome,
 };
 pub use selective_sync::SelectiveSync;
-pub use site::{Site, SiteRole};
+pub use site::{Site, SiteError, SiteRole};
 pub use strategy::{AlwaysCurrent, ResourceTarget, Strategy, SyncGuard, SyncRequest};
 pub use verification::{Verification, VerificationRecord, VerificationState};
 

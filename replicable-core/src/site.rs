@@ -202,7 +202,29 @@ impl Site {
     }
 }
 
-/// Builds a [`Site`]. Every store defaults to an in-memory one.
+/// A site could not be built.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SiteError {
+    /// No database was given for some storage roles. A site keeps its event log, registries and
+    /// verification rows in a database (`SiteBuilder::database(storage::open(url)?)`); keeping
+    /// them in memory, lost on restart, is something to ask for by name
+    /// ([`SiteBuilder::in_memory`]).
+    #[error(
+        "site `{site}` has no database for its {roles}: give it one with \
+         `.database(replicable_core::storage::open(\"sqlite://...\").await?)`, or ask for \
+         `.in_memory()` (tests only: everything is lost on restart)"
+    )]
+    NoDatabase {
+        /// The site.
+        site: String,
+        /// The storage roles without a store.
+        roles: String,
+    },
+}
+
+/// Builds a [`Site`]. Every storage role needs a store: [`database`](Self::database) gives one
+/// database to all of them; [`in_memory`](Self::in_memory) asks for memory stores (tests).
 pub struct SiteBuilder {
     name: String,
     role: SiteRole,
@@ -247,6 +269,19 @@ impl SiteBuilder {
         self.records = Some(database.clone());
         self.verification = Some(database.clone());
         self.registry = Some(database);
+        self
+    }
+
+    /// Keeps every storage role not given otherwise in memory, and blobs in an in-memory object
+    /// store if none is given: for tests and examples only, since everything is lost when the
+    /// process ends.
+    pub fn in_memory(mut self) -> Self {
+        let memory = Arc::new(MemoryStore::new());
+        self.event_log.get_or_insert_with(|| memory.clone());
+        self.records.get_or_insert_with(|| memory.clone());
+        self.verification.get_or_insert_with(|| memory.clone());
+        self.registry.get_or_insert_with(|| memory.clone());
+        self.blobs.get_or_insert_with(|| Arc::new(InMemory::new()));
         self
     }
 
@@ -316,17 +351,37 @@ impl SiteBuilder {
         self
     }
 
-    /// Builds the site.
-    pub fn build(self) -> Site {
-        let memory = Arc::new(MemoryStore::new());
-        Site {
+    /// Builds the site. Refused when a storage role has no store (see [`SiteError`]). A site
+    /// without a blob store gets an in-memory one (only blob replicables use it).
+    pub fn build(self) -> Result<Site, SiteError> {
+        let missing: Vec<&str> = [
+            ("event log", self.event_log.is_none()),
+            ("records", self.records.is_none()),
+            ("verification rows", self.verification.is_none()),
+            ("registry", self.registry.is_none()),
+        ]
+        .into_iter()
+        .filter_map(|(role, missing)| missing.then_some(role))
+        .collect();
+        let (Some(event_log), Some(records), Some(verification), Some(registry)) = (
+            self.event_log,
+            self.records,
+            self.verification,
+            self.registry,
+        ) else {
+            return Err(SiteError::NoDatabase {
+                site: self.name,
+                roles: missing.join(", "),
+            });
+        };
+        Ok(Site {
             inner: Arc::new(Inner {
                 name: self.name,
                 role: self.role,
-                event_log: self.event_log.unwrap_or_else(|| memory.clone()),
-                records: self.records.unwrap_or_else(|| memory.clone()),
-                verification: self.verification.unwrap_or_else(|| memory.clone()),
-                registry: self.registry.unwrap_or(memory),
+                event_log,
+                records,
+                verification,
+                registry,
                 blobs: self.blobs.unwrap_or_else(|| Arc::new(InMemory::new())),
                 repository_root: self.repository_root,
                 primary: self.primary,
@@ -336,6 +391,37 @@ impl SiteBuilder {
                 timeouts: self.timeouts,
                 observer: self.observer,
             }),
-        }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_site_without_a_database_is_refused() {
+        let err = Site::primary("p").build().unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("site `p` has no database"), "{text}");
+        assert!(
+            text.contains("event log, records, verification rows, registry"),
+            "{text}"
+        );
+        let partial = Site::primary("p")
+            .event_log(Arc::new(MemoryStore::new()))
+            .build()
+            .unwrap_err();
+        assert!(
+            partial
+                .to_string()
+                .contains("records, verification rows, registry")
+        );
+    }
+
+    #[test]
+    fn in_memory_is_asked_for_by_name() {
+        let site = Site::primary("p").in_memory().build().unwrap();
+        assert!(site.is_primary());
     }
 }

@@ -44,13 +44,17 @@ fn on_disk(factory: fn(i64) -> Upload) -> Harness<Upload> {
     }
     let primary = Site::primary("primary")
         .blob_store(local_store(&primary_dir))
-        .build();
+        .in_memory()
+        .build()
+        .expect("a site");
     let secondary = Site::secondary(
         "secondary",
         Arc::new(InProcessPrimary::new(primary.clone())),
     )
     .blob_store(local_store(&secondary_dir))
-    .build();
+    .in_memory()
+    .build()
+    .expect("a site");
     let scoped_root = dir.path().to_path_buf();
     Harness::with_sites(
         primary,
@@ -59,7 +63,11 @@ fn on_disk(factory: fn(i64) -> Upload) -> Harness<Upload> {
             let d = scoped_root.join(format!("scoped-{}", std::process::id()));
             std::fs::create_dir_all(&d).unwrap();
             let d = tempfile::tempdir_in(&d).unwrap().keep();
-            builder.blob_store(local_store(&d)).build()
+            builder
+                .blob_store(local_store(&d))
+                .in_memory()
+                .build()
+                .expect("a site")
         },
         factory,
     )

@@ -84,14 +84,19 @@ impl RecordStore for FlagsTable {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn copies_land_in_the_user_s_own_table_and_verify() {
-    let primary = Site::primary("primary").build();
+    let primary = Site::primary("primary")
+        .in_memory()
+        .build()
+        .expect("a site");
     let table = Arc::new(FlagsTable::default());
     let secondary = Site::secondary(
         "secondary",
         Arc::new(InProcessPrimary::new(primary.clone())),
     )
     .records(table.clone())
-    .build();
+    .in_memory()
+    .build()
+    .expect("a site");
     let mut flag = FeatureFlag {
         id: 3,
         name: "new_ui".into(),

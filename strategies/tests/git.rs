@@ -34,14 +34,18 @@ fn sites(timeouts: Timeouts) -> Sites {
     let dir = tempfile::tempdir().unwrap();
     let primary = Site::primary("primary")
         .repository_root(dir.path().join("primary"))
-        .build();
+        .in_memory()
+        .build()
+        .expect("a site");
     let secondary = Site::secondary(
         "secondary",
         Arc::new(InProcessPrimary::new(primary.clone())),
     )
     .repository_root(dir.path().join("secondary"))
     .timeouts(timeouts)
-    .build();
+    .in_memory()
+    .build()
+    .expect("a site");
     let work = dir.path().join("work");
     Sites {
         primary,

@@ -61,20 +61,28 @@ fn fastrand() -> u64 {
 
 fn s3_sites(factory: fn(i64) -> Asset) -> Option<Harness<Asset>> {
     let area = bucket_area()?;
-    let primary = Site::primary("primary").blob_store(area("primary")).build();
+    let primary = Site::primary("primary")
+        .blob_store(area("primary"))
+        .in_memory()
+        .build()
+        .expect("a site");
     let secondary = Site::secondary(
         "secondary",
         Arc::new(InProcessPrimary::new(primary.clone())),
     )
     .blob_store(area("secondary"))
-    .build();
+    .in_memory()
+    .build()
+    .expect("a site");
     Some(Harness::with_sites(
         primary,
         secondary,
         move |builder| {
             builder
                 .blob_store(area(&format!("scoped-{:x}", fastrand())))
+                .in_memory()
                 .build()
+                .expect("a site")
         },
         factory,
     ))

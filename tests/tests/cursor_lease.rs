@@ -46,7 +46,10 @@ fn only_one_cursor_per_site_runs_and_an_expired_lease_is_taken_over() {
     replicable_core::testing::block_on(async {
         let target = SqliteTarget::new();
         let clock = Arc::new(ManualClock::new("2030-03-01T00:00:00Z".parse().unwrap()));
-        let primary = Site::primary("primary").build();
+        let primary = Site::primary("primary")
+            .in_memory()
+            .build()
+            .expect("a site");
         // Two processes of the same secondary: separate handles on one tracking database.
         let process = async || {
             Site::secondary(
@@ -56,6 +59,7 @@ fn only_one_cursor_per_site_runs_and_an_expired_lease_is_taken_over() {
             .database(SqlStore::open(&target.url).await.unwrap())
             .clock(clock.clone())
             .build()
+            .expect("a site")
         };
         let (one, two) = (process().await, process().await);
         let a = LogCursor::new(&one).batch_size(2);

@@ -53,12 +53,14 @@ fn sqlite_sites(factory: fn(i64) -> Artifact) -> Harness<Artifact> {
     let primary = Site::primary("primary")
         .database(db("primary"))
         .blob_store(blobs(&root.join("primary-blobs")))
-        .build();
+        .build()
+        .expect("a site");
     let link = Arc::new(InProcessPrimary::new(primary.clone()));
     let secondary = Site::secondary("secondary", link)
         .database(db("secondary"))
         .blob_store(blobs(&root.join("secondary-blobs")))
-        .build();
+        .build()
+        .expect("a site");
     Harness::with_sites(
         primary,
         secondary,
@@ -69,6 +71,7 @@ fn sqlite_sites(factory: fn(i64) -> Artifact) -> Harness<Artifact> {
                 .database(block(SqlStore::open(&url)).unwrap())
                 .blob_store(blobs(&root.join(format!("scoped-{n}-blobs"))))
                 .build()
+                .expect("a site")
         },
         factory,
     )
@@ -86,12 +89,14 @@ fn postgres_sites(factory: fn(i64) -> Artifact) -> Option<Harness<Artifact>> {
     let primary = Site::primary("primary")
         .database(db()?)
         .blob_store(blobs(&root.join("primary-blobs")))
-        .build();
+        .build()
+        .expect("a site");
     let link = Arc::new(InProcessPrimary::new(primary.clone()));
     let secondary = Site::secondary("secondary", link)
         .database(db()?)
         .blob_store(blobs(&root.join("secondary-blobs")))
-        .build();
+        .build()
+        .expect("a site");
     Some(
         Harness::with_sites(
             primary,
@@ -102,6 +107,7 @@ fn postgres_sites(factory: fn(i64) -> Artifact) -> Option<Harness<Artifact>> {
                     .database(db().expect("the lane is set up"))
                     .blob_store(blobs(&root.join(format!("scoped-{n}-blobs"))))
                     .build()
+                    .expect("a site")
             },
             factory,
         )
@@ -116,7 +122,10 @@ replicable_core::replicator_test_suite!(on_postgres: Artifact, artifact, harness
 fn a_sqlite_site_survives_a_restart_with_its_registry_and_cursor() {
     replicable_core::testing::block_on(async {
         let target = SqliteTarget::new();
-        let primary = Site::primary("primary").build();
+        let primary = Site::primary("primary")
+            .in_memory()
+            .build()
+            .expect("a site");
         let open_secondary = async || {
             Site::secondary(
                 "secondary",
@@ -124,6 +133,7 @@ fn a_sqlite_site_survives_a_restart_with_its_registry_and_cursor() {
             )
             .database(SqlStore::open(&target.url).await.unwrap())
             .build()
+            .expect("a site")
         };
         let record = artifact(1);
         primary

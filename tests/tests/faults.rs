@@ -61,7 +61,9 @@ fn an_event_that_cannot_be_written_fails_the_caller() {
     block_on(async {
         let primary = Site::primary("primary")
             .event_log(Arc::new(FullDisk))
-            .build();
+            .in_memory()
+            .build()
+            .expect("a site");
         let record = attachment(3);
         let err = record
             .replicator(&primary)
@@ -185,7 +187,10 @@ fn malformed_events_are_recorded_and_skipped_without_stopping_the_cursor() {
     block_on(async {
         let h = Harness::<Attachment>::in_memory(attachment);
         let link = Arc::new(Tampered::new(h.primary.clone()));
-        let secondary = Site::secondary("secondary", link.clone()).build();
+        let secondary = Site::secondary("secondary", link.clone())
+            .in_memory()
+            .build()
+            .expect("a site");
         // Events 10 and 20 come from the primary; 13 and 16 are malformed.
         h.create_and_publish(1).await;
         h.create_and_publish(4).await;
@@ -240,7 +245,9 @@ fn an_unreachable_primary_stops_the_cursor_without_losing_events() {
         let clock = Arc::new(ManualClock::new(Utc::now()));
         let secondary = Site::secondary("secondary", link.clone())
             .clock(clock.clone())
-            .build();
+            .in_memory()
+            .build()
+            .expect("a site");
         h.create_and_publish(1).await;
         h.create_and_publish(2).await;
 
@@ -294,13 +301,18 @@ fn an_unreachable_primary_stops_the_cursor_without_losing_events() {
 fn a_sync_whose_worker_died_is_failed_after_the_claim_timeout() {
     block_on(async {
         let clock = Arc::new(ManualClock::new("2026-03-01T00:00:00Z".parse().unwrap()));
-        let primary = Site::primary("primary").build();
+        let primary = Site::primary("primary")
+            .in_memory()
+            .build()
+            .expect("a site");
         let secondary = Site::secondary(
             "secondary",
             Arc::new(InProcessPrimary::new(primary.clone())),
         )
         .clock(clock.clone())
-        .build();
+        .in_memory()
+        .build()
+        .expect("a site");
         let record = attachment(9);
         record
             .replicator(&primary)
@@ -372,13 +384,17 @@ fn concurrent_sync_passes_take_each_row_once() {
 fn stale_claims_are_not_completed_over_a_newer_change() {
     block_on(async {
         let store = Arc::new(MemoryStore::new());
-        let primary = Site::primary("primary").build();
+        let primary = Site::primary("primary")
+            .in_memory()
+            .build()
+            .expect("a site");
         let secondary = Site::secondary(
             "secondary",
             Arc::new(InProcessPrimary::new(primary.clone())),
         )
         .database(store)
-        .build();
+        .build()
+        .expect("a site");
         let record = attachment(12);
         // The blob is missing: the first attempt will fail, but a pending mark lands first.
         record

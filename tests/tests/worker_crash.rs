@@ -84,7 +84,10 @@ impl PrimaryLink for Hanging {
 
 async fn killed_worker_is_retried(database: Arc<dyn Backend>) {
     let clock = Arc::new(ManualClock::new("2030-06-01T00:00:00Z".parse().unwrap()));
-    let primary = Site::primary("primary").build();
+    let primary = Site::primary("primary")
+        .in_memory()
+        .build()
+        .expect("a site");
     let (release, open) = watch::channel(false);
     let link = Arc::new(Hanging {
         inner: InProcessPrimary::new(primary.clone()),
@@ -98,7 +101,8 @@ async fn killed_worker_is_retried(database: Arc<dyn Backend>) {
         .database(database)
         .clock(clock.clone())
         .timeouts(timeouts)
-        .build();
+        .build()
+        .expect("a site");
     let record = Build {
         id: 1,
         log: "builds/1.log".into(),

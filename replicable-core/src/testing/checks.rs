@@ -916,6 +916,36 @@ pub async fn a_record_deleted_during_its_sync_leaves_nothing_behind<M: Replicabl
     );
 }
 
+/// An event about a record whose sync a worker holds at that moment is consumed (the change
+/// waits for the running sync), never recorded as skipped.
+pub async fn an_event_for_a_record_being_synced_is_not_skipped<M: Replicable>(h: &Harness<M>) {
+    let (fixture, _) = h.create_and_publish(341).await;
+    catch_up(&h.secondary).await;
+    let replicator = fixture.record.replicator(&h.secondary);
+    let attempt = replicator.start_sync().await.unwrap();
+    h.change_and_publish(341, 10_341).await;
+    let report = catch_up(&h.secondary).await;
+    assert_eq!((report.consumed, report.skipped), (1, 0), "{report:?}");
+    assert!(
+        h.secondary
+            .registry_store()
+            .skipped_events(10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "no event was recorded as skipped"
+    );
+    assert_eq!(attempt.run().await.unwrap(), SyncOutcome::ChangedDuringSync);
+    let pass = crate::workers::sync_due(&h.secondary, descriptor::<M>(), 10, 1)
+        .await
+        .unwrap();
+    assert_eq!(pass.succeeded, 1, "{pass:?}");
+    assert_eq!(
+        registry_state::<M>(&h.secondary, 341).await,
+        Some(SyncState::Synced)
+    );
+}
+
 /// A secondary that already holds a copy equal to the primary's (re-seeded from a backup)
 /// records it as synced without transferring it.
 pub async fn a_copy_already_equal_to_the_primary_is_not_downloaded<M: Replicable>(h: &Harness<M>) {

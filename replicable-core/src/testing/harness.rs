@@ -95,7 +95,9 @@ impl<M: Replicable> Harness<M> {
         let primary_dir = dir("primary");
         let primary = Site::primary("primary")
             .repository_root(primary_dir.path())
-            .build();
+            .in_memory()
+            .build()
+            .expect("an in-memory site");
         let link = Arc::new(InProcessPrimary::new(primary.clone()));
         let secondary_dir = dir("secondary");
         let secondary_root = secondary_dir.path().to_path_buf();
@@ -109,14 +111,18 @@ impl<M: Replicable> Harness<M> {
                     Some(observer) => builder.sync_observer(observer),
                     None => builder,
                 }
+                .in_memory()
                 .build()
+                .expect("an in-memory site")
             };
         let secondary = Site::secondary(
             "secondary",
             Arc::new(InProcessPrimary::new(primary.clone())),
         )
         .repository_root(secondary_dir.path())
-        .build();
+        .in_memory()
+        .build()
+        .expect("an in-memory site");
         Self {
             primary,
             secondary,

@@ -65,6 +65,7 @@ macro_rules! replicator_test_suite {
             a_sync_resumed_after_a_newer_one_finished_discards_its_copy,
             a_record_deleted_during_its_sync_leaves_nothing_behind,
             a_copy_already_equal_to_the_primary_is_not_downloaded,
+            an_event_for_a_record_being_synced_is_not_skipped,
             out_of_order_updates_leave_the_newer_generation,
             a_record_that_leaves_the_scope_is_removed,
             dataloss_lists_records_behind_and_by_how_much,
