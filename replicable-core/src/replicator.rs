@@ -1025,7 +1025,7 @@ impl<'a, M: Replicable> SyncAttempt<'a, M> {
             }
             match target.registry_record().await? {
                 Some(fresh)
-                    if fresh.state == SyncState::Started && fresh.last_synced_at == started_at =>
+                    if fresh.state == SyncState::Started && same_attempt(&fresh, started_at) =>
                 {
                     self.row = fresh;
                 }
@@ -1122,6 +1122,11 @@ impl<'a, M: Replicable> SyncAttempt<'a, M> {
     }
 }
 
+/// Whether `row` is still the attempt that started at `started_at` (stores keep microseconds).
+fn same_attempt(row: &RegistryRecord, started_at: Option<chrono::DateTime<chrono::Utc>>) -> bool {
+    row.last_synced_at.map(|t| t.timestamp_micros()) == started_at.map(|t| t.timestamp_micros())
+}
+
 /// The guard of one sync attempt: the copy may become visible only while the registry row is
 /// still `started` by this attempt, no change arrived meanwhile, and the generation copied is not
 /// older than the one the row records.
@@ -1146,7 +1151,7 @@ impl<M: Replicable> SyncGuard for AttemptGuard<'_, '_, M> {
         let reason = match row {
             None => "it was deleted while the sync ran",
             Some(row)
-                if row.state != SyncState::Started || row.last_synced_at != self.started_at =>
+                if row.state != SyncState::Started || !same_attempt(&row, self.started_at) =>
             {
                 "another attempt took the registry row"
             }
