@@ -1,0 +1,1 @@
+//! Sweeping what crashed syncs left behind.
