@@ -402,7 +402,10 @@ async fn list_refs(
 }
 
 /// The checksum a repository with `refs` (name -> oid) and `HEAD` pointing at `head` would have.
-fn checksum_of_refs(refs: &std::collections::BTreeMap<String, String>, head: Option<&str>) -> String {
+fn checksum_of_refs(
+    refs: &std::collections::BTreeMap<String, String>,
+    head: Option<&str>,
+) -> String {
     let mut lines: Vec<String> = refs
         .iter()
         .filter(|(name, _)| CHECKSUM_REF_PREFIXES.iter().any(|p| name.starts_with(p)))
