@@ -7,8 +7,9 @@
 //! - Later syncs: the primary's refs are fetched into a staging namespace of the same
 //!   repository (`refs/replicable-staging/<random>/`; the objects are harmless), checked against
 //!   the primary's checksum, and, if the guard allows it, moved into place in one
-//!   `git update-ref --stdin` transaction: changed refs updated, refs the primary no longer has
-//!   deleted, `HEAD` pointed at the primary's, the staging namespace deleted. Every update names
+//!   `git update-ref --stdin` transaction (changed refs updated, refs the primary no longer has
+//!   deleted, the staging namespace deleted), then `HEAD` is pointed at the primary's (git
+//!   refuses to change `HEAD` and the ref it points at in one transaction). Every update names
 //!   the value it replaces, so a ref that moved meanwhile fails the whole transaction instead
 //!   of being overwritten. An overtaken sync deletes its staging refs and leaves the live refs
 //!   as they were. Staging namespaces a crashed sync left behind are deleted by the next
@@ -676,35 +677,24 @@ impl GitRepositoryStrategy {
         let move_head = primary_head
             .as_deref()
             .filter(|target| current_head.as_deref() != Some(*target));
-        let mut with_head = commands.clone();
+        // git refuses to change HEAD and the ref it points at in one transaction, so HEAD
+        // follows right after the refs' transaction.
+        if let Err(e) = ref_transaction(local, &commands, timeout).await {
+            drop_staging(local, &namespace, timeout).await;
+            return Err(failure(e));
+        }
         if let Some(target) = move_head {
-            with_head.push(format!("symref-update HEAD {target}"));
+            git(
+                Some(local),
+                &["symbolic-ref", "HEAD", target],
+                None,
+                &[],
+                timeout,
+            )
+            .await
+            .map_err(failure)?;
         }
-        match ref_transaction(local, &with_head, timeout).await {
-            Ok(()) => Ok(()),
-            // A git older than 2.46 has no `symref-update`: the refs in one transaction,
-            // then HEAD on its own.
-            Err(e) if move_head.is_some() && e.reason.contains("symref-update") => {
-                ref_transaction(local, &commands, timeout)
-                    .await
-                    .map_err(failure)?;
-                let target = move_head.expect("checked above");
-                git(
-                    Some(local),
-                    &["symbolic-ref", "HEAD", target],
-                    None,
-                    &[],
-                    timeout,
-                )
-                .await
-                .map(|_| ())
-                .map_err(failure)
-            }
-            Err(e) => {
-                drop_staging(local, &namespace, timeout).await;
-                Err(failure(e))
-            }
-        }
+        Ok(())
     }
 }
 
