@@ -656,3 +656,102 @@ async fn a_failure_about_a_400_character_path_keeps_its_reason_in_the_registry()
     assert!(text.chars().count() <= 255);
     assert!(text.contains("is missing on the primary"), "{text}");
 }
+
+const HELPER_PORT: &str = "REPLICABLE_TEST_GIT_CHILD_PORT";
+
+/// Run by `a_git_child_dies_with_the_process_that_started_it` in a child process of the test
+/// binary: starts a git that waits forever on a server that never answers. Does nothing when
+/// run as an ordinary test.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn git_child_helper() {
+    let Ok(port) = std::env::var(HELPER_PORT) else {
+        return;
+    };
+    let url = format!("git://127.0.0.1:{port}/never.git");
+    let _ = git(None, &["ls-remote", "--", &url], None, &[], T).await;
+}
+
+/// The pids of the processes whose parent is `parent` and whose command line has `needle`.
+fn children_with(parent: u32, needle: &str) -> Vec<u32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+        let ppid: u32 = after
+            .split_whitespace()
+            .nth(1)
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0);
+        let cmdline = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if ppid == parent && cmdline.contains(needle) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+/// Whether `pid` still runs (a zombie waiting for its reaper does not).
+fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X")
+    })
+}
+
+#[test]
+fn a_git_child_dies_with_the_process_that_started_it() {
+    if std::process::Command::new("setpriv")
+        .args(["--pdeathsig", "KILL", "--", "true"])
+        .status()
+        .map_or(true, |s| !s.success())
+    {
+        eprintln!("setpriv --pdeathsig is not available: git cannot be tied to its parent");
+        return;
+    }
+    // A server that accepts and never answers, held by this process: git waits on it until
+    // it is killed.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let mut helper = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "git_child_helper", "--nocapture", "--test-threads=1"])
+        .env(HELPER_PORT, port.to_string())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let needle = format!("127.0.0.1:{port}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let git_pid = loop {
+        if let Some(pid) = children_with(helper.id(), &needle).first() {
+            break *pid;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the helper never started git"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    // Accept git's connection so it is really waiting on the server.
+    let (_connection, _) = listener.accept().unwrap();
+    assert!(running(git_pid));
+    helper.kill().unwrap(); // SIGKILL
+    helper.wait().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while running(git_pid) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let survived = running(git_pid);
+    if survived {
+        // Do not leave it behind.
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", &git_pid.to_string()])
+            .status();
+    }
+    assert!(!survived, "git {git_pid} outlived the process that started it");
+}
