@@ -719,7 +719,12 @@ fn a_git_child_dies_with_the_process_that_started_it() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let mut helper = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "git_child_helper", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "git_child_helper",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(HELPER_PORT, port.to_string())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -753,5 +758,8 @@ fn a_git_child_dies_with_the_process_that_started_it() {
             .args(["-KILL", &git_pid.to_string()])
             .status();
     }
-    assert!(!survived, "git {git_pid} outlived the process that started it");
+    assert!(
+        !survived,
+        "git {git_pid} outlived the process that started it"
+    );
 }
