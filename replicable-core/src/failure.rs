@@ -3,12 +3,41 @@
 /// Longest failure text a row keeps, in characters (the column is `varchar(255)`).
 pub const MAX_FAILURE_LEN: usize = 255;
 
-/// Cuts a failure text to [`MAX_FAILURE_LEN`] characters, never splitting a character.
+/// What a cut failure text ends with.
+pub const CUT_MARK: &str = "...";
+
+/// Longest resource name (a blob key, a repository path) a failure text shows whole; longer
+/// names are shortened by [`shorten_name`] so that the reason after them still fits in
+/// [`MAX_FAILURE_LEN`].
+pub const MAX_NAME_LEN: usize = 80;
+
+/// Cuts a failure text to [`MAX_FAILURE_LEN`] characters, never splitting a character. A cut
+/// text ends with [`CUT_MARK`] (within the limit), so a reader knows there was more.
 pub fn truncate_failure(message: &str) -> String {
-    match message.char_indices().nth(MAX_FAILURE_LEN) {
-        Some((cut, _)) => message[..cut].to_owned(),
-        None => message.to_owned(),
+    if message.chars().count() <= MAX_FAILURE_LEN {
+        return message.to_owned();
     }
+    let keep = MAX_FAILURE_LEN - CUT_MARK.len();
+    let cut = message
+        .char_indices()
+        .nth(keep)
+        .map_or(message.len(), |(i, _)| i);
+    format!("{}{CUT_MARK}", &message[..cut])
+}
+
+/// A resource name as failure texts show it: whole up to [`MAX_NAME_LEN`] characters, otherwise
+/// its beginning and its end around `...`, so that a very long key or path leaves room for
+/// the reason of the failure.
+pub fn shorten_name(name: &str) -> String {
+    let count = name.chars().count();
+    if count <= MAX_NAME_LEN {
+        return name.to_owned();
+    }
+    let head = (MAX_NAME_LEN - CUT_MARK.len()) / 2;
+    let tail = MAX_NAME_LEN - CUT_MARK.len() - head;
+    let start: String = name.chars().take(head).collect();
+    let end: String = name.chars().skip(count - tail).collect();
+    format!("{start}{CUT_MARK}{end}")
 }
 
 /// Why a sync failed, as the registry records it.
@@ -67,9 +96,13 @@ mod tests {
     }
 
     #[test]
-    fn long_text_is_cut_to_255_characters() {
+    fn long_text_is_cut_to_255_characters_ending_with_dots() {
         let long = "y".repeat(1000);
-        assert_eq!(truncate_failure(&long).chars().count(), MAX_FAILURE_LEN);
+        let cut = truncate_failure(&long);
+        assert_eq!(cut.chars().count(), MAX_FAILURE_LEN);
+        assert!(cut.ends_with("y..."), "{cut}");
+        let just_over = "z".repeat(MAX_FAILURE_LEN + 1);
+        assert!(truncate_failure(&just_over).ends_with("..."));
     }
 
     #[test]
@@ -77,6 +110,24 @@ mod tests {
         let long = "é".repeat(300);
         let cut = truncate_failure(&long);
         assert_eq!(cut.chars().count(), MAX_FAILURE_LEN);
-        assert_eq!(cut.len(), MAX_FAILURE_LEN * 2);
+        assert_eq!(cut.len(), (MAX_FAILURE_LEN - 3) * 2 + 3);
+    }
+
+    #[test]
+    fn a_400_character_repository_path_still_leaves_the_reason_visible() {
+        let path = format!("{}/project.git", "deep/".repeat(78));
+        assert!(path.chars().count() > 400);
+        let message = format!(
+            "repository `{}` is missing on the primary",
+            shorten_name(&path)
+        );
+        let stored = truncate_failure(&message);
+        assert!(stored.ends_with("is missing on the primary"), "{stored}");
+        assert!(
+            stored.contains("project.git"),
+            "the name's end is kept: {stored}"
+        );
+        assert_eq!(shorten_name(&path).chars().count(), MAX_NAME_LEN);
+        assert_eq!(shorten_name("short/name.git"), "short/name.git");
     }
 }

@@ -9,9 +9,10 @@ use futures::StreamExt;
 use futures::stream::BoxStream;
 use object_store::ObjectStoreExt;
 
-use crate::blob_key::{parse_blob_key, parse_repository_path};
+use crate::blob_key::{object_path, parse_repository_path, resolve_beneath};
 use crate::error::{LinkError, StoreError};
 use crate::event::{EventId, StoredEvent};
+use crate::failure::shorten_name;
 use crate::site::Site;
 use crate::storage::StoredRecord;
 use crate::verification::VerificationRecord;
@@ -173,15 +174,23 @@ impl PrimaryLink for InProcessPrimary {
         model_id: i64,
         key: &str,
     ) -> Result<BlobDownload, LinkError> {
-        let what = format!("blob `{key}` of {name} {model_id}");
-        let path = parse_blob_key(key).map_err(|e| LinkError::Refused {
+        let what = format!("blob `{}` of {name} {model_id}", shorten_name(key));
+        let path = object_path(key).map_err(|e| LinkError::Refused {
             what: what.clone(),
             reason: e.to_string(),
         })?;
+        // Only "not found" is missing; an unreadable store, a refused path or an I/O error is
+        // a failure to read the primary.
         let result = match self.primary.blob_store().get(&path).await {
             Ok(result) => result,
             Err(object_store::Error::NotFound { .. }) => return Err(LinkError::NotFound { what }),
             Err(e) => {
+                if let Some(refused) = crate::local_blobs::refusal(&e) {
+                    return Err(LinkError::Refused {
+                        what,
+                        reason: refused.to_string(),
+                    });
+                }
                 return Err(LinkError::Failed {
                     what,
                     reason: e.to_string(),
@@ -208,7 +217,7 @@ impl PrimaryLink for InProcessPrimary {
         model_id: i64,
         path: &str,
     ) -> Result<String, LinkError> {
-        let what = format!("repository `{path}` of {name} {model_id}");
+        let what = format!("repository `{}` of {name} {model_id}", shorten_name(path));
         let relative = parse_repository_path(path).map_err(|e| LinkError::Refused {
             what: what.clone(),
             reason: e.to_string(),
@@ -220,10 +229,24 @@ impl PrimaryLink for InProcessPrimary {
                 what: what.clone(),
                 reason: "the primary has no repository root".into(),
             })?;
-        let full = root.join(relative);
-        if !full.exists() {
-            return Err(LinkError::NotFound { what });
+        // Never serve a repository through a symbolic link below the root.
+        let full = resolve_beneath(
+            root,
+            &relative,
+            &format!("repository `{}`", shorten_name(path)),
+        )
+        .map_err(|e| LinkError::Refused {
+            what: what.clone(),
+            reason: e.to_string(),
+        })?;
+        match std::fs::symlink_metadata(&full) {
+            Ok(_) => Ok(full.to_string_lossy().into_owned()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(LinkError::NotFound { what }),
+            // Exists or not, it cannot be looked at: not "missing".
+            Err(e) => Err(LinkError::Failed {
+                what,
+                reason: e.to_string(),
+            }),
         }
-        Ok(full.to_string_lossy().into_owned())
     }
 }

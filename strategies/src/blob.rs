@@ -10,7 +10,9 @@ use async_trait::async_trait;
 use futures::StreamExt;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
-use replicable_core::blob_key::{RESERVED_PREFIX, parse_blob_key};
+use replicable_core::blob_key::{RESERVED_PREFIX, object_path};
+use replicable_core::failure::shorten_name;
+use replicable_core::local_blobs::refusal;
 use replicable_core::storage::StoredRecord;
 use replicable_core::{
     DataType, LinkError, ResourceError, ResourceTarget, Site, Strategy, SyncFailure, SyncRequest,
@@ -38,10 +40,25 @@ fn blob_key(resource: &replicable_core::Resource) -> Result<&str, ResourceError>
     }
 }
 
-fn io_error(key: &str, e: impl std::fmt::Display) -> ResourceError {
+/// A store error as a resource error: a confined store's refusal stays a refusal.
+fn io_error(key: &str, e: object_store::Error) -> ResourceError {
+    if let Some(ResourceError::Refused { resource, reason }) = refusal(&e) {
+        return ResourceError::Refused {
+            resource: resource.clone(),
+            reason: reason.clone(),
+        };
+    }
     ResourceError::Io {
-        resource: format!("blob `{key}`"),
+        resource: format!("blob `{}`", shorten_name(key)),
         reason: e.to_string(),
+    }
+}
+
+/// A store error during a sync, reason first.
+fn store_failure(doing: &str, e: object_store::Error) -> SyncFailure {
+    match refusal(&e) {
+        Some(refused) => SyncFailure::new(refused.to_string()),
+        None => SyncFailure::new(format!("{doing}: {e}")),
     }
 }
 
@@ -64,7 +81,7 @@ async fn download(
     let upload = store
         .put_multipart(tmp)
         .await
-        .map_err(|e| SyncFailure::new(format!("cannot start writing the download: {e}")))?;
+        .map_err(|e| store_failure("cannot start writing the download", e))?;
     let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
     let mut hasher = Sha256::new();
     let mut size = 0u64;
@@ -79,9 +96,7 @@ async fn download(
         if let Err(e) = writer.wait_for_capacity(PART_CONCURRENCY).await {
             // Abort, so an object store does not keep the parts already uploaded.
             let _ = writer.abort().await;
-            return Err(SyncFailure::new(format!(
-                "writing the download failed: {e}"
-            )));
+            return Err(store_failure("writing the download failed", e));
         }
         hasher.update(&chunk);
         size += chunk.len() as u64;
@@ -90,7 +105,7 @@ async fn download(
     writer
         .finish()
         .await
-        .map_err(|e| SyncFailure::new(format!("writing the download failed: {e}")))?;
+        .map_err(|e| store_failure("writing the download failed", e))?;
     Ok((hex::encode(hasher.finalize()), size))
 }
 
@@ -99,7 +114,7 @@ pub async fn object_sha256(store: &dyn ObjectStore, path: &Path) -> Result<Strin
     let key = path.as_ref();
     let result = store.get(path).await.map_err(|e| match e {
         object_store::Error::NotFound { .. } => ResourceError::Missing {
-            resource: format!("blob `{key}`"),
+            resource: format!("blob `{}`", shorten_name(key)),
         },
         e => io_error(key, e),
     })?;
@@ -134,12 +149,16 @@ impl Strategy for BlobStrategy {
     const MUTABLE: bool = false;
 
     fn validate(resource: &replicable_core::Resource) -> Result<(), ResourceError> {
-        parse_blob_key(blob_key(resource)?).map(|_| ())
+        object_path(blob_key(resource)?).map(|_| ())
     }
 
+    /// Streams the blob into a temporary object, checks its size and SHA-256, asks the
+    /// request's guard, and only then renames it into place. Only "not found" on the primary is
+    /// a [`SyncFailure::missing_on_primary`]; a primary that cannot be read is an ordinary
+    /// failure.
     async fn sync(&self, request: SyncRequest<'_>) -> Result<(), SyncFailure> {
         let key = blob_key(request.resource).map_err(|e| SyncFailure::new(e.to_string()))?;
-        let path = parse_blob_key(key).map_err(|e| SyncFailure::new(e.to_string()))?;
+        let path = object_path(key).map_err(|e| SyncFailure::new(e.to_string()))?;
         let download_source = match request
             .primary
             .open_blob(request.replicable_name, request.model_id, key)
@@ -148,7 +167,8 @@ impl Strategy for BlobStrategy {
             Ok(source) => source,
             Err(LinkError::NotFound { .. }) => {
                 return Err(SyncFailure::missing_on_primary(format!(
-                    "blob `{key}` is missing on the primary"
+                    "blob `{}` is missing on the primary",
+                    shorten_name(key)
                 )));
             }
             Err(e) => return Err(SyncFailure::new(e.to_string())),
@@ -157,33 +177,37 @@ impl Strategy for BlobStrategy {
         let store = request.site.blob_store();
         let tmp = temporary_path(request.replicable_name, request.model_id);
         let (checksum, size) = download(&**store, &tmp, download_source.stream).await?;
-        let discard = |reason: String| async {
+        let discard = |failure: SyncFailure| async {
             let _ = store.delete(&tmp).await;
-            Err(SyncFailure::new(reason))
+            Err(failure)
         };
         if size != expected_size {
-            return discard(format!(
+            return discard(SyncFailure::new(format!(
                 "Downloaded file size mismatch: expected {expected_size} bytes, got {size}"
-            ))
+            )))
             .await;
         }
         if let Some(expected) = request.primary_checksum
             && expected != checksum
         {
-            return discard(format!(
+            return discard(SyncFailure::new(format!(
                 "Downloaded file checksum mismatch: expected {expected}, got {checksum}"
-            ))
+            )))
             .await;
         }
+        // Complete and verified: visible only if the sync is still current.
+        if let Err(overtaken) = request.ensure_current().await {
+            return discard(overtaken).await;
+        }
         if let Err(e) = store.rename(&tmp, &path).await {
-            return discard(format!("cannot move the download into place: {e}")).await;
+            return discard(store_failure("cannot move the download into place", e)).await;
         }
         Ok(())
     }
 
     async fn remove(&self, site: &Site, target: &ResourceTarget<'_>) -> Result<(), ResourceError> {
         let key = blob_key(target.resource)?;
-        let path = parse_blob_key(key)?;
+        let path = object_path(key)?;
         match site.blob_store().delete(&path).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(io_error(key, e)),
@@ -196,7 +220,7 @@ impl Strategy for BlobStrategy {
         target: &ResourceTarget<'_>,
         _record: Option<&StoredRecord>,
     ) -> Result<String, ResourceError> {
-        let path = parse_blob_key(blob_key(target.resource)?)?;
+        let path = object_path(blob_key(target.resource)?)?;
         object_sha256(&**site.blob_store(), &path).await
     }
 
@@ -208,7 +232,7 @@ impl Strategy for BlobStrategy {
         seed: u64,
     ) -> Result<String, ResourceError> {
         let key = blob_key(target.resource)?;
-        let path = parse_blob_key(key)?;
+        let path = object_path(key)?;
         let bytes = fixture_bytes(seed);
         let checksum = crate::sha256_hex(&bytes);
         site.blob_store()
@@ -220,7 +244,7 @@ impl Strategy for BlobStrategy {
 
     async fn corrupt(&self, site: &Site, target: &ResourceTarget<'_>) -> Result<(), ResourceError> {
         let key = blob_key(target.resource)?;
-        let path = parse_blob_key(key)?;
+        let path = object_path(key)?;
         site.blob_store()
             .put(
                 &path,

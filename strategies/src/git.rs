@@ -1,23 +1,37 @@
 //! The git repository strategy: a resource is a bare repository under the site's repository
 //! root, replicated with the git CLI.
 //!
-//! - First sync: `git clone --mirror` into `.replicable/tmp/` under the root, renamed into place
-//!   only once complete, so a half-cloned repository is never visible.
-//! - Later syncs: a forced, pruning mirror fetch (`+refs/*:refs/*`), and `HEAD` follows the
-//!   primary's.
+//! - First sync: `git clone --mirror` into `.replicable/tmp/` under the root, checked against the
+//!   primary's checksum, and renamed into place only once complete and only if the sync's guard
+//!   allows it, so a half-cloned (or overtaken) repository is never visible.
+//! - Later syncs: the primary's refs are fetched into a staging namespace of the same
+//!   repository (`refs/replicable-staging/<random>/`; the objects are harmless), checked against
+//!   the primary's checksum, and, if the guard allows it, moved into place in one
+//!   `git update-ref --stdin` transaction (changed refs updated, refs the primary no longer has
+//!   deleted, the staging namespace deleted), then `HEAD` is pointed at the primary's (git
+//!   refuses to change `HEAD` and the ref it points at in one transaction). Every update names
+//!   the value it replaces, so a ref that moved meanwhile fails the whole transaction instead
+//!   of being overwritten. An overtaken sync deletes its staging refs and leaves the live refs
+//!   as they were. Staging namespaces a crashed sync left behind are deleted by the next
+//!   successful sync of that repository (in its transaction).
+//! - Paths: the repository's path is resolved beneath the site's repository root without
+//!   going through symbolic links ([`resolve_beneath`]), for syncs, checksums and removals.
 //! - Checksum: `HEAD` and the refs under `refs/heads/`, `refs/tags/`, `refs/keep-around/`,
 //!   `refs/merge-requests/`, `refs/environments/` and `refs/notes/`; each `"<oid> <ref>"` line is
 //!   hashed with SHA-256 and the digests are XORed, so ref order does not matter. An empty
 //!   repository has the all-zero checksum; a missing or corrupt one is an error.
 //!
 //! git is spawned directly with its arguments (never through a shell), with the site's command
-//! timeout, prompts disabled, and its stderr kept for the failure text.
+//! timeout, prompts disabled, and its stderr kept for the failure text. It is spawned through
+//! `setpriv --pdeathsig KILL` when util-linux's `setpriv` is on `PATH`, so that git dies with
+//! the process that started it even if that process is SIGKILLed (see [`git`]).
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use async_trait::async_trait;
-use replicable_core::blob_key::{RESERVED_PREFIX, parse_repository_path};
+use replicable_core::blob_key::{RESERVED_PREFIX, parse_repository_path, resolve_beneath};
+use replicable_core::failure::shorten_name;
 use replicable_core::storage::StoredRecord;
 use replicable_core::{
     DataType, LinkError, Resource, ResourceError, ResourceTarget, Site, Strategy, SyncFailure,
@@ -55,13 +69,63 @@ pub struct GitError {
 
 impl std::fmt::Display for GitError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "`{}` failed: {}", self.command, self.reason)
+        write!(f, "{} (running `{}`)", self.reason, self.command)
     }
 }
 
 impl std::error::Error for GitError {}
 
+/// The namespace staged refs are fetched into (`<prefix>/<random>/refs/...`).
+pub const STAGING_REF_PREFIX: &str = "refs/replicable-staging/";
+
+/// Whether util-linux's `setpriv` with `--pdeathsig` can be used (looked up once).
+fn setpriv_available() -> bool {
+    static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *AVAILABLE.get_or_init(|| {
+        std::process::Command::new("setpriv")
+            .args(["--pdeathsig", "KILL", "--", "true"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    })
+}
+
+/// The command that runs git: `setpriv --pdeathsig KILL -- git` when `setpriv` works (Linux,
+/// util-linux), plain `git` otherwise.
+///
+/// Why: `kill_on_drop` kills git when the future running it is dropped, but not when the
+/// process that started git is killed outright (SIGKILL, OOM killer); git would then run on,
+/// holding the repository. With `setpriv` the kernel sends git SIGKILL when the *thread* that
+/// spawned it exits. The spawn happens on the thread polling the future (a runtime worker, or
+/// the thread in `block_on`), which lives as long as the runtime, never on a `spawn_blocking`
+/// thread (reaped when idle); call [`git`] from async code only. Without `setpriv` on `PATH`
+/// git is spawned plainly and only `kill_on_drop` and the command timeout stop it.
+pub fn git_command() -> tokio::process::Command {
+    if setpriv_available() {
+        let mut command = tokio::process::Command::new("setpriv");
+        command.args(["--pdeathsig", "KILL", "--", "git"]);
+        command
+    } else {
+        tokio::process::Command::new("git")
+    }
+}
+
+/// A command line as failure texts show it: long arguments (paths, URLs) shortened.
+fn shown_command(args: &[&str]) -> String {
+    let mut shown = String::from("git");
+    for arg in args {
+        shown.push(' ');
+        shown.push_str(&shorten_name(arg));
+    }
+    shown
+}
+
 /// Runs git with `args` (in `dir` if given), feeding `stdin`, within `timeout`. Returns stdout.
+///
+/// git is started with [`git_command`] (it dies with this process) and killed when the
+/// returned future is dropped or the timeout passes.
 pub async fn git(
     dir: Option<&Path>,
     args: &[&str],
@@ -69,12 +133,12 @@ pub async fn git(
     env: &[(&str, &str)],
     timeout: std::time::Duration,
 ) -> Result<String, GitError> {
-    let shown = format!("git {}", args.join(" "));
+    let shown = shown_command(args);
     let fail = |reason: String| GitError {
         command: shown.clone(),
         reason,
     };
-    let mut command = tokio::process::Command::new("git");
+    let mut command = git_command();
     if let Some(dir) = dir {
         command.arg("-C").arg(dir);
     }
@@ -132,18 +196,27 @@ fn repository_path(target: &ResourceTarget<'_>) -> Result<PathBuf, ResourceError
     }
 }
 
+fn resource_name(target: &ResourceTarget<'_>) -> String {
+    match target.resource {
+        Resource::Repository { path } => format!("repository `{}`", shorten_name(path)),
+        other => shorten_name(&other.to_string()),
+    }
+}
+
+/// The repository's directory beneath the site's root, refused if any component below the root
+/// is a symbolic link.
 fn local_repository(site: &Site, target: &ResourceTarget<'_>) -> Result<PathBuf, ResourceError> {
     let relative = repository_path(target)?;
     let root = site.repository_root().ok_or_else(|| ResourceError::Io {
-        resource: target.resource.to_string(),
+        resource: resource_name(target),
         reason: format!("site `{}` has no repository root", site.name()),
     })?;
-    Ok(root.join(relative))
+    resolve_beneath(root, &relative, &resource_name(target))
 }
 
 fn io_error(target: &ResourceTarget<'_>, e: impl std::fmt::Display) -> ResourceError {
     ResourceError::Io {
-        resource: target.resource.to_string(),
+        resource: resource_name(target),
         reason: e.to_string(),
     }
 }
@@ -299,10 +372,86 @@ pub async fn write_commit(
     Ok(commit)
 }
 
-fn temporary_dir(root: &Path, name: &str, id: i64) -> PathBuf {
-    root.join(RESERVED_PREFIX)
-        .join("tmp")
-        .join(format!("{name}-{id}-{:016x}", fastrand::u64(..)))
+/// A fresh temporary directory name under `<root>/.replicable/tmp/`, starting with
+/// `<name>-<id>-` (what [`replicable_core::staging`] reads to find the sync that owns it).
+fn temporary_dir(root: &Path, name: &str, id: i64) -> Result<PathBuf, SyncFailure> {
+    let tmp_root = resolve_beneath(
+        root,
+        &Path::new(RESERVED_PREFIX).join("tmp"),
+        "the repository staging directory",
+    )
+    .map_err(|e| SyncFailure::new(e.to_string()))?;
+    Ok(tmp_root.join(format!("{name}-{id}-{:016x}", fastrand::u64(..))))
+}
+
+/// `"<oid> <ref>"` of every ref under `prefix` (all refs when empty).
+async fn list_refs(
+    dir: &Path,
+    prefix: &str,
+    timeout: std::time::Duration,
+) -> Result<Vec<(String, String)>, GitError> {
+    let mut args = vec!["for-each-ref", "--format=%(objectname) %(refname)"];
+    if !prefix.is_empty() {
+        args.push(prefix);
+    }
+    let out = git(Some(dir), &args, None, &[], timeout).await?;
+    Ok(out
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .map(|(oid, name)| (oid.to_owned(), name.to_owned()))
+        .collect())
+}
+
+/// The checksum a repository with `refs` (name -> oid) and `HEAD` pointing at `head` would have.
+fn checksum_of_refs(
+    refs: &std::collections::BTreeMap<String, String>,
+    head: Option<&str>,
+) -> String {
+    let mut lines: Vec<String> = refs
+        .iter()
+        .filter(|(name, _)| CHECKSUM_REF_PREFIXES.iter().any(|p| name.starts_with(p)))
+        .map(|(name, oid)| format!("{oid} {name}"))
+        .collect();
+    if let Some(oid) = head.and_then(|target| refs.get(target)) {
+        lines.push(format!("{oid} HEAD"));
+    }
+    xor_checksum(lines.iter().map(String::as_str))
+}
+
+/// Runs one `git update-ref --no-deref --stdin` transaction of `commands`.
+async fn ref_transaction(
+    dir: &Path,
+    commands: &[String],
+    timeout: std::time::Duration,
+) -> Result<(), GitError> {
+    let mut input = String::from("start\n");
+    for c in commands {
+        input.push_str(c);
+        input.push('\n');
+    }
+    input.push_str("prepare\ncommit\n");
+    git(
+        Some(dir),
+        &["update-ref", "--no-deref", "--stdin"],
+        Some(input.as_bytes()),
+        &[],
+        timeout,
+    )
+    .await
+    .map(|_| ())
+}
+
+/// Deletes every ref under `namespace` (best effort: a leftover is deleted by a later sync).
+async fn drop_staging(dir: &Path, namespace: &str, timeout: std::time::Duration) {
+    if let Ok(refs) = list_refs(dir, namespace, timeout).await {
+        let deletes: Vec<String> = refs
+            .iter()
+            .map(|(oid, name)| format!("delete {name} {oid}"))
+            .collect();
+        if !deletes.is_empty() {
+            let _ = ref_transaction(dir, &deletes, timeout).await;
+        }
+    }
 }
 
 impl GitRepositoryStrategy {
@@ -311,7 +460,6 @@ impl GitRepositoryStrategy {
         request: &SyncRequest<'_>,
         local: &Path,
     ) -> Result<(), SyncFailure> {
-        let timeout = request.site.timeouts().command;
         let Resource::Repository { path } = request.resource else {
             return Err(SyncFailure::new("not a repository resource"));
         };
@@ -323,100 +471,228 @@ impl GitRepositoryStrategy {
             Ok(remote) => remote,
             Err(LinkError::NotFound { .. }) => {
                 return Err(SyncFailure::missing_on_primary(format!(
-                    "repository `{path}` is missing on the primary"
+                    "repository `{}` is missing on the primary",
+                    shorten_name(path)
                 )));
             }
             Err(e) => return Err(SyncFailure::new(e.to_string())),
         };
-        let failure = |e: GitError| SyncFailure::new(e.to_string());
         if local.exists() {
-            git(
-                Some(local),
-                &[
-                    "fetch",
-                    "--quiet",
-                    "--prune",
-                    "--force",
-                    "--no-write-fetch-head",
-                    "--",
-                    &remote,
-                    "+refs/*:refs/*",
-                ],
-                None,
-                &[],
-                timeout,
-            )
-            .await
-            .map_err(failure)?;
-            // A mirror fetch does not move HEAD; follow the primary's.
-            let symref = git(
-                None,
-                &["ls-remote", "--symref", "--", &remote, "HEAD"],
-                None,
-                &[],
-                timeout,
-            )
-            .await
-            .map_err(failure)?;
-            if let Some(target) = symref
-                .lines()
-                .find_map(|l| l.strip_prefix("ref: ")?.strip_suffix("\tHEAD"))
-            {
-                git(
-                    Some(local),
-                    &["symbolic-ref", "HEAD", target],
-                    None,
-                    &[],
-                    timeout,
-                )
-                .await
-                .map_err(failure)?;
-            }
+            self.fetch_into_existing(request, local, &remote).await
         } else {
-            let root = request.site.repository_root().ok_or_else(|| {
-                SyncFailure::new(format!(
-                    "site `{}` has no repository root",
-                    request.site.name()
-                ))
-            })?;
-            let tmp = temporary_dir(root, request.replicable_name, request.model_id);
-            let parent = tmp.parent().expect("temporary dirs have a parent");
-            tokio::fs::create_dir_all(parent).await.map_err(|e| {
-                SyncFailure::new(format!("cannot create {}: {e}", parent.display()))
-            })?;
-            let tmp_text = tmp.display().to_string();
-            let cloned = git(
-                None,
-                &["clone", "--mirror", "--quiet", "--", &remote, &tmp_text],
-                None,
-                &[],
-                timeout,
-            )
-            .await;
-            if let Err(e) = cloned {
-                let _ = tokio::fs::remove_dir_all(&tmp).await;
-                return Err(failure(e));
-            }
-            if let Some(dir) = local.parent() {
-                tokio::fs::create_dir_all(dir).await.map_err(|e| {
-                    SyncFailure::new(format!("cannot create {}: {e}", dir.display()))
-                })?;
-            }
-            if let Err(e) = tokio::fs::rename(&tmp, local).await {
-                let _ = tokio::fs::remove_dir_all(&tmp).await;
-                return Err(SyncFailure::new(format!(
-                    "cannot move the clone into place at {}: {e}",
-                    local.display()
-                )));
-            }
+            self.clone_new(request, local, &remote).await
+        }
+    }
+
+    /// A new repository: a mirror clone in a temporary directory, checked, guarded, renamed.
+    async fn clone_new(
+        &self,
+        request: &SyncRequest<'_>,
+        local: &Path,
+        remote: &str,
+    ) -> Result<(), SyncFailure> {
+        let timeout = request.site.timeouts().command;
+        let failure = |e: GitError| SyncFailure::new(e.to_string());
+        let root = request.site.repository_root().ok_or_else(|| {
+            SyncFailure::new(format!(
+                "site `{}` has no repository root",
+                request.site.name()
+            ))
+        })?;
+        let tmp = temporary_dir(root, request.replicable_name, request.model_id)?;
+        let parent = tmp.parent().expect("temporary dirs have a parent");
+        tokio::fs::create_dir_all(parent)
+            .await
+            .map_err(|e| SyncFailure::new(format!("cannot create {}: {e}", parent.display())))?;
+        let tmp_text = tmp.display().to_string();
+        let discard = |failure: SyncFailure| async {
+            let _ = tokio::fs::remove_dir_all(&tmp).await;
+            Err(failure)
+        };
+        if let Err(e) = git(
+            None,
+            &["clone", "--mirror", "--quiet", "--", remote, &tmp_text],
+            None,
+            &[],
+            timeout,
+        )
+        .await
+        {
+            return discard(failure(e)).await;
         }
         if let Some(expected) = request.primary_checksum {
-            let actual = repository_checksum(local, timeout).await.map_err(failure)?;
+            match repository_checksum(&tmp, timeout).await {
+                Ok(actual) if actual == expected => {}
+                Ok(actual) => {
+                    return discard(SyncFailure::new(format!(
+                        "Repository checksum mismatch after sync: expected {expected}, got {actual}"
+                    )))
+                    .await;
+                }
+                Err(e) => return discard(failure(e)).await,
+            }
+        }
+        if let Some(dir) = local.parent()
+            && let Err(e) = tokio::fs::create_dir_all(dir).await
+        {
+            return discard(SyncFailure::new(format!(
+                "cannot create {}: {e}",
+                dir.display()
+            )))
+            .await;
+        }
+        if let Err(overtaken) = request.ensure_current().await {
+            return discard(overtaken).await;
+        }
+        if let Err(e) = tokio::fs::rename(&tmp, local).await {
+            return discard(SyncFailure::new(format!(
+                "cannot move the clone into place: {e} (at {})",
+                shorten_name(&local.display().to_string())
+            )))
+            .await;
+        }
+        Ok(())
+    }
+
+    /// An existing repository: fetch into a staging namespace, check, guard, then move the refs
+    /// into place in one transaction.
+    async fn fetch_into_existing(
+        &self,
+        request: &SyncRequest<'_>,
+        local: &Path,
+        remote: &str,
+    ) -> Result<(), SyncFailure> {
+        let timeout = request.site.timeouts().command;
+        let failure = |e: GitError| SyncFailure::new(e.to_string());
+        // The primary's HEAD, before its refs: a HEAD naming a ref the fetch then lacks only
+        // leaves HEAD unchanged.
+        let symref = git(
+            None,
+            &["ls-remote", "--symref", "--", remote, "HEAD"],
+            None,
+            &[],
+            timeout,
+        )
+        .await
+        .map_err(failure)?;
+        let primary_head = symref
+            .lines()
+            .find_map(|l| l.strip_prefix("ref: ")?.strip_suffix("\tHEAD"))
+            .map(str::to_owned);
+
+        let namespace = format!("{STAGING_REF_PREFIX}{:016x}/", fastrand::u64(..));
+        let refspec = format!("+refs/*:{namespace}refs/*");
+        let fetched = git(
+            Some(local),
+            &[
+                "fetch",
+                "--quiet",
+                "--force",
+                "--no-tags",
+                "--no-write-fetch-head",
+                "--",
+                remote,
+                &refspec,
+            ],
+            None,
+            &[],
+            timeout,
+        )
+        .await;
+        if let Err(e) = fetched {
+            drop_staging(local, &namespace, timeout).await;
+            return Err(failure(e));
+        }
+        let staged_refs = match list_refs(local, &namespace, timeout).await {
+            Ok(refs) => refs,
+            Err(e) => {
+                drop_staging(local, &namespace, timeout).await;
+                return Err(failure(e));
+            }
+        };
+        // The primary's refs, by their live names (a primary's own staging refs are not copied).
+        let staged: std::collections::BTreeMap<String, String> = staged_refs
+            .iter()
+            .filter_map(|(oid, name)| {
+                let live = name.strip_prefix(&namespace)?;
+                (!live.starts_with(STAGING_REF_PREFIX)).then(|| (live.to_owned(), oid.clone()))
+            })
+            .collect();
+        let head = primary_head
+            .as_deref()
+            .filter(|target| staged.contains_key(*target));
+        if let Some(expected) = request.primary_checksum {
+            let actual = checksum_of_refs(&staged, head);
             if actual != expected {
+                drop_staging(local, &namespace, timeout).await;
                 return Err(SyncFailure::new(format!(
                     "Repository checksum mismatch after sync: expected {expected}, got {actual}"
                 )));
             }
+        }
+        if let Err(overtaken) = request.ensure_current().await {
+            drop_staging(local, &namespace, timeout).await;
+            return Err(overtaken);
+        }
+
+        let live_refs = match list_refs(local, "", timeout).await {
+            Ok(refs) => refs,
+            Err(e) => {
+                drop_staging(local, &namespace, timeout).await;
+                return Err(failure(e));
+            }
+        };
+        let mut commands = Vec::new();
+        let mut live = std::collections::BTreeMap::new();
+        for (oid, name) in &live_refs {
+            if name.starts_with(STAGING_REF_PREFIX) {
+                // Ours, and any a crashed sync left behind.
+                commands.push(format!("delete {name} {oid}"));
+            } else {
+                live.insert(name.clone(), oid.clone());
+            }
+        }
+        for (name, oid) in &live {
+            match staged.get(name) {
+                Some(new) if new == oid => {}
+                Some(new) => commands.push(format!("update {name} {new} {oid}")),
+                None => commands.push(format!("delete {name} {oid}")),
+            }
+        }
+        for (name, oid) in &staged {
+            if !live.contains_key(name) {
+                commands.push(format!("create {name} {oid}"));
+            }
+        }
+        let current_head = git(
+            Some(local),
+            &["symbolic-ref", "--quiet", "HEAD"],
+            None,
+            &[],
+            timeout,
+        )
+        .await
+        .ok()
+        .map(|s| s.trim().to_owned());
+        let move_head = primary_head
+            .as_deref()
+            .filter(|target| current_head.as_deref() != Some(*target));
+        // git refuses to change HEAD and the ref it points at in one transaction, so HEAD
+        // follows right after the refs' transaction.
+        if let Err(e) = ref_transaction(local, &commands, timeout).await {
+            drop_staging(local, &namespace, timeout).await;
+            return Err(failure(e));
+        }
+        if let Some(target) = move_head {
+            git(
+                Some(local),
+                &["symbolic-ref", "HEAD", target],
+                None,
+                &[],
+                timeout,
+            )
+            .await
+            .map_err(failure)?;
         }
         Ok(())
     }

@@ -4,12 +4,17 @@
 
 use std::sync::Arc;
 
-use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
+use replicable_core::blob_key::object_path;
+use replicable_core::local_blobs::ConfinedLocalFileSystem;
 use replicable_core::prelude::*;
+use replicable_core::storage::StoredRecord;
 use replicable_core::testing::Harness;
 use replicable_core::verification::VerificationRecord;
+use replicable_core::{
+    AlwaysCurrent, Resource, ResourceTarget, Strategy, SyncFailure, SyncGuard, SyncRequest,
+};
 use replicable_core::{ReplicatorError, ResourceError};
 use replicable_strategies::BlobStrategy;
 use replicable_strategies::blob::object_sha256;
@@ -30,8 +35,9 @@ fn upload(id: i64) -> Upload {
     }
 }
 
+/// A local directory as a blob store, the documented way: confined to the directory.
 fn local_store(dir: &std::path::Path) -> Arc<dyn ObjectStore> {
-    Arc::new(LocalFileSystem::new_with_prefix(dir).expect("a local object store"))
+    Arc::new(ConfinedLocalFileSystem::new(dir).expect("a local object store"))
 }
 
 /// Primary and secondaries on local directories.
@@ -270,5 +276,255 @@ fn removing_a_blob_that_is_already_gone_succeeds() {
                 .await
                 .is_err()
         );
+    });
+}
+
+/// A guard that says every sync was overtaken.
+struct Overtaken;
+
+#[async_trait::async_trait]
+impl SyncGuard for Overtaken {
+    async fn ensure_current(&self) -> Result<(), SyncFailure> {
+        Err(SyncFailure::overtaken("test"))
+    }
+}
+
+/// A primary and a secondary on local directories the test can reach.
+struct Dirs {
+    dir: tempfile::TempDir,
+    primary: Site,
+    secondary: Site,
+}
+
+impl Dirs {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        for d in ["primary", "secondary", "outside"] {
+            std::fs::create_dir_all(dir.path().join(d)).unwrap();
+        }
+        let primary = Site::primary("primary")
+            .blob_store(local_store(&dir.path().join("primary")))
+            .build();
+        let secondary = Site::secondary(
+            "secondary",
+            Arc::new(InProcessPrimary::new(primary.clone())),
+        )
+        .blob_store(local_store(&dir.path().join("secondary")))
+        .build();
+        Self {
+            dir,
+            primary,
+            secondary,
+        }
+    }
+
+    fn path(&self, sub: &str) -> std::path::PathBuf {
+        self.dir.path().join(sub)
+    }
+
+    async fn put_on_primary(&self, key: &str, bytes: &'static [u8]) {
+        self.primary
+            .blob_store()
+            .put(&object_path(key).unwrap(), PutPayload::from_static(bytes))
+            .await
+            .unwrap();
+    }
+
+    async fn sync(&self, key: &str, guard: &dyn SyncGuard) -> Result<(), SyncFailure> {
+        let link = InProcessPrimary::new(self.primary.clone());
+        let resource = Resource::Blob { key: key.into() };
+        let record = StoredRecord {
+            model_id: 1,
+            generation: 1,
+            body: serde_json::json!({ "id": 1, "path": key }),
+        };
+        BlobStrategy
+            .sync(SyncRequest {
+                site: &self.secondary,
+                primary: &link,
+                replicable_name: "upload",
+                model_id: 1,
+                resource: &resource,
+                record: &record,
+                primary_checksum: None,
+                guard,
+            })
+            .await
+    }
+}
+
+fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if entry.file_type().unwrap().is_dir() {
+            out.extend(files_under(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+#[test]
+fn an_overtaken_blob_sync_leaves_nothing_at_the_key_and_nothing_under_tmp() {
+    block_on(async {
+        let d = Dirs::new();
+        d.put_on_primary("pkg/a.bin", b"payload").await;
+        let err = d.sync("pkg/a.bin", &Overtaken).await.unwrap_err();
+        assert!(err.overtaken, "{err:?}");
+        assert!(matches!(
+            d.secondary
+                .blob_store()
+                .head(&object_path("pkg/a.bin").unwrap())
+                .await,
+            Err(object_store::Error::NotFound { .. })
+        ));
+        assert!(temporary_objects(d.secondary.blob_store()).await.is_empty());
+        assert!(
+            files_under(&d.path("secondary")).is_empty(),
+            "{:?}",
+            files_under(&d.path("secondary"))
+        );
+        // And with a guard that allows it, the copy appears.
+        d.sync("pkg/a.bin", &AlwaysCurrent).await.unwrap();
+        assert!(d.path("secondary/pkg/a.bin").is_file());
+    });
+}
+
+#[test]
+fn a_link_in_the_secondary_blob_directory_refuses_the_sync_and_writes_nothing_outside() {
+    block_on(async {
+        let d = Dirs::new();
+        d.put_on_primary("pkg/a.bin", b"payload").await;
+        std::os::unix::fs::symlink(d.path("outside"), d.path("secondary/pkg")).unwrap();
+        let err = d.sync("pkg/a.bin", &AlwaysCurrent).await.unwrap_err();
+        assert!(!err.missing_on_primary && !err.overtaken);
+        assert!(
+            err.message.contains("is refused") && err.message.contains("symbolic link"),
+            "{}",
+            err.message
+        );
+        assert!(files_under(&d.path("outside")).is_empty());
+        assert!(temporary_objects(d.secondary.blob_store()).await.is_empty());
+    });
+}
+
+#[test]
+fn a_deleted_event_does_not_remove_a_file_behind_a_link() {
+    block_on(async {
+        let d = Dirs::new();
+        std::fs::write(d.path("outside/a.bin"), "precious").unwrap();
+        std::os::unix::fs::symlink(d.path("outside"), d.path("secondary/pkg")).unwrap();
+        let record = Upload {
+            id: 1,
+            path: "pkg/a.bin".into(),
+        };
+        // Through the framework: the event is consumed, the outside file stays.
+        record
+            .replicator(&d.primary)
+            .publish_deleted_event()
+            .await
+            .unwrap();
+        let _ = replicable_core::log_cursor::catch_up(&d.secondary, 50).await;
+        assert_eq!(
+            std::fs::read_to_string(d.path("outside/a.bin")).unwrap(),
+            "precious"
+        );
+        // And the strategy's removal itself is refused, naming the link.
+        let resource = Resource::Blob {
+            key: "pkg/a.bin".into(),
+        };
+        let target = ResourceTarget {
+            replicable_name: "upload",
+            model_id: 1,
+            resource: &resource,
+        };
+        let err = BlobStrategy
+            .remove(&d.secondary, &target)
+            .await
+            .unwrap_err();
+        let ResourceError::Refused { reason, .. } = &err else {
+            panic!("{err}");
+        };
+        assert!(
+            reason.contains("pkg") && reason.contains("symbolic link"),
+            "{reason}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(d.path("outside/a.bin")).unwrap(),
+            "precious"
+        );
+    });
+}
+
+#[test]
+fn the_primary_refuses_to_serve_a_blob_through_a_link() {
+    block_on(async {
+        let d = Dirs::new();
+        std::fs::write(d.path("outside/secret"), "secret").unwrap();
+        std::fs::create_dir_all(d.path("primary/pkg")).unwrap();
+        std::os::unix::fs::symlink(d.path("outside/secret"), d.path("primary/pkg/a.bin")).unwrap();
+        let link = InProcessPrimary::new(d.primary.clone());
+        let err = replicable_core::PrimaryLink::open_blob(&link, "upload", 1, "pkg/a.bin")
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, replicable_core::LinkError::Refused { .. }),
+            "{err}"
+        );
+        let failure = d.sync("pkg/a.bin", &AlwaysCurrent).await.unwrap_err();
+        assert!(!failure.missing_on_primary, "{failure:?}");
+        assert!(files_under(&d.path("secondary")).is_empty());
+    });
+}
+
+#[test]
+fn an_unreadable_primary_blob_is_an_ordinary_failure_not_missing() {
+    block_on(async {
+        let d = Dirs::new();
+        // Tests run as root, which reads any file: a directory where the file should be.
+        std::fs::create_dir_all(d.path("primary/pkg/a.bin")).unwrap();
+        let failure = d.sync("pkg/a.bin", &AlwaysCurrent).await.unwrap_err();
+        assert!(!failure.missing_on_primary, "{failure:?}");
+        assert!(
+            failure.message.contains("not a regular file"),
+            "{}",
+            failure.message
+        );
+        // Really absent: missing on the primary.
+        let failure = d.sync("pkg/none.bin", &AlwaysCurrent).await.unwrap_err();
+        assert!(failure.missing_on_primary, "{failure:?}");
+    });
+}
+
+#[test]
+fn keys_longer_than_1024_bytes_are_refused_at_publish() {
+    block_on(async {
+        let h = on_disk(upload);
+        let record = Upload {
+            id: 1,
+            path: format!("k/{}", "x".repeat(1023)),
+        };
+        let err = record
+            .replicator(&h.primary)
+            .publish_created_event()
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ReplicatorError::Resource {
+                    source: ResourceError::Refused { .. },
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("longer than 1024"), "{err}");
+        assert_eq!(h.primary.event_log().last_event_id().await.unwrap(), None);
     });
 }

@@ -8,7 +8,11 @@ use std::time::Duration;
 
 use replicable_core::prelude::*;
 use replicable_core::site::Timeouts;
-use replicable_core::{ReplicatorError, ResourceError};
+use replicable_core::storage::StoredRecord;
+use replicable_core::{
+    AlwaysCurrent, PrimaryLink, ReplicatorError, Resource, ResourceError, ResourceTarget, Strategy,
+    SyncFailure, SyncGuard, SyncRequest,
+};
 use replicable_strategies::GitRepositoryStrategy;
 use replicable_strategies::git::{EMPTY_CHECKSUM, checksummed_refs, git, repository_checksum};
 
@@ -111,6 +115,15 @@ async fn assert_same_refs(s: &Sites, path: &str) {
         "the secondary's refs must equal the primary's"
     );
     assert!(!primary.is_empty());
+    let all = sh(
+        &s.secondary.repository_root().unwrap().join(path),
+        &["for-each-ref", "--format=%(refname)"],
+    )
+    .await;
+    assert!(
+        !all.contains("replicable-staging"),
+        "no staging refs are left: {all}"
+    );
 }
 
 async fn publish_and_sync(s: &Sites, record: &Repo, first: bool) {
@@ -390,4 +403,367 @@ async fn git_s_own_words_end_up_in_the_failure_text() {
         .unwrap()
         .unwrap();
     assert!(row.last_sync_failure.unwrap().chars().count() <= 255);
+}
+
+/// A guard that says every sync was overtaken.
+struct Overtaken;
+
+#[async_trait::async_trait]
+impl SyncGuard for Overtaken {
+    async fn ensure_current(&self) -> Result<(), SyncFailure> {
+        Err(SyncFailure::overtaken("test"))
+    }
+}
+
+/// Runs the strategy's sync of `path` directly, with `guard` and the primary's checksum.
+async fn sync_with(s: &Sites, path: &str, guard: &dyn SyncGuard) -> Result<(), SyncFailure> {
+    let link = InProcessPrimary::new(s.primary.clone());
+    let resource = Resource::Repository { path: path.into() };
+    let target = ResourceTarget {
+        replicable_name: "repo",
+        model_id: 1,
+        resource: &resource,
+    };
+    let checksum = GitRepositoryStrategy
+        .checksum(&s.primary, &target, None)
+        .await
+        .ok();
+    let record = StoredRecord {
+        model_id: 1,
+        generation: 1,
+        body: serde_json::json!({ "id": 1, "path": path }),
+    };
+    GitRepositoryStrategy
+        .sync(SyncRequest {
+            site: &s.secondary,
+            primary: &link,
+            replicable_name: "repo",
+            model_id: 1,
+            resource: &resource,
+            record: &record,
+            primary_checksum: checksum.as_deref(),
+            guard,
+        })
+        .await
+}
+
+/// Every ref of a repository with its value, and where HEAD points.
+async fn live_state(dir: &Path) -> (String, String) {
+    (
+        sh(dir, &["for-each-ref", "--format=%(objectname) %(refname)"]).await,
+        sh(dir, &["symbolic-ref", "HEAD"]).await,
+    )
+}
+
+fn temporaries(s: &Sites) -> usize {
+    let tmp = s
+        .secondary
+        .repository_root()
+        .unwrap()
+        .join(".replicable/tmp");
+    std::fs::read_dir(&tmp).map(|d| d.count()).unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_overtaken_fetch_leaves_the_live_refs_exactly_as_before() {
+    let s = sites(Timeouts::default());
+    let path = "group/overtaken.git";
+    primary_repository(&s, path).await;
+    let w = &s.work;
+    commit(w, "a.txt", "one").await;
+    commit(w, "a.txt", "two").await;
+    sh(w, &["branch", "old"]).await;
+    sh(w, &["push", "--quiet", "origin", "main", "old"]).await;
+    sync_with(&s, path, &AlwaysCurrent).await.unwrap();
+    let secondary_dir = s.secondary.repository_root().unwrap().join(path);
+    let before = live_state(&secondary_dir).await;
+
+    // A new commit, a new branch, a deleted branch and a moved HEAD: all refused.
+    commit(w, "a.txt", "three").await;
+    sh(w, &["branch", "new"]).await;
+    sh(w, &["push", "--quiet", "origin", "main", "new"]).await;
+    sh(w, &["push", "--quiet", "origin", "--delete", "old"]).await;
+    let bare = s.primary.repository_root().unwrap().join(path);
+    sh(&bare, &["symbolic-ref", "HEAD", "refs/heads/new"]).await;
+    let err = sync_with(&s, path, &Overtaken).await.unwrap_err();
+    assert!(err.overtaken, "{err:?}");
+    assert_eq!(live_state(&secondary_dir).await, before);
+
+    // A force-push that rewrites main: refused too.
+    sh(w, &["reset", "--quiet", "--hard", "HEAD~2"]).await;
+    commit(w, "c.txt", "rewritten").await;
+    sh(w, &["push", "--quiet", "--force", "origin", "main"]).await;
+    let err = sync_with(&s, path, &Overtaken).await.unwrap_err();
+    assert!(err.overtaken, "{err:?}");
+    assert_eq!(live_state(&secondary_dir).await, before);
+    assert!(
+        !before.0.contains("replicable-staging"),
+        "the overtaken syncs' staging refs are gone"
+    );
+
+    // The next current sync brings everything at once.
+    sync_with(&s, path, &AlwaysCurrent).await.unwrap();
+    assert_same_refs(&s, path).await;
+    assert_eq!(
+        sh(&secondary_dir, &["symbolic-ref", "HEAD"]).await.trim(),
+        "refs/heads/new"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_overtaken_first_clone_leaves_no_repository_and_no_temporary() {
+    let s = sites(Timeouts::default());
+    let path = "group/first.git";
+    primary_repository(&s, path).await;
+    commit(&s.work, "a.txt", "one").await;
+    sh(&s.work, &["push", "--quiet", "origin", "main"]).await;
+    let err = sync_with(&s, path, &Overtaken).await.unwrap_err();
+    assert!(err.overtaken);
+    assert!(!s.secondary.repository_root().unwrap().join(path).exists());
+    assert_eq!(temporaries(&s), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_in_the_secondary_s_repository_root_is_refused_for_sync_and_removal() {
+    let s = sites(Timeouts::default());
+    let path = "group/linked.git";
+    primary_repository(&s, path).await;
+    commit(&s.work, "a.txt", "one").await;
+    sh(&s.work, &["push", "--quiet", "origin", "main"]).await;
+    let root = s.secondary.repository_root().unwrap().to_path_buf();
+    let outside = s.work.parent().unwrap().join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::create_dir_all(&root).unwrap();
+    std::os::unix::fs::symlink(&outside, root.join("group")).unwrap();
+
+    let err = sync_with(&s, path, &AlwaysCurrent).await.unwrap_err();
+    assert!(!err.overtaken && !err.missing_on_primary);
+    assert!(
+        err.message.contains("is refused") && err.message.contains("symbolic link"),
+        "{}",
+        err.message
+    );
+    assert_eq!(
+        std::fs::read_dir(&outside).unwrap().count(),
+        0,
+        "nothing written outside"
+    );
+
+    // A repository outside, reachable through the link: a removal must not touch it.
+    let victim = outside.join("linked.git");
+    sh(
+        &outside,
+        &["init", "--bare", "--quiet", victim.to_str().unwrap()],
+    )
+    .await;
+    let resource = Resource::Repository { path: path.into() };
+    let target = ResourceTarget {
+        replicable_name: "repo",
+        model_id: 1,
+        resource: &resource,
+    };
+    let err = GitRepositoryStrategy
+        .remove(&s.secondary, &target)
+        .await
+        .unwrap_err();
+    let ResourceError::Refused { reason, .. } = &err else {
+        panic!("{err}");
+    };
+    assert!(reason.contains("group"), "names the link: {reason}");
+    assert!(
+        victim.join("HEAD").exists(),
+        "the outside repository survives"
+    );
+    assert!(
+        GitRepositoryStrategy
+            .checksum(&s.secondary, &target, None)
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_primary_refuses_to_serve_a_repository_through_a_link() {
+    let s = sites(Timeouts::default());
+    // The real repository lives outside the primary's root; a link inside points at it.
+    let outside = s.work.parent().unwrap().join("elsewhere");
+    std::fs::create_dir_all(&outside).unwrap();
+    let real = outside.join("secret.git");
+    sh(
+        &outside,
+        &["init", "--bare", "--quiet", real.to_str().unwrap()],
+    )
+    .await;
+    let root = s.primary.repository_root().unwrap();
+    std::fs::create_dir_all(root.join("group")).unwrap();
+    std::os::unix::fs::symlink(&real, root.join("group/secret.git")).unwrap();
+    let link = InProcessPrimary::new(s.primary.clone());
+    let err = link
+        .repository_remote("repo", 1, "group/secret.git")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, replicable_core::LinkError::Refused { .. }),
+        "{err}"
+    );
+    let failure = sync_with(&s, "group/secret.git", &AlwaysCurrent)
+        .await
+        .unwrap_err();
+    assert!(!failure.missing_on_primary, "{failure:?}");
+    assert!(
+        failure.message.contains("symbolic link"),
+        "{}",
+        failure.message
+    );
+    assert!(
+        !s.secondary
+            .repository_root()
+            .unwrap()
+            .join("group/secret.git")
+            .exists()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_path_that_is_not_a_repository_is_an_ordinary_failure() {
+    let s = sites(Timeouts::default());
+    let root = s.primary.repository_root().unwrap();
+    std::fs::create_dir_all(root.join("group")).unwrap();
+    std::fs::write(root.join("group/plain.git"), "not a repository").unwrap();
+    let failure = sync_with(&s, "group/plain.git", &AlwaysCurrent)
+        .await
+        .unwrap_err();
+    assert!(!failure.missing_on_primary, "{failure:?}");
+    assert!(!failure.overtaken);
+    assert_eq!(temporaries(&s), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_about_a_400_character_path_keeps_its_reason_in_the_registry() {
+    let s = sites(Timeouts::default());
+    let path = format!("{}ghost.git", "very-long-group-name/".repeat(19));
+    assert!(path.len() >= 400);
+    let record = repo(&path);
+    record
+        .replicator(&s.primary)
+        .publish_created_event()
+        .await
+        .unwrap();
+    record.replicator(&s.secondary).sync().await.unwrap();
+    let row = record
+        .replicator(&s.secondary)
+        .registry()
+        .await
+        .unwrap()
+        .unwrap();
+    let text = row.last_sync_failure.unwrap();
+    assert!(text.chars().count() <= 255);
+    assert!(text.contains("is missing on the primary"), "{text}");
+}
+
+const HELPER_PORT: &str = "REPLICABLE_TEST_GIT_CHILD_PORT";
+
+/// Run by `a_git_child_dies_with_the_process_that_started_it` in a child process of the test
+/// binary: starts a git that waits forever on a server that never answers. Does nothing when
+/// run as an ordinary test.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn git_child_helper() {
+    let Ok(port) = std::env::var(HELPER_PORT) else {
+        return;
+    };
+    let url = format!("git://127.0.0.1:{port}/never.git");
+    let _ = git(None, &["ls-remote", "--", &url], None, &[], T).await;
+}
+
+/// The pids of the processes whose parent is `parent` and whose command line has `needle`.
+fn children_with(parent: u32, needle: &str) -> Vec<u32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+        let ppid: u32 = after
+            .split_whitespace()
+            .nth(1)
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0);
+        let cmdline = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if ppid == parent && cmdline.contains(needle) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+/// Whether `pid` still runs (a zombie waiting for its reaper does not).
+fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X")
+    })
+}
+
+#[test]
+fn a_git_child_dies_with_the_process_that_started_it() {
+    if std::process::Command::new("setpriv")
+        .args(["--pdeathsig", "KILL", "--", "true"])
+        .status()
+        .map_or(true, |s| !s.success())
+    {
+        eprintln!("setpriv --pdeathsig is not available: git cannot be tied to its parent");
+        return;
+    }
+    // A server that accepts and never answers, held by this process: git waits on it until
+    // it is killed.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let mut helper = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "git_child_helper",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(HELPER_PORT, port.to_string())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let needle = format!("127.0.0.1:{port}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let git_pid = loop {
+        if let Some(pid) = children_with(helper.id(), &needle).first() {
+            break *pid;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the helper never started git"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    // Accept git's connection so it is really waiting on the server.
+    let (_connection, _) = listener.accept().unwrap();
+    assert!(running(git_pid));
+    helper.kill().unwrap(); // SIGKILL
+    helper.wait().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while running(git_pid) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let survived = running(git_pid);
+    if survived {
+        // Do not leave it behind.
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", &git_pid.to_string()])
+            .status();
+    }
+    assert!(
+        !survived,
+        "git {git_pid} outlived the process that started it"
+    );
 }
