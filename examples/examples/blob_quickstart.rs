@@ -12,9 +12,9 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use object_store::local::LocalFileSystem;
-use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
+use replicable_core::blob_key::object_path;
+use replicable_core::local_blobs::ConfinedLocalFileSystem;
 use replicable_core::prelude::*;
 use replicable_core::{find_replicable, log_cursor, status, workers};
 use replicable_examples::PackageFile;
@@ -30,7 +30,7 @@ fn peak_rss_mib() -> Option<f64> {
 
 fn local_store(dir: &std::path::Path) -> Result<Arc<dyn ObjectStore>, Error> {
     std::fs::create_dir_all(dir)?;
-    Ok(Arc::new(LocalFileSystem::new_with_prefix(dir)?))
+    Ok(Arc::new(ConfinedLocalFileSystem::new(dir)?))
 }
 
 /// Writes `mib` MiB of patterned bytes to the primary, one MiB at a time.
@@ -39,7 +39,7 @@ async fn write_large_blob(
     key: &str,
     mib: usize,
 ) -> Result<(), Error> {
-    let mut writer = WriteMultipart::new(store.put_multipart(&Path::from(key)).await?);
+    let mut writer = WriteMultipart::new(store.put_multipart(&object_path(key)?).await?);
     for i in 0..mib {
         writer.wait_for_capacity(2).await?;
         writer.put(vec![(i % 251) as u8; 1024 * 1024].into());
@@ -92,7 +92,7 @@ async fn main() -> Result<(), Error> {
         let body = format!("contents of {}\n", file.file_name).repeat(1000);
         primary
             .blob_store()
-            .put(&Path::from(file.file_path.as_str()), PutPayload::from(body))
+            .put(&object_path(&file.file_path)?, PutPayload::from(body))
             .await?;
         let event = file.replicator(&primary).publish_created_event().await?;
         println!(
@@ -127,12 +127,12 @@ async fn main() -> Result<(), Error> {
         .await?;
     primary
         .blob_store()
-        .delete(&Path::from(files[2].file_path.as_str()))
+        .delete(&object_path(&files[2].file_path)?)
         .await?;
     log_cursor::catch_up(&secondary, log_cursor::DEFAULT_BATCH_SIZE).await?;
     let gone = secondary
         .blob_store()
-        .head(&Path::from(files[2].file_path.as_str()))
+        .head(&object_path(&files[2].file_path)?)
         .await
         .is_err();
     println!(

@@ -304,13 +304,17 @@ impl Dirs {
         }
         let primary = Site::primary("primary")
             .blob_store(local_store(&dir.path().join("primary")))
-            .build();
+            .in_memory()
+            .build()
+            .expect("a site");
         let secondary = Site::secondary(
             "secondary",
             Arc::new(InProcessPrimary::new(primary.clone())),
         )
         .blob_store(local_store(&dir.path().join("secondary")))
-        .build();
+        .in_memory()
+        .build()
+        .expect("a site");
         Self {
             dir,
             primary,

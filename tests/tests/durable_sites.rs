@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use object_store::ObjectStoreExt;
-use object_store::local::LocalFileSystem;
+use replicable_core::local_blobs::ConfinedLocalFileSystem;
 use replicable_core::prelude::*;
 use replicable_core::storage::sql::SqlStore;
 use replicable_core::testing::Harness;
@@ -27,9 +27,9 @@ fn artifact(id: i64) -> Artifact {
     }
 }
 
-fn blobs(dir: &std::path::Path) -> Arc<LocalFileSystem> {
+fn blobs(dir: &std::path::Path) -> Arc<ConfinedLocalFileSystem> {
     std::fs::create_dir_all(dir).unwrap();
-    Arc::new(LocalFileSystem::new_with_prefix(dir).unwrap())
+    Arc::new(ConfinedLocalFileSystem::new(dir).unwrap())
 }
 
 fn block<F: std::future::Future>(f: F) -> F::Output {
@@ -139,7 +139,7 @@ fn a_sqlite_site_survives_a_restart_with_its_registry_and_cursor() {
         primary
             .blob_store()
             .put(
-                &object_store::path::Path::from(record.path.as_str()),
+                &replicable_core::blob_key::object_path(&record.path).unwrap(),
                 object_store::PutPayload::from_static(b"zip"),
             )
             .await

@@ -37,13 +37,19 @@ async fn sites(
     primary_blobs: Arc<dyn ObjectStore>,
     secondary_blobs: Arc<dyn ObjectStore>,
 ) -> (Site, Site) {
-    let primary = Site::primary("primary").blob_store(primary_blobs).build();
+    let primary = Site::primary("primary")
+        .blob_store(primary_blobs)
+        .in_memory()
+        .build()
+        .expect("a site");
     let secondary = Site::secondary(
         "secondary",
         Arc::new(InProcessPrimary::new(primary.clone())),
     )
     .blob_store(secondary_blobs)
-    .build();
+    .in_memory()
+    .build()
+    .expect("a site");
     (primary, secondary)
 }
 

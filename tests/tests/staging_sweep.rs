@@ -16,13 +16,17 @@ async fn abandoned_temporaries_are_removed_and_live_ones_kept() {
     let blobs = dir.path().join("blobs");
     let repos = dir.path().join("repos");
     std::fs::create_dir_all(&blobs).unwrap();
-    let primary = Site::primary("primary").build();
+    let primary = Site::primary("primary")
+        .in_memory()
+        .build()
+        .expect("a site");
     let url = format!("sqlite://{}", dir.path().join("secondary.db").display());
     let secondary = Site::secondary("secondary", Arc::new(InProcessPrimary::new(primary)))
         .database(replicable_core::storage::open(&url).await.unwrap())
         .blob_store(Arc::new(ConfinedLocalFileSystem::new(&blobs).unwrap()))
         .repository_root(&repos)
-        .build();
+        .build()
+        .expect("a site");
     let registry = secondary.registry_store();
     let now = secondary.now();
 
