@@ -11,7 +11,7 @@ use object_store::ObjectStoreExt;
 
 use crate::blob_key::{parse_blob_key, parse_repository_path};
 use crate::error::{LinkError, StoreError};
-use crate::event::{EventId, StoredEvent};
+use crate::event::{EventId, LogEntry};
 use crate::site::Site;
 use crate::storage::StoredRecord;
 use crate::verification::VerificationRecord;
@@ -39,12 +39,10 @@ impl std::fmt::Debug for BlobDownload {
 /// primary can scope its credentials to exactly that record.
 #[async_trait]
 pub trait PrimaryLink: Send + Sync + std::fmt::Debug {
-    /// Events with `id > after`, ascending, at most `limit`.
-    async fn events_after(
-        &self,
-        after: EventId,
-        limit: usize,
-    ) -> Result<Vec<StoredEvent>, LinkError>;
+    /// Event log entries with `id > after`, ascending, at most `limit`. A row the primary cannot
+    /// read back comes as [`LogEntry::Damaged`](crate::event::LogEntry::Damaged) in its place.
+    async fn events_after(&self, after: EventId, limit: usize)
+    -> Result<Vec<LogEntry>, LinkError>;
 
     /// The newest event's id.
     async fn last_event_id(&self) -> Result<Option<EventId>, LinkError>;
@@ -118,7 +116,7 @@ impl PrimaryLink for InProcessPrimary {
         &self,
         after: EventId,
         limit: usize,
-    ) -> Result<Vec<StoredEvent>, LinkError> {
+    ) -> Result<Vec<LogEntry>, LinkError> {
         self.primary
             .event_log()
             .read_after(after, limit)
