@@ -344,7 +344,11 @@ mod tests {
         let skipped = damaged.skipped(Utc::now());
         assert_eq!(skipped.event_id, 4);
         assert_eq!(skipped.event_name, "");
-        assert!(skipped.reason.contains("event 4 is damaged: column `event_name`"));
+        assert!(
+            skipped
+                .reason
+                .contains("event 4 is damaged: column `event_name`")
+        );
     }
 
     #[test]

@@ -232,18 +232,20 @@ impl LogCursor {
             }
             let event_id = entry.id();
             let outcome = match entry {
-                LogEntry::Event(raw) => dispatch(site, &catalogue, raw.clone())
-                    .await
-                    .map_err(|e| match e {
-                        Dispatch::Skip(reason) => Dispatch::Skip(SkippedEvent {
-                            event_id,
-                            replicable_name: raw.replicable_name,
-                            event_name: raw.event_name,
-                            reason,
-                            skipped_at: site.now(),
-                        }),
-                        Dispatch::Stop(reason) => Dispatch::Stop(reason),
-                    }),
+                LogEntry::Event(raw) => {
+                    dispatch(site, &catalogue, raw.clone())
+                        .await
+                        .map_err(|e| match e {
+                            Dispatch::Skip(reason) => Dispatch::Skip(SkippedEvent {
+                                event_id,
+                                replicable_name: raw.replicable_name,
+                                event_name: raw.event_name,
+                                reason,
+                                skipped_at: site.now(),
+                            }),
+                            Dispatch::Stop(reason) => Dispatch::Stop(reason),
+                        })
+                }
                 // A row the primary cannot read is skipped like a malformed event: it would
                 // otherwise stop the cursor for good.
                 LogEntry::Damaged(damaged) => Err(Dispatch::Skip(damaged.skipped(site.now()))),

@@ -41,8 +41,7 @@ impl std::fmt::Debug for BlobDownload {
 pub trait PrimaryLink: Send + Sync + std::fmt::Debug {
     /// Event log entries with `id > after`, ascending, at most `limit`. A row the primary cannot
     /// read back comes as [`LogEntry::Damaged`](crate::event::LogEntry::Damaged) in its place.
-    async fn events_after(&self, after: EventId, limit: usize)
-    -> Result<Vec<LogEntry>, LinkError>;
+    async fn events_after(&self, after: EventId, limit: usize) -> Result<Vec<LogEntry>, LinkError>;
 
     /// The newest event's id.
     async fn last_event_id(&self) -> Result<Option<EventId>, LinkError>;
@@ -112,11 +111,7 @@ fn failed(what: impl Into<String>) -> impl FnOnce(StoreError) -> LinkError {
 
 #[async_trait]
 impl PrimaryLink for InProcessPrimary {
-    async fn events_after(
-        &self,
-        after: EventId,
-        limit: usize,
-    ) -> Result<Vec<LogEntry>, LinkError> {
+    async fn events_after(&self, after: EventId, limit: usize) -> Result<Vec<LogEntry>, LinkError> {
         self.primary
             .event_log()
             .read_after(after, limit)

@@ -191,13 +191,14 @@ impl<'a, M: Replicable> Replicator<'a, M> {
             checksum: None,
         };
         if matches!(kind, EventKind::Created | EventKind::Updated) {
-            payload.record = Some(serde_json::to_value(self.record).map_err(|e| {
-                ReplicatorError::Decode {
-                    replicable: name,
-                    id,
-                    reason: format!("record does not serialize: {e}"),
-                }
-            })?);
+            payload.record =
+                Some(
+                    serde_json::to_value(self.record).map_err(|e| ReplicatorError::Decode {
+                        replicable: name,
+                        id,
+                        reason: format!("record does not serialize: {e}"),
+                    })?,
+                );
         }
         // One database for the log, the catalogue and the verification rows: the three writes
         // are one transaction, and an event that cannot be written leaves nothing behind.

@@ -105,11 +105,7 @@ fn down(what: &str) -> LinkError {
 
 #[async_trait]
 impl PrimaryLink for Tampered {
-    async fn events_after(
-        &self,
-        after: EventId,
-        limit: usize,
-    ) -> Result<Vec<LogEntry>, LinkError> {
+    async fn events_after(&self, after: EventId, limit: usize) -> Result<Vec<LogEntry>, LinkError> {
         if *self.fail_events.lock().unwrap() {
             return Err(down("events"));
         }

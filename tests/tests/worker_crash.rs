@@ -37,11 +37,7 @@ struct Hanging {
 
 #[async_trait]
 impl PrimaryLink for Hanging {
-    async fn events_after(
-        &self,
-        after: EventId,
-        limit: usize,
-    ) -> Result<Vec<LogEntry>, LinkError> {
+    async fn events_after(&self, after: EventId, limit: usize) -> Result<Vec<LogEntry>, LinkError> {
         self.inner.events_after(after, limit).await
     }
     async fn last_event_id(&self) -> Result<Option<EventId>, LinkError> {

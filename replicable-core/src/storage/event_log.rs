@@ -41,8 +41,7 @@ pub trait EventLog: Send + Sync + std::fmt::Debug {
 
     /// Entries with `id > after`, ascending, at most `limit`. A row that cannot be read back
     /// is returned as [`LogEntry::Damaged`] in its place: one damaged row never fails the read.
-    async fn read_after(&self, after: EventId, limit: usize)
-    -> Result<Vec<LogEntry>, StoreError>;
+    async fn read_after(&self, after: EventId, limit: usize) -> Result<Vec<LogEntry>, StoreError>;
 
     /// The newest event's id, if any.
     async fn last_event_id(&self) -> Result<Option<EventId>, StoreError>;

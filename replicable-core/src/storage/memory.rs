@@ -116,7 +116,10 @@ impl EventLog for MemoryStore {
         now: DateTime<Utc>,
     ) -> Result<Vec<EventId>, StoreError> {
         let mut state = self.lock();
-        Ok(events.iter().map(|event| state.append(event, now)).collect())
+        Ok(events
+            .iter()
+            .map(|event| state.append(event, now))
+            .collect())
     }
 
     async fn read_after(&self, after: EventId, limit: usize) -> Result<Vec<LogEntry>, StoreError> {
@@ -146,7 +149,11 @@ impl EventLog for MemoryStore {
         let mut generation = None;
         match event.kind {
             EventKind::Created | EventKind::Updated => {
-                let body = event.payload.record.clone().unwrap_or(serde_json::Value::Null);
+                let body = event
+                    .payload
+                    .record
+                    .clone()
+                    .unwrap_or(serde_json::Value::Null);
                 let g = state.upsert(&name, id, &body);
                 event.payload.generation = Some(g);
                 generation = Some(g);
@@ -615,11 +622,7 @@ impl RegistryStore for MemoryStore {
         Ok(due.len() as u64)
     }
 
-    async fn enable_verification(
-        &self,
-        name: &str,
-        model_ids: &[i64],
-    ) -> Result<u64, StoreError> {
+    async fn enable_verification(&self, name: &str, model_ids: &[i64]) -> Result<u64, StoreError> {
         let mut state = self.lock();
         let mut changed = 0;
         for id in model_ids {

@@ -42,7 +42,10 @@ pub fn same_database(
 ) -> bool {
     let events = events as *const dyn EventLog as *const ();
     std::ptr::eq(events, records as *const dyn RecordStore as *const ())
-        && std::ptr::eq(events, verification as *const dyn VerificationStore as *const ())
+        && std::ptr::eq(
+            events,
+            verification as *const dyn VerificationStore as *const (),
+        )
 }
 
 /// Opens the database a URL names, for every storage role:

@@ -146,8 +146,7 @@ pub trait RegistryStore: Send + Sync + std::fmt::Debug {
     /// Turns verification on for the synced rows among `model_ids` whose verification is
     /// disabled (the primary's checksum turned out to exist): they go to verification pending.
     /// Returns how many rows changed.
-    async fn enable_verification(&self, name: &str, model_ids: &[i64])
-    -> Result<u64, StoreError>;
+    async fn enable_verification(&self, name: &str, model_ids: &[i64]) -> Result<u64, StoreError>;
 
     /// Switches the replication of replicable `name` on this site on or off, persistently.
     async fn set_replication_enabled(&self, name: &str, enabled: bool) -> Result<(), StoreError>;

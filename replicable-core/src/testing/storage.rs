@@ -698,11 +698,27 @@ pub async fn abandoned_claims_are_found_and_retried(target: &dyn ConformanceTarg
         .await
         .unwrap();
     assert_eq!(claimed.len(), 2);
-    let v = worker.verification.claim(NAME, Utc::now(), 1).await.unwrap();
+    let v = worker
+        .verification
+        .claim(NAME, Utc::now(), 1)
+        .await
+        .unwrap();
     assert_eq!(v.len(), 1);
     let cutoffs = cutoffs_at(store_now(&db).await, HOURS_8, CLAIM);
-    assert!(db.registry.stuck(NAME, &cutoffs, 10).await.unwrap().is_empty());
-    assert!(db.verification.stuck(NAME, &cutoffs, 10).await.unwrap().is_empty());
+    assert!(
+        db.registry
+            .stuck(NAME, &cutoffs, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        db.verification
+            .stuck(NAME, &cutoffs, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     tokio::time::sleep(CLAIM * 3 / 2).await;
     // Worker 1 keeps heartbeating; the other dies.
     let alive = &claimed[0];
@@ -960,7 +976,11 @@ pub async fn reverification_sends_old_checksums_back_in_batches(target: &dyn Con
         Some(format!("{:064}", 2).as_str())
     );
     assert_eq!(
-        registry(&db, 1).await.unwrap().verification.verification_state,
+        registry(&db, 1)
+            .await
+            .unwrap()
+            .verification
+            .verification_state,
         VerificationState::Succeeded
     );
     assert_eq!(
@@ -993,14 +1013,8 @@ pub async fn verification_backfill_covers_records_without_a_row(target: &dyn Con
     assert!(db.verification.get(NAME, 1).await.unwrap().is_some());
     assert!(db.verification.get(NAME, 3).await.unwrap().is_some());
     assert!(db.verification.get(NAME, 4).await.unwrap().is_none());
-    assert_eq!(
-        db.verification.backfill_missing(NAME, 10).await.unwrap(),
-        2
-    );
-    assert_eq!(
-        db.verification.backfill_missing(NAME, 10).await.unwrap(),
-        0
-    );
+    assert_eq!(db.verification.backfill_missing(NAME, 10).await.unwrap(), 2);
+    assert_eq!(db.verification.backfill_missing(NAME, 10).await.unwrap(), 0);
     assert_eq!(
         db.verification.get(NAME, 5).await.unwrap().unwrap(),
         VerificationRecord::new(5)
@@ -1041,14 +1055,26 @@ pub async fn enabling_verification_touches_disabled_synced_rows_only(
         row.verification.verification_state,
         VerificationState::Pending
     );
-    assert_eq!(row.version, disabled.version + 1, "a change bumps the version");
     assert_eq!(
-        registry(&db, 2).await.unwrap().verification.verification_state,
+        row.version,
+        disabled.version + 1,
+        "a change bumps the version"
+    );
+    assert_eq!(
+        registry(&db, 2)
+            .await
+            .unwrap()
+            .verification
+            .verification_state,
         VerificationState::Disabled,
         "not asked for"
     );
     assert_eq!(
-        registry(&db, 4).await.unwrap().verification.verification_state,
+        registry(&db, 4)
+            .await
+            .unwrap()
+            .verification
+            .verification_state,
         VerificationState::Disabled,
         "not synced"
     );
@@ -1070,7 +1096,11 @@ pub async fn the_replication_switch_persists(target: &dyn ConformanceTarget) {
     let other = open(target).await;
     assert!(!other.registry.replication_enabled(NAME).await.unwrap());
     assert!(
-        other.registry.replication_enabled("another_item").await.unwrap(),
+        other
+            .registry
+            .replication_enabled("another_item")
+            .await
+            .unwrap(),
         "switches are per replicable"
     );
     other
@@ -1170,8 +1200,14 @@ pub async fn publishing_writes_record_verification_and_event_together(
         .unwrap();
     assert_eq!(read.len(), 1);
     let e = stored(&read[0]);
-    assert_eq!((e.id, e.event_name.as_str()), (published.event_id, "created"));
-    assert_eq!(e.payload["generation"], 1, "the event carries the new generation");
+    assert_eq!(
+        (e.id, e.event_name.as_str()),
+        (published.event_id, "created")
+    );
+    assert_eq!(
+        e.payload["generation"], 1,
+        "the event carries the new generation"
+    );
     assert_eq!(e.payload["record"]["note"], "a");
     // The checksum succeeds; re-publishing `created` for an immutable resource keeps it.
     let mut v = db.verification.claim(NAME, Utc::now(), 10).await.unwrap();
@@ -1203,7 +1239,10 @@ pub async fn publishing_writes_record_verification_and_event_together(
         pending.verification.verification_state,
         VerificationState::Pending
     );
-    assert_eq!(db.records.get(NAME, 1).await.unwrap().unwrap().generation, 3);
+    assert_eq!(
+        db.records.get(NAME, 1).await.unwrap().unwrap().generation,
+        3
+    );
     // Non-verifiable replicables get no verification row.
     let mut plain = publication(2, EventKind::Created, true, "p");
     plain.verifiable = false;

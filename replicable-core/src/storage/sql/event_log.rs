@@ -130,7 +130,8 @@ impl EventLog for SqlStore {
                 .await
                 .map_err(&err)?;
         }
-        let payload = serde_json::to_string(&event.payload).map_err(|e| serialize_error(self, e))?;
+        let payload =
+            serde_json::to_string(&event.payload).map_err(|e| serialize_error(self, e))?;
         let row = sqlx::query(
             "INSERT INTO replicable_events (replicable_name, event_name, payload, created_at) \
              VALUES ($1, $2, $3, $4) RETURNING id",
@@ -183,7 +184,9 @@ impl SqlStore {
         let payload = text("payload");
         let created_at = match row.try_get::<Option<i64>, _>("created_at") {
             Ok(Some(v)) => DateTime::from_timestamp_micros(v).or_else(|| {
-                problems.push(format!("column `created_at`: timestamp {v} is out of range"));
+                problems.push(format!(
+                    "column `created_at`: timestamp {v} is out of range"
+                ));
                 None
             }),
             Ok(None) => {

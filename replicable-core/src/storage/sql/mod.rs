@@ -379,9 +379,11 @@ impl SqlStore {
                 .await
                 .map_err(|e| open(e.to_string()))?;
             if let Some(schema) = &self.schema {
-                tx.execute(AssertSqlSafe(format!("CREATE SCHEMA IF NOT EXISTS {schema}")))
-                    .await
-                    .map_err(|e| open(e.to_string()))?;
+                tx.execute(AssertSqlSafe(format!(
+                    "CREATE SCHEMA IF NOT EXISTS {schema}"
+                )))
+                .await
+                .map_err(|e| open(e.to_string()))?;
             }
         }
         tx.execute(SCHEMA_TABLE)

@@ -375,11 +375,7 @@ impl RegistryStore for SqlStore {
             .await
     }
 
-    async fn enable_verification(
-        &self,
-        name: &str,
-        model_ids: &[i64],
-    ) -> Result<u64, StoreError> {
+    async fn enable_verification(&self, name: &str, model_ids: &[i64]) -> Result<u64, StoreError> {
         let t = self.tables(name).await?;
         let n = &t.name;
         let mut changed = 0;
@@ -480,8 +476,8 @@ impl RegistryStore for SqlStore {
             .bind(holder.to_owned())
             .bind(ttl)
             .execute(&self.pool)
-        .await
-        .map_err(self.backend("acquire lease"))?;
+            .await
+            .map_err(self.backend("acquire lease"))?;
         Ok(done.rows_affected() == 1)
     }
 
