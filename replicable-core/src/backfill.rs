@@ -167,3 +167,29 @@ async fn collect_registry_ids(
         }
     }
 }
+
+/// Primary verification backfill: every record in the primary's catalogue without a
+/// verification row gets a pending one, `batch` rows per statement, until none is left (records
+/// from before replication was turned on, or written behind the framework's back, are otherwise
+/// never checksummed). Returns how many rows were created.
+pub async fn backfill_primary_verification(
+    site: &Site,
+    replicable: &ReplicableDescriptor,
+    batch: usize,
+) -> Result<u64, StoreError> {
+    if !replicable.verifiable || !site.is_primary() {
+        return Ok(0);
+    }
+    let batch = batch.max(1);
+    let mut created = 0;
+    loop {
+        let n = site
+            .verification_store()
+            .backfill_missing(replicable.name, batch)
+            .await?;
+        created += n;
+        if n < batch as u64 {
+            return Ok(created);
+        }
+    }
+}

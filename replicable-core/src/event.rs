@@ -105,6 +105,83 @@ pub struct StoredEvent {
     pub created_at: DateTime<Utc>,
 }
 
+/// A row of the event log that cannot be read back as an event: a column holds a value of the
+/// wrong type, bytes that are not UTF-8, a `NULL`, or a timestamp out of range. The log returns
+/// it in its place instead of failing the whole read, so that the log cursor records it as
+/// skipped and moves on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DamagedEvent {
+    /// Position in the log.
+    pub id: EventId,
+    /// The replicable name, as far as it could be read.
+    pub replicable_name: Option<String>,
+    /// The kind name, as far as it could be read.
+    pub event_name: Option<String>,
+    /// What is wrong with the row.
+    pub reason: String,
+}
+
+impl DamagedEvent {
+    /// The skipped-event record of this row.
+    pub fn skipped(&self, skipped_at: DateTime<Utc>) -> SkippedEvent {
+        SkippedEvent {
+            event_id: self.id,
+            replicable_name: self.replicable_name.clone().unwrap_or_default(),
+            event_name: self.event_name.clone().unwrap_or_default(),
+            reason: format!("event {} is damaged: {}", self.id, self.reason),
+            skipped_at,
+        }
+    }
+}
+
+/// One entry of the event log as read back: an event, or a row that cannot be read.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "entry", rename_all = "snake_case")]
+pub enum LogEntry {
+    /// A readable event (its payload may still fail to decode: see [`Event`]'s `TryFrom`).
+    Event(StoredEvent),
+    /// A row that cannot be read.
+    Damaged(DamagedEvent),
+}
+
+impl LogEntry {
+    /// The entry's position in the log.
+    pub fn id(&self) -> EventId {
+        match self {
+            Self::Event(e) => e.id,
+            Self::Damaged(d) => d.id,
+        }
+    }
+
+    /// The event, if the row could be read.
+    pub fn event(&self) -> Option<&StoredEvent> {
+        match self {
+            Self::Event(e) => Some(e),
+            Self::Damaged(_) => None,
+        }
+    }
+
+    /// The event, or `None` for a damaged row.
+    pub fn into_event(self) -> Option<StoredEvent> {
+        match self {
+            Self::Event(e) => Some(e),
+            Self::Damaged(_) => None,
+        }
+    }
+}
+
+impl From<StoredEvent> for LogEntry {
+    fn from(event: StoredEvent) -> Self {
+        Self::Event(event)
+    }
+}
+
+impl From<DamagedEvent> for LogEntry {
+    fn from(damaged: DamagedEvent) -> Self {
+        Self::Damaged(damaged)
+    }
+}
+
 /// A decoded event.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Event {
@@ -155,6 +232,22 @@ impl TryFrom<StoredEvent> for Event {
             payload,
             created_at: raw.created_at,
         })
+    }
+}
+
+impl TryFrom<LogEntry> for Event {
+    type Error = MalformedEvent;
+
+    fn try_from(entry: LogEntry) -> Result<Self, Self::Error> {
+        match entry {
+            LogEntry::Event(raw) => Event::try_from(raw),
+            LogEntry::Damaged(d) => Err(MalformedEvent {
+                event_id: d.id,
+                replicable_name: d.replicable_name.unwrap_or_default(),
+                event_name: d.event_name.unwrap_or_default(),
+                reason: format!("the stored row is damaged: {}", d.reason),
+            }),
+        }
     }
 }
 
@@ -227,6 +320,34 @@ mod tests {
             err.to_string()
                 .contains("event 3 (package_file/created) is malformed"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn log_entries_round_trip_through_serde_and_name_their_id() {
+        let entries = vec![
+            LogEntry::from(raw("created", serde_json::json!({}))),
+            LogEntry::from(DamagedEvent {
+                id: 4,
+                replicable_name: Some("package_file".into()),
+                event_name: None,
+                reason: "column `event_name`: NULL".into(),
+            }),
+        ];
+        assert_eq!(entries.iter().map(LogEntry::id).collect::<Vec<_>>(), [3, 4]);
+        let json = serde_json::to_string(&entries).unwrap();
+        let back: Vec<LogEntry> = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, entries);
+        let LogEntry::Damaged(damaged) = &entries[1] else {
+            unreachable!()
+        };
+        let skipped = damaged.skipped(Utc::now());
+        assert_eq!(skipped.event_id, 4);
+        assert_eq!(skipped.event_name, "");
+        assert!(
+            skipped
+                .reason
+                .contains("event 4 is damaged: column `event_name`")
         );
     }
 

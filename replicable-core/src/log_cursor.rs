@@ -8,7 +8,7 @@ use std::collections::HashMap;
 
 use crate::descriptor::{ReplicableDescriptor, registered_replicables};
 use crate::error::ReplicatorError;
-use crate::event::{Event, EventId, SkippedEvent, StoredEvent};
+use crate::event::{Event, EventId, LogEntry, SkippedEvent, StoredEvent};
 use crate::site::Site;
 
 /// How many events one batch reads.
@@ -161,8 +161,9 @@ fn is_transient(error: &ReplicatorError) -> bool {
 
 /// Processes one batch of up to `batch_size` events after the saved cursor, and saves the
 /// cursor, holding the site's cursor lease under this process's holder name (see [`LogCursor`]).
-/// Malformed events, events of replicables this binary does not know, and events whose
-/// consumption is refused are recorded as skipped and do not stop the cursor.
+/// Malformed events, damaged rows of the event log, events of replicables this binary does not
+/// know, and events whose consumption is refused are recorded as skipped and do not stop the
+/// cursor.
 pub async fn process_batch(site: &Site, batch_size: usize) -> Result<CursorReport, CursorError> {
     process_holder(site)
         .batch_size(batch_size)
@@ -218,7 +219,7 @@ impl LogCursor {
         let mut renewed_at = site.now();
         let lost = || fail(start, "the lease passed to another log cursor".into(), true);
         let mut stop = None;
-        for raw in events {
+        for entry in events {
             if site.now() - renewed_at >= renew_every {
                 match self.renew().await {
                     Ok(true) => renewed_at = site.now(),
@@ -229,17 +230,30 @@ impl LogCursor {
                     }
                 }
             }
-            match dispatch(site, &catalogue, raw.clone()).await {
+            let event_id = entry.id();
+            let outcome = match entry {
+                LogEntry::Event(raw) => {
+                    dispatch(site, &catalogue, raw.clone())
+                        .await
+                        .map_err(|e| match e {
+                            Dispatch::Skip(reason) => Dispatch::Skip(SkippedEvent {
+                                event_id,
+                                replicable_name: raw.replicable_name,
+                                event_name: raw.event_name,
+                                reason,
+                                skipped_at: site.now(),
+                            }),
+                            Dispatch::Stop(reason) => Dispatch::Stop(reason),
+                        })
+                }
+                // A row the primary cannot read is skipped like a malformed event: it would
+                // otherwise stop the cursor for good.
+                LogEntry::Damaged(damaged) => Err(Dispatch::Skip(damaged.skipped(site.now()))),
+            };
+            match outcome {
                 Ok(()) => report.consumed += 1,
-                Err(Dispatch::Skip(reason)) => {
-                    warn!(event_id = raw.id, %reason, "skipping event");
-                    let skipped = SkippedEvent {
-                        event_id: raw.id,
-                        replicable_name: raw.replicable_name.clone(),
-                        event_name: raw.event_name.clone(),
-                        reason,
-                        skipped_at: site.now(),
-                    };
+                Err(Dispatch::Skip(skipped)) => {
+                    warn!(event_id, reason = %skipped.reason, "skipping event");
                     if let Err(e) = registry.record_skipped_event(&skipped).await {
                         stop = Some(e.to_string());
                         break;
@@ -251,7 +265,7 @@ impl LogCursor {
                     break;
                 }
             }
-            report.cursor = raw.id;
+            report.cursor = event_id;
         }
         if report.cursor != start {
             match self.renew().await {
@@ -271,8 +285,9 @@ impl LogCursor {
     }
 }
 
-enum Dispatch {
-    Skip(String),
+/// Why an entry was not consumed: skip it (recorded as `S`), or stop the batch.
+enum Dispatch<S = String> {
+    Skip(S),
     Stop(String),
 }
 

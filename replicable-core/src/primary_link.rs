@@ -11,7 +11,7 @@ use object_store::ObjectStoreExt;
 
 use crate::blob_key::{object_path, parse_repository_path, resolve_beneath};
 use crate::error::{LinkError, StoreError};
-use crate::event::{EventId, StoredEvent};
+use crate::event::{EventId, LogEntry};
 use crate::failure::shorten_name;
 use crate::site::Site;
 use crate::storage::StoredRecord;
@@ -40,12 +40,9 @@ impl std::fmt::Debug for BlobDownload {
 /// primary can scope its credentials to exactly that record.
 #[async_trait]
 pub trait PrimaryLink: Send + Sync + std::fmt::Debug {
-    /// Events with `id > after`, ascending, at most `limit`.
-    async fn events_after(
-        &self,
-        after: EventId,
-        limit: usize,
-    ) -> Result<Vec<StoredEvent>, LinkError>;
+    /// Event log entries with `id > after`, ascending, at most `limit`. A row the primary cannot
+    /// read back comes as [`LogEntry::Damaged`](crate::event::LogEntry::Damaged) in its place.
+    async fn events_after(&self, after: EventId, limit: usize) -> Result<Vec<LogEntry>, LinkError>;
 
     /// The newest event's id.
     async fn last_event_id(&self) -> Result<Option<EventId>, LinkError>;
@@ -115,11 +112,7 @@ fn failed(what: impl Into<String>) -> impl FnOnce(StoreError) -> LinkError {
 
 #[async_trait]
 impl PrimaryLink for InProcessPrimary {
-    async fn events_after(
-        &self,
-        after: EventId,
-        limit: usize,
-    ) -> Result<Vec<StoredEvent>, LinkError> {
+    async fn events_after(&self, after: EventId, limit: usize) -> Result<Vec<LogEntry>, LinkError> {
         self.primary
             .event_log()
             .read_after(after, limit)

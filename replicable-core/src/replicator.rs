@@ -194,27 +194,65 @@ impl<'a, M: Replicable> Replicator<'a, M> {
             record: None,
             checksum: None,
         };
-        match kind {
-            EventKind::Created | EventKind::Updated => {
-                let body =
+        if matches!(kind, EventKind::Created | EventKind::Updated) {
+            payload.record =
+                Some(
                     serde_json::to_value(self.record).map_err(|e| ReplicatorError::Decode {
                         replicable: name,
                         id,
                         reason: format!("record does not serialize: {e}"),
-                    })?;
+                    })?,
+                );
+        }
+        // One database for the log, the catalogue and the verification rows: the three writes
+        // are one transaction, and an event that cannot be written leaves nothing behind.
+        let publication = crate::storage::Publication {
+            event: NewEvent {
+                replicable_name: name.to_owned(),
+                kind,
+                payload,
+            },
+            verifiable: M::Strategy::VERIFIABLE,
+            mutable: M::Strategy::MUTABLE,
+        };
+        if crate::storage::same_database(
+            site.event_log(),
+            site.records(),
+            site.verification_store(),
+        ) && let Some(published) = site
+            .event_log()
+            .publish(&publication, site.now())
+            .await
+            .map_err(|e| target.store_error(e))?
+        {
+            debug!(replicable = name, id, %kind, event_id = published.event_id, "published");
+            return Ok(Some(published.event_id));
+        }
+        let mut payload = publication.event.payload;
+        match kind {
+            EventKind::Created | EventKind::Updated => {
+                let body = payload.record.as_ref().expect("set above");
                 let generation = site
                     .records()
-                    .upsert(name, id, &body)
+                    .upsert(name, id, body)
                     .await
                     .map_err(|e| target.store_error(e))?;
-                if M::Strategy::VERIFIABLE {
+                // Re-publishing `created` for an immutable resource keeps a succeeded checksum.
+                let keep = kind == EventKind::Created
+                    && !M::Strategy::MUTABLE
+                    && site
+                        .verification_store()
+                        .get(name, id)
+                        .await
+                        .map_err(|e| target.store_error(e))?
+                        .is_some_and(|row| row.succeeded_checksum().is_some());
+                if M::Strategy::VERIFIABLE && !keep {
                     site.verification_store()
                         .mark_pending(name, id)
                         .await
                         .map_err(|e| target.store_error(e))?;
                 }
                 payload.generation = Some(generation);
-                payload.record = Some(body);
             }
             EventKind::Deleted => {
                 site.records()
@@ -519,6 +557,20 @@ impl<'a, M: Replicable> ReplicationTarget<'a, M> {
             return Ok(ConsumeOutcome::AlreadyCurrent);
         }
         let row = self.mark_pending().await?;
+        let enabled = self
+            .site
+            .registry_store()
+            .replication_enabled(name)
+            .await
+            .map_err(|e| self.store_error(e))?;
+        if !enabled {
+            debug!(
+                name,
+                id = self.id,
+                "replication is paused: the change is recorded"
+            );
+            return Ok(ConsumeOutcome::Pending);
+        }
         if row.state == SyncState::Started {
             debug!(
                 name,

@@ -53,6 +53,13 @@ pub async fn sync_due(
     limit: usize,
     concurrency: usize,
 ) -> Result<PassReport, StoreError> {
+    if !site
+        .registry_store()
+        .replication_enabled(replicable.name)
+        .await?
+    {
+        return Ok(PassReport::default());
+    }
     let rows = site
         .registry_store()
         .claim_for_sync(replicable.name, site.now(), limit)
@@ -123,7 +130,13 @@ pub async fn fail_stuck(
     replicable: &ReplicableDescriptor,
     limit: usize,
 ) -> Result<usize, StoreError> {
-    let now = site.now();
+    // Claim ages are measured on the database's clock, so that a worker whose clock runs ahead
+    // does not fail live claims.
+    let now = if site.is_primary() {
+        site.verification_store().now(site.now()).await?
+    } else {
+        site.registry_store().now(site.now()).await?
+    };
     let policy = *site.retry_policy();
     let timeouts = *site.timeouts();
     let cutoffs = timeouts.cutoffs(now);
@@ -151,4 +164,47 @@ pub async fn fail_stuck(
         }
     }
     Ok(failed)
+}
+
+/// How old a succeeded checksum gets before it is verified again (7 days), so that corruption at
+/// rest is found.
+pub const DEFAULT_REVERIFICATION_INTERVAL: std::time::Duration =
+    std::time::Duration::from_secs(7 * 24 * 3600);
+
+/// Re-verification, one batch: succeeded checksums older than `interval` go back to verification
+/// pending, at most `limit` of them: the primary's verification rows on the primary, synced
+/// registry rows on a secondary. Returns how many were sent back.
+pub async fn reverify_stale(
+    site: &Site,
+    replicable: &ReplicableDescriptor,
+    interval: std::time::Duration,
+    limit: usize,
+) -> Result<u64, StoreError> {
+    if !replicable.verifiable {
+        return Ok(0);
+    }
+    let before = site.now() - chrono::Duration::from_std(interval).unwrap_or(chrono::Duration::MAX);
+    if site.is_primary() {
+        site.verification_store()
+            .reverify_older_than(replicable.name, before, limit)
+            .await
+    } else {
+        site.registry_store()
+            .reverify_older_than(replicable.name, before, limit)
+            .await
+    }
+}
+
+/// Turns replication of one replicable off (`false`) or on again (`true`) on a secondary,
+/// persisted in its tracking database. While it is off, events are still consumed (their
+/// records are marked pending) but nothing is synced; once it is on again, the sync passes and
+/// backfill catch up.
+pub async fn set_replication_enabled(
+    site: &Site,
+    replicable: &ReplicableDescriptor,
+    enabled: bool,
+) -> Result<(), StoreError> {
+    site.registry_store()
+        .set_replication_enabled(replicable.name, enabled)
+        .await
 }

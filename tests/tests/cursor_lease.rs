@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use object_store::ObjectStoreExt;
-use replicable_core::clock::ManualClock;
 use replicable_core::log_cursor::LogCursor;
 use replicable_core::prelude::*;
+use replicable_core::site::Timeouts;
 use replicable_core::storage::sql::SqlStore;
 use replicable_strategies::BlobStrategy;
 use replicable_tests::SqliteTarget;
@@ -45,7 +45,8 @@ async fn publish(primary: &Site, id: i64) {
 fn only_one_cursor_per_site_runs_and_an_expired_lease_is_taken_over() {
     replicable_core::testing::block_on(async {
         let target = SqliteTarget::new();
-        let clock = Arc::new(ManualClock::new("2030-03-01T00:00:00Z".parse().unwrap()));
+        // The lease is measured on the database's clock: a real, short lease.
+        let lease = Duration::from_millis(1500);
         let primary = Site::primary("primary")
             .in_memory()
             .build()
@@ -57,7 +58,10 @@ fn only_one_cursor_per_site_runs_and_an_expired_lease_is_taken_over() {
                 Arc::new(InProcessPrimary::new(primary.clone())),
             )
             .database(SqlStore::open(&target.url).await.unwrap())
-            .clock(clock.clone())
+            .timeouts(Timeouts {
+                cursor_lease: lease,
+                ..Timeouts::default()
+            })
             .build()
             .expect("a site")
         };
@@ -79,7 +83,7 @@ fn only_one_cursor_per_site_runs_and_an_expired_lease_is_taken_over() {
         );
 
         // a stops renewing; after the lease runs out, b takes over where a left off.
-        clock.advance(Duration::from_secs(31));
+        tokio::time::sleep(lease + Duration::from_millis(300)).await;
         let report = b.catch_up().await.unwrap();
         assert_eq!((report.consumed, report.cursor), (3, 5));
         let refused = a.process_batch().await.unwrap_err();

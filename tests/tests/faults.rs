@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use replicable_core::clock::ManualClock;
-use replicable_core::event::{EventId, NewEvent, StoredEvent};
+use replicable_core::event::{EventId, LogEntry, NewEvent, StoredEvent};
 use replicable_core::prelude::*;
 use replicable_core::primary_link::BlobDownload;
 use replicable_core::storage::memory::MemoryStore;
@@ -48,7 +48,7 @@ impl EventLog for FullDisk {
             reason: "no space left on device".into(),
         })
     }
-    async fn read_after(&self, _: EventId, _: usize) -> Result<Vec<StoredEvent>, StoreError> {
+    async fn read_after(&self, _: EventId, _: usize) -> Result<Vec<LogEntry>, StoreError> {
         Ok(Vec::new())
     }
     async fn last_event_id(&self) -> Result<Option<EventId>, StoreError> {
@@ -82,7 +82,7 @@ fn an_event_that_cannot_be_written_fails_the_caller() {
 #[derive(Debug)]
 struct Tampered {
     inner: InProcessPrimary,
-    extra: Mutex<Vec<StoredEvent>>,
+    extra: Mutex<Vec<LogEntry>>,
     fail_events: Mutex<bool>,
     fail_records: Mutex<bool>,
 }
@@ -107,28 +107,27 @@ fn down(what: &str) -> LinkError {
 
 #[async_trait]
 impl PrimaryLink for Tampered {
-    async fn events_after(
-        &self,
-        after: EventId,
-        limit: usize,
-    ) -> Result<Vec<StoredEvent>, LinkError> {
+    async fn events_after(&self, after: EventId, limit: usize) -> Result<Vec<LogEntry>, LinkError> {
         if *self.fail_events.lock().unwrap() {
             return Err(down("events"));
         }
         let mut events = self.inner.events_after(after / 10, limit).await?;
-        for event in &mut events {
-            event.id *= 10;
+        for entry in &mut events {
+            match entry {
+                LogEntry::Event(e) => e.id *= 10,
+                LogEntry::Damaged(d) => d.id *= 10,
+            }
         }
-        events.retain(|e| e.id > after);
+        events.retain(|e| e.id() > after);
         events.extend(
             self.extra
                 .lock()
                 .unwrap()
                 .iter()
-                .filter(|e| e.id > after)
+                .filter(|e| e.id() > after)
                 .cloned(),
         );
-        events.sort_by_key(|e| e.id);
+        events.sort_by_key(LogEntry::id);
         events.truncate(limit);
         Ok(events)
     }
@@ -172,14 +171,14 @@ impl PrimaryLink for Tampered {
     }
 }
 
-fn raw(id: EventId, replicable: &str, kind: &str, payload: serde_json::Value) -> StoredEvent {
-    StoredEvent {
+fn raw(id: EventId, replicable: &str, kind: &str, payload: serde_json::Value) -> LogEntry {
+    LogEntry::Event(StoredEvent {
         id,
         replicable_name: replicable.into(),
         event_name: kind.into(),
         payload,
         created_at: Utc::now(),
-    }
+    })
 }
 
 #[test]

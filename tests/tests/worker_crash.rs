@@ -9,7 +9,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use object_store::ObjectStoreExt;
 use replicable_core::clock::{Clock, ManualClock};
-use replicable_core::event::{EventId, StoredEvent};
+use replicable_core::event::{EventId, LogEntry};
 use replicable_core::prelude::*;
 use replicable_core::primary_link::BlobDownload;
 use replicable_core::site::Timeouts;
@@ -37,11 +37,7 @@ struct Hanging {
 
 #[async_trait]
 impl PrimaryLink for Hanging {
-    async fn events_after(
-        &self,
-        after: EventId,
-        limit: usize,
-    ) -> Result<Vec<StoredEvent>, LinkError> {
+    async fn events_after(&self, after: EventId, limit: usize) -> Result<Vec<LogEntry>, LinkError> {
         self.inner.events_after(after, limit).await
     }
     async fn last_event_id(&self) -> Result<Option<EventId>, LinkError> {

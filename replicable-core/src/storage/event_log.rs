@@ -1,29 +1,68 @@
-//! The event log role.
+//! The event log role, and the one-transaction publication of a record's write with its event.
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use crate::error::StoreError;
-use crate::event::{EventId, NewEvent, StoredEvent};
+use crate::event::{EventId, LogEntry, NewEvent};
+
+/// A record's write on the primary and the event announcing it, to be stored together.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Publication {
+    /// The event. For `created` and `updated`, its payload's `record` is the body written to the
+    /// catalogue, and its `generation` is set by the store to the record's new generation.
+    pub event: NewEvent,
+    /// Whether the replicable keeps verification rows on the primary.
+    pub verifiable: bool,
+    /// Whether the replicable's resource may change after it was created. Re-publishing
+    /// `created` for an immutable resource whose checksum succeeded keeps that checksum.
+    pub mutable: bool,
+}
+
+/// What a [`Publication`] stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Published {
+    /// The event's id.
+    pub event_id: EventId,
+    /// The record's generation after the write (`created` / `updated`).
+    pub generation: Option<i64>,
+}
 
 /// The primary's append-only log of replication events.
 #[async_trait]
 pub trait EventLog: Send + Sync + std::fmt::Debug {
     /// Appends events in order, durably, before returning their ids (strictly increasing).
-    /// All or none are appended.
+    /// All or none are appended. `now` is stored as each event's creation time.
     async fn append(
         &self,
         events: &[NewEvent],
         now: DateTime<Utc>,
     ) -> Result<Vec<EventId>, StoreError>;
 
-    /// Events with `id > after`, ascending, at most `limit`.
-    async fn read_after(
-        &self,
-        after: EventId,
-        limit: usize,
-    ) -> Result<Vec<StoredEvent>, StoreError>;
+    /// Entries with `id > after`, ascending, at most `limit`. A row that cannot be read back
+    /// is returned as [`LogEntry::Damaged`] in its place: one damaged row never fails the read.
+    async fn read_after(&self, after: EventId, limit: usize) -> Result<Vec<LogEntry>, StoreError>;
 
     /// The newest event's id, if any.
     async fn last_event_id(&self) -> Result<Option<EventId>, StoreError>;
+
+    /// Stores a record's write, its verification row and its event in one transaction, for a
+    /// log that shares its database with the site's record and verification stores (see
+    /// [`same_database`](crate::storage::same_database)):
+    /// - `created` / `updated`: the record is upserted into the catalogue (its generation
+    ///   bumped, and written into the event's payload); if the replicable is verifiable, its
+    ///   verification row goes to pending, except when `created` is re-published for an
+    ///   immutable resource whose checksum succeeded: that row is kept as it is;
+    /// - `deleted`: the record and its verification row are removed.
+    ///
+    /// If the event cannot be written, nothing is. Returns `None` when this log cannot do it
+    /// (the default): the caller then writes the three one after the other.
+    async fn publish(
+        &self,
+        publication: &Publication,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Published>, StoreError> {
+        let _ = (publication, now);
+        Ok(None)
+    }
 }

@@ -9,11 +9,11 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::{
-    EventLog, RecordStore, RegistryCounts, RegistryStore, StoredRecord, VerificationCounts,
-    VerificationStore,
+    EventLog, Publication, Published, RecordStore, RegistryCounts, RegistryStore, StoredRecord,
+    VerificationCounts, VerificationStore,
 };
 use crate::error::StoreError;
-use crate::event::{EventId, NewEvent, SkippedEvent, StoredEvent};
+use crate::event::{EventId, EventKind, LogEntry, NewEvent, SkippedEvent, StoredEvent};
 use crate::registry::{RegistryRecord, StuckCutoffs, SyncState};
 use crate::verification::{VerificationRecord, VerificationState};
 
@@ -28,6 +28,46 @@ struct State {
     cursor: EventId,
     skipped: Vec<SkippedEvent>,
     leases: std::collections::HashMap<String, (String, DateTime<Utc>)>,
+    replication_disabled: std::collections::HashSet<String>,
+}
+
+impl State {
+    fn append(&mut self, event: &NewEvent, now: DateTime<Utc>) -> EventId {
+        let id = self.events.last().map_or(1, |e| e.id + 1);
+        self.events.push(StoredEvent {
+            id,
+            replicable_name: event.replicable_name.clone(),
+            event_name: event.kind.name().to_owned(),
+            payload: event.payload_json(),
+            created_at: now,
+        });
+        id
+    }
+
+    fn upsert(&mut self, name: &str, model_id: i64, body: &serde_json::Value) -> i64 {
+        let entry = self
+            .records
+            .entry(key(name, model_id))
+            .or_insert_with(|| StoredRecord {
+                model_id,
+                generation: 0,
+                body: serde_json::Value::Null,
+            });
+        entry.generation += 1;
+        entry.body = body.clone();
+        entry.generation
+    }
+
+    fn mark_verification_pending(&mut self, name: &str, model_id: i64) -> VerificationRecord {
+        self.verification
+            .entry(key(name, model_id))
+            .and_modify(|row| {
+                row.verification.mark_pending();
+                row.version += 1;
+            })
+            .or_insert_with(|| VerificationRecord::new(model_id))
+            .clone()
+    }
 }
 
 /// All storage roles in one process-local value.
@@ -76,33 +116,69 @@ impl EventLog for MemoryStore {
         now: DateTime<Utc>,
     ) -> Result<Vec<EventId>, StoreError> {
         let mut state = self.lock();
-        let mut ids = Vec::with_capacity(events.len());
-        for event in events {
-            let id = state.events.last().map_or(1, |e| e.id + 1);
-            state.events.push(StoredEvent {
-                id,
-                replicable_name: event.replicable_name.clone(),
-                event_name: event.kind.name().to_owned(),
-                payload: event.payload_json(),
-                created_at: now,
-            });
-            ids.push(id);
-        }
-        Ok(ids)
+        Ok(events
+            .iter()
+            .map(|event| state.append(event, now))
+            .collect())
     }
 
-    async fn read_after(
-        &self,
-        after: EventId,
-        limit: usize,
-    ) -> Result<Vec<StoredEvent>, StoreError> {
+    async fn read_after(&self, after: EventId, limit: usize) -> Result<Vec<LogEntry>, StoreError> {
         let state = self.lock();
         let start = state.events.partition_point(|e| e.id <= after);
-        Ok(state.events[start..].iter().take(limit).cloned().collect())
+        Ok(state.events[start..]
+            .iter()
+            .take(limit)
+            .cloned()
+            .map(LogEntry::Event)
+            .collect())
     }
 
     async fn last_event_id(&self) -> Result<Option<EventId>, StoreError> {
         Ok(self.lock().events.last().map(|e| e.id))
+    }
+
+    async fn publish(
+        &self,
+        publication: &Publication,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Published>, StoreError> {
+        // One lock held throughout: nobody sees the record without its event.
+        let mut state = self.lock();
+        let mut event = publication.event.clone();
+        let (name, id) = (event.replicable_name.clone(), event.payload.model_id);
+        let mut generation = None;
+        match event.kind {
+            EventKind::Created | EventKind::Updated => {
+                let body = event
+                    .payload
+                    .record
+                    .clone()
+                    .unwrap_or(serde_json::Value::Null);
+                let g = state.upsert(&name, id, &body);
+                event.payload.generation = Some(g);
+                generation = Some(g);
+                if publication.verifiable {
+                    let keep = event.kind == EventKind::Created
+                        && !publication.mutable
+                        && state.verification.get(&key(&name, id)).is_some_and(|row| {
+                            row.verification.verification_state == VerificationState::Succeeded
+                        });
+                    if !keep {
+                        state.mark_verification_pending(&name, id);
+                    }
+                }
+            }
+            EventKind::Deleted => {
+                state.records.remove(&key(&name, id));
+                state.verification.remove(&key(&name, id));
+            }
+            EventKind::ChecksumSucceeded => {}
+        }
+        let event_id = state.append(&event, now);
+        Ok(Some(Published {
+            event_id,
+            generation,
+        }))
     }
 }
 
@@ -114,18 +190,7 @@ impl RecordStore for MemoryStore {
         model_id: i64,
         body: &serde_json::Value,
     ) -> Result<i64, StoreError> {
-        let mut state = self.lock();
-        let entry = state
-            .records
-            .entry(key(name, model_id))
-            .or_insert_with(|| StoredRecord {
-                model_id,
-                generation: 0,
-                body: serde_json::Value::Null,
-            });
-        entry.generation += 1;
-        entry.body = body.clone();
-        Ok(entry.generation)
+        Ok(self.lock().upsert(name, model_id, body))
     }
 
     async fn put_unless_older(
@@ -181,16 +246,7 @@ impl VerificationStore for MemoryStore {
         name: &str,
         model_id: i64,
     ) -> Result<VerificationRecord, StoreError> {
-        let mut state = self.lock();
-        let row = state
-            .verification
-            .entry(key(name, model_id))
-            .and_modify(|row| {
-                row.verification.mark_pending();
-                row.version += 1;
-            })
-            .or_insert_with(|| VerificationRecord::new(model_id));
-        Ok(row.clone())
+        Ok(self.lock().mark_verification_pending(name, model_id))
     }
 
     async fn update(&self, name: &str, row: &VerificationRecord) -> Result<bool, StoreError> {
@@ -214,7 +270,7 @@ impl VerificationStore for MemoryStore {
         let mut state = self.lock();
         let mut due: Vec<(Option<DateTime<Utc>>, i64)> = of_name(&state.verification, name)
             .filter(|(_, row)| row.verification.is_due(now))
-            .map(|((_, id), row)| (row.verification.verification_retry_at, *id))
+            .map(|((_, id), row)| (row.verification.verified_at, *id))
             .collect();
         due.sort();
         let mut claimed = Vec::new();
@@ -293,6 +349,51 @@ impl VerificationStore for MemoryStore {
         }
         Ok(counts)
     }
+
+    async fn reverify_older_than(
+        &self,
+        name: &str,
+        verified_before: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<u64, StoreError> {
+        let mut state = self.lock();
+        let mut due: Vec<(Option<DateTime<Utc>>, i64)> = of_name(&state.verification, name)
+            .filter(|(_, row)| succeeded_before(&row.verification, verified_before))
+            .map(|((_, id), row)| (row.verification.verified_at, *id))
+            .collect();
+        due.sort();
+        due.truncate(limit);
+        for (_, id) in &due {
+            let row = state
+                .verification
+                .get_mut(&key(name, *id))
+                .expect("row listed above");
+            row.verification.verification_state = VerificationState::Pending;
+            row.version += 1;
+        }
+        Ok(due.len() as u64)
+    }
+
+    async fn backfill_missing(&self, name: &str, limit: usize) -> Result<u64, StoreError> {
+        let mut state = self.lock();
+        let missing: Vec<i64> = of_name(&state.records, name)
+            .map(|((_, id), _)| *id)
+            .filter(|id| !state.verification.contains_key(&key(name, *id)))
+            .take(limit)
+            .collect();
+        for id in &missing {
+            state
+                .verification
+                .insert(key(name, *id), VerificationRecord::new(*id));
+        }
+        Ok(missing.len() as u64)
+    }
+}
+
+/// Whether a verification succeeded before `before`.
+fn succeeded_before(v: &crate::verification::Verification, before: DateTime<Utc>) -> bool {
+    v.verification_state == VerificationState::Succeeded
+        && v.verified_at.is_some_and(|at| at < before)
 }
 
 #[async_trait]
@@ -385,7 +486,7 @@ impl RegistryStore for MemoryStore {
         let mut state = self.lock();
         let mut due: Vec<(Option<DateTime<Utc>>, i64)> = of_name(&state.registry, name)
             .filter(|(_, row)| row.state == SyncState::Synced && row.verification.is_due(now))
-            .map(|((_, id), row)| (row.verification.verification_retry_at, *id))
+            .map(|((_, id), row)| (row.verification.verified_at, *id))
             .collect();
         due.sort();
         let mut claimed = Vec::new();
@@ -492,6 +593,63 @@ impl RegistryStore for MemoryStore {
             }
         }
         Ok(counts)
+    }
+
+    async fn reverify_older_than(
+        &self,
+        name: &str,
+        verified_before: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<u64, StoreError> {
+        let mut state = self.lock();
+        let mut due: Vec<(Option<DateTime<Utc>>, i64)> = of_name(&state.registry, name)
+            .filter(|(_, row)| {
+                row.state == SyncState::Synced
+                    && succeeded_before(&row.verification, verified_before)
+            })
+            .map(|((_, id), row)| (row.verification.verified_at, *id))
+            .collect();
+        due.sort();
+        due.truncate(limit);
+        for (_, id) in &due {
+            let row = state
+                .registry
+                .get_mut(&key(name, *id))
+                .expect("row listed above");
+            row.verification.verification_state = VerificationState::Pending;
+            row.version += 1;
+        }
+        Ok(due.len() as u64)
+    }
+
+    async fn enable_verification(&self, name: &str, model_ids: &[i64]) -> Result<u64, StoreError> {
+        let mut state = self.lock();
+        let mut changed = 0;
+        for id in model_ids {
+            if let Some(row) = state.registry.get_mut(&key(name, *id))
+                && row.state == SyncState::Synced
+                && row.verification.verification_state == VerificationState::Disabled
+            {
+                row.verification.verification_state = VerificationState::Pending;
+                row.version += 1;
+                changed += 1;
+            }
+        }
+        Ok(changed)
+    }
+
+    async fn set_replication_enabled(&self, name: &str, enabled: bool) -> Result<(), StoreError> {
+        let mut state = self.lock();
+        if enabled {
+            state.replication_disabled.remove(name);
+        } else {
+            state.replication_disabled.insert(name.to_owned());
+        }
+        Ok(())
+    }
+
+    async fn replication_enabled(&self, name: &str) -> Result<bool, StoreError> {
+        Ok(!self.lock().replication_disabled.contains(name))
     }
 
     async fn cursor(&self) -> Result<EventId, StoreError> {

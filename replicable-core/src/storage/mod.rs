@@ -17,7 +17,7 @@ mod registry_store;
 pub mod sql;
 mod verification_store;
 
-pub use event_log::EventLog;
+pub use event_log::{EventLog, Publication, Published};
 pub use record_store::{RecordStore, StoredRecord};
 pub use registry_store::{RegistryCounts, RegistryStore};
 pub use verification_store::{VerificationCounts, VerificationStore};
@@ -31,6 +31,22 @@ use crate::error::StoreError;
 pub trait Backend: EventLog + RecordStore + VerificationStore + RegistryStore {}
 
 impl<T: EventLog + RecordStore + VerificationStore + RegistryStore> Backend for T {}
+
+/// Whether the three stores are one value (one database), so that
+/// [`EventLog::publish`] may write a record, its verification row and its event in one
+/// transaction.
+pub fn same_database(
+    events: &dyn EventLog,
+    records: &dyn RecordStore,
+    verification: &dyn VerificationStore,
+) -> bool {
+    let events = events as *const dyn EventLog as *const ();
+    std::ptr::eq(events, records as *const dyn RecordStore as *const ())
+        && std::ptr::eq(
+            events,
+            verification as *const dyn VerificationStore as *const (),
+        )
+}
 
 /// Opens the database a URL names, for every storage role:
 /// - `sqlite://path/to/site.db`: a SQLite file (the embedded default; created if missing);

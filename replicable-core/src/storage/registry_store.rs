@@ -35,8 +35,22 @@ pub struct RegistryCounts {
 
 /// Registries (one row per replicated record), the log cursor and the skipped-event record of a
 /// secondary.
+///
+/// # Whose clock
+/// Workers on several machines may share one database, and their clocks disagree. A store
+/// backed by a database measures leases, claims and heartbeats on the database's clock: the
+/// `now` its methods take is then only the caller's guess, and is ignored where a method says
+/// so. Stuck cutoffs are computed by the caller from [`RegistryStore::now`]. The in-memory
+/// store has no other clock and uses the `now` it is given.
 #[async_trait]
 pub trait RegistryStore: Send + Sync + std::fmt::Debug {
+    /// The store's current time: the time leases, claims, heartbeats and stuck cutoffs are
+    /// measured against. A SQL store reads the database's clock; the default (and the in-memory
+    /// store) returns `local_now`, the caller's clock.
+    async fn now(&self, local_now: DateTime<Utc>) -> Result<DateTime<Utc>, StoreError> {
+        Ok(local_now)
+    }
+
     /// One row.
     async fn get(&self, name: &str, model_id: i64) -> Result<Option<RegistryRecord>, StoreError>;
 
@@ -62,7 +76,10 @@ pub trait RegistryStore: Send + Sync + std::fmt::Debug {
     async fn update(&self, name: &str, row: &RegistryRecord) -> Result<bool, StoreError>;
 
     /// Moves up to `limit` rows due for a sync to `started` and returns them, in scheduling order
-    /// (never attempted first, then failed rows by `retry_at`). No two callers get the same row.
+    /// (never attempted pending rows first, then by `retry_at`, missing first, then by id). No
+    /// two callers get the same row. Due-ness and the `last_synced_at` / `heartbeat_at` the
+    /// claim sets are on the store's clock ([`RegistryStore::now`]); `now` is used only by a
+    /// store without a clock of its own.
     async fn claim_for_sync(
         &self,
         name: &str,
@@ -71,7 +88,9 @@ pub trait RegistryStore: Send + Sync + std::fmt::Debug {
     ) -> Result<Vec<RegistryRecord>, StoreError>;
 
     /// Moves up to `limit` synced rows whose verification is due to verification `started` and
-    /// returns them. No two callers get the same row.
+    /// returns them, never verified first, then least recently verified (`verified_at`), then
+    /// by id. No two callers get the same row. Due-ness and the `verification_started_at` /
+    /// `heartbeat_at` the claim sets are on the store's clock ([`RegistryStore::now`]).
     async fn claim_for_verification(
         &self,
         name: &str,
@@ -80,7 +99,8 @@ pub trait RegistryStore: Send + Sync + std::fmt::Debug {
     ) -> Result<Vec<RegistryRecord>, StoreError>;
 
     /// Rows whose sync or verification is `started` and ran past its timeout or lost its
-    /// worker (see [`StuckCutoffs`]), at most `limit`.
+    /// worker (see [`StuckCutoffs`]), at most `limit`. The cutoffs are compared with the times
+    /// the store wrote (its own clock): compute them from [`RegistryStore::now`].
     async fn stuck(
         &self,
         name: &str,
@@ -88,8 +108,9 @@ pub trait RegistryStore: Send + Sync + std::fmt::Debug {
         limit: usize,
     ) -> Result<Vec<RegistryRecord>, StoreError>;
 
-    /// Records that the worker holding the row at `version` is alive. The version is not
-    /// bumped. Returns whether the row is still at `version`.
+    /// Records that the worker holding the row at `version` is alive, at the store's current
+    /// time ([`RegistryStore::now`]; `now` is used only by a store without a clock of its own).
+    /// The version is not bumped. Returns whether the row is still at `version`.
     async fn heartbeat(
         &self,
         name: &str,
@@ -112,14 +133,37 @@ pub trait RegistryStore: Send + Sync + std::fmt::Debug {
     /// Counts by state.
     async fn counts(&self, name: &str) -> Result<RegistryCounts, StoreError>;
 
+    /// Sends up to `limit` synced rows whose verification succeeded before `verified_before`
+    /// back to verification pending (re-verification, in batches), oldest first. Their
+    /// checksum is kept until it is recomputed. Returns how many rows changed.
+    async fn reverify_older_than(
+        &self,
+        name: &str,
+        verified_before: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<u64, StoreError>;
+
+    /// Turns verification on for the synced rows among `model_ids` whose verification is
+    /// disabled (the primary's checksum turned out to exist): they go to verification pending.
+    /// Returns how many rows changed.
+    async fn enable_verification(&self, name: &str, model_ids: &[i64]) -> Result<u64, StoreError>;
+
+    /// Switches the replication of replicable `name` on this site on or off, persistently.
+    async fn set_replication_enabled(&self, name: &str, enabled: bool) -> Result<(), StoreError>;
+
+    /// Whether the replication of replicable `name` is on (the default).
+    async fn replication_enabled(&self, name: &str) -> Result<bool, StoreError>;
+
     /// The id of the last event the log cursor processed (0 before the first).
     async fn cursor(&self) -> Result<EventId, StoreError>;
 
     /// Saves the log cursor's position.
     async fn save_cursor(&self, event_id: EventId) -> Result<(), StoreError>;
 
-    /// Takes or renews the lease `lease` for `holder` until `now + ttl`. Succeeds if the lease
-    /// is free, expired, or already held by `holder`.
+    /// Takes or renews the lease `lease` for `holder` for `ttl`. Succeeds if the lease is free,
+    /// expired, or already held by `holder`. Expiry is measured on the store's clock
+    /// ([`RegistryStore::now`]): a holder whose clock runs ahead cannot take a live lease. `now`
+    /// is used only by a store without a clock of its own.
     async fn acquire_lease(
         &self,
         lease: &str,

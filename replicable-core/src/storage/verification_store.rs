@@ -20,8 +20,19 @@ pub struct VerificationCounts {
 }
 
 /// The primary's verification state, one row per record.
+///
+/// Claims and heartbeats are measured on the store's clock, as for
+/// [`RegistryStore`](crate::storage::RegistryStore): a SQL store uses the database's clock and
+/// the in-memory store the `now` it is given.
 #[async_trait]
 pub trait VerificationStore: Send + Sync + std::fmt::Debug {
+    /// The store's current time: the time claims, heartbeats and stuck cutoffs are measured
+    /// against. A SQL store reads the database's clock; the default (and the in-memory store)
+    /// returns `local_now`, the caller's clock.
+    async fn now(&self, local_now: DateTime<Utc>) -> Result<DateTime<Utc>, StoreError> {
+        Ok(local_now)
+    }
+
     /// One row.
     async fn get(
         &self,
@@ -42,7 +53,10 @@ pub trait VerificationStore: Send + Sync + std::fmt::Debug {
     async fn update(&self, name: &str, row: &VerificationRecord) -> Result<bool, StoreError>;
 
     /// Moves up to `limit` due rows (pending, or failed with the retry time passed) to `started`
-    /// and returns them, oldest first. No two callers get the same row.
+    /// and returns them, never verified first, then least recently verified (`verified_at`),
+    /// then by id. No two callers get the same row. Due-ness and the
+    /// `verification_started_at` / `heartbeat_at` the claim sets are on the store's clock
+    /// ([`VerificationStore::now`]); `now` is used only by a store without a clock of its own.
     async fn claim(
         &self,
         name: &str,
@@ -51,7 +65,7 @@ pub trait VerificationStore: Send + Sync + std::fmt::Debug {
     ) -> Result<Vec<VerificationRecord>, StoreError>;
 
     /// Rows `started` that ran past their timeout or lost their worker (see
-    /// [`StuckCutoffs`]), at most `limit`.
+    /// [`StuckCutoffs`]), at most `limit`. Compute the cutoffs from [`VerificationStore::now`].
     async fn stuck(
         &self,
         name: &str,
@@ -59,7 +73,8 @@ pub trait VerificationStore: Send + Sync + std::fmt::Debug {
         limit: usize,
     ) -> Result<Vec<VerificationRecord>, StoreError>;
 
-    /// Records that the worker holding the row at `version` is alive. The version is not
+    /// Records that the worker holding the row at `version` is alive, at the store's current
+    /// time (`now` is used only by a store without a clock of its own). The version is not
     /// bumped. Returns whether the row is still at `version`.
     async fn heartbeat(
         &self,
@@ -74,4 +89,20 @@ pub trait VerificationStore: Send + Sync + std::fmt::Debug {
 
     /// Counts by state.
     async fn counts(&self, name: &str) -> Result<VerificationCounts, StoreError>;
+
+    /// Sends up to `limit` rows whose verification succeeded before `verified_before` back to
+    /// pending (re-verification, in batches), oldest first. Their checksum is kept until it is
+    /// recomputed. Returns how many rows changed.
+    async fn reverify_older_than(
+        &self,
+        name: &str,
+        verified_before: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<u64, StoreError>;
+
+    /// Gives up to `limit` records of the same database's catalogue (`<name>_records`) that
+    /// have no verification row a pending one, lowest ids first: records written before
+    /// replication was turned on, or through another record store, are checksummed too.
+    /// Returns how many rows were created.
+    async fn backfill_missing(&self, name: &str, limit: usize) -> Result<u64, StoreError>;
 }

@@ -946,6 +946,151 @@ pub async fn an_event_for_a_record_being_synced_is_not_skipped<M: Replicable>(h:
     );
 }
 
+/// Re-verification: succeeded checksums older than the interval go back to verification
+/// pending, on the primary and on secondaries, and are verified again.
+pub async fn old_checksums_are_verified_again<M: Replicable>(h: &Harness<M>) {
+    if !M::Strategy::VERIFIABLE {
+        return;
+    }
+    let fixture = synced_and_primary_verified(h, 351).await;
+    let replicator = fixture.record.replicator(&h.secondary);
+    let first = replicator.verify().await.unwrap();
+    assert!(
+        matches!(first, VerifyOutcome::Succeeded { .. }),
+        "{first:?}"
+    );
+    let d = descriptor::<M>();
+    let week = crate::workers::DEFAULT_REVERIFICATION_INTERVAL;
+    assert_eq!(
+        crate::workers::reverify_stale(&h.primary, d, week, 100)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        crate::workers::reverify_stale(&h.secondary, d, week, 100)
+            .await
+            .unwrap(),
+        0
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    let now = std::time::Duration::ZERO;
+    assert!(
+        crate::workers::reverify_stale(&h.primary, d, now, 100)
+            .await
+            .unwrap()
+            >= 1
+    );
+    assert!(
+        crate::workers::reverify_stale(&h.secondary, d, now, 100)
+            .await
+            .unwrap()
+            >= 1
+    );
+    let primary_row = fixture
+        .record
+        .replicator(&h.primary)
+        .target()
+        .verification_record()
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        primary_row.verification.verification_state,
+        VerificationState::Pending
+    );
+    let row = replicator
+        .target()
+        .registry_record()
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        row.verification.verification_state,
+        VerificationState::Pending
+    );
+    assert!(matches!(
+        fixture
+            .record
+            .replicator(&h.primary)
+            .verify()
+            .await
+            .unwrap(),
+        VerifyOutcome::Succeeded { .. }
+    ));
+    let again = replicator.verify().await.unwrap();
+    assert!(
+        matches!(again, VerifyOutcome::Succeeded { .. }),
+        "{again:?}"
+    );
+}
+
+/// Primary verification backfill: a record in the primary's catalogue with no verification row
+/// (written before replication was on) gets one and is checksummed.
+pub async fn records_without_a_verification_row_are_backfilled<M: Replicable>(h: &Harness<M>) {
+    if !M::Strategy::VERIFIABLE {
+        return;
+    }
+    let fixture = h.create(361).await;
+    let body = serde_json::to_value(&fixture.record).unwrap();
+    h.primary
+        .records()
+        .upsert(name::<M>(), 361, &body)
+        .await
+        .unwrap();
+    let d = descriptor::<M>();
+    let created = crate::backfill::backfill_primary_verification(&h.primary, d, 2)
+        .await
+        .unwrap();
+    assert!(created >= 1, "{created}");
+    let pass = crate::workers::verify_due(&h.primary, d, 1000, 4)
+        .await
+        .unwrap();
+    assert!(pass.succeeded >= 1, "{pass:?}");
+    let row = fixture
+        .record
+        .replicator(&h.primary)
+        .target()
+        .verification_record()
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(row.succeeded_checksum(), Some(fixture.checksum.as_str()));
+}
+
+/// Replication of one replicable turned off on a secondary: events are recorded (rows pending)
+/// and nothing is synced; turned on again, the sync passes catch up.
+pub async fn a_paused_replicable_records_events_and_syncs_after_resume<M: Replicable>(
+    h: &Harness<M>,
+) {
+    let d = descriptor::<M>();
+    crate::workers::set_replication_enabled(&h.secondary, d, false)
+        .await
+        .unwrap();
+    h.create_and_publish(371).await;
+    let report = catch_up(&h.secondary).await;
+    assert_eq!(report.skipped, 0);
+    assert_eq!(
+        registry_state::<M>(&h.secondary, 371).await,
+        Some(SyncState::Pending)
+    );
+    let pass = crate::workers::sync_due(&h.secondary, d, 10, 1)
+        .await
+        .unwrap();
+    assert_eq!(pass.claimed, 0, "nothing is synced while paused");
+    crate::workers::set_replication_enabled(&h.secondary, d, true)
+        .await
+        .unwrap();
+    let pass = crate::workers::sync_due(&h.secondary, d, 10, 1)
+        .await
+        .unwrap();
+    assert_eq!(pass.succeeded, 1, "{pass:?}");
+    assert_eq!(
+        registry_state::<M>(&h.secondary, 371).await,
+        Some(SyncState::Synced)
+    );
+}
+
 /// A secondary that already holds a copy equal to the primary's (re-seeded from a backup)
 /// records it as synced without transferring it.
 pub async fn a_copy_already_equal_to_the_primary_is_not_downloaded<M: Replicable>(h: &Harness<M>) {

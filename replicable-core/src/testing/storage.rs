@@ -1,6 +1,10 @@
 //! The storage conformance suite: one set of checks every backend (in-memory, SQLite,
 //! PostgreSQL, a user's own) must pass.
 //!
+//! Leases, claims and heartbeats are measured on the store's clock (the database's, for SQL;
+//! the caller's, in memory), so the checks that depend on time read it from the store and wait
+//! for real, short timeouts instead of moving a fake clock.
+//!
 //! ```ignore
 //! replicable_core::storage_conformance_suite!(sqlite_conformance, || async { Some(MyTarget::new().await) });
 //! ```
@@ -12,14 +16,14 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use crate::event::{EventKind, EventPayload, NewEvent, SkippedEvent};
+use crate::event::{EventKind, EventPayload, LogEntry, NewEvent, SkippedEvent, StoredEvent};
 use crate::failure::SyncFailure;
 use crate::model::Resource;
 use crate::registry::{RegistryRecord, StuckCutoffs, SyncState};
 use crate::retry::RetryPolicy;
 use crate::storage::memory::MemoryStore;
 use crate::storage::{
-    Backend, EventLog, RecordStore, RegistryStore, StoredRecord, VerificationStore,
+    Backend, EventLog, Publication, RecordStore, RegistryStore, StoredRecord, VerificationStore,
 };
 use crate::verification::{VerificationRecord, VerificationState};
 
@@ -74,6 +78,27 @@ fn secs(n: i64) -> chrono::Duration {
     chrono::Duration::seconds(n)
 }
 
+/// The store's current time (see [`RegistryStore::now`]), to microseconds.
+async fn store_now(db: &Db) -> DateTime<Utc> {
+    let now = db.registry.now(Utc::now()).await.unwrap();
+    DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap()
+}
+
+/// `at` lies between `before` and `after`, give or take the precision of a database clock.
+#[track_caller]
+fn assert_between(at: Option<DateTime<Utc>>, before: DateTime<Utc>, after: DateTime<Utc>) {
+    let slack = chrono::Duration::milliseconds(50);
+    let at = at.expect("a time is set");
+    assert!(
+        before - slack <= at && at <= after + slack,
+        "{at} is not between {before} and {after}"
+    );
+}
+
+fn stored(entry: &LogEntry) -> &StoredEvent {
+    entry.event().expect("a readable event")
+}
+
 fn event(id: i64, kind: EventKind) -> NewEvent {
     NewEvent {
         replicable_name: NAME.into(),
@@ -113,11 +138,12 @@ pub async fn events_append_in_order_and_read_back(target: &dyn ConformanceTarget
     );
     let read = db.events.read_after(first[0], 10).await.unwrap();
     assert_eq!(read.len(), 10);
-    assert_eq!(read[0].id, ids[0]);
-    assert_eq!(read[0].event_name, "updated");
-    assert_eq!(read[0].replicable_name, NAME);
-    assert_eq!(read[0].created_at, t0());
-    assert_eq!(read[0].payload, batch[0].payload_json());
+    assert_eq!(read[0].id(), ids[0]);
+    let e = stored(&read[0]);
+    assert_eq!(e.event_name, "updated");
+    assert_eq!(e.replicable_name, NAME);
+    assert_eq!(e.created_at, t0());
+    assert_eq!(e.payload, batch[0].payload_json());
     assert!(
         db.events
             .read_after(*ids.last().unwrap(), 10)
@@ -163,9 +189,9 @@ pub async fn a_tailing_reader_never_skips_concurrently_appended_events(
         );
         let batch = reader.events.read_after(cursor, 37).await.unwrap();
         for e in &batch {
-            assert!(e.id > cursor);
-            cursor = e.id;
-            seen.push(e.payload["model_id"].as_i64().unwrap());
+            assert!(e.id() > cursor);
+            cursor = e.id();
+            seen.push(stored(e).payload["model_id"].as_i64().unwrap());
         }
         if batch.is_empty() {
             tokio::task::yield_now().await;
@@ -252,19 +278,21 @@ pub async fn verification_rows_follow_the_state_machine(target: &dyn Conformance
     };
     let fresh = db.verification.mark_pending(NAME, 1).await.unwrap();
     assert_eq!(fresh, VerificationRecord::new(1));
-    // claim: pending rows move to started with the heartbeat set
-    let claimed = db.verification.claim(NAME, t0(), 10).await.unwrap();
+    // claim: pending rows move to started with the heartbeat set, on the store's clock
+    let before = store_now(&db).await;
+    let claimed = db.verification.claim(NAME, Utc::now(), 10).await.unwrap();
+    let after = store_now(&db).await;
     assert_eq!(claimed.len(), 1);
     let mut row = claimed[0].clone();
     assert_eq!(
         row.verification.verification_state,
         VerificationState::Started
     );
-    assert_eq!(row.verification.verification_started_at, Some(t0()));
-    assert_eq!(row.heartbeat_at, Some(t0()));
+    assert_between(row.verification.verification_started_at, before, after);
+    assert_eq!(row.heartbeat_at, row.verification.verification_started_at);
     assert!(
         db.verification
-            .claim(NAME, t0(), 10)
+            .claim(NAME, Utc::now(), 10)
             .await
             .unwrap()
             .is_empty()
@@ -282,25 +310,26 @@ pub async fn verification_rows_follow_the_state_machine(target: &dyn Conformance
     assert_eq!(stored.verification.verified_at, Some(t0()));
     assert_eq!(stored.version, row.version + 1);
     // failed rows are due only after their retry time
+    let now = store_now(&db).await;
     let mut failing = db.verification.mark_pending(NAME, 2).await.unwrap();
-    failing.start(t0()).unwrap();
+    failing.start(now).unwrap();
     failing
         .verification
-        .fail("boom", t0(), &RetryPolicy::default(), 0)
+        .fail("boom", now, &RetryPolicy::default(), 0)
         .unwrap();
     assert!(db.verification.update(NAME, &failing).await.unwrap());
+    failing.version += 1;
     assert!(
         db.verification
-            .claim(NAME, t0(), 10)
+            .claim(NAME, Utc::now(), 10)
             .await
             .unwrap()
-            .is_empty()
+            .is_empty(),
+        "not due for another 16 seconds"
     );
-    let later = db
-        .verification
-        .claim(NAME, t0() + secs(16), 10)
-        .await
-        .unwrap();
+    failing.verification.verification_retry_at = Some(now - secs(1));
+    assert!(db.verification.update(NAME, &failing).await.unwrap());
+    let later = db.verification.claim(NAME, Utc::now(), 10).await.unwrap();
     assert_eq!(
         later.iter().map(|r| r.model_id).collect::<Vec<_>>(),
         vec![2]
@@ -387,78 +416,170 @@ pub async fn registry_rows_round_trip_every_transition(target: &dyn ConformanceT
     assert!(registry(&db, 7).await.is_none());
 }
 
-/// Claims take never-attempted rows first, then due failures by retry time; rows not due,
-/// started or synced are left alone.
+/// Claims take never-attempted rows first, then due failures by retry time (missing first),
+/// and return them in that order; rows not due, started or synced are left alone. The claim's
+/// times are the store's.
 pub async fn sync_claims_follow_the_scheduling_order(target: &dyn ConformanceTarget) {
     let db = open(target).await;
     let policy = RetryPolicy::default();
     db.registry
-        .insert_pending(NAME, &[10, 11, 12, 13, 14], t0())
+        .insert_pending(NAME, &[10, 11, 12, 13, 14, 16], t0())
         .await
         .unwrap();
-    let fail = |id: i64, jitter: u32| {
+    let now = store_now(&db).await;
+    let fail = |id: i64, retry_at: Option<DateTime<Utc>>| {
         let db = db.clone();
         async move {
             let mut row = registry(&db, id).await.unwrap();
-            row.start(t0()).unwrap();
-            row.mark_failed(&SyncFailure::new("x"), t0(), &policy, jitter)
+            row.start(now).unwrap();
+            row.mark_failed(&SyncFailure::new("x"), now, &policy, 0)
                 .unwrap();
+            row.retry_at = retry_at;
             assert!(db.registry.update(NAME, &row).await.unwrap());
         }
     };
-    fail(10, 20).await; // due at t0 + 56 s
-    fail(11, 0).await; // due at t0 + 16 s
-    fail(12, 29).await; // due at t0 + 74 s: not yet due below
+    fail(10, Some(now - secs(10))).await;
+    fail(11, Some(now - secs(40))).await;
+    fail(12, Some(now + secs(3600))).await; // not due
+    fail(16, None).await; // due, and before any retry time
     let mut synced = registry(&db, 13).await.unwrap();
-    synced.start(t0()).unwrap();
+    synced.start(now).unwrap();
     synced.mark_synced(None, true).unwrap();
     assert!(db.registry.update(NAME, &synced).await.unwrap());
     db.registry.insert_pending(NAME, &[15], t0()).await.unwrap();
-    let now = t0() + secs(60);
-    let claimed = db.registry.claim_for_sync(NAME, now, 2).await.unwrap();
-    let ids: BTreeSet<i64> = claimed.iter().map(|r| r.model_id).collect();
-    assert_eq!(ids, BTreeSet::from([14, 15]), "never-attempted rows first");
-    for row in &claimed {
-        assert_eq!(row.state, SyncState::Started);
-        assert_eq!(
-            (row.last_synced_at, row.heartbeat_at),
-            (Some(now), Some(now))
-        );
-    }
-    let claimed = db.registry.claim_for_sync(NAME, now, 1).await.unwrap();
-    assert_eq!(claimed[0].model_id, 11, "then failures by retry time");
-    let claimed = db.registry.claim_for_sync(NAME, now, 10).await.unwrap();
+    let before = store_now(&db).await;
+    let claimed = db
+        .registry
+        .claim_for_sync(NAME, Utc::now(), 2)
+        .await
+        .unwrap();
+    let after = store_now(&db).await;
     assert_eq!(
         claimed.iter().map(|r| r.model_id).collect::<Vec<_>>(),
-        vec![10]
+        vec![14, 15],
+        "never-attempted rows first"
     );
-    assert_eq!(claimed[0].retry_count, 1);
+    for row in &claimed {
+        assert_eq!(row.state, SyncState::Started);
+        assert_between(row.last_synced_at, before, after);
+        assert_eq!(row.heartbeat_at, row.last_synced_at);
+    }
+    let claimed = db
+        .registry
+        .claim_for_sync(NAME, Utc::now(), 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        claimed.iter().map(|r| r.model_id).collect::<Vec<_>>(),
+        vec![16, 11, 10],
+        "then failures by retry time, missing first, in that order"
+    );
+    assert_eq!(claimed[1].retry_count, 1);
     assert!(
         db.registry
-            .claim_for_sync(NAME, now, 10)
+            .claim_for_sync(NAME, Utc::now(), 10)
             .await
             .unwrap()
             .is_empty()
     );
     // verification claims take synced rows only
+    let before = store_now(&db).await;
     let v = db
         .registry
-        .claim_for_verification(NAME, now, 10)
+        .claim_for_verification(NAME, Utc::now(), 10)
         .await
         .unwrap();
+    let after = store_now(&db).await;
     assert_eq!(v.iter().map(|r| r.model_id).collect::<Vec<_>>(), vec![13]);
     assert_eq!(
         v[0].verification.verification_state,
         VerificationState::Started
     );
-    assert_eq!(v[0].heartbeat_at, Some(now));
+    assert_between(v[0].heartbeat_at, before, after);
+    assert_eq!(v[0].verification.verification_started_at, v[0].heartbeat_at);
     assert!(
         db.registry
-            .claim_for_verification(NAME, now, 10)
+            .claim_for_verification(NAME, Utc::now(), 10)
             .await
             .unwrap()
             .is_empty()
     );
+}
+
+/// Verification claims, on the primary and on a secondary, take never-verified rows first,
+/// then the least recently verified, and return them in that order.
+pub async fn verification_claims_take_the_least_recently_verified_first(
+    target: &dyn ConformanceTarget,
+) {
+    let db = open(target).await;
+    let policy = RetryPolicy::default();
+    let now = store_now(&db).await;
+    // id -> verified_at (None: never verified); all due
+    let plan: [(i64, Option<i64>); 5] = [
+        (1, Some(300)),
+        (2, None),
+        (3, Some(100)),
+        (4, Some(200)),
+        (5, None),
+    ];
+    for (id, verified) in plan {
+        // primary rows
+        let mut row = db.verification.mark_pending(NAME, id).await.unwrap();
+        if let Some(ago) = verified {
+            row.start(now).unwrap();
+            row.verification
+                .succeed(format!("{id:064}"), now - secs(ago))
+                .unwrap();
+            row.verification.verification_state = VerificationState::Pending;
+            assert!(db.verification.update(NAME, &row).await.unwrap());
+        }
+        // registry rows, synced
+        db.registry.insert_pending(NAME, &[id], t0()).await.unwrap();
+        let mut r = registry(&db, id).await.unwrap();
+        r.start(now).unwrap();
+        r.mark_synced(None, true).unwrap();
+        if let Some(ago) = verified {
+            r.verification.start(now).unwrap();
+            r.verification
+                .succeed(format!("{id:064}"), now - secs(ago))
+                .unwrap();
+            r.verification.verification_state = VerificationState::Pending;
+        }
+        assert!(db.registry.update(NAME, &r).await.unwrap());
+    }
+    // A failed row not yet due is not taken.
+    db.registry.insert_pending(NAME, &[6], t0()).await.unwrap();
+    let mut r = registry(&db, 6).await.unwrap();
+    r.start(now).unwrap();
+    r.mark_synced(None, true).unwrap();
+    r.verification.start(now).unwrap();
+    r.verification.fail("x", now, &policy, 0).unwrap();
+    assert!(db.registry.update(NAME, &r).await.unwrap());
+    let expected = vec![2, 5, 1];
+    let first = db.verification.claim(NAME, Utc::now(), 3).await.unwrap();
+    assert_eq!(
+        first.iter().map(|r| r.model_id).collect::<Vec<_>>(),
+        expected.clone(),
+        "primary: never verified first, then the oldest"
+    );
+    let rest = db.verification.claim(NAME, Utc::now(), 10).await.unwrap();
+    assert_eq!(rest.iter().map(|r| r.model_id).collect::<Vec<_>>(), [4, 3]);
+    let first = db
+        .registry
+        .claim_for_verification(NAME, Utc::now(), 3)
+        .await
+        .unwrap();
+    assert_eq!(
+        first.iter().map(|r| r.model_id).collect::<Vec<_>>(),
+        expected,
+        "secondary: never verified first, then the oldest"
+    );
+    let rest = db
+        .registry
+        .claim_for_verification(NAME, Utc::now(), 10)
+        .await
+        .unwrap();
+    assert_eq!(rest.iter().map(|r| r.model_id).collect::<Vec<_>>(), [4, 3]);
 }
 
 /// Bulk insert creates only missing rows; ids and counts follow.
@@ -544,59 +665,100 @@ pub async fn two_claimers_take_each_row_exactly_once(target: &dyn ConformanceTar
     assert_eq!(c.started, ROWS as u64);
 }
 
+/// Cutoffs at `now` with a sync (and verification) timeout and a claim timeout.
+fn cutoffs_at(now: DateTime<Utc>, run: Duration, claim: Duration) -> StuckCutoffs {
+    let before = |d: Duration| now - chrono::Duration::from_std(d).unwrap();
+    StuckCutoffs {
+        sync_started_before: before(run),
+        verification_started_before: before(run),
+        heartbeat_before: before(claim),
+    }
+}
+
 /// A claim whose worker stops heartbeating is found as stuck after the claim timeout and,
 /// once failed, is claimed again after its retry time. A heartbeat keeps a claim alive and is
-/// refused once the row moved on.
+/// refused once the row moved on. Times are the store's: the check waits for real, short
+/// timeouts.
 pub async fn abandoned_claims_are_found_and_retried(target: &dyn ConformanceTarget) {
+    const HOURS_8: Duration = Duration::from_secs(8 * 3600);
+    const CLAIM: Duration = Duration::from_secs(1);
     let db = open(target).await;
     db.registry
         .insert_pending(NAME, &[1, 2], t0())
         .await
         .unwrap();
+    db.verification.mark_pending(NAME, 3).await.unwrap();
     let worker = open(target).await;
-    let claimed = worker.registry.claim_for_sync(NAME, t0(), 2).await.unwrap();
+    let claimed = worker
+        .registry
+        .claim_for_sync(NAME, Utc::now(), 2)
+        .await
+        .unwrap();
     assert_eq!(claimed.len(), 2);
+    let v = worker
+        .verification
+        .claim(NAME, Utc::now(), 1)
+        .await
+        .unwrap();
+    assert_eq!(v.len(), 1);
+    let cutoffs = cutoffs_at(store_now(&db).await, HOURS_8, CLAIM);
+    assert!(
+        db.registry
+            .stuck(NAME, &cutoffs, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        db.verification
+            .stuck(NAME, &cutoffs, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    tokio::time::sleep(CLAIM * 3 / 2).await;
     // Worker 1 keeps heartbeating; the other dies.
     let alive = &claimed[0];
     assert!(
         worker
             .registry
-            .heartbeat(NAME, alive.model_id, alive.version, t0() + secs(50))
+            .heartbeat(NAME, alive.model_id, alive.version, Utc::now())
             .await
             .unwrap()
     );
     drop(worker);
-    let cutoffs = |now: DateTime<Utc>| StuckCutoffs {
-        sync_started_before: now - chrono::Duration::hours(8),
-        verification_started_before: now - chrono::Duration::hours(8),
-        heartbeat_before: now - secs(60),
-    };
-    let now = t0() + secs(61);
-    let stuck = db.registry.stuck(NAME, &cutoffs(now), 10).await.unwrap();
+    let now = store_now(&db).await;
+    let cutoffs = cutoffs_at(now, HOURS_8, CLAIM);
+    let stuck = db.registry.stuck(NAME, &cutoffs, 10).await.unwrap();
     assert_eq!(
         stuck.iter().map(|r| r.model_id).collect::<Vec<_>>(),
         vec![claimed[1].model_id]
     );
     let mut dead = stuck[0].clone();
     let policy = RetryPolicy::default();
-    assert!(dead.fail_stuck_work(
-        &cutoffs(now),
-        (Duration::from_secs(8 * 3600), Duration::from_secs(8 * 3600)),
-        now,
-        &policy,
-        0
-    ));
+    assert!(dead.fail_stuck_work(&cutoffs, (HOURS_8, HOURS_8), now, &policy, 0));
     assert!(db.registry.update(NAME, &dead).await.unwrap());
     assert!(
         !db.registry
-            .heartbeat(NAME, dead.model_id, dead.version, now)
+            .heartbeat(NAME, dead.model_id, dead.version, Utc::now())
             .await
             .unwrap(),
         "the dead worker's version is gone"
     );
+    assert!(
+        db.registry
+            .claim_for_sync(NAME, Utc::now(), 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "a failed claim waits for its retry time"
+    );
+    let mut due = registry(&db, dead.model_id).await.unwrap();
+    due.retry_at = Some(now - secs(1));
+    assert!(db.registry.update(NAME, &due).await.unwrap());
     let again = db
         .registry
-        .claim_for_sync(NAME, now + secs(16), 10)
+        .claim_for_sync(NAME, Utc::now(), 10)
         .await
         .unwrap();
     assert_eq!(
@@ -604,110 +766,62 @@ pub async fn abandoned_claims_are_found_and_retried(target: &dyn ConformanceTarg
         vec![dead.model_id]
     );
     assert_eq!(again[0].retry_count, 1);
-    // After eight hours even a heartbeating sync is stuck.
-    let late = t0() + chrono::Duration::hours(8) + secs(1);
+    // Past the sync timeout even a heartbeating sync is stuck.
     assert!(
         db.registry
-            .heartbeat(NAME, alive.model_id, alive.version, late)
+            .heartbeat(NAME, alive.model_id, alive.version, Utc::now())
             .await
             .unwrap()
     );
-    let stuck = db.registry.stuck(NAME, &cutoffs(late), 10).await.unwrap();
+    let late = cutoffs_at(store_now(&db).await, CLAIM, HOURS_8);
+    let stuck = db.registry.stuck(NAME, &late, 10).await.unwrap();
     assert!(stuck.iter().any(|r| r.model_id == alive.model_id));
     // Primary verification rows: same rules.
-    db.verification.mark_pending(NAME, 3).await.unwrap();
-    let v = db.verification.claim(NAME, t0(), 1).await.unwrap();
-    let stuck = db
-        .verification
-        .stuck(NAME, &cutoffs(t0() + secs(30)), 10)
-        .await
-        .unwrap();
-    assert!(stuck.is_empty());
-    let stuck = db
-        .verification
-        .stuck(NAME, &cutoffs(now), 10)
-        .await
-        .unwrap();
+    let stuck = db.verification.stuck(NAME, &cutoffs, 10).await.unwrap();
     assert_eq!(
         stuck.iter().map(|r| r.model_id).collect::<Vec<_>>(),
         vec![3]
     );
     assert!(
         db.verification
-            .heartbeat(NAME, 3, v[0].version, now)
+            .heartbeat(NAME, 3, v[0].version, Utc::now())
             .await
             .unwrap()
     );
-    let stuck = db
-        .verification
-        .stuck(NAME, &cutoffs(now), 10)
-        .await
-        .unwrap();
+    let cutoffs = cutoffs_at(store_now(&db).await, HOURS_8, CLAIM);
+    let stuck = db.verification.stuck(NAME, &cutoffs, 10).await.unwrap();
     assert!(stuck.is_empty(), "a fresh heartbeat keeps the claim");
 }
 
-/// One holder at a time; a lease expires when not renewed; only the holder releases it.
+/// One holder at a time; a lease expires when not renewed (on the store's clock); only the
+/// holder releases it.
 pub async fn cursor_lease_is_exclusive_until_it_expires(target: &dyn ConformanceTarget) {
     let a = open(target).await;
     let b = open(target).await;
-    let ttl = Duration::from_secs(30);
-    assert!(
-        a.registry
-            .acquire_lease("log_cursor", "a", t0(), ttl)
-            .await
-            .unwrap()
-    );
-    assert!(
-        !b.registry
-            .acquire_lease("log_cursor", "b", t0() + secs(10), ttl)
-            .await
-            .unwrap()
-    );
-    assert!(
-        a.registry
-            .acquire_lease("log_cursor", "a", t0() + secs(20), ttl)
-            .await
-            .unwrap(),
-        "renewal"
-    );
-    assert!(
-        !b.registry
-            .acquire_lease("log_cursor", "b", t0() + secs(40), ttl)
-            .await
-            .unwrap(),
-        "renewed lease holds"
-    );
-    assert!(
-        b.registry
-            .acquire_lease("log_cursor", "b", t0() + secs(51), ttl)
-            .await
-            .unwrap(),
-        "expired lease is taken"
-    );
-    assert!(
-        !a.registry
-            .acquire_lease("log_cursor", "a", t0() + secs(52), ttl)
-            .await
-            .unwrap()
-    );
+    let ttl = Duration::from_secs(1);
+    let take = |db: &Db, holder: &'static str| {
+        let db = db.clone();
+        async move {
+            db.registry
+                .acquire_lease("log_cursor", holder, Utc::now(), ttl)
+                .await
+                .unwrap()
+        }
+    };
+    assert!(take(&a, "a").await);
+    assert!(!take(&b, "b").await);
+    assert!(take(&a, "a").await, "renewal");
+    assert!(!take(&b, "b").await, "renewed lease holds");
+    tokio::time::sleep(ttl * 3 / 2).await;
+    assert!(take(&b, "b").await, "expired lease is taken");
+    assert!(!take(&a, "a").await);
     a.registry.release_lease("log_cursor", "a").await.unwrap();
-    assert!(
-        !a.registry
-            .acquire_lease("log_cursor", "a", t0() + secs(53), ttl)
-            .await
-            .unwrap(),
-        "only the holder releases"
-    );
+    assert!(!take(&a, "a").await, "only the holder releases");
     b.registry.release_lease("log_cursor", "b").await.unwrap();
+    assert!(take(&a, "a").await);
     assert!(
         a.registry
-            .acquire_lease("log_cursor", "a", t0() + secs(54), ttl)
-            .await
-            .unwrap()
-    );
-    assert!(
-        a.registry
-            .acquire_lease("other_lease", "b", t0(), ttl)
+            .acquire_lease("other_lease", "b", Utc::now(), ttl)
             .await
             .unwrap(),
         "leases are independent"
@@ -733,6 +847,421 @@ pub async fn cursor_and_skipped_events_persist(target: &dyn ConformanceTarget) {
     assert_eq!(db.registry.skipped_events(10).await.unwrap(), vec![skipped]);
 }
 
+/// A registry row taken through a sync to `synced`, with verification left as the sync leaves
+/// it (pending) or `disabled` when `disabled`.
+async fn synced_row(db: &Db, id: i64, disabled: bool) -> RegistryRecord {
+    db.registry.insert_pending(NAME, &[id], t0()).await.unwrap();
+    let mut row = registry(db, id).await.unwrap();
+    row.start(t0()).unwrap();
+    row.mark_synced(Some(1), !disabled).unwrap();
+    if disabled {
+        row.verification.disable();
+    }
+    assert!(db.registry.update(NAME, &row).await.unwrap());
+    registry(db, id).await.unwrap()
+}
+
+/// `verification_total` counts synced rows whose verification is not disabled, and nothing
+/// else.
+pub async fn verification_total_counts_synced_rows_with_verification_on(
+    target: &dyn ConformanceTarget,
+) {
+    let db = open(target).await;
+    synced_row(&db, 1, false).await;
+    synced_row(&db, 2, true).await;
+    let mut verified = synced_row(&db, 3, false).await;
+    verified.verification.start(t0()).unwrap();
+    verified
+        .verification
+        .succeed("ab".repeat(32), t0())
+        .unwrap();
+    assert!(db.registry.update(NAME, &verified).await.unwrap());
+    db.registry.insert_pending(NAME, &[4], t0()).await.unwrap(); // pending: disabled
+    let mut failed = registry(&db, 4).await.unwrap();
+    failed.start(t0()).unwrap();
+    failed
+        .mark_failed(&SyncFailure::new("x"), t0(), &RetryPolicy::default(), 0)
+        .unwrap();
+    assert!(db.registry.update(NAME, &failed).await.unwrap());
+    let c = db.registry.counts(NAME).await.unwrap();
+    assert_eq!((c.registry, c.synced, c.failed), (4, 3, 1));
+    assert_eq!(
+        (c.verification_total, c.verified, c.verification_failed),
+        (2, 1, 0),
+        "synced rows with verification disabled are not counted: {c:?}"
+    );
+}
+
+/// Succeeded checksums older than a cutoff go back to verification pending, in batches,
+/// oldest first, keeping the checksum; on a secondary only synced rows.
+pub async fn reverification_sends_old_checksums_back_in_batches(target: &dyn ConformanceTarget) {
+    let db = open(target).await;
+    for id in 1..=5 {
+        // primary: verified `id` hours before t0
+        let mut row = db.verification.mark_pending(NAME, id).await.unwrap();
+        row.start(t0()).unwrap();
+        row.verification
+            .succeed(format!("{id:064}"), t0() - chrono::Duration::hours(id))
+            .unwrap();
+        assert!(db.verification.update(NAME, &row).await.unwrap());
+        // secondary
+        let mut r = synced_row(&db, id, false).await;
+        r.verification.start(t0()).unwrap();
+        r.verification
+            .succeed(format!("{id:064}"), t0() - chrono::Duration::hours(id))
+            .unwrap();
+        assert!(db.registry.update(NAME, &r).await.unwrap());
+    }
+    // A synced row gone back to pending (resync) is not re-verified on a secondary.
+    db.registry.mark_pending(NAME, 5, t0()).await.unwrap();
+    let cutoff = t0() - chrono::Duration::minutes(90); // rows 2..=5 are older
+    assert_eq!(
+        db.verification
+            .reverify_older_than(NAME, cutoff, 2)
+            .await
+            .unwrap(),
+        2
+    );
+    let state = |db: &Db, id| {
+        let db = db.clone();
+        async move { db.verification.get(NAME, id).await.unwrap().unwrap() }
+    };
+    let oldest = state(&db, 5).await;
+    assert_eq!(
+        oldest.verification.verification_state,
+        VerificationState::Pending,
+        "oldest first"
+    );
+    assert_eq!(
+        oldest.verification.verification_checksum.as_deref(),
+        Some(format!("{:064}", 5).as_str()),
+        "the checksum is kept until recomputed"
+    );
+    assert_eq!(
+        state(&db, 3).await.verification.verification_state,
+        VerificationState::Succeeded,
+        "a batch at a time"
+    );
+    assert_eq!(
+        db.verification
+            .reverify_older_than(NAME, cutoff, 10)
+            .await
+            .unwrap(),
+        2,
+        "rows 3 and 2"
+    );
+    assert_eq!(
+        state(&db, 1).await.verification.verification_state,
+        VerificationState::Succeeded,
+        "newer than the cutoff"
+    );
+    assert_eq!(
+        db.registry
+            .reverify_older_than(NAME, cutoff, 10)
+            .await
+            .unwrap(),
+        3,
+        "rows 2, 3 and 4: row 5 is not synced"
+    );
+    let r = registry(&db, 2).await.unwrap();
+    assert_eq!(
+        r.verification.verification_state,
+        VerificationState::Pending
+    );
+    assert_eq!(
+        r.verification.verification_checksum.as_deref(),
+        Some(format!("{:064}", 2).as_str())
+    );
+    assert_eq!(
+        registry(&db, 1)
+            .await
+            .unwrap()
+            .verification
+            .verification_state,
+        VerificationState::Succeeded
+    );
+    assert_eq!(
+        db.registry
+            .reverify_older_than(NAME, cutoff, 10)
+            .await
+            .unwrap(),
+        0
+    );
+}
+
+/// Records of the primary's catalogue without a verification row get a pending one, in
+/// batches, lowest ids first; existing rows are left alone.
+pub async fn verification_backfill_covers_records_without_a_row(target: &dyn ConformanceTarget) {
+    let db = open(target).await;
+    for id in [1, 2, 3, 4, 5] {
+        db.records
+            .upsert(NAME, id, &serde_json::json!({"id": id}))
+            .await
+            .unwrap();
+    }
+    let mut existing = db.verification.mark_pending(NAME, 2).await.unwrap();
+    existing.start(t0()).unwrap();
+    existing
+        .verification
+        .succeed("ab".repeat(32), t0())
+        .unwrap();
+    assert!(db.verification.update(NAME, &existing).await.unwrap());
+    assert_eq!(db.verification.backfill_missing(NAME, 2).await.unwrap(), 2);
+    assert!(db.verification.get(NAME, 1).await.unwrap().is_some());
+    assert!(db.verification.get(NAME, 3).await.unwrap().is_some());
+    assert!(db.verification.get(NAME, 4).await.unwrap().is_none());
+    assert_eq!(db.verification.backfill_missing(NAME, 10).await.unwrap(), 2);
+    assert_eq!(db.verification.backfill_missing(NAME, 10).await.unwrap(), 0);
+    assert_eq!(
+        db.verification.get(NAME, 5).await.unwrap().unwrap(),
+        VerificationRecord::new(5)
+    );
+    assert_eq!(
+        db.verification
+            .get(NAME, 2)
+            .await
+            .unwrap()
+            .unwrap()
+            .verification
+            .verification_state,
+        VerificationState::Succeeded
+    );
+    let c = db.verification.counts(NAME).await.unwrap();
+    assert_eq!((c.total, c.succeeded), (5, 1));
+}
+
+/// Verification turned on for synced rows whose verification is disabled; other rows are
+/// left alone.
+pub async fn enabling_verification_touches_disabled_synced_rows_only(
+    target: &dyn ConformanceTarget,
+) {
+    let db = open(target).await;
+    let disabled = synced_row(&db, 1, true).await;
+    synced_row(&db, 2, true).await;
+    synced_row(&db, 3, false).await;
+    db.registry.insert_pending(NAME, &[4], t0()).await.unwrap();
+    assert_eq!(
+        db.registry
+            .enable_verification(NAME, &[1, 3, 4, 99])
+            .await
+            .unwrap(),
+        1
+    );
+    let row = registry(&db, 1).await.unwrap();
+    assert_eq!(
+        row.verification.verification_state,
+        VerificationState::Pending
+    );
+    assert_eq!(
+        row.version,
+        disabled.version + 1,
+        "a change bumps the version"
+    );
+    assert_eq!(
+        registry(&db, 2)
+            .await
+            .unwrap()
+            .verification
+            .verification_state,
+        VerificationState::Disabled,
+        "not asked for"
+    );
+    assert_eq!(
+        registry(&db, 4)
+            .await
+            .unwrap()
+            .verification
+            .verification_state,
+        VerificationState::Disabled,
+        "not synced"
+    );
+    assert_eq!(db.registry.enable_verification(NAME, &[]).await.unwrap(), 0);
+    assert_eq!(
+        db.registry.counts(NAME).await.unwrap().verification_total,
+        2
+    );
+}
+
+/// The replication switch of a replicable is on by default and persists.
+pub async fn the_replication_switch_persists(target: &dyn ConformanceTarget) {
+    let db = open(target).await;
+    assert!(db.registry.replication_enabled(NAME).await.unwrap());
+    db.registry
+        .set_replication_enabled(NAME, false)
+        .await
+        .unwrap();
+    let other = open(target).await;
+    assert!(!other.registry.replication_enabled(NAME).await.unwrap());
+    assert!(
+        other
+            .registry
+            .replication_enabled("another_item")
+            .await
+            .unwrap(),
+        "switches are per replicable"
+    );
+    other
+        .registry
+        .set_replication_enabled(NAME, true)
+        .await
+        .unwrap();
+    assert!(db.registry.replication_enabled(NAME).await.unwrap());
+}
+
+/// A failed verification sent back to pending keeps its retry count and backoff through every
+/// store operation: the store writes what the row says, and claims do not reset it.
+pub async fn a_failed_verification_sent_back_to_pending_keeps_its_retry_count(
+    target: &dyn ConformanceTarget,
+) {
+    let db = open(target).await;
+    let policy = RetryPolicy::default();
+    let now = store_now(&db).await;
+    // secondary
+    let mut row = synced_row(&db, 1, false).await;
+    row.verification.start(now).unwrap();
+    row.verification.fail("x", now, &policy, 0).unwrap();
+    row.verification.start(now).unwrap();
+    row.verification.fail("x", now, &policy, 0).unwrap();
+    assert_eq!(row.verification.verification_retry_count, 2);
+    row.verification.verification_state = VerificationState::Pending;
+    assert!(db.registry.update(NAME, &row).await.unwrap());
+    let stored = registry(&db, 1).await.unwrap();
+    assert_eq!(stored.verification.verification_retry_count, 2);
+    assert_eq!(
+        stored.verification.verification_retry_at,
+        row.verification.verification_retry_at
+    );
+    let claimed = db
+        .registry
+        .claim_for_verification(NAME, Utc::now(), 10)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].verification.verification_retry_count, 2);
+    // primary
+    let mut v = db.verification.mark_pending(NAME, 1).await.unwrap();
+    v.start(now).unwrap();
+    v.verification.fail("x", now, &policy, 0).unwrap();
+    v.verification.verification_state = VerificationState::Pending;
+    assert!(db.verification.update(NAME, &v).await.unwrap());
+    let claimed = db.verification.claim(NAME, Utc::now(), 10).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].verification.verification_retry_count, 1);
+    assert_eq!(
+        claimed[0].verification.verification_failure.as_deref(),
+        Some("x")
+    );
+}
+
+fn publication(id: i64, kind: EventKind, mutable: bool, note: &str) -> Publication {
+    let mut event = event(id, kind);
+    event.payload.generation = None;
+    event.payload.record = match kind {
+        EventKind::Deleted => None,
+        _ => Some(serde_json::json!({"id": id, "note": note})),
+    };
+    Publication {
+        event,
+        verifiable: true,
+        mutable,
+    }
+}
+
+/// A publication writes the record (generation bumped and carried by the event), its
+/// verification row and the event together; re-publishing `created` for an immutable resource
+/// keeps a succeeded checksum; `deleted` removes the record and its verification row.
+pub async fn publishing_writes_record_verification_and_event_together(
+    target: &dyn ConformanceTarget,
+) {
+    let db = open(target).await;
+    let published = db
+        .events
+        .publish(&publication(1, EventKind::Created, false, "a"), t0())
+        .await
+        .unwrap()
+        .expect("every backend of the suite publishes in one transaction");
+    assert_eq!(published.generation, Some(1));
+    let record = db.records.get(NAME, 1).await.unwrap().unwrap();
+    assert_eq!(
+        (record.generation, record.body),
+        (1, serde_json::json!({"id": 1, "note": "a"}))
+    );
+    assert_eq!(
+        db.verification.get(NAME, 1).await.unwrap(),
+        Some(VerificationRecord::new(1))
+    );
+    let read = db
+        .events
+        .read_after(published.event_id - 1, 10)
+        .await
+        .unwrap();
+    assert_eq!(read.len(), 1);
+    let e = stored(&read[0]);
+    assert_eq!(
+        (e.id, e.event_name.as_str()),
+        (published.event_id, "created")
+    );
+    assert_eq!(
+        e.payload["generation"], 1,
+        "the event carries the new generation"
+    );
+    assert_eq!(e.payload["record"]["note"], "a");
+    // The checksum succeeds; re-publishing `created` for an immutable resource keeps it.
+    let mut v = db.verification.claim(NAME, Utc::now(), 10).await.unwrap();
+    let mut v = v.remove(0);
+    v.verification.succeed("ab".repeat(32), t0()).unwrap();
+    assert!(db.verification.update(NAME, &v).await.unwrap());
+    let again = db
+        .events
+        .publish(&publication(1, EventKind::Created, false, "b"), t0())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(again.generation, Some(2));
+    assert!(again.event_id > published.event_id);
+    let kept = db.verification.get(NAME, 1).await.unwrap().unwrap();
+    assert_eq!(
+        kept.succeeded_checksum(),
+        Some("ab".repeat(32).as_str()),
+        "an immutable resource keeps its checksum"
+    );
+    // A mutable resource's update (or created again) sends it back to pending.
+    db.events
+        .publish(&publication(1, EventKind::Updated, true, "c"), t0())
+        .await
+        .unwrap()
+        .unwrap();
+    let pending = db.verification.get(NAME, 1).await.unwrap().unwrap();
+    assert_eq!(
+        pending.verification.verification_state,
+        VerificationState::Pending
+    );
+    assert_eq!(
+        db.records.get(NAME, 1).await.unwrap().unwrap().generation,
+        3
+    );
+    // Non-verifiable replicables get no verification row.
+    let mut plain = publication(2, EventKind::Created, true, "p");
+    plain.verifiable = false;
+    let p = db.events.publish(&plain, t0()).await.unwrap().unwrap();
+    assert_eq!(p.generation, Some(1));
+    assert!(db.verification.get(NAME, 2).await.unwrap().is_none());
+    // deleted
+    let gone = db
+        .events
+        .publish(&publication(1, EventKind::Deleted, true, ""), t0())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(gone.generation, None);
+    assert!(db.records.get(NAME, 1).await.unwrap().is_none());
+    assert!(db.verification.get(NAME, 1).await.unwrap().is_none());
+    assert_eq!(
+        db.events.last_event_id().await.unwrap(),
+        Some(gone.event_id)
+    );
+}
+
 /// Expands into one `#[test]` per storage conformance check, in a module named `$module`.
 /// `$make` is an async closure returning `Option<impl ConformanceTarget>`; `None` skips (a lane
 /// whose server is not available; the lane's own setup decides whether that is an error).
@@ -751,6 +1280,14 @@ macro_rules! storage_conformance_suite {
             abandoned_claims_are_found_and_retried,
             cursor_lease_is_exclusive_until_it_expires,
             cursor_and_skipped_events_persist,
+            verification_claims_take_the_least_recently_verified_first,
+            verification_total_counts_synced_rows_with_verification_on,
+            reverification_sends_old_checksums_back_in_batches,
+            verification_backfill_covers_records_without_a_row,
+            enabling_verification_touches_disabled_synced_rows_only,
+            the_replication_switch_persists,
+            a_failed_verification_sent_back_to_pending_keeps_its_retry_count,
+            publishing_writes_record_verification_and_event_together,
         );
     };
     (@module $module:ident, $make:expr, $($check:ident),* $(,)?) => {

@@ -2,12 +2,13 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use sqlx::any::AnyRow;
 use sqlx::{AssertSqlSafe, Row};
 
-use super::{APPEND_LOCK, Dialect, SqlStore, micros};
+use super::{APPEND_LOCK, Dialect, SqlStore, Tables, micros};
 use crate::error::StoreError;
-use crate::event::{EventId, NewEvent, StoredEvent};
-use crate::storage::EventLog;
+use crate::event::{DamagedEvent, EventId, EventKind, LogEntry, NewEvent, StoredEvent};
+use crate::storage::{EventLog, Publication, Published};
 
 /// Events per SQLite insert statement.
 const APPEND_CHUNK: usize = 5_000;
@@ -41,36 +42,22 @@ impl EventLog for SqlStore {
         }
     }
 
-    async fn read_after(
-        &self,
-        after: EventId,
-        limit: usize,
-    ) -> Result<Vec<StoredEvent>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT id, replicable_name, event_name, payload, created_at FROM replicable_events \
+    async fn read_after(&self, after: EventId, limit: usize) -> Result<Vec<LogEntry>, StoreError> {
+        let d = self.dialect;
+        let sql = format!(
+            "SELECT id, {}, {}, {}, created_at FROM replicable_events \
              WHERE id > $1 ORDER BY id LIMIT $2",
-        )
-        .bind(after)
-        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(self.backend("read events"))?;
-        rows.iter()
-            .map(|row| {
-                let id: i64 = self.get(row, "id")?;
-                let payload: String = self.get(row, "payload")?;
-                Ok(StoredEvent {
-                    id,
-                    replicable_name: self.get(row, "replicable_name")?,
-                    event_name: self.get(row, "event_name")?,
-                    // A payload that is not JSON at all is kept as a string, so the cursor
-                    // reports and skips it instead of failing the whole batch.
-                    payload: serde_json::from_str(&payload)
-                        .unwrap_or(serde_json::Value::String(payload)),
-                    created_at: self.time(self.get(row, "created_at")?)?,
-                })
-            })
-            .collect()
+            d.raw_text("replicable_name"),
+            d.raw_text("event_name"),
+            d.raw_text("payload"),
+        );
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .bind(after)
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(self.backend("read events"))?;
+        rows.iter().map(|row| self.read_entry(row)).collect()
     }
 
     async fn last_event_id(&self) -> Result<Option<EventId>, StoreError> {
@@ -82,6 +69,184 @@ impl EventLog for SqlStore {
             .transpose()
             .map_err(|e| self.corrupt(e.to_string()))
     }
+
+    async fn publish(
+        &self,
+        publication: &Publication,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Published>, StoreError> {
+        let mut event = publication.event.clone();
+        let t = self.tables(&event.replicable_name).await?;
+        let id = event.payload.model_id;
+        let err = self.backend("publish");
+        let mut tx = self.begin_write().await.map_err(&err)?;
+        let mut generation = None;
+        match event.kind {
+            EventKind::Created | EventKind::Updated => {
+                let body = event
+                    .payload
+                    .record
+                    .as_ref()
+                    .unwrap_or(&serde_json::Value::Null)
+                    .to_string();
+                let row = sqlx::query(AssertSqlSafe(upsert_record_sql(&t.name)))
+                    .bind(id)
+                    .bind(body)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(&err)?;
+                let g: i64 = self.get(&row, "generation")?;
+                event.payload.generation = Some(g);
+                generation = Some(g);
+                if publication.verifiable {
+                    let keep = event.kind == EventKind::Created && !publication.mutable;
+                    sqlx::query(AssertSqlSafe(verification_pending_sql(&t)))
+                        .bind(id)
+                        .bind(i16::from(keep))
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .map_err(&err)?;
+                }
+            }
+            EventKind::Deleted => {
+                for kind in ["records", "verification"] {
+                    let n = &t.name;
+                    let sql = format!("DELETE FROM {n}_{kind} WHERE {n}_id = $1");
+                    sqlx::query(AssertSqlSafe(sql))
+                        .bind(id)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(&err)?;
+                }
+            }
+            EventKind::ChecksumSucceeded => {}
+        }
+        if self.dialect == Dialect::Postgres {
+            // Taken last and held until commit: the event's id becomes visible in order, and
+            // the record writes above do not wait behind other appends.
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(APPEND_LOCK)
+                .execute(&mut *tx)
+                .await
+                .map_err(&err)?;
+        }
+        let payload =
+            serde_json::to_string(&event.payload).map_err(|e| serialize_error(self, e))?;
+        let row = sqlx::query(
+            "INSERT INTO replicable_events (replicable_name, event_name, payload, created_at) \
+             VALUES ($1, $2, $3, $4) RETURNING id",
+        )
+        .bind(event.replicable_name.clone())
+        .bind(event.kind.name())
+        .bind(payload)
+        .bind(micros(now))
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(&err)?;
+        let event_id: i64 = self.get(&row, "id")?;
+        tx.commit().await.map_err(&err)?;
+        Ok(Some(Published {
+            event_id,
+            generation,
+        }))
+    }
+}
+
+impl SqlStore {
+    /// One row of the event log: an event, or a damaged entry naming what could not be read.
+    /// Only an unreadable id fails (the row could not even be skipped).
+    fn read_entry(&self, row: &AnyRow) -> Result<LogEntry, StoreError> {
+        let id: i64 = self.get(row, "id")?;
+        let mut problems = Vec::new();
+        let mut text = |column: &str| -> Option<String> {
+            let value = row
+                .try_get::<Option<Vec<u8>>, _>(column)
+                .map(|bytes| bytes.map(String::from_utf8))
+                .or_else(|_| row.try_get::<Option<String>, _>(column).map(|t| t.map(Ok)));
+            match value {
+                Ok(Some(Ok(text))) => Some(text),
+                Ok(Some(Err(e))) => {
+                    problems.push(format!("column `{column}` is not UTF-8 text: {e}"));
+                    Some(String::from_utf8_lossy(e.as_bytes()).into_owned())
+                }
+                Ok(None) => {
+                    problems.push(format!("column `{column}` is NULL"));
+                    None
+                }
+                Err(e) => {
+                    problems.push(format!("column `{column}`: {e}"));
+                    None
+                }
+            }
+        };
+        let replicable_name = text("replicable_name");
+        let event_name = text("event_name");
+        let payload = text("payload");
+        let created_at = match row.try_get::<Option<i64>, _>("created_at") {
+            Ok(Some(v)) => DateTime::from_timestamp_micros(v).or_else(|| {
+                problems.push(format!(
+                    "column `created_at`: timestamp {v} is out of range"
+                ));
+                None
+            }),
+            Ok(None) => {
+                problems.push("column `created_at` is NULL".into());
+                None
+            }
+            Err(e) => {
+                problems.push(format!("column `created_at`: {e}"));
+                None
+            }
+        };
+        match (replicable_name, event_name, payload, created_at) {
+            (Some(replicable_name), Some(event_name), Some(payload), Some(created_at))
+                if problems.is_empty() =>
+            {
+                Ok(LogEntry::Event(StoredEvent {
+                    id,
+                    replicable_name,
+                    event_name,
+                    // A payload that is not JSON at all is kept as a string, so the cursor
+                    // reports and skips it instead of failing the whole batch.
+                    payload: serde_json::from_str(&payload)
+                        .unwrap_or(serde_json::Value::String(payload)),
+                    created_at,
+                }))
+            }
+            (replicable_name, event_name, ..) => Ok(LogEntry::Damaged(DamagedEvent {
+                id,
+                replicable_name,
+                event_name,
+                reason: problems.join("; "),
+            })),
+        }
+    }
+}
+
+/// Inserts or replaces a record in the catalogue, bumping its generation (`$1` id, `$2`
+/// body); returns `generation`.
+pub(super) fn upsert_record_sql(n: &str) -> String {
+    format!(
+        "INSERT INTO {n}_records ({n}_id, generation, body) VALUES ($1, 1, $2) \
+         ON CONFLICT ({n}_id) DO UPDATE SET generation = {n}_records.generation + 1, \
+         body = excluded.body RETURNING generation"
+    )
+}
+
+/// Creates a pending verification row or puts an existing one back to pending (`$1` id), as
+/// [`Verification::mark_pending`](crate::verification::Verification::mark_pending) does; with
+/// `$2 = 1` a row whose checksum succeeded is kept as it is (and nothing is returned).
+pub(super) fn verification_pending_sql(t: &Tables) -> String {
+    let n = &t.name;
+    format!(
+        "INSERT INTO {n}_verification ({n}_id, verification_state) VALUES ($1, 0) \
+         ON CONFLICT ({n}_id) DO UPDATE SET verification_state = 0, \
+         verification_retry_at = NULL, verification_retry_count = 0, \
+         verification_failure = NULL, verification_started_at = NULL, \
+         version = {n}_verification.version + 1 \
+         WHERE NOT ($2 = 1 AND {n}_verification.verification_state = 2) RETURNING {}",
+        t.verification_columns
+    )
 }
 
 /// One CSV field, always quoted, with quotes doubled.

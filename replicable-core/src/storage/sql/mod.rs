@@ -54,6 +54,25 @@ impl Dialect {
             Self::Postgres => " FOR UPDATE SKIP LOCKED",
         }
     }
+
+    /// The database's current time in microseconds since the Unix epoch, as an SQL expression
+    /// with the same value wherever it appears in one statement. Leases, claims and heartbeats
+    /// are measured on this clock, not on the clocks of the machines sharing the database.
+    pub fn now_micros(self) -> &'static str {
+        match self {
+            Self::Sqlite => "CAST((julianday('now') - 2440587.5) * 86400000000.0 AS INTEGER)",
+            Self::Postgres => "CAST(EXTRACT(EPOCH FROM statement_timestamp()) * 1000000 AS BIGINT)",
+        }
+    }
+
+    /// A text column, selected so that any stored value (on SQLite, bytes that are not UTF-8
+    /// text) reaches Rust, where it is checked, instead of failing the whole row.
+    fn raw_text(self, column: &str) -> String {
+        match self {
+            Self::Sqlite => format!("CAST({column} AS BLOB) AS {column}"),
+            Self::Postgres => column.to_owned(),
+        }
+    }
 }
 
 /// How to open a SQL store.
@@ -94,6 +113,8 @@ pub struct SqlStore {
     copy_pool: Option<sqlx::PgPool>,
     dialect: Dialect,
     url: String,
+    /// PostgreSQL: the schema the tables live in, created by the first migration.
+    schema: Option<String>,
     tables: Mutex<HashMap<String, Arc<Tables>>>,
 }
 
@@ -137,7 +158,7 @@ fn from_micros(store: &str, v: i64) -> Result<DateTime<Utc>, StoreError> {
     })
 }
 
-/// Per-connection settings: WAL, full fsync and a busy timeout on SQLite; the schema on
+/// Per-connection settings: WAL, full fsync and a busy timeout on SQLite; the search path on
 /// PostgreSQL.
 async fn prepare_connection(
     conn: &mut AnyConnection,
@@ -151,11 +172,10 @@ async fn prepare_connection(
             conn.execute("PRAGMA busy_timeout = 10000").await?;
         }
         Dialect::Postgres => {
+            // The schema itself is created by the first migration, under the migration lock:
+            // a search path naming a schema that does not exist yet is accepted, and takes
+            // effect once the schema is created.
             if let Some(schema) = schema {
-                let create = format!("CREATE SCHEMA IF NOT EXISTS {schema}");
-                // Concurrent first connections may race on the creation; the SET below is
-                // what must succeed.
-                let _ = conn.execute(AssertSqlSafe(create)).await;
                 conn.execute(AssertSqlSafe(format!("SET search_path TO {schema}")))
                     .await?;
             }
@@ -256,6 +276,7 @@ impl SqlStore {
             copy_pool,
             dialect,
             url: redacted,
+            schema: options.schema.clone(),
             tables: Mutex::new(HashMap::new()),
         };
         store.migrate_core().await?;
@@ -278,6 +299,25 @@ impl SqlStore {
     /// The connection pool, for tools and benchmarks.
     pub fn pool(&self) -> &AnyPool {
         &self.pool
+    }
+
+    /// Begins a transaction that writes: on SQLite it takes the write lock at once, so that
+    /// what it reads stays true until it commits.
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'_, sqlx::Any>, sqlx::Error> {
+        match self.dialect {
+            Dialect::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
+            Dialect::Postgres => self.pool.begin().await,
+        }
+    }
+
+    /// The database's current time.
+    pub async fn database_now(&self) -> Result<DateTime<Utc>, StoreError> {
+        let sql = format!("SELECT {} AS now", self.dialect.now_micros());
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .fetch_one(&self.pool)
+            .await
+            .map_err(self.backend("read the database clock"))?;
+        self.time(self.get(&row, "now")?)
     }
 
     /// Closes every connection.
@@ -328,22 +368,27 @@ impl SqlStore {
             url: self.url.clone(),
             reason,
         };
-        self.pool
-            .execute(SCHEMA_TABLE)
-            .await
-            .map_err(|e| open(e.to_string()))?;
-        let mut tx = match self.dialect {
-            Dialect::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
-            Dialect::Postgres => self.pool.begin().await,
-        }
-        .map_err(|e| open(e.to_string()))?;
+        // Every statement, from the schema's creation on, runs under the migration lock (the
+        // write lock on SQLite): processes opening a fresh database at once would otherwise
+        // race on creating the same catalogue entries, and all but one would fail.
+        let mut tx = self.begin_write().await.map_err(|e| open(e.to_string()))?;
         if self.dialect == Dialect::Postgres {
             sqlx::query("SELECT pg_advisory_xact_lock($1)")
                 .bind(MIGRATION_LOCK)
                 .execute(&mut *tx)
                 .await
                 .map_err(|e| open(e.to_string()))?;
+            if let Some(schema) = &self.schema {
+                tx.execute(AssertSqlSafe(format!(
+                    "CREATE SCHEMA IF NOT EXISTS {schema}"
+                )))
+                .await
+                .map_err(|e| open(e.to_string()))?;
+            }
         }
+        tx.execute(SCHEMA_TABLE)
+            .await
+            .map_err(|e| open(e.to_string()))?;
         let found: Option<i64> =
             sqlx::query("SELECT version FROM replicable_schema WHERE component = $1")
                 .bind(component.to_owned())

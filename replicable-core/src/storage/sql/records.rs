@@ -6,6 +6,7 @@ use async_trait::async_trait;
 use sqlx::AssertSqlSafe;
 
 use super::SqlStore;
+use super::event_log::upsert_record_sql;
 use crate::error::StoreError;
 use crate::storage::{RecordStore, StoredRecord};
 
@@ -18,13 +19,7 @@ impl RecordStore for SqlStore {
         body: &serde_json::Value,
     ) -> Result<i64, StoreError> {
         let t = self.tables(name).await?;
-        let n = &t.name;
-        let sql = format!(
-            "INSERT INTO {n}_records ({n}_id, generation, body) VALUES ($1, 1, $2) \
-             ON CONFLICT ({n}_id) DO UPDATE SET generation = {n}_records.generation + 1, \
-             body = excluded.body RETURNING generation"
-        );
-        let row = sqlx::query(AssertSqlSafe(sql))
+        let row = sqlx::query(AssertSqlSafe(upsert_record_sql(&t.name)))
             .bind(model_id)
             .bind(body.to_string())
             .fetch_one(&self.pool)

@@ -1,6 +1,7 @@
 //! A secondary's tracking database on SQL: registries, the log cursor, leases and skipped
 //! events.
 
+use std::collections::HashMap;
 use std::ops::Range;
 
 use async_trait::async_trait;
@@ -8,7 +9,9 @@ use chrono::{DateTime, Utc};
 use sqlx::AssertSqlSafe;
 use sqlx::any::AnyRow;
 
-use super::verification::{VERIFICATION_STUCK, bind_verification, verification_assignments};
+use super::verification::{
+    VERIFICATION_ORDER, VERIFICATION_STUCK, bind_verification, verification_assignments,
+};
 use super::{SqlStore, micros, opt_micros};
 use crate::error::StoreError;
 use crate::event::{EventId, SkippedEvent};
@@ -164,28 +167,58 @@ impl RegistryStore for SqlStore {
         now: DateTime<Utc>,
         limit: usize,
     ) -> Result<Vec<RegistryRecord>, StoreError> {
+        // Due-ness and the times set are on the database's clock.
+        let _ = now;
         let t = self.tables(name).await?;
         let n = &t.name;
-        // Never-attempted rows first, then failed rows by retry time, as the scheduler promises.
-        let sql = format!(
-            "WITH due AS (SELECT {n}_id FROM {n}_registry \
-               WHERE state = 0 OR (state = 3 AND (retry_at IS NULL OR retry_at <= $1)) \
-               ORDER BY CASE WHEN state = 0 AND last_synced_at IS NULL THEN 0 ELSE 1 END, \
-                 retry_at NULLS FIRST, {n}_id LIMIT $2{}) \
-             UPDATE {n}_registry SET state = 1, last_synced_at = $1, heartbeat_at = $1, \
-               change_pending = 0, version = version + 1 \
-             WHERE {n}_id IN (SELECT {n}_id FROM due) RETURNING {}",
+        let err = self.backend("claim registry rows for sync");
+        // Two statements in one transaction: the scheduling order is known before the claim
+        // (afterwards every row is `started`), and the rows stay locked in between.
+        let mut tx = self.begin_write().await.map_err(&err)?;
+        let select = format!(
+            "SELECT {n}_id AS id, {now} AS now FROM {n}_registry \
+             WHERE state = 0 OR (state = 3 AND (retry_at IS NULL OR retry_at <= {now})) \
+             ORDER BY CASE WHEN state = 0 AND last_synced_at IS NULL THEN 0 ELSE 1 END, \
+               retry_at NULLS FIRST, {n}_id LIMIT $1{}",
             self.dialect.skip_locked(),
-            t.registry_columns
+            now = self.dialect.now_micros(),
         );
-        let rows = sqlx::query(AssertSqlSafe(sql))
-            .bind(micros(now))
+        let due = sqlx::query(AssertSqlSafe(select))
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *tx)
             .await
-            .map_err(self.backend("claim registry rows for sync"))?;
-        let mut claimed = self.read_registries(&rows)?;
-        claimed.sort_by_key(|r| r.model_id);
+            .map_err(&err)?;
+        let Some(first) = due.first() else {
+            return Ok(Vec::new());
+        };
+        let at: i64 = self.get(first, "now")?;
+        let order: HashMap<i64, usize> = due
+            .iter()
+            .enumerate()
+            .map(|(i, row)| Ok((self.get::<i64>(row, "id")?, i)))
+            .collect::<Result<_, StoreError>>()?;
+        let ids: Vec<i64> = order.keys().copied().collect();
+        let mut claimed = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(INSERT_CHUNK) {
+            let list = (0..chunk.len())
+                .map(|i| format!("${}", i + 2))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let sql = format!(
+                "UPDATE {n}_registry SET state = 1, last_synced_at = $1, heartbeat_at = $1, \
+                   change_pending = 0, version = version + 1 \
+                 WHERE {n}_id IN ({list}) RETURNING {}",
+                t.registry_columns
+            );
+            let mut query = sqlx::query(AssertSqlSafe(sql)).bind(at);
+            for id in chunk {
+                query = query.bind(*id);
+            }
+            let rows = query.fetch_all(&mut *tx).await.map_err(&err)?;
+            claimed.extend(self.read_registries(&rows)?);
+        }
+        tx.commit().await.map_err(&err)?;
+        claimed.sort_by_key(|r| order.get(&r.model_id).copied());
         Ok(claimed)
     }
 
@@ -195,27 +228,29 @@ impl RegistryStore for SqlStore {
         now: DateTime<Utc>,
         limit: usize,
     ) -> Result<Vec<RegistryRecord>, StoreError> {
+        // Due-ness and the times set are on the database's clock.
+        let _ = now;
         let t = self.tables(name).await?;
         let n = &t.name;
         let sql = format!(
             "WITH due AS (SELECT {n}_id FROM {n}_registry \
                WHERE state = 2 AND (verification_state = 0 OR (verification_state = 3 AND \
-                 (verification_retry_at IS NULL OR verification_retry_at <= $1))) \
-               ORDER BY verification_retry_at NULLS FIRST, {n}_id LIMIT $2{}) \
-             UPDATE {n}_registry SET verification_state = 1, verification_started_at = $1, \
-               heartbeat_at = $1, version = version + 1 \
+                 (verification_retry_at IS NULL OR verification_retry_at <= {now}))) \
+               ORDER BY {VERIFICATION_ORDER}, {n}_id LIMIT $1{}) \
+             UPDATE {n}_registry SET verification_state = 1, verification_started_at = {now}, \
+               heartbeat_at = {now}, version = version + 1 \
              WHERE {n}_id IN (SELECT {n}_id FROM due) RETURNING {}",
             self.dialect.skip_locked(),
-            t.registry_columns
+            t.registry_columns,
+            now = self.dialect.now_micros(),
         );
         let rows = sqlx::query(AssertSqlSafe(sql))
-            .bind(micros(now))
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
             .fetch_all(&self.pool)
             .await
             .map_err(self.backend("claim registry rows for verification"))?;
         let mut claimed = self.read_registries(&rows)?;
-        claimed.sort_by_key(|r| r.model_id);
+        claimed.sort_by_key(|r| (r.verification.verified_at, r.model_id));
         Ok(claimed)
     }
 
@@ -251,12 +286,14 @@ impl RegistryStore for SqlStore {
         version: i64,
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
+        let _ = now;
         let t = self.tables(name).await?;
         let n = &t.name;
-        let sql =
-            format!("UPDATE {n}_registry SET heartbeat_at = $1 WHERE {n}_id = $2 AND version = $3");
+        let sql = format!(
+            "UPDATE {n}_registry SET heartbeat_at = {} WHERE {n}_id = $1 AND version = $2",
+            self.dialect.now_micros()
+        );
         let done = sqlx::query(AssertSqlSafe(sql))
-            .bind(micros(now))
             .bind(model_id)
             .bind(version)
             .execute(&self.pool)
@@ -321,6 +358,77 @@ impl RegistryStore for SqlStore {
         Ok(c)
     }
 
+    async fn now(&self, local_now: DateTime<Utc>) -> Result<DateTime<Utc>, StoreError> {
+        let _ = local_now;
+        self.database_now().await
+    }
+
+    async fn reverify_older_than(
+        &self,
+        name: &str,
+        verified_before: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<u64, StoreError> {
+        let t = self.tables(name).await?;
+        let table = format!("{}_registry", t.name);
+        self.reverify(&table, &t.name, " AND state = 2", verified_before, limit)
+            .await
+    }
+
+    async fn enable_verification(&self, name: &str, model_ids: &[i64]) -> Result<u64, StoreError> {
+        let t = self.tables(name).await?;
+        let n = &t.name;
+        let mut changed = 0;
+        for chunk in model_ids.chunks(INSERT_CHUNK) {
+            let list = (0..chunk.len())
+                .map(|i| format!("${}", i + 1))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let sql = format!(
+                "UPDATE {n}_registry SET verification_state = 0, version = version + 1 \
+                 WHERE {n}_id IN ({list}) AND state = 2 AND verification_state = 4"
+            );
+            let mut query = sqlx::query(AssertSqlSafe(sql));
+            for id in chunk {
+                query = query.bind(*id);
+            }
+            changed += query
+                .execute(&self.pool)
+                .await
+                .map_err(self.backend("enable verification"))?
+                .rows_affected();
+        }
+        Ok(changed)
+    }
+
+    async fn set_replication_enabled(&self, name: &str, enabled: bool) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO replicable_settings (replicable_name, replication_enabled) \
+             VALUES ($1, $2) ON CONFLICT (replicable_name) \
+             DO UPDATE SET replication_enabled = excluded.replication_enabled",
+        )
+        .bind(name.to_owned())
+        .bind(i16::from(enabled))
+        .execute(&self.pool)
+        .await
+        .map_err(self.backend("switch replication"))?;
+        Ok(())
+    }
+
+    async fn replication_enabled(&self, name: &str) -> Result<bool, StoreError> {
+        let row = sqlx::query(
+            "SELECT replication_enabled FROM replicable_settings WHERE replicable_name = $1",
+        )
+        .bind(name.to_owned())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(self.backend("read the replication switch"))?;
+        Ok(row
+            .map(|row| self.get::<i16>(&row, "replication_enabled"))
+            .transpose()?
+            .is_none_or(|v| v != 0))
+    }
+
     async fn cursor(&self) -> Result<EventId, StoreError> {
         let row = sqlx::query("SELECT last_event_id FROM replicable_cursor WHERE id = 1")
             .fetch_optional(&self.pool)
@@ -351,20 +459,25 @@ impl RegistryStore for SqlStore {
         now: DateTime<Utc>,
         ttl: std::time::Duration,
     ) -> Result<bool, StoreError> {
-        let until = now + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::MAX);
-        let done = sqlx::query(
-            "INSERT INTO replicable_leases (name, holder, expires_at) VALUES ($1, $2, $3) \
+        // Expiry on the database's clock: a holder whose clock runs ahead cannot take a live
+        // lease.
+        let _ = now;
+        let ttl = i64::try_from(ttl.as_micros()).unwrap_or(i64::MAX / 2);
+        let sql = format!(
+            "INSERT INTO replicable_leases (name, holder, expires_at) VALUES ($1, $2, {now} + $3) \
              ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, \
              expires_at = excluded.expires_at \
-             WHERE replicable_leases.holder = excluded.holder OR replicable_leases.expires_at <= $4",
-        )
-        .bind(lease.to_owned())
-        .bind(holder.to_owned())
-        .bind(micros(until))
-        .bind(micros(now))
-        .execute(&self.pool)
-        .await
-        .map_err(self.backend("acquire lease"))?;
+             WHERE replicable_leases.holder = excluded.holder \
+               OR replicable_leases.expires_at <= {now}",
+            now = self.dialect.now_micros()
+        );
+        let done = sqlx::query(AssertSqlSafe(sql))
+            .bind(lease.to_owned())
+            .bind(holder.to_owned())
+            .bind(ttl)
+            .execute(&self.pool)
+            .await
+            .map_err(self.backend("acquire lease"))?;
         Ok(done.rows_affected() == 1)
     }
 

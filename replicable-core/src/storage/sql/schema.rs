@@ -5,7 +5,7 @@
 use super::Dialect;
 
 /// The newest version of the shared tables this build knows.
-pub const CORE_VERSION: i64 = 1;
+pub const CORE_VERSION: i64 = 2;
 
 /// The newest version of a replicable's tables this build knows.
 pub const REPLICABLE_VERSION: i64 = 2;
@@ -58,6 +58,15 @@ pub fn core_migrations(dialect: Dialect, from: i64) -> Vec<String> {
              name TEXT PRIMARY KEY, \
              holder TEXT NOT NULL, \
              expires_at BIGINT NOT NULL)"
+                .into(),
+        );
+    }
+    if from < 2 {
+        // Settings of each replicable on this site: the persisted replication switch.
+        steps.push(
+            "CREATE TABLE replicable_settings (\
+             replicable_name TEXT PRIMARY KEY, \
+             replication_enabled SMALLINT NOT NULL DEFAULT 1)"
                 .into(),
         );
     }
@@ -173,6 +182,6 @@ mod tests {
     fn migrations_are_empty_when_up_to_date() {
         assert!(core_migrations(Dialect::Sqlite, CORE_VERSION).is_empty());
         assert!(replicable_migrations("x", REPLICABLE_VERSION).is_empty());
-        assert_eq!(core_migrations(Dialect::Postgres, 0).len(), 4);
+        assert_eq!(core_migrations(Dialect::Postgres, 0).len(), 5);
     }
 }

@@ -5,6 +5,7 @@ use chrono::{DateTime, Utc};
 use sqlx::any::AnyRow;
 use sqlx::{AssertSqlSafe, Row};
 
+use super::event_log::verification_pending_sql;
 use super::{SqlStore, micros, opt_micros};
 use crate::error::StoreError;
 use crate::registry::StuckCutoffs;
@@ -89,6 +90,10 @@ impl SqlStore {
     }
 }
 
+/// The scheduling order of verification claims: never verified first, then least recently
+/// verified.
+pub(super) const VERIFICATION_ORDER: &str = "verified_at NULLS FIRST";
+
 /// The predicate of work stuck in verification, with `$1` the started cutoff and `$2` the
 /// heartbeat cutoff.
 pub(super) const VERIFICATION_STUCK: &str = "(verification_state = 1 AND \
@@ -122,17 +127,9 @@ impl VerificationStore for SqlStore {
         model_id: i64,
     ) -> Result<VerificationRecord, StoreError> {
         let t = self.tables(name).await?;
-        let n = &t.name;
-        let sql = format!(
-            "INSERT INTO {n}_verification ({n}_id, verification_state) VALUES ($1, 0) \
-             ON CONFLICT ({n}_id) DO UPDATE SET verification_state = 0, \
-             verification_retry_at = NULL, verification_retry_count = 0, \
-             verification_failure = NULL, verification_started_at = NULL, \
-             version = {n}_verification.version + 1 RETURNING {}",
-            t.verification_columns
-        );
-        let row = sqlx::query(AssertSqlSafe(sql))
+        let row = sqlx::query(AssertSqlSafe(verification_pending_sql(&t)))
             .bind(model_id)
+            .bind(0_i16)
             .fetch_one(&self.pool)
             .await
             .map_err(self.backend("mark verification pending"))?;
@@ -167,27 +164,29 @@ impl VerificationStore for SqlStore {
         now: DateTime<Utc>,
         limit: usize,
     ) -> Result<Vec<VerificationRecord>, StoreError> {
+        // Due-ness and the times set are on the database's clock.
+        let _ = now;
         let t = self.tables(name).await?;
         let n = &t.name;
         let sql = format!(
             "WITH due AS (SELECT {n}_id FROM {n}_verification \
                WHERE verification_state = 0 OR (verification_state = 3 AND \
-                 (verification_retry_at IS NULL OR verification_retry_at <= $1)) \
-               ORDER BY verification_retry_at NULLS FIRST, {n}_id LIMIT $2{}) \
-             UPDATE {n}_verification SET verification_state = 1, verification_started_at = $1, \
-               heartbeat_at = $1, version = version + 1 \
+                 (verification_retry_at IS NULL OR verification_retry_at <= {now})) \
+               ORDER BY {VERIFICATION_ORDER}, {n}_id LIMIT $1{}) \
+             UPDATE {n}_verification SET verification_state = 1, \
+               verification_started_at = {now}, heartbeat_at = {now}, version = version + 1 \
              WHERE {n}_id IN (SELECT {n}_id FROM due) RETURNING {}",
             self.dialect.skip_locked(),
-            t.verification_columns
+            t.verification_columns,
+            now = self.dialect.now_micros(),
         );
         let rows = sqlx::query(AssertSqlSafe(sql))
-            .bind(micros(now))
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
             .fetch_all(&self.pool)
             .await
             .map_err(self.backend("claim verification rows"))?;
         let mut claimed = self.read_verification_records(&rows)?;
-        claimed.sort_by_key(|r| r.model_id);
+        claimed.sort_by_key(|r| (r.verification.verified_at, r.model_id));
         Ok(claimed)
     }
 
@@ -219,13 +218,14 @@ impl VerificationStore for SqlStore {
         version: i64,
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
+        let _ = now;
         let t = self.tables(name).await?;
         let n = &t.name;
         let sql = format!(
-            "UPDATE {n}_verification SET heartbeat_at = $1 WHERE {n}_id = $2 AND version = $3"
+            "UPDATE {n}_verification SET heartbeat_at = {} WHERE {n}_id = $1 AND version = $2",
+            self.dialect.now_micros()
         );
         let done = sqlx::query(AssertSqlSafe(sql))
-            .bind(micros(now))
             .bind(model_id)
             .bind(version)
             .execute(&self.pool)
@@ -262,5 +262,70 @@ impl VerificationStore for SqlStore {
             }
         }
         Ok(counts)
+    }
+
+    async fn now(&self, local_now: DateTime<Utc>) -> Result<DateTime<Utc>, StoreError> {
+        let _ = local_now;
+        self.database_now().await
+    }
+
+    async fn reverify_older_than(
+        &self,
+        name: &str,
+        verified_before: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<u64, StoreError> {
+        let t = self.tables(name).await?;
+        let table = format!("{}_verification", t.name);
+        self.reverify(&table, &t.name, "", verified_before, limit)
+            .await
+    }
+
+    async fn backfill_missing(&self, name: &str, limit: usize) -> Result<u64, StoreError> {
+        let t = self.tables(name).await?;
+        let n = &t.name;
+        let sql = format!(
+            "INSERT INTO {n}_verification ({n}_id, verification_state) \
+             SELECT r.{n}_id, 0 FROM {n}_records r \
+             LEFT JOIN {n}_verification v ON v.{n}_id = r.{n}_id \
+             WHERE v.{n}_id IS NULL ORDER BY r.{n}_id LIMIT $1 \
+             ON CONFLICT ({n}_id) DO NOTHING"
+        );
+        let done = sqlx::query(AssertSqlSafe(sql))
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .execute(&self.pool)
+            .await
+            .map_err(self.backend("backfill verification rows"))?;
+        Ok(done.rows_affected())
+    }
+}
+
+impl SqlStore {
+    /// Sends up to `limit` rows of `table` whose verification succeeded before
+    /// `verified_before` (and that match `extra`, an ` AND ...` condition) back to
+    /// verification pending, oldest first, keeping their checksum and retry count.
+    pub(super) async fn reverify(
+        &self,
+        table: &str,
+        name: &str,
+        extra: &str,
+        verified_before: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<u64, StoreError> {
+        let sql = format!(
+            "UPDATE {table} SET verification_state = 0, version = version + 1 \
+             WHERE {name}_id IN (SELECT {name}_id FROM {table} \
+               WHERE verification_state = 2 AND verified_at < $1{extra} \
+               ORDER BY verified_at, {name}_id LIMIT $2{}) \
+             AND verification_state = 2{extra}",
+            self.dialect.skip_locked()
+        );
+        let done = sqlx::query(AssertSqlSafe(sql))
+            .bind(micros(verified_before))
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .execute(&self.pool)
+            .await
+            .map_err(self.backend("re-verify old checksums"))?;
+        Ok(done.rows_affected())
     }
 }
