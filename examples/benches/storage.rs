@@ -187,7 +187,7 @@ async fn claims(store: &SqlStore, rows: usize) -> Result<Vec<Line>, Error> {
             break;
         }
         for mut row in batch {
-            row.mark_synced(Some(1))?;
+            row.mark_synced(Some(1), true)?;
             assert!(store.update(NAME, &row).await?);
         }
     }

@@ -339,13 +339,14 @@ pub async fn verification_rows_follow_the_state_machine(target: &dyn Conformance
         later[0].verification.verification_failure.as_deref(),
         Some("boom")
     );
-    // mark_pending resets an existing row and bumps its version
+    // mark_pending sends an existing row back to pending (keeping its retry count: the
+    // backoff) and bumps its version
     let reset = db.verification.mark_pending(NAME, 2).await.unwrap();
     assert_eq!(
         reset.verification.verification_state,
         VerificationState::Pending
     );
-    assert_eq!(reset.verification.verification_retry_count, 0);
+    assert_eq!(reset.verification.verification_retry_count, 1);
     assert_eq!(reset.version, later[0].version + 1);
     let counts = db.verification.counts(NAME).await.unwrap();
     assert_eq!((counts.total, counts.succeeded, counts.failed), (2, 1, 0));

@@ -235,14 +235,14 @@ pub(super) fn upsert_record_sql(n: &str) -> String {
 
 /// Creates a pending verification row or puts an existing one back to pending (`$1` id), as
 /// [`Verification::mark_pending`](crate::verification::Verification::mark_pending) does; with
-/// `$2 = 1` a row whose checksum succeeded is kept as it is (and nothing is returned).
+/// `$2 = 1` a row whose checksum succeeded is kept as it is (and nothing is returned). A failed
+/// verification keeps its retry count (its backoff) and failure text until it succeeds.
 pub(super) fn verification_pending_sql(t: &Tables) -> String {
     let n = &t.name;
     format!(
         "INSERT INTO {n}_verification ({n}_id, verification_state) VALUES ($1, 0) \
          ON CONFLICT ({n}_id) DO UPDATE SET verification_state = 0, \
-         verification_retry_at = NULL, verification_retry_count = 0, \
-         verification_failure = NULL, verification_started_at = NULL, \
+         verification_retry_at = NULL, verification_started_at = NULL, \
          version = {n}_verification.version + 1 \
          WHERE NOT ($2 = 1 AND {n}_verification.verification_state = 2) RETURNING {}",
         t.verification_columns
