@@ -23,6 +23,9 @@ pub struct BackfillReport {
     /// Records outside this secondary's selective sync: not registered, or removed with their
     /// copy if they were.
     pub out_of_scope: usize,
+    /// Synced copies whose verification waited for the primary's checksum and was turned on
+    /// because the checksum now exists (its `checksum_succeeded` event was missed).
+    pub verification_enabled: u64,
 }
 
 /// Backfill failed.
@@ -138,11 +141,65 @@ pub async fn backfill(
                 report.removed += 1;
             }
         }
+        report.verification_enabled += enable_checksummed(site, link, name, from, end)
+            .await
+            .map_err(|e| match e {
+                Waiting::Store(source) => store_err(source),
+                Waiting::Link(source) => BackfillError::Link {
+                    replicable: name,
+                    source,
+                },
+            })?;
         report.primary_ids += primary_ids.len();
         if end == i64::MAX {
             return Ok(report);
         }
         from = end;
+    }
+}
+
+enum Waiting {
+    Store(StoreError),
+    Link(LinkError),
+}
+
+/// Turns verification on for synced copies in `[from, end)` that wait for the primary's
+/// checksum when the primary has one by now: the backfill half of "verification becomes
+/// pending when the primary's checksum succeeds" (the `checksum_succeeded` event is the other).
+async fn enable_checksummed(
+    site: &Site,
+    link: &dyn crate::primary_link::PrimaryLink,
+    name: &str,
+    from: i64,
+    end: i64,
+) -> Result<u64, Waiting> {
+    const PAGE: usize = 1_000;
+    let mut enabled = 0;
+    let mut start = from;
+    loop {
+        let waiting = site
+            .registry_store()
+            .waiting_for_primary_checksum(name, start..end, PAGE)
+            .await
+            .map_err(Waiting::Store)?;
+        let mut checksummed = Vec::new();
+        for &id in &waiting {
+            let row = link.verification(name, id).await.map_err(Waiting::Link)?;
+            if row.is_some_and(|row| row.succeeded_checksum().is_some()) {
+                checksummed.push(id);
+            }
+        }
+        if !checksummed.is_empty() {
+            enabled += site
+                .registry_store()
+                .enable_verification(name, &checksummed)
+                .await
+                .map_err(Waiting::Store)?;
+        }
+        match waiting.last() {
+            Some(&last) if waiting.len() == PAGE => start = last.saturating_add(1),
+            _ => return Ok(enabled),
+        }
     }
 }
 

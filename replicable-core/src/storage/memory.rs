@@ -622,6 +622,28 @@ impl RegistryStore for MemoryStore {
         Ok(due.len() as u64)
     }
 
+    async fn waiting_for_primary_checksum(
+        &self,
+        name: &str,
+        range: Range<i64>,
+        limit: usize,
+    ) -> Result<Vec<i64>, StoreError> {
+        if range.is_empty() {
+            return Ok(Vec::new());
+        }
+        let state = self.lock();
+        Ok(state
+            .registry
+            .range(key(name, range.start)..key(name, range.end))
+            .filter(|(_, row)| {
+                row.state == SyncState::Synced
+                    && row.verification.verification_state == VerificationState::Disabled
+            })
+            .map(|((_, id), _)| *id)
+            .take(limit)
+            .collect())
+    }
+
     async fn enable_verification(&self, name: &str, model_ids: &[i64]) -> Result<u64, StoreError> {
         let mut state = self.lock();
         let mut changed = 0;

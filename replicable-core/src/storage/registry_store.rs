@@ -143,6 +143,15 @@ pub trait RegistryStore: Send + Sync + std::fmt::Debug {
         limit: usize,
     ) -> Result<u64, StoreError>;
 
+    /// Ids in `range` of synced rows whose verification is disabled (copies waiting for the
+    /// primary's checksum), ascending, at most `limit`.
+    async fn waiting_for_primary_checksum(
+        &self,
+        name: &str,
+        range: Range<i64>,
+        limit: usize,
+    ) -> Result<Vec<i64>, StoreError>;
+
     /// Turns verification on for the synced rows among `model_ids` whose verification is
     /// disabled (the primary's checksum turned out to exist): they go to verification pending.
     /// Returns how many rows changed.

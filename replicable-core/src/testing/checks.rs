@@ -1091,6 +1091,68 @@ pub async fn a_paused_replicable_records_events_and_syncs_after_resume<M: Replic
     );
 }
 
+/// A copy waiting for the primary's checksum whose `checksum_succeeded` event was missed has its
+/// verification turned on by backfill.
+pub async fn backfill_turns_on_verification_of_copies_whose_checksum_event_was_missed<
+    M: Replicable,
+>(
+    h: &Harness<M>,
+) {
+    if !M::Strategy::VERIFIABLE {
+        return;
+    }
+    let (fixture, _) = h.create_and_publish(381).await;
+    catch_up(&h.secondary).await;
+    fixture
+        .record
+        .replicator(&h.primary)
+        .verify()
+        .await
+        .unwrap();
+    // The event is lost: the cursor moves past it without consuming it.
+    let last = h
+        .primary
+        .event_log()
+        .last_event_id()
+        .await
+        .unwrap()
+        .unwrap();
+    h.secondary
+        .registry_store()
+        .save_cursor(last)
+        .await
+        .unwrap();
+    let replicator = fixture.record.replicator(&h.secondary);
+    let row = replicator
+        .target()
+        .registry_record()
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        row.verification.verification_state,
+        VerificationState::Disabled
+    );
+    let report = backfill::backfill(&h.secondary, descriptor::<M>(), 100)
+        .await
+        .unwrap();
+    assert_eq!(report.verification_enabled, 1, "{report:?}");
+    let row = replicator
+        .target()
+        .registry_record()
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        row.verification.verification_state,
+        VerificationState::Pending
+    );
+    let again = backfill::backfill(&h.secondary, descriptor::<M>(), 100)
+        .await
+        .unwrap();
+    assert_eq!(again.verification_enabled, 0);
+}
+
 /// A secondary that already holds a copy equal to the primary's (re-seeded from a backup)
 /// records it as synced without transferring it.
 pub async fn a_copy_already_equal_to_the_primary_is_not_downloaded<M: Replicable>(h: &Harness<M>) {

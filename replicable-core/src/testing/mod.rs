@@ -69,6 +69,7 @@ macro_rules! replicator_test_suite {
             old_checksums_are_verified_again,
             records_without_a_verification_row_are_backfilled,
             a_paused_replicable_records_events_and_syncs_after_resume,
+            backfill_turns_on_verification_of_copies_whose_checksum_event_was_missed,
             out_of_order_updates_leave_the_newer_generation,
             a_record_that_leaves_the_scope_is_removed,
             dataloss_lists_records_behind_and_by_how_much,

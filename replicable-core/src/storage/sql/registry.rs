@@ -375,6 +375,31 @@ impl RegistryStore for SqlStore {
             .await
     }
 
+    async fn waiting_for_primary_checksum(
+        &self,
+        name: &str,
+        range: Range<i64>,
+        limit: usize,
+    ) -> Result<Vec<i64>, StoreError> {
+        if range.is_empty() {
+            return Ok(Vec::new());
+        }
+        let t = self.tables(name).await?;
+        let n = &t.name;
+        let sql = format!(
+            "SELECT {n}_id AS id FROM {n}_registry WHERE state = 2 AND verification_state = 4 \
+             AND {n}_id >= $1 AND {n}_id < $2 ORDER BY {n}_id LIMIT $3"
+        );
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .bind(range.start)
+            .bind(range.end)
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(self.backend("list copies waiting for the primary's checksum"))?;
+        rows.iter().map(|row| self.get(row, "id")).collect()
+    }
+
     async fn enable_verification(&self, name: &str, model_ids: &[i64]) -> Result<u64, StoreError> {
         let t = self.tables(name).await?;
         let n = &t.name;
