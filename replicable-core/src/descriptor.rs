@@ -49,6 +49,7 @@ pub struct ReplicableDescriptor {
     pub verifiable: bool,
     type_name: fn() -> &'static str,
     consume: ConsumeFn,
+    record_intent: ConsumeFn,
     sync: SyncFn,
     run_claimed_sync: RunClaimedSyncFn,
     verify: VerifyFn,
@@ -75,6 +76,18 @@ fn consume<'a, M: Replicable>(
     async move {
         ReplicationTarget::<M>::new(site, event.payload.model_id)
             .consume(event)
+            .await
+    }
+    .boxed()
+}
+
+fn record_intent<'a, M: Replicable>(
+    site: &'a Site,
+    event: &'a Event,
+) -> BoxFuture<'a, Result<ConsumeOutcome, ReplicatorError>> {
+    async move {
+        ReplicationTarget::<M>::new(site, event.payload.model_id)
+            .record_intent(event)
             .await
     }
     .boxed()
@@ -143,6 +156,7 @@ impl ReplicableDescriptor {
             verifiable: <M::Strategy as Strategy>::VERIFIABLE,
             type_name: std::any::type_name::<M>,
             consume: consume::<M>,
+            record_intent: record_intent::<M>,
             sync: sync::<M>,
             run_claimed_sync: run_claimed_sync::<M>,
             verify: verify::<M>,
@@ -164,6 +178,16 @@ impl ReplicableDescriptor {
         event: &'a Event,
     ) -> BoxFuture<'a, Result<ConsumeOutcome, ReplicatorError>> {
         (self.consume)(site, event)
+    }
+
+    /// Consumes an event of this replicable on a secondary recording intent only (see
+    /// [`ReplicationTarget::record_intent`]).
+    pub fn record_intent<'a>(
+        &self,
+        site: &'a Site,
+        event: &'a Event,
+    ) -> BoxFuture<'a, Result<ConsumeOutcome, ReplicatorError>> {
+        (self.record_intent)(site, event)
     }
 
     /// Syncs one record on a secondary.

@@ -31,6 +31,7 @@ pub mod backfill;
 pub mod blob_key;
 pub mod clock;
 pub mod descriptor;
+pub mod engine;
 pub mod error;
 pub mod event;
 pub mod failure;

@@ -53,6 +53,7 @@ pub struct LogCursor {
     site: Site,
     holder: String,
     batch_size: usize,
+    intent_only: bool,
 }
 
 impl LogCursor {
@@ -75,12 +76,22 @@ impl LogCursor {
             site: site.clone(),
             holder: holder.into(),
             batch_size: DEFAULT_BATCH_SIZE,
+            intent_only: false,
         }
     }
 
     /// Events per batch (default 50).
     pub fn batch_size(mut self, batch_size: usize) -> Self {
         self.batch_size = batch_size.max(1);
+        self
+    }
+
+    /// Records intent only (what the engine's cursor does): `created` / `updated` events mark
+    /// their registry rows pending for the sync workers instead of syncing inline, so one slow
+    /// resource never holds up the events behind it. Off by default, where consuming an event
+    /// also syncs its record (the single-pass API tests and small tools use).
+    pub fn intent_only(mut self, intent_only: bool) -> Self {
+        self.intent_only = intent_only;
         self
     }
 
@@ -232,20 +243,18 @@ impl LogCursor {
             }
             let event_id = entry.id();
             let outcome = match entry {
-                LogEntry::Event(raw) => {
-                    dispatch(site, &catalogue, raw.clone())
-                        .await
-                        .map_err(|e| match e {
-                            Dispatch::Skip(reason) => Dispatch::Skip(SkippedEvent {
-                                event_id,
-                                replicable_name: raw.replicable_name,
-                                event_name: raw.event_name,
-                                reason,
-                                skipped_at: site.now(),
-                            }),
-                            Dispatch::Stop(reason) => Dispatch::Stop(reason),
-                        })
-                }
+                LogEntry::Event(raw) => dispatch(site, &catalogue, raw.clone(), self.intent_only)
+                    .await
+                    .map_err(|e| match e {
+                        Dispatch::Skip(reason) => Dispatch::Skip(SkippedEvent {
+                            event_id,
+                            replicable_name: raw.replicable_name,
+                            event_name: raw.event_name,
+                            reason,
+                            skipped_at: site.now(),
+                        }),
+                        Dispatch::Stop(reason) => Dispatch::Stop(reason),
+                    }),
                 // A row the primary cannot read is skipped like a malformed event: it would
                 // otherwise stop the cursor for good.
                 LogEntry::Damaged(damaged) => Err(Dispatch::Skip(damaged.skipped(site.now()))),
@@ -295,6 +304,7 @@ async fn dispatch(
     site: &Site,
     catalogue: &HashMap<&'static str, &'static ReplicableDescriptor>,
     raw: StoredEvent,
+    intent_only: bool,
 ) -> Result<(), Dispatch> {
     let descriptor = catalogue
         .get(raw.replicable_name.as_str())
@@ -306,7 +316,12 @@ async fn dispatch(
             ))
         })?;
     let event = Event::try_from(raw).map_err(|e| Dispatch::Skip(e.to_string()))?;
-    match descriptor.consume(site, &event).await {
+    let consumed = if intent_only {
+        descriptor.record_intent(site, &event).await
+    } else {
+        descriptor.consume(site, &event).await
+    };
+    match consumed {
         Ok(_) => Ok(()),
         Err(e) if is_transient(&e) => Err(Dispatch::Stop(e.to_string())),
         Err(e) => Err(Dispatch::Skip(e.to_string())),

@@ -504,6 +504,22 @@ impl<'a, M: Replicable> ReplicationTarget<'a, M> {
     ///   still exists anywhere;
     /// - `checksum_succeeded`: a verified copy goes back to verification pending.
     pub async fn consume(&self, event: &Event) -> Result<ConsumeOutcome, ReplicatorError> {
+        self.consume_with(event, true).await
+    }
+
+    /// Consumes an event as the engine's log cursor does: it records intent only. A `created`
+    /// / `updated` event marks the registry row pending ([`ConsumeOutcome::Pending`]) for the
+    /// sync workers, and never copies anything itself, so that one slow resource does not hold
+    /// up the events behind it. Other events act as in [`consume`](Self::consume).
+    pub async fn record_intent(&self, event: &Event) -> Result<ConsumeOutcome, ReplicatorError> {
+        self.consume_with(event, false).await
+    }
+
+    async fn consume_with(
+        &self,
+        event: &Event,
+        sync_now: bool,
+    ) -> Result<ConsumeOutcome, ReplicatorError> {
         if event.replicable_name != M::REPLICABLE_NAME || event.payload.model_id != self.id {
             return Err(ReplicatorError::WrongEvent {
                 event_id: event.id,
@@ -519,7 +535,7 @@ impl<'a, M: Replicable> ReplicationTarget<'a, M> {
         async {
             match event.kind {
                 EventKind::Created | EventKind::Updated => {
-                    self.consume_change(&event.payload).await
+                    self.consume_change(&event.payload, sync_now).await
                 }
                 EventKind::Deleted => {
                     self.remove_local(&event.payload.resource).await?;
@@ -535,6 +551,7 @@ impl<'a, M: Replicable> ReplicationTarget<'a, M> {
     async fn consume_change(
         &self,
         payload: &EventPayload,
+        sync_now: bool,
     ) -> Result<ConsumeOutcome, ReplicatorError> {
         let name = M::REPLICABLE_NAME;
         if let Some(body) = &payload.record
@@ -569,6 +586,9 @@ impl<'a, M: Replicable> ReplicationTarget<'a, M> {
                 id = self.id,
                 "replication is paused: the change is recorded"
             );
+            return Ok(ConsumeOutcome::Pending);
+        }
+        if !sync_now {
             return Ok(ConsumeOutcome::Pending);
         }
         if row.state == SyncState::Started {

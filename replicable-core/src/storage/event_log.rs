@@ -46,6 +46,14 @@ pub trait EventLog: Send + Sync + std::fmt::Debug {
     /// The newest event's id, if any.
     async fn last_event_id(&self) -> Result<Option<EventId>, StoreError>;
 
+    /// Retention: deletes up to `limit` of the oldest events created before `before`. Returns
+    /// how many were deleted. Ids are never reused, so a cursor past them is unaffected.
+    async fn delete_older_than(
+        &self,
+        before: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<u64, StoreError>;
+
     /// Stores a record's write, its verification row and its event in one transaction, for a
     /// log that shares its database with the site's record and verification stores (see
     /// [`same_database`](crate::storage::same_database)):

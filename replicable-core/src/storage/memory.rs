@@ -137,6 +137,22 @@ impl EventLog for MemoryStore {
         Ok(self.lock().events.last().map(|e| e.id))
     }
 
+    async fn delete_older_than(
+        &self,
+        before: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<u64, StoreError> {
+        let mut state = self.lock();
+        let old = state
+            .events
+            .iter()
+            .take(limit)
+            .take_while(|e| e.created_at < before)
+            .count();
+        state.events.drain(..old);
+        Ok(old as u64)
+    }
+
     async fn publish(
         &self,
         publication: &Publication,

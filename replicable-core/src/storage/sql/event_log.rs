@@ -70,6 +70,23 @@ impl EventLog for SqlStore {
             .map_err(|e| self.corrupt(e.to_string()))
     }
 
+    async fn delete_older_than(
+        &self,
+        before: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<u64, StoreError> {
+        let done = sqlx::query(
+            "DELETE FROM replicable_events WHERE id IN (SELECT id FROM replicable_events \
+             WHERE created_at < $1 ORDER BY id LIMIT $2)",
+        )
+        .bind(super::micros(before))
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .execute(&self.pool)
+        .await
+        .map_err(self.backend("delete old events"))?;
+        Ok(done.rows_affected())
+    }
+
     async fn publish(
         &self,
         publication: &Publication,

@@ -1,0 +1,284 @@
+//! The engine's settings: one struct with defaults, loadable from a TOML file and from
+//! `REPLICABLE_*` environment variables (nested keys joined by `__`, e.g.
+//! `REPLICABLE_SYNC__CONCURRENCY=16`).
+//!
+//! ```toml
+//! [sync]
+//! concurrency = 8
+//! blob_capacity = 8
+//! repository_capacity = 4
+//!
+//! [verification]
+//! concurrency = 4
+//! reverification_interval = "7days"
+//!
+//! [periods]
+//! stuck_sweep = "30s"
+//! ```
+
+use std::path::Path;
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+use crate::model::DataType;
+
+/// Every setting of an engine. `EngineConfig::default()` is what `geo-demo` and the README run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EngineConfig {
+    /// Syncing on secondaries.
+    pub sync: SyncSettings,
+    /// Verification on both sides.
+    pub verification: VerificationSettings,
+    /// The log cursor (secondaries).
+    pub cursor: CursorSettings,
+    /// How often the periodic passes run.
+    pub periods: Periods,
+    /// Event-log retention (primary).
+    pub retention: Retention,
+    /// Idle loops back off from `min` to `max` between polls, and wake at once on new work in the
+    /// same process (Praefect: 1 s to 5 s).
+    pub idle: IdleBackoff,
+    /// How long a graceful shutdown lets in-flight work finish before it is released back to
+    /// pending (default 30 s).
+    #[serde(with = "humantime_serde")]
+    pub shutdown_deadline: Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            sync: SyncSettings::default(),
+            verification: VerificationSettings::default(),
+            cursor: CursorSettings::default(),
+            periods: Periods::default(),
+            retention: Retention::default(),
+            idle: IdleBackoff::default(),
+            shutdown_deadline: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Sync concurrency on a secondary.
+///
+/// Geo's defaults (files 10, repositories 25) assume a large machine whose database is
+/// elsewhere. A site here may run its database, its object store and git on the same few cores:
+/// blobs are mostly I/O-bound streams (8 at once keep a disk or a network link busy), git
+/// fetches are CPU-heavy processes (4 at once on a small machine), and row copies are cheap
+/// (16). The total caps all of them together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SyncSettings {
+    /// Syncs running at once, all data types together (default 16).
+    pub concurrency: usize,
+    /// Blob syncs at once (default 8).
+    pub blob_capacity: usize,
+    /// Repository syncs at once (default 4).
+    pub repository_capacity: usize,
+    /// Row syncs at once (default 16).
+    pub database_capacity: usize,
+    /// Rows claimed per pass and replicable at most (default 100).
+    pub batch: usize,
+}
+
+impl Default for SyncSettings {
+    fn default() -> Self {
+        Self {
+            concurrency: 16,
+            blob_capacity: 8,
+            repository_capacity: 4,
+            database_capacity: 16,
+            batch: 100,
+        }
+    }
+}
+
+impl SyncSettings {
+    /// The capacity of one data type.
+    pub fn capacity(&self, data_type: DataType) -> usize {
+        match data_type {
+            DataType::Blob => self.blob_capacity,
+            DataType::Repository => self.repository_capacity,
+            DataType::Database => self.database_capacity,
+        }
+        .max(1)
+    }
+}
+
+/// Verification.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct VerificationSettings {
+    /// Checksums computed at once per replicable (default 4: hashing is CPU-bound; Geo's 100
+    /// assumes many cores).
+    pub concurrency: usize,
+    /// Rows claimed per pass (default 50; Geo claims 10 per job and runs many jobs).
+    pub batch: usize,
+    /// Succeeded checksums older than this are verified again (default 7 days).
+    #[serde(with = "humantime_serde")]
+    pub reverification_interval: Duration,
+}
+
+impl Default for VerificationSettings {
+    fn default() -> Self {
+        Self {
+            concurrency: 4,
+            batch: 50,
+            reverification_interval: crate::workers::DEFAULT_REVERIFICATION_INTERVAL,
+        }
+    }
+}
+
+/// The log cursor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CursorSettings {
+    /// Events per batch (default 50, as Geo).
+    pub batch_size: usize,
+}
+
+impl Default for CursorSettings {
+    fn default() -> Self {
+        Self {
+            batch_size: crate::log_cursor::DEFAULT_BATCH_SIZE,
+        }
+    }
+}
+
+/// How often each periodic pass runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Periods {
+    /// Failing abandoned or timed-out work (default 30 s: claims go stale after a minute).
+    #[serde(with = "humantime_serde")]
+    pub stuck_sweep: Duration,
+    /// Registry consistency on secondaries (default 1 minute, as Geo).
+    #[serde(with = "humantime_serde")]
+    pub backfill: Duration,
+    /// Re-verification and the primary's verification backfill (default 1 minute).
+    #[serde(with = "humantime_serde")]
+    pub verification_maintenance: Duration,
+    /// Event-log retention (default 5 minutes, as Geo).
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+}
+
+impl Default for Periods {
+    fn default() -> Self {
+        Self {
+            stuck_sweep: Duration::from_secs(30),
+            backfill: Duration::from_secs(60),
+            verification_maintenance: Duration::from_secs(60),
+            retention: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Event-log retention on the primary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Retention {
+    /// Events older than this are deleted whether or not every secondary consumed them: a
+    /// secondary that far behind catches up through backfill (default 30 days).
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+    /// Events per delete statement (default 10,000).
+    pub batch: usize,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Self {
+            max_age: Duration::from_secs(30 * 24 * 3600),
+            batch: 10_000,
+        }
+    }
+}
+
+/// Idle backoff of the engine's loops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IdleBackoff {
+    /// The first wait after an idle pass (default 1 s).
+    #[serde(with = "humantime_serde")]
+    pub min: Duration,
+    /// The longest wait (default 5 s).
+    #[serde(with = "humantime_serde")]
+    pub max: Duration,
+}
+
+impl Default for IdleBackoff {
+    fn default() -> Self {
+        Self {
+            min: Duration::from_secs(1),
+            max: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The configuration could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("engine configuration: {0}")]
+pub struct ConfigError(#[from] Box<figment::Error>);
+
+impl EngineConfig {
+    /// The defaults, overridden by the TOML file at `path` (if given; a missing file is an
+    /// error), then by `REPLICABLE_*` environment variables.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Self::default()));
+        if let Some(path) = path {
+            if !path.exists() {
+                return Err(ConfigError(Box::new(figment::Error::from(format!(
+                    "the file {} does not exist",
+                    path.display()
+                )))));
+            }
+            figment = figment.merge(Toml::file(path));
+        }
+        figment
+            .merge(Env::prefixed("REPLICABLE_").split("__"))
+            .extract()
+            .map_err(|e| ConfigError(Box::new(e)))
+    }
+
+    /// Parses a TOML text over the defaults (no environment).
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        Figment::from(Serialized::defaults(Self::default()))
+            .merge(Toml::string(text))
+            .extract()
+            .map_err(|e| ConfigError(Box::new(e)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn toml_overrides_the_defaults_and_keeps_the_rest() {
+        let config = EngineConfig::from_toml(
+            "shutdown_deadline = \"5s\"\n[sync]\nconcurrency = 3\n[periods]\nbackfill = \"2m\"\n",
+        )
+        .unwrap();
+        assert_eq!(config.sync.concurrency, 3);
+        assert_eq!(config.sync.blob_capacity, 8);
+        assert_eq!(config.periods.backfill, Duration::from_secs(120));
+        assert_eq!(config.shutdown_deadline, Duration::from_secs(5));
+        assert_eq!(config.idle, IdleBackoff::default());
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let err = EngineConfig::from_toml("[sync]\nconcurency = 3\n").unwrap_err();
+        assert!(err.to_string().contains("concurency"), "{err}");
+    }
+
+    #[test]
+    fn a_missing_file_is_an_error() {
+        let err = EngineConfig::load(Some(Path::new("/nonexistent/replicable.toml"))).unwrap_err();
+        assert!(err.to_string().contains("does not exist"), "{err}");
+    }
+}

@@ -1,0 +1,124 @@
+//! Idle backoff and wake-ups shared by the engine's loops.
+
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::config::IdleBackoff;
+
+/// A wake-up signal: a counter bumped when new work appears in this process (the log cursor
+/// recorded intent, a sync finished and its copy awaits verification). A loop takes a
+/// [`Wake::snapshot`] before it looks for work, so a bump between its look and its wait is not
+/// lost.
+#[derive(Debug, Clone)]
+pub(crate) struct Wake {
+    sender: std::sync::Arc<watch::Sender<u64>>,
+}
+
+impl Wake {
+    pub(crate) fn new() -> Self {
+        Self {
+            sender: std::sync::Arc::new(watch::channel(0).0),
+        }
+    }
+
+    /// Signals new work to every loop waiting on this.
+    pub(crate) fn notify(&self) {
+        self.sender.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// The current position, to wait for a change after it.
+    pub(crate) fn snapshot(&self) -> watch::Receiver<u64> {
+        let mut receiver = self.sender.subscribe();
+        receiver.mark_unchanged();
+        receiver
+    }
+}
+
+/// The idle state of one loop: the next wait doubles from `min` up to `max` while passes find
+/// nothing, and starts over when one finds work.
+#[derive(Debug)]
+pub(crate) struct Idle {
+    settings: IdleBackoff,
+    next: Duration,
+}
+
+impl Idle {
+    pub(crate) fn new(settings: IdleBackoff) -> Self {
+        Self {
+            settings,
+            next: settings.min,
+        }
+    }
+
+    /// A pass found work: the next idle wait starts from the minimum again.
+    pub(crate) fn busy(&mut self) {
+        self.next = self.settings.min;
+    }
+
+    /// Waits after an idle (or failed) pass: until the backoff elapses, `wake` changes, or the
+    /// engine stops. Returns false when the engine stops.
+    pub(crate) async fn wait(
+        &mut self,
+        wake: Option<&mut watch::Receiver<u64>>,
+        cancel: &CancellationToken,
+    ) -> bool {
+        let wait = self.next;
+        self.next = (self.next * 2)
+            .min(self.settings.max)
+            .max(self.settings.min);
+        let woken = async {
+            match wake {
+                Some(receiver) => {
+                    let _ = receiver.changed().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = cancel.cancelled() => false,
+            _ = tokio::time::sleep(wait) => true,
+            _ = woken => {
+                self.busy();
+                true
+            }
+        }
+    }
+}
+
+/// Sleeps `period`, or less if the engine stops. Returns false when it stops.
+pub(crate) async fn sleep_or_stop(period: Duration, cancel: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = cancel.cancelled() => false,
+        _ = tokio::time::sleep(period) => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_waits_grow_to_the_maximum_and_a_wake_cuts_them_short() {
+        let mut idle = Idle::new(IdleBackoff {
+            min: Duration::from_secs(1),
+            max: Duration::from_secs(5),
+        });
+        let cancel = CancellationToken::new();
+        let start = tokio::time::Instant::now();
+        for _ in 0..5 {
+            assert!(idle.wait(None, &cancel).await);
+        }
+        // 1 + 2 + 4 + 5 + 5
+        assert_eq!(start.elapsed(), Duration::from_secs(17));
+        let wake = Wake::new();
+        let mut snapshot = wake.snapshot();
+        wake.notify();
+        let before = tokio::time::Instant::now();
+        assert!(idle.wait(Some(&mut snapshot), &cancel).await);
+        assert_eq!(before.elapsed(), Duration::ZERO, "woken at once");
+        cancel.cancel();
+        assert!(!idle.wait(None, &cancel).await);
+    }
+}

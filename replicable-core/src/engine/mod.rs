@@ -1,0 +1,586 @@
+//! The engine: runs a site's replication by itself, as tasks on one tokio runtime, until it is
+//! stopped.
+//!
+//! ```ignore
+//! let engine = Engine::new(site, vec![find_replicable("package_file")?.unwrap()])
+//!     .config(EngineConfig::load(Some("replicable.toml".as_ref()))?)
+//!     .start()
+//!     .await?;
+//! engine.run_until_signal().await;   // SIGINT / SIGTERM: graceful shutdown
+//! ```
+//!
+//! On a **secondary** it runs the log cursor (recording intent only), sync workers with a total
+//! concurrency and per-data-type capacities, verification, the sweep of stuck or abandoned
+//! work, registry consistency (backfill), and re-verification. On the **primary** it runs
+//! verification (claims skip locked rows), the verification backfill, re-verification, the
+//! stuck-work sweep and event-log retention.
+//!
+//! Crash safety follows Geo's contract: the intent to sync or verify lives in the registry and
+//! verification tables, never only in a queue. A process killed at any point loses no work; the
+//! next one finds it again. A graceful shutdown stops claiming, lets in-flight syncs finish
+//! within a deadline, hands back what did not (to pending, not `started`), and releases the
+//! cursor lease so a restarted process takes over at once.
+//!
+//! Every loop that errors logs, backs off and goes on; none takes the process down.
+
+pub mod config;
+mod idle;
+mod sync;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+pub use config::EngineConfig;
+
+use crate::descriptor::ReplicableDescriptor;
+use crate::error::StoreError;
+use crate::log_cursor::LogCursor;
+use crate::model::DataType;
+use crate::site::Site;
+use idle::{Idle, Wake, sleep_or_stop};
+use sync::{Capacity, InFlightSyncs};
+
+/// The name the replication switch of a whole site is stored under (per-replicable switches use
+/// the replicable's name).
+pub const SITE_SWITCH: &str = "*";
+
+/// The engine could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EngineError {
+    /// The engine was given no replicables to run.
+    #[error("site `{site}`: the engine was given no replicables")]
+    NoReplicables {
+        /// The site.
+        site: String,
+    },
+    /// The site's storage could not be prepared.
+    #[error("site `{site}`: preparing the tables of `{replicable}` failed: {source}")]
+    Storage {
+        /// The site.
+        site: String,
+        /// The replicable.
+        replicable: &'static str,
+        /// The failure.
+        source: StoreError,
+    },
+}
+
+/// An engine to start for a site and an explicit list of replicables.
+#[derive(Debug)]
+pub struct Engine {
+    site: Site,
+    replicables: Vec<&'static ReplicableDescriptor>,
+    config: EngineConfig,
+    holder: Option<String>,
+}
+
+pub(crate) struct Shared {
+    pub(crate) site: Site,
+    pub(crate) config: EngineConfig,
+    pub(crate) cancel: CancellationToken,
+    pub(crate) tracker: TaskTracker,
+    pub(crate) sync_wake: Wake,
+    pub(crate) verification_wake: Wake,
+    pub(crate) in_flight: InFlightSyncs,
+    replicables: Vec<&'static ReplicableDescriptor>,
+}
+
+impl Shared {
+    /// Whether replication of `name` (or of the whole site) is paused.
+    pub(crate) async fn replication_paused(&self, name: &str) -> Result<bool, StoreError> {
+        let store = self.site.registry_store();
+        Ok(!store.replication_enabled(SITE_SWITCH).await?
+            || !store.replication_enabled(name).await?)
+    }
+}
+
+impl Engine {
+    /// An engine for `site` running `replicables` (find them with
+    /// [`find_replicable`](crate::find_replicable) or
+    /// [`registered_replicables`](crate::registered_replicables)), with default settings.
+    pub fn new(site: Site, replicables: Vec<&'static ReplicableDescriptor>) -> Self {
+        Self {
+            site,
+            replicables,
+            config: EngineConfig::default(),
+            holder: None,
+        }
+    }
+
+    /// The settings.
+    pub fn config(mut self, config: EngineConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// The name this process holds the cursor lease under (default: site, pid and a random
+    /// suffix).
+    pub fn holder(mut self, holder: impl Into<String>) -> Self {
+        self.holder = Some(holder.into());
+        self
+    }
+
+    /// Prepares the tables of the replicables and starts every loop. Returns at once.
+    pub async fn start(self) -> Result<EngineHandle, EngineError> {
+        let site = self.site;
+        if self.replicables.is_empty() {
+            return Err(EngineError::NoReplicables {
+                site: site.name().to_owned(),
+            });
+        }
+        for replicable in &self.replicables {
+            prepare(&site, replicable)
+                .await
+                .map_err(|source| EngineError::Storage {
+                    site: site.name().to_owned(),
+                    replicable: replicable.name,
+                    source,
+                })?;
+        }
+        let shared = Arc::new(Shared {
+            site: site.clone(),
+            config: self.config,
+            cancel: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+            sync_wake: Wake::new(),
+            verification_wake: Wake::new(),
+            in_flight: Arc::new(Mutex::new(HashMap::new())),
+            replicables: self.replicables,
+        });
+        let holder = self.holder.unwrap_or_else(|| {
+            format!(
+                "{}-{}-{:08x}",
+                site.name(),
+                std::process::id(),
+                fastrand::u32(..)
+            )
+        });
+        let cursor = LogCursor::with_holder(&site, holder)
+            .batch_size(shared.config.cursor.batch_size)
+            .intent_only(true);
+        let loops = TaskTracker::new();
+        if site.is_primary() {
+            start_primary(&shared, &loops);
+        } else {
+            match crate::staging::sweep_abandoned_staging(&site).await {
+                Ok(swept) => debug!(?swept, "swept abandoned staging at start-up"),
+                Err(e) => warn!(error = %e, "sweeping abandoned staging at start-up failed"),
+            }
+            start_secondary(&shared, &loops, cursor.clone());
+        }
+        loops.close();
+        info!(
+            site = site.name(),
+            role = site.role().name(),
+            replicables = shared.replicables.len(),
+            "engine started"
+        );
+        Ok(EngineHandle {
+            shared,
+            loops,
+            cursor: (!site.is_primary()).then_some(cursor),
+        })
+    }
+}
+
+/// Creates (or migrates) the tables the site needs for one replicable. Read paths never do.
+async fn prepare(site: &Site, replicable: &ReplicableDescriptor) -> Result<(), StoreError> {
+    if site.is_primary() {
+        site.verification_store().counts(replicable.name).await?;
+        site.records().count(replicable.name).await?;
+    } else {
+        site.registry_store().counts(replicable.name).await?;
+        site.records().count(replicable.name).await?;
+    }
+    Ok(())
+}
+
+fn start_secondary(shared: &Arc<Shared>, loops: &TaskTracker, cursor: LogCursor) {
+    loops.spawn(cursor_loop(shared.clone(), cursor));
+    let sync = shared.config.sync;
+    let total = Arc::new(Semaphore::new(sync.concurrency.max(1)));
+    let mut per_type: HashMap<DataType, Arc<Semaphore>> = HashMap::new();
+    for &replicable in &shared.replicables {
+        let of_type = per_type
+            .entry(replicable.data_type)
+            .or_insert_with(|| Arc::new(Semaphore::new(sync.capacity(replicable.data_type))))
+            .clone();
+        let capacity = Capacity {
+            total: total.clone(),
+            of_type,
+        };
+        loops.spawn(sync::sync_loop(shared.clone(), replicable, capacity));
+        loops.spawn(verification_loop(shared.clone(), replicable));
+    }
+    loops.spawn(periodic(
+        shared.clone(),
+        "stuck sweep",
+        |c| c.periods.stuck_sweep,
+        sweep_stuck,
+    ));
+    loops.spawn(periodic(
+        shared.clone(),
+        "backfill",
+        |c| c.periods.backfill,
+        backfill,
+    ));
+    loops.spawn(periodic(
+        shared.clone(),
+        "re-verification",
+        |c| c.periods.verification_maintenance,
+        reverify,
+    ));
+}
+
+fn start_primary(shared: &Arc<Shared>, loops: &TaskTracker) {
+    for &replicable in &shared.replicables {
+        loops.spawn(verification_loop(shared.clone(), replicable));
+    }
+    loops.spawn(periodic(
+        shared.clone(),
+        "stuck sweep",
+        |c| c.periods.stuck_sweep,
+        sweep_stuck,
+    ));
+    loops.spawn(periodic(
+        shared.clone(),
+        "verification maintenance",
+        |c| c.periods.verification_maintenance,
+        |shared| async move {
+            for &replicable in &shared.replicables {
+                crate::backfill::backfill_primary_verification(
+                    &shared.site,
+                    replicable,
+                    shared.config.verification.batch.max(1) * 20,
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            }
+            reverify(shared).await
+        },
+    ));
+    loops.spawn(periodic(
+        shared.clone(),
+        "retention",
+        |c| c.periods.retention,
+        retention,
+    ));
+}
+
+/// The log cursor: reads batches and records intent, waking the sync workers.
+async fn cursor_loop(shared: Arc<Shared>, cursor: LogCursor) {
+    let mut idle = Idle::new(shared.config.idle);
+    loop {
+        if shared.cancel.is_cancelled() {
+            return;
+        }
+        let batch = tokio::select! {
+            _ = shared.cancel.cancelled() => return,
+            batch = cursor.process_batch() => batch,
+        };
+        match batch {
+            Ok(report) if report.read > 0 => {
+                shared.sync_wake.notify();
+                shared.verification_wake.notify();
+                idle.busy();
+                if report.read < shared.config.cursor.batch_size
+                    && !idle.wait(None, &shared.cancel).await
+                {
+                    return;
+                }
+            }
+            Ok(_) => {
+                if !idle.wait(None, &shared.cancel).await {
+                    return;
+                }
+            }
+            Err(e) if e.lease_held => {
+                debug!("another process holds the cursor lease; waiting");
+                let wait = shared.site.timeouts().cursor_lease / 3;
+                if !sleep_or_stop(wait, &shared.cancel).await {
+                    return;
+                }
+            }
+            Err(e) => {
+                warn!(error = %e, "the log cursor failed; backing off");
+                if !idle.wait(None, &shared.cancel).await {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Verification of one replicable (primary or secondary).
+async fn verification_loop(shared: Arc<Shared>, replicable: &'static ReplicableDescriptor) {
+    if !replicable.verifiable {
+        return;
+    }
+    let mut idle = Idle::new(shared.config.idle);
+    let settings = shared.config.verification;
+    loop {
+        if shared.cancel.is_cancelled() {
+            return;
+        }
+        let mut wake = shared.verification_wake.snapshot();
+        let pass = tokio::select! {
+            _ = shared.cancel.cancelled() => return,
+            pass = crate::workers::verify_due(
+                &shared.site,
+                replicable,
+                settings.batch.max(1),
+                settings.concurrency.max(1),
+            ) => pass,
+        };
+        match pass {
+            Ok(report) if report.claimed > 0 => idle.busy(),
+            Ok(_) => {
+                if !idle.wait(Some(&mut wake), &shared.cancel).await {
+                    return;
+                }
+            }
+            Err(e) => {
+                warn!(replicable = replicable.name, error = %e, "verification pass failed");
+                if !idle.wait(None, &shared.cancel).await {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Runs `pass` every `period(config)`, logging and going on when it fails.
+async fn periodic<F, Fut>(
+    shared: Arc<Shared>,
+    what: &'static str,
+    period: fn(&EngineConfig) -> Duration,
+    pass: F,
+) where
+    F: Fn(Arc<Shared>) -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    loop {
+        let result = tokio::select! {
+            _ = shared.cancel.cancelled() => return,
+            result = pass(shared.clone()) => result,
+        };
+        if let Err(e) = result {
+            warn!(pass = what, error = %e, "periodic pass failed; trying again next period");
+        }
+        if !sleep_or_stop(period(&shared.config), &shared.cancel).await {
+            return;
+        }
+    }
+}
+
+async fn sweep_stuck(shared: Arc<Shared>) -> Result<(), String> {
+    for &replicable in &shared.replicables {
+        let failed = crate::workers::fail_stuck(&shared.site, replicable, 1_000)
+            .await
+            .map_err(|e| e.to_string())?;
+        if failed > 0 {
+            info!(replicable = replicable.name, failed, "failed stuck work");
+            shared.sync_wake.notify();
+        }
+    }
+    Ok(())
+}
+
+async fn backfill(shared: Arc<Shared>) -> Result<(), String> {
+    for &replicable in &shared.replicables {
+        let report = crate::backfill::backfill(
+            &shared.site,
+            replicable,
+            crate::backfill::DEFAULT_RANGE_SIZE,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        if report.created > 0 || report.verification_enabled > 0 {
+            shared.sync_wake.notify();
+            shared.verification_wake.notify();
+        }
+    }
+    Ok(())
+}
+
+async fn reverify(shared: Arc<Shared>) -> Result<(), String> {
+    let settings = shared.config.verification;
+    for &replicable in &shared.replicables {
+        let n = crate::workers::reverify_stale(
+            &shared.site,
+            replicable,
+            settings.reverification_interval,
+            settings.batch.max(1) * 20,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        if n > 0 {
+            shared.verification_wake.notify();
+        }
+    }
+    Ok(())
+}
+
+async fn retention(shared: Arc<Shared>) -> Result<(), String> {
+    let settings = shared.config.retention;
+    let before = shared.site.now()
+        - chrono::Duration::from_std(settings.max_age).unwrap_or(chrono::Duration::MAX);
+    loop {
+        let deleted = shared
+            .site
+            .event_log()
+            .delete_older_than(before, settings.batch.max(1))
+            .await
+            .map_err(|e| e.to_string())?;
+        if deleted > 0 {
+            info!(deleted, "deleted events past the retention age");
+        }
+        if deleted < settings.batch.max(1) as u64 {
+            return Ok(());
+        }
+    }
+}
+
+/// A running engine.
+#[derive(Debug)]
+pub struct EngineHandle {
+    shared: Arc<Shared>,
+    loops: TaskTracker,
+    cursor: Option<LogCursor>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("site", &self.site.name())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a graceful shutdown did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// Syncs that finished within the deadline.
+    pub finished: usize,
+    /// Syncs that did not, handed back to pending.
+    pub released: usize,
+}
+
+impl EngineHandle {
+    /// The site.
+    pub fn site(&self) -> &Site {
+        &self.shared.site
+    }
+
+    /// Syncs running now.
+    pub fn in_flight(&self) -> usize {
+        self.shared
+            .in_flight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
+    }
+
+    /// Wakes every idle loop at once: new work was written in this process (a publish, an
+    /// operator's resync).
+    pub fn wake(&self) {
+        self.shared.sync_wake.notify();
+        self.shared.verification_wake.notify();
+    }
+
+    /// Stops claiming, lets in-flight syncs finish within the configured deadline, hands back
+    /// what did not (to pending), and releases the cursor lease.
+    pub async fn shutdown(self) -> ShutdownReport {
+        let deadline = self.shared.config.shutdown_deadline;
+        self.shutdown_within(deadline).await
+    }
+
+    /// [`shutdown`](Self::shutdown) with an explicit deadline.
+    pub async fn shutdown_within(self, deadline: Duration) -> ShutdownReport {
+        let shared = &self.shared;
+        let running = self.in_flight();
+        info!(running, ?deadline, "engine stopping");
+        shared.cancel.cancel();
+        self.loops.wait().await;
+        shared.tracker.close();
+        let finished_in_time = tokio::time::timeout(deadline, shared.tracker.wait())
+            .await
+            .is_ok();
+        let mut report = ShutdownReport::default();
+        if !finished_in_time {
+            let left: Vec<_> = shared
+                .in_flight
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .drain()
+                .collect();
+            for ((name, _), entry) in left {
+                if let Some(abort) = &entry.abort {
+                    abort.abort();
+                }
+                let Some(replicable) = shared.replicables.iter().find(|d| d.name == name) else {
+                    continue;
+                };
+                if sync::release_row(shared, replicable, &entry.row).await {
+                    report.released += 1;
+                }
+            }
+            shared.tracker.wait().await;
+        }
+        report.finished = running.saturating_sub(report.released);
+        if let Some(cursor) = &self.cursor
+            && let Err(e) = cursor.release().await
+        {
+            warn!(error = %e, "releasing the cursor lease failed; it expires on its own");
+        }
+        info!(?report, "engine stopped");
+        report
+    }
+
+    /// Runs until SIGINT or SIGTERM, then shuts down gracefully.
+    pub async fn run_until_signal(self) -> ShutdownReport {
+        wait_for_signal().await;
+        self.shutdown().await
+    }
+}
+
+/// Waits for SIGINT or SIGTERM (Ctrl-C elsewhere).
+pub async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) {
+            (Ok(mut interrupt), Ok(mut terminate)) => {
+                tokio::select! {
+                    _ = interrupt.recv() => {}
+                    _ = terminate.recv() => {}
+                }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Turns replication of the whole site off (`false`) or on (`true`), persisted: paused, the
+/// cursor still records intent but nothing is synced.
+pub async fn set_site_replication_enabled(site: &Site, enabled: bool) -> Result<(), StoreError> {
+    site.registry_store()
+        .set_replication_enabled(SITE_SWITCH, enabled)
+        .await
+}

@@ -1,0 +1,255 @@
+//! The sync workers of a secondary: claim due registry rows within the free capacity (total and
+//! per data type), run each claimed sync as its own tracked task under the sync timeout, record
+//! a panicking strategy as that record's failure, and, at shutdown, hand back what did not
+//! finish.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use futures::FutureExt;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::AbortHandle;
+use tracing::{Instrument, debug, error, info_span, warn};
+
+use super::Shared;
+use super::idle::Idle;
+use crate::descriptor::ReplicableDescriptor;
+use crate::failure::SyncFailure;
+use crate::registry::{RegistryRecord, SyncState};
+use crate::verification::humanize;
+
+/// A sync the engine started and has not seen end.
+#[derive(Debug)]
+pub(crate) struct InFlight {
+    pub(crate) row: RegistryRecord,
+    pub(crate) abort: Option<AbortHandle>,
+}
+
+/// The in-flight syncs of an engine, by replicable and id.
+pub(crate) type InFlightSyncs = Arc<Mutex<HashMap<(&'static str, i64), InFlight>>>;
+
+/// The capacity of one data type, shared by the replicables of that type, under the total.
+#[derive(Debug, Clone)]
+pub(crate) struct Capacity {
+    pub(crate) total: Arc<Semaphore>,
+    pub(crate) of_type: Arc<Semaphore>,
+}
+
+impl Capacity {
+    fn free(&self) -> usize {
+        self.total
+            .available_permits()
+            .min(self.of_type.available_permits())
+    }
+
+    fn try_take(&self) -> Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)> {
+        let of_type = self.of_type.clone().try_acquire_owned().ok()?;
+        let total = self.total.clone().try_acquire_owned().ok()?;
+        Some((total, of_type))
+    }
+}
+
+/// The claim loop of one replicable.
+pub(crate) async fn sync_loop(
+    shared: Arc<Shared>,
+    replicable: &'static ReplicableDescriptor,
+    capacity: Capacity,
+) {
+    let site = &shared.site;
+    let name = replicable.name;
+    let mut idle = Idle::new(shared.config.idle);
+    loop {
+        if shared.cancel.is_cancelled() {
+            return;
+        }
+        let mut wake = shared.sync_wake.snapshot();
+        let free = capacity.free().min(shared.config.sync.batch);
+        if free == 0 {
+            // Full: wait for a running sync to end (it signals the wake) or a short backoff.
+            if !idle.wait(Some(&mut wake), &shared.cancel).await {
+                return;
+            }
+            continue;
+        }
+        let paused = match shared.replication_paused(name).await {
+            Ok(paused) => paused,
+            Err(e) => {
+                warn!(replicable = name, error = %e, "cannot read the replication switch");
+                true
+            }
+        };
+        let claimed = if paused {
+            Ok(Vec::new())
+        } else {
+            site.registry_store()
+                .claim_for_sync(name, site.now(), free)
+                .await
+        };
+        let rows = match claimed {
+            Ok(rows) => rows,
+            Err(e) => {
+                warn!(replicable = name, error = %e, "claiming syncs failed; backing off");
+                Vec::new()
+            }
+        };
+        if rows.is_empty() {
+            if !idle.wait(Some(&mut wake), &shared.cancel).await {
+                return;
+            }
+            continue;
+        }
+        idle.busy();
+        for row in rows {
+            let Some(permits) = capacity.try_take() else {
+                // Cannot happen (we claimed at most the free capacity); hand the row back.
+                release_row(&shared, replicable, &row).await;
+                continue;
+            };
+            spawn_sync(&shared, replicable, row, permits);
+        }
+    }
+}
+
+fn spawn_sync(
+    shared: &Arc<Shared>,
+    replicable: &'static ReplicableDescriptor,
+    row: RegistryRecord,
+    permits: (OwnedSemaphorePermit, OwnedSemaphorePermit),
+) {
+    let key = (replicable.name, row.model_id);
+    shared
+        .in_flight
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(
+            key,
+            InFlight {
+                row: row.clone(),
+                abort: None,
+            },
+        );
+    let task_shared = shared.clone();
+    let span = info_span!("sync", replicable = replicable.name, id = row.model_id);
+    let handle = shared.tracker.spawn(
+        async move {
+            let _permits = permits;
+            run_one(&task_shared, replicable, row).await;
+            task_shared
+                .in_flight
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&key);
+            // Capacity is free again, and the copy may now be verified.
+            task_shared.sync_wake.notify();
+            task_shared.verification_wake.notify();
+        }
+        .instrument(span),
+    );
+    if let Some(entry) = shared
+        .in_flight
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get_mut(&key)
+    {
+        entry.abort = Some(handle.abort_handle());
+    }
+}
+
+/// One claimed sync, under the sync timeout, with a panic recorded as its failure.
+async fn run_one(shared: &Shared, replicable: &'static ReplicableDescriptor, row: RegistryRecord) {
+    let site = &shared.site;
+    let timeout = site.timeouts().sync;
+    let attempt =
+        std::panic::AssertUnwindSafe(replicable.run_claimed_sync(site, row.clone())).catch_unwind();
+    let failure = match tokio::time::timeout(timeout, attempt).await {
+        Ok(Ok(Ok(outcome))) => {
+            debug!(?outcome, "sync ended");
+            None
+        }
+        Ok(Ok(Err(e))) => {
+            // Storage or link trouble while completing: the row stays as it is; the sweep of
+            // abandoned work fails it if nobody completes it.
+            error!(error = %e, "sync errored");
+            None
+        }
+        Ok(Err(panic)) => {
+            let text = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "no message".into());
+            error!(panic = %text, "the strategy panicked");
+            Some(SyncFailure::new(format!("Sync panicked: {text}")))
+        }
+        Err(_) => Some(SyncFailure::new(format!(
+            "Sync timed out after {}",
+            humanize(timeout)
+        ))),
+    };
+    if let Some(failure) = failure {
+        fail_row(shared, replicable, &row, &failure).await;
+    }
+}
+
+/// Fails the row of an attempt that ended without completing it, if the row is still that
+/// attempt's.
+async fn fail_row(
+    shared: &Shared,
+    replicable: &'static ReplicableDescriptor,
+    attempt: &RegistryRecord,
+    failure: &SyncFailure,
+) {
+    let site = &shared.site;
+    let store = site.registry_store();
+    for _ in 0..4 {
+        let Ok(Some(mut row)) = store.get(replicable.name, attempt.model_id).await else {
+            return;
+        };
+        if !is_attempt(&row, attempt) {
+            return;
+        }
+        let jitter = fastrand::u32(0..crate::retry::JITTER_RANGE);
+        let _ = row.mark_failed(failure, site.now(), site.retry_policy(), jitter);
+        match store.update(replicable.name, &row).await {
+            Ok(true) => return,
+            Ok(false) => continue,
+            Err(e) => {
+                warn!(error = %e, "cannot record the failed sync");
+                return;
+            }
+        }
+    }
+}
+
+/// Hands a claimed row back: from `started` by this attempt to pending, so that another worker
+/// (or the next process) takes it at once instead of after the claim timeout.
+pub(crate) async fn release_row(
+    shared: &Shared,
+    replicable: &ReplicableDescriptor,
+    attempt: &RegistryRecord,
+) -> bool {
+    let store = shared.site.registry_store();
+    for _ in 0..4 {
+        let Ok(Some(mut row)) = store.get(replicable.name, attempt.model_id).await else {
+            return false;
+        };
+        if !is_attempt(&row, attempt) || row.requeue().is_err() {
+            return false;
+        }
+        match store.update(replicable.name, &row).await {
+            Ok(true) => return true,
+            Ok(false) => continue,
+            Err(e) => {
+                warn!(error = %e, "cannot release the claimed row");
+                return false;
+            }
+        }
+    }
+    false
+}
+
+fn is_attempt(row: &RegistryRecord, attempt: &RegistryRecord) -> bool {
+    row.state == SyncState::Started
+        && row.last_synced_at.map(|t| t.timestamp_micros())
+            == attempt.last_synced_at.map(|t| t.timestamp_micros())
+}
