@@ -646,6 +646,10 @@ impl<'a, M: Replicable> ReplicationTarget<'a, M> {
     }
 
     async fn remove_local(&self, resource: &Resource) -> Result<(), ReplicatorError> {
+        // The copy first and the registry row last: if removing the copy fails, the row and
+        // the stored record still name it, so backfill can remove it later. A sync in flight
+        // that makes its copy visible after this removal finds the row gone when it completes
+        // and removes its copy itself.
         M::Strategy::default()
             .remove(self.site, &self.resource_target(resource))
             .await
@@ -1003,9 +1007,11 @@ impl<'a, M: Replicable> SyncAttempt<'a, M> {
         let site = target.site;
         let name = M::REPLICABLE_NAME;
         let link = target.secondary_link("sync")?;
+        let mut resource = None;
         let copied = match link.record(name, target.id).await {
             Ok(Some(stored)) => {
                 let record = target.decode(&stored)?;
+                resource = Some(record.resource());
                 if !site.selective_sync().includes(name, &stored.body) {
                     target.remove_local(&record.resource()).await?;
                     return Ok(SyncOutcome::OutOfScope);
@@ -1041,7 +1047,7 @@ impl<'a, M: Replicable> SyncAttempt<'a, M> {
             ))),
             Err(e) => Err(SyncFailure::new(e.to_string())),
         };
-        self.complete(copied).await
+        self.complete(copied, resource).await
     }
 
     /// Writes the attempt's end into the registry row, if the row is still this attempt's.
@@ -1054,6 +1060,7 @@ impl<'a, M: Replicable> SyncAttempt<'a, M> {
     async fn complete(
         mut self,
         copied: Result<(i64, Option<String>, Resource), SyncFailure>,
+        resource: Option<Resource>,
     ) -> Result<SyncOutcome, ReplicatorError> {
         let target = &self.target;
         let site = target.site;
@@ -1110,9 +1117,10 @@ impl<'a, M: Replicable> SyncAttempt<'a, M> {
                     return Ok(SyncOutcome::ChangedDuringSync);
                 }
                 None => {
-                    if let Ok((_, _, resource)) = &copied {
-                        // Deleted between the guard and the copy becoming visible: nothing
-                        // may be left behind.
+                    // Deleted while the copy ran. Even an overtaken copy may have become visible
+                    // (the deletion can land between the strategy's check and its rename):
+                    // nothing may be left behind.
+                    if let Some(resource) = &resource {
                         debug!(
                             name,
                             id = target.id,

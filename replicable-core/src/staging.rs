@@ -65,10 +65,14 @@ pub fn temporary_owner(file_name: &str) -> Option<(&str, i64)> {
 /// that no live sync owns (see the module documentation). Safe to run at any time, from any
 /// process sharing the site's registry.
 pub async fn sweep_abandoned_staging(site: &Site) -> Result<StagingSweep, StagingError> {
-    let now = site.now();
     let claim =
         chrono::Duration::from_std(site.timeouts().claim_timeout).unwrap_or(chrono::Duration::MAX);
-    let alive_after = now - claim;
+    // Heartbeats are written on the database's clock: compare them on it. File times are
+    // this machine's.
+    let alive_after = Alive {
+        heartbeat_after: site.registry_store().now(site.now()).await? - claim,
+        modified_after: Utc::now() - claim,
+    };
     let mut sweep = StagingSweep::default();
 
     let store = site.blob_store();
@@ -109,7 +113,8 @@ pub async fn sweep_abandoned_staging(site: &Site) -> Result<StagingSweep, Stagin
             let meta = tokio::fs::symlink_metadata(entry.path())
                 .await
                 .map_err(io)?;
-            let modified: DateTime<Utc> = meta.modified().map_or(now, DateTime::from);
+            let modified: DateTime<Utc> =
+                meta.modified().map_or_else(|_| Utc::now(), DateTime::from);
             if is_live(site, &file_name, modified, alive_after).await? {
                 sweep.kept += 1;
                 continue;
@@ -130,14 +135,30 @@ pub async fn sweep_abandoned_staging(site: &Site) -> Result<StagingSweep, Stagin
     Ok(sweep)
 }
 
+/// The cutoffs of liveness: a heartbeat (database clock) or a file time (local clock) after
+/// these is alive.
+#[derive(Debug, Clone, Copy)]
+struct Alive {
+    heartbeat_after: DateTime<Utc>,
+    modified_after: DateTime<Utc>,
+}
+
 async fn is_live(
     site: &Site,
     file_name: &str,
     modified: DateTime<Utc>,
-    alive_after: DateTime<Utc>,
+    alive: Alive,
 ) -> Result<bool, StoreError> {
-    let Some((name, id)) = temporary_owner(file_name) else {
-        return Ok(modified >= alive_after);
+    // Only names of replicables this binary knows are looked up: a stray file must neither
+    // abort the sweep nor make the store create tables for a name it never had.
+    let known = |name: &str| {
+        crate::descriptor::find_replicable(name)
+            .ok()
+            .flatten()
+            .is_some()
+    };
+    let Some((name, id)) = temporary_owner(file_name).filter(|(name, _)| known(name)) else {
+        return Ok(modified >= alive.modified_after);
     };
     let Some(row) = site.registry_store().get(name, id).await? else {
         return Ok(false);
@@ -146,7 +167,7 @@ async fn is_live(
         && row
             .heartbeat_at
             .or(row.last_synced_at)
-            .is_some_and(|at| at > alive_after))
+            .is_some_and(|at| at > alive.heartbeat_after))
 }
 
 #[cfg(test)]

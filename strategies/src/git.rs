@@ -630,11 +630,9 @@ impl GitRepositoryStrategy {
                 )));
             }
         }
-        if let Err(overtaken) = request.ensure_current().await {
-            drop_staging(local, &namespace, timeout).await;
-            return Err(overtaken);
-        }
-
+        // The live refs as they are before the guard: each update below names its old value,
+        // so a ref that moves after the guard said this sync is current (another attempt
+        // made its copy visible) fails the whole transaction instead of going back.
         let live_refs = match list_refs(local, "", timeout).await {
             Ok(refs) => refs,
             Err(e) => {
@@ -642,6 +640,10 @@ impl GitRepositoryStrategy {
                 return Err(failure(e));
             }
         };
+        if let Err(overtaken) = request.ensure_current().await {
+            drop_staging(local, &namespace, timeout).await;
+            return Err(overtaken);
+        }
         let mut commands = Vec::new();
         let mut live = std::collections::BTreeMap::new();
         for (oid, name) in &live_refs {
@@ -679,9 +681,24 @@ impl GitRepositoryStrategy {
             .filter(|target| current_head.as_deref() != Some(*target));
         // git refuses to change HEAD and the ref it points at in one transaction, so HEAD
         // follows right after the refs' transaction.
-        if let Err(e) = ref_transaction(local, &commands, timeout).await {
-            drop_staging(local, &namespace, timeout).await;
-            return Err(failure(e));
+        // A ref that becomes a directory of refs, or the reverse (`foo` deleted and `foo/bar`
+        // created), cannot change in one transaction: git would have to lock both. Then the
+        // deletions go first, each naming its old value, and the rest follows.
+        let (deletes, rest): (Vec<String>, Vec<String>) = commands
+            .iter()
+            .cloned()
+            .partition(|c| c.starts_with("delete "));
+        let conflicts = directory_file_conflict(&deletes, &rest);
+        let steps = if conflicts {
+            vec![deletes, rest]
+        } else {
+            vec![commands]
+        };
+        for step in steps.iter().filter(|step| !step.is_empty()) {
+            if let Err(e) = ref_transaction(local, step, timeout).await {
+                drop_staging(local, &namespace, timeout).await;
+                return Err(failure(e));
+            }
         }
         if let Some(target) = move_head {
             git(
@@ -782,9 +799,38 @@ impl Strategy for GitRepositoryStrategy {
     }
 }
 
+/// Whether a deleted ref and a created or updated one are a file and a directory of the same
+/// path (`refs/heads/foo` and `refs/heads/foo/bar`).
+fn directory_file_conflict(deletes: &[String], rest: &[String]) -> bool {
+    let name = |command: &String| command.split(' ').nth(1).unwrap_or_default().to_owned();
+    let deleted: Vec<String> = deletes.iter().map(name).collect();
+    rest.iter().map(name).any(|kept| {
+        deleted.iter().any(|gone| {
+            kept.starts_with(&format!("{gone}/")) || gone.starts_with(&format!("{kept}/"))
+        })
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_ref_that_becomes_a_directory_is_a_conflict() {
+        let deletes = vec!["delete refs/heads/foo 1".to_owned()];
+        assert!(directory_file_conflict(
+            &deletes,
+            &["create refs/heads/foo/bar 2".to_owned()]
+        ));
+        assert!(!directory_file_conflict(
+            &deletes,
+            &["create refs/heads/foobar 2".to_owned()]
+        ));
+        assert!(directory_file_conflict(
+            &["delete refs/heads/a/b 1".to_owned()],
+            &["create refs/heads/a 2".to_owned()]
+        ));
+    }
 
     #[test]
     fn the_checksum_does_not_depend_on_ref_order_and_is_zero_when_empty() {

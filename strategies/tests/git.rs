@@ -218,6 +218,34 @@ async fn refs_follow_the_primary_through_commits_branches_tags_force_pushes_and_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_branch_that_becomes_a_directory_of_branches_syncs() {
+    let s = sites(Timeouts::default());
+    let path = "group/rename.git";
+    let record = repo(path);
+    primary_repository(&s, path).await;
+    let w = &s.work;
+    commit(w, "a.txt", "one").await;
+    sh(w, &["branch", "foo"]).await;
+    sh(w, &["push", "--quiet", "origin", "main", "foo"]).await;
+    publish_and_sync(&s, &record, true).await;
+    assert_same_refs(&s, path).await;
+    // `foo` goes away and `foo/bar` appears: a file and a directory of the same ref path.
+    sh(w, &["push", "--quiet", "origin", "--delete", "foo"]).await;
+    sh(w, &["branch", "-D", "foo"]).await;
+    sh(w, &["branch", "foo/bar"]).await;
+    sh(w, &["push", "--quiet", "origin", "foo/bar"]).await;
+    publish_and_sync(&s, &record, false).await;
+    assert_same_refs(&s, path).await;
+    // And back again.
+    sh(w, &["push", "--quiet", "origin", "--delete", "foo/bar"]).await;
+    sh(w, &["branch", "-D", "foo/bar"]).await;
+    sh(w, &["branch", "foo"]).await;
+    sh(w, &["push", "--quiet", "origin", "foo"]).await;
+    publish_and_sync(&s, &record, false).await;
+    assert_same_refs(&s, path).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ref_changed_behind_the_framework_s_back_is_detected_and_repaired() {
     let s = sites(Timeouts::default());
     let path = "group/tampered.git";

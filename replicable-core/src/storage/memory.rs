@@ -562,7 +562,12 @@ impl RegistryStore for MemoryStore {
     ) -> Result<bool, StoreError> {
         let mut state = self.lock();
         match state.registry.get_mut(&key(name, model_id)) {
-            Some(row) if row.version == version => {
+            Some(row)
+                if row.version == version
+                    || (row.state == SyncState::Started
+                        && row.change_pending
+                        && row.version > version) =>
+            {
                 row.heartbeat_at = Some(now);
                 Ok(true)
             }

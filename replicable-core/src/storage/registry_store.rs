@@ -110,7 +110,9 @@ pub trait RegistryStore: Send + Sync + std::fmt::Debug {
 
     /// Records that the worker holding the row at `version` is alive, at the store's current
     /// time ([`RegistryStore::now`]; `now` is used only by a store without a clock of its own).
-    /// The version is not bumped. Returns whether the row is still at `version`.
+    /// The version is not bumped. A change noted on a `started` row while its sync runs (`change_pending`, which
+    /// bumps the version) does not stop the sync's heartbeats: that sync is still alive, and
+    /// must not be failed as abandoned. Returns whether the heartbeat was recorded.
     async fn heartbeat(
         &self,
         name: &str,

@@ -290,7 +290,8 @@ impl RegistryStore for SqlStore {
         let t = self.tables(name).await?;
         let n = &t.name;
         let sql = format!(
-            "UPDATE {n}_registry SET heartbeat_at = {} WHERE {n}_id = $1 AND version = $2",
+            "UPDATE {n}_registry SET heartbeat_at = {} WHERE {n}_id = $1 AND \
+             (version = $2 OR (state = 1 AND change_pending = 1 AND version > $2))",
             self.dialect.now_micros()
         );
         let done = sqlx::query(AssertSqlSafe(sql))
