@@ -1,0 +1,362 @@
+//! The engine running a primary and a secondary in one process, on real SQLite files (and
+//! PostgreSQL when the lane is set up) and real local blob directories: replication through the
+//! engine's own loops, graceful shutdown, a panicking strategy, and pausing.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use object_store::{ObjectStoreExt, PutPayload};
+use replicable_core::blob_key::object_path;
+use replicable_core::engine::config::IdleBackoff;
+use replicable_core::engine::{Engine, EngineConfig, EngineHandle, set_site_replication_enabled};
+use replicable_core::local_blobs::ConfinedLocalFileSystem;
+use replicable_core::log_cursor::LogCursor;
+use replicable_core::observer::SyncObserver;
+use replicable_core::prelude::*;
+use replicable_core::storage::{Backend, StoredRecord};
+use replicable_core::{
+    ReplicableDescriptor, ResourceError, ResourceTarget, Strategy, SyncFailure, SyncRequest,
+    find_replicable,
+};
+use replicable_strategies::{BlobStrategy, DatabaseStrategy};
+use replicable_tests::{PostgresTarget, SqliteTarget};
+
+#[derive(Debug, Clone, Serialize, Deserialize, Replicable)]
+#[replicator(BlobStrategy)]
+pub struct EngineFile {
+    #[replicable(id)]
+    pub id: i64,
+    #[replicable(blob)]
+    pub key: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Replicable)]
+#[replicator(DatabaseStrategy)]
+pub struct EngineRow {
+    #[replicable(id)]
+    pub id: i64,
+    pub value: String,
+}
+
+/// A strategy whose sync panics: the engine must record it as the record's failure.
+#[derive(Debug, Default)]
+pub struct PanickingStrategy;
+
+#[async_trait]
+impl Strategy for PanickingStrategy {
+    const NAME: &'static str = "PanickingStrategy";
+    const DATA_TYPE: DataType = DataType::Database;
+    const MUTABLE: bool = true;
+    const VERIFIABLE: bool = false;
+
+    async fn sync(&self, _: SyncRequest<'_>) -> Result<(), SyncFailure> {
+        panic!("the strategy fell over")
+    }
+    async fn remove(&self, _: &Site, _: &ResourceTarget<'_>) -> Result<(), ResourceError> {
+        Ok(())
+    }
+    async fn checksum(
+        &self,
+        _: &Site,
+        _: &ResourceTarget<'_>,
+        _: Option<&StoredRecord>,
+    ) -> Result<String, ResourceError> {
+        Ok(String::new())
+    }
+    async fn create_fixture(
+        &self,
+        _: &Site,
+        _: &ResourceTarget<'_>,
+        _: &serde_json::Value,
+        _: u64,
+    ) -> Result<String, ResourceError> {
+        Ok(String::new())
+    }
+    async fn corrupt(&self, _: &Site, _: &ResourceTarget<'_>) -> Result<(), ResourceError> {
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Replicable)]
+#[replicator(PanickingStrategy)]
+pub struct Fragile {
+    #[replicable(id)]
+    pub id: i64,
+}
+
+fn fast() -> EngineConfig {
+    let periods = replicable_core::engine::config::Periods {
+        stuck_sweep: Duration::from_millis(500),
+        backfill: Duration::from_millis(500),
+        ..Default::default()
+    };
+    EngineConfig {
+        idle: IdleBackoff {
+            min: Duration::from_millis(20),
+            max: Duration::from_millis(200),
+        },
+        periods,
+        ..EngineConfig::default()
+    }
+}
+
+fn descriptor(name: &str) -> &'static ReplicableDescriptor {
+    find_replicable(name).unwrap().unwrap()
+}
+
+struct Pair {
+    primary: Site,
+    secondary: Site,
+    _dirs: tempfile::TempDir,
+}
+
+fn pair(
+    primary_db: Arc<dyn Backend>,
+    secondary_db: Arc<dyn Backend>,
+    observer: Option<Arc<dyn SyncObserver>>,
+) -> Pair {
+    let dirs = tempfile::tempdir().unwrap();
+    let blobs = |name: &str| {
+        let dir = dirs.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        Arc::new(ConfinedLocalFileSystem::new(dir).unwrap())
+    };
+    let primary = Site::primary("primary")
+        .database(primary_db)
+        .blob_store(blobs("primary"))
+        .build()
+        .unwrap();
+    let builder = Site::secondary(
+        "secondary",
+        Arc::new(InProcessPrimary::new(primary.clone())),
+    )
+    .database(secondary_db)
+    .blob_store(blobs("secondary"));
+    let secondary = match observer {
+        Some(observer) => builder.sync_observer(observer),
+        None => builder,
+    }
+    .build()
+    .unwrap();
+    Pair {
+        primary,
+        secondary,
+        _dirs: dirs,
+    }
+}
+
+async fn publish_files_and_rows(primary: &Site, n: i64) {
+    for id in 1..=n {
+        let file = EngineFile {
+            id,
+            key: format!("files/{id}.bin"),
+        };
+        primary
+            .blob_store()
+            .put(
+                &object_path(&file.key).unwrap(),
+                PutPayload::from(format!("file {id}").repeat(id as usize)),
+            )
+            .await
+            .unwrap();
+        file.replicator(primary)
+            .publish_created_event()
+            .await
+            .unwrap();
+        let row = EngineRow {
+            id,
+            value: format!("value {id}"),
+        };
+        row.replicator(primary)
+            .publish_created_event()
+            .await
+            .unwrap();
+    }
+}
+
+async fn counts(site: &Site, name: &str) -> replicable_core::storage::RegistryCounts {
+    site.registry_store().counts(name).await.unwrap()
+}
+
+async fn wait_until(what: &str, mut done: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !done().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn start(site: &Site, names: &[&str]) -> EngineHandle {
+    Engine::new(site.clone(), names.iter().map(|n| descriptor(n)).collect())
+        .config(fast())
+        .start()
+        .await
+        .unwrap()
+}
+
+async fn replicates_and_verifies(p: Pair) {
+    let n = 60;
+    publish_files_and_rows(&p.primary, n).await;
+    let primary = start(&p.primary, &["engine_file", "engine_row"]).await;
+    let secondary = start(&p.secondary, &["engine_file", "engine_row"]).await;
+    wait_until("every file is synced and verified", async || {
+        let s = counts(&p.secondary, "engine_file").await;
+        s.synced == n as u64 && s.verified == n as u64
+    })
+    .await;
+    wait_until("every row is synced", async || {
+        let s = counts(&p.secondary, "engine_row").await;
+        s.synced == n as u64
+    })
+    .await;
+    let report = secondary.shutdown().await;
+    assert_eq!(report.released, 0);
+    primary.shutdown().await;
+    let rows = counts(&p.secondary, "engine_file").await;
+    assert_eq!((rows.started, rows.failed, rows.pending), (0, 0, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engines_replicate_and_verify_every_record_on_sqlite() {
+    let (a, b) = (SqliteTarget::new(), SqliteTarget::new());
+    let p = pair(
+        replicable_core::storage::open(&a.url).await.unwrap(),
+        replicable_core::storage::open(&b.url).await.unwrap(),
+        None,
+    );
+    replicates_and_verifies(p).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engines_replicate_and_verify_every_record_on_postgres() {
+    let (Some(a), Some(b)) = (PostgresTarget::new(), PostgresTarget::new()) else {
+        return;
+    };
+    let p = pair(a.open().await, b.open().await, None);
+    replicates_and_verifies(p).await;
+}
+
+/// Holds every sync right before its copy becomes visible.
+#[derive(Debug, Default)]
+struct HoldAll {
+    reached: tokio::sync::Notify,
+}
+
+#[async_trait]
+impl SyncObserver for HoldAll {
+    async fn before_visible(&self, _: &str, _: i64) {
+        self.reached.notify_one();
+        std::future::pending::<()>().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_hands_back_unfinished_syncs_and_releases_the_cursor_lease() {
+    let (a, b) = (SqliteTarget::new(), SqliteTarget::new());
+    let hold = Arc::new(HoldAll::default());
+    let p = pair(
+        replicable_core::storage::open(&a.url).await.unwrap(),
+        replicable_core::storage::open(&b.url).await.unwrap(),
+        Some(hold.clone()),
+    );
+    publish_files_and_rows(&p.primary, 1).await;
+    let secondary = start(&p.secondary, &["engine_file"]).await;
+    tokio::time::timeout(Duration::from_secs(30), hold.reached.notified())
+        .await
+        .expect("a sync starts");
+    assert_eq!(secondary.in_flight(), 1);
+    let report = secondary.shutdown_within(Duration::from_millis(200)).await;
+    assert_eq!(report.released, 1, "{report:?}");
+    let row = EngineFile {
+        id: 1,
+        key: "files/1.bin".into(),
+    }
+    .replicator(&p.secondary)
+    .registry()
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(
+        row.state,
+        SyncState::Pending,
+        "handed back, not left started"
+    );
+    // The lease was released: another process's cursor takes over at once.
+    let next = LogCursor::with_holder(&p.secondary, "the-next-process").intent_only(true);
+    next.process_batch()
+        .await
+        .expect("the lease is free at once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_strategy_is_recorded_as_that_records_failure() {
+    let (a, b) = (SqliteTarget::new(), SqliteTarget::new());
+    let p = pair(
+        replicable_core::storage::open(&a.url).await.unwrap(),
+        replicable_core::storage::open(&b.url).await.unwrap(),
+        None,
+    );
+    Fragile { id: 7 }
+        .replicator(&p.primary)
+        .publish_created_event()
+        .await
+        .unwrap();
+    let secondary = start(&p.secondary, &["fragile"]).await;
+    wait_until("the panic is recorded", async || {
+        Fragile { id: 7 }
+            .replicator(&p.secondary)
+            .registry()
+            .await
+            .unwrap()
+            .is_some_and(|r| r.state == SyncState::Failed)
+    })
+    .await;
+    let row = Fragile { id: 7 }
+        .replicator(&p.secondary)
+        .registry()
+        .await
+        .unwrap()
+        .unwrap();
+    let text = row.last_sync_failure.unwrap();
+    assert!(
+        text.contains("panicked") && text.contains("the strategy fell over"),
+        "{text}"
+    );
+    assert_eq!(row.retry_count, 1);
+    secondary.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_site_records_events_and_syncs_nothing_until_resumed() {
+    let (a, b) = (SqliteTarget::new(), SqliteTarget::new());
+    let p = pair(
+        replicable_core::storage::open(&a.url).await.unwrap(),
+        replicable_core::storage::open(&b.url).await.unwrap(),
+        None,
+    );
+    set_site_replication_enabled(&p.secondary, false)
+        .await
+        .unwrap();
+    publish_files_and_rows(&p.primary, 3).await;
+    let secondary = start(&p.secondary, &["engine_file", "engine_row"]).await;
+    wait_until("the events are recorded", async || {
+        counts(&p.secondary, "engine_row").await.pending == 3
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let paused = counts(&p.secondary, "engine_row").await;
+    assert_eq!(paused.synced, 0, "nothing syncs while paused");
+    set_site_replication_enabled(&p.secondary, true)
+        .await
+        .unwrap();
+    secondary.wake();
+    wait_until("everything syncs after resume", async || {
+        counts(&p.secondary, "engine_row").await.synced == 3
+    })
+    .await;
+    secondary.shutdown().await;
+}
