@@ -35,6 +35,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// The clap this CLI is built with, for applications that embed [`Command`] in their own CLI.
+pub use clap;
+
 pub use batch::BatchArgs;
 pub use dataloss::DatalossArgs;
 pub use events::EventsArgs;
