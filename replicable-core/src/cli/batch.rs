@@ -170,7 +170,7 @@ pub(super) async fn reverify(cx: &mut Context<'_>, args: &BatchArgs) -> Result<(
             writeln!(
                 cx.out,
                 "{name} {id}: not re-verified (sync {}, verification {}): only synced rows \
-                 whose verification is not running or disabled are",
+                 whose verification succeeded or failed are",
                 row.state, row.verification.verification_state
             )?;
         }

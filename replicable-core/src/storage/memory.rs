@@ -653,7 +653,9 @@ impl RegistryStore for MemoryStore {
                 && row.state == SyncState::Synced
                 && !matches!(
                     row.verification.verification_state,
-                    VerificationState::Started | VerificationState::Disabled
+                    VerificationState::Pending
+                        | VerificationState::Started
+                        | VerificationState::Disabled
                 )
             {
                 row.verification.mark_pending();

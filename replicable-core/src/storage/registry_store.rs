@@ -171,7 +171,8 @@ pub trait RegistryStore: Send + Sync + std::fmt::Debug {
     async fn resync_many(&self, name: &str, model_ids: &[i64]) -> Result<u64, StoreError>;
 
     /// An operator's re-verification of the rows among `model_ids` that are synced and whose
-    /// verification is neither running nor disabled: their verification goes back to pending
+    /// verification is succeeded or failed (not already pending, running or disabled): their
+    /// verification goes back to pending
     /// (keeping its retry count, as [`crate::verification::Verification::mark_pending`]).
     /// Returns how many rows changed.
     async fn reverify_many(&self, name: &str, model_ids: &[i64]) -> Result<u64, StoreError>;

@@ -468,7 +468,7 @@ impl RegistryStore for SqlStore {
             let sql = format!(
                 "UPDATE {n}_registry SET verification_state = 0, verification_retry_at = NULL, \
                  verification_started_at = NULL, version = version + 1 \
-                 WHERE {n}_id IN ({list}) AND state = 2 AND verification_state NOT IN (1, 4)"
+                 WHERE {n}_id IN ({list}) AND state = 2 AND verification_state NOT IN (0, 1, 4)"
             );
             let mut query = sqlx::query(AssertSqlSafe(sql));
             for id in chunk {
