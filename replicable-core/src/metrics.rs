@@ -90,7 +90,9 @@ static HISTOGRAMS: LazyLock<Histograms> = LazyLock::new(|| Histograms {
 });
 
 fn seconds_between(from: DateTime<Utc>, to: DateTime<Utc>) -> f64 {
-    (to - from).num_microseconds().map_or(0.0, |us| us.max(0) as f64 / 1e6)
+    (to - from)
+        .num_microseconds()
+        .map_or(0.0, |us| us.max(0) as f64 / 1e6)
 }
 
 /// Records one finished sync of `replicable`: its duration (`started` -> `finished`) and, when
@@ -182,9 +184,21 @@ impl Metrics {
             };
             if primary {
                 add("count", "Records on the primary", &g.count);
-                add("checksum_total", "Records with verification state", &g.checksum_total);
-                add("checksummed", "Records whose checksum succeeded", &g.checksummed);
-                add("checksum_failed", "Records whose checksum failed", &g.checksum_failed);
+                add(
+                    "checksum_total",
+                    "Records with verification state",
+                    &g.checksum_total,
+                );
+                add(
+                    "checksummed",
+                    "Records whose checksum succeeded",
+                    &g.checksummed,
+                );
+                add(
+                    "checksum_failed",
+                    "Records whose checksum failed",
+                    &g.checksum_failed,
+                );
             } else {
                 add("registry", "Registry rows", &g.registry);
                 add("pending", "Registry rows pending", &g.pending);
@@ -328,7 +342,8 @@ impl Metrics {
             }
         }
         let e = &status.events;
-        let unix = |at: Option<DateTime<Utc>>| at.map_or(0.0, |at| at.timestamp_micros() as f64 / 1e6);
+        let unix =
+            |at: Option<DateTime<Utc>>| at.map_or(0.0, |at| at.timestamp_micros() as f64 / 1e6);
         if let Some(id) = e.last_event_id {
             self.last_event_id.set(id);
             self.last_event_timestamp.set(unix(e.last_event_at));

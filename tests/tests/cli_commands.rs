@@ -29,28 +29,50 @@ fn registry_list_filters_by_state_and_pages_by_id() {
     lanes(|lane: Lane| {
         Box::pin(async move {
             let Some(s) = seeded(lane).await else { return };
-            let failed = json(&s.secondary, &["registry", "list", "artifact", "--state", "failed", "--json"]).await;
+            let failed = json(
+                &s.secondary,
+                &[
+                    "registry", "list", "artifact", "--state", "failed", "--json",
+                ],
+            )
+            .await;
             assert_eq!(ids(&failed), [5]);
             assert_eq!(failed[0]["missing_on_primary"], true, "{failed}");
-            let page = run(&s.secondary, &["registry", "list", "artifact", "--state", "synced", "--limit", "2"])
-                .await
-                .unwrap();
+            let page = run(
+                &s.secondary,
+                &[
+                    "registry", "list", "artifact", "--state", "synced", "--limit", "2",
+                ],
+            )
+            .await
+            .unwrap();
             assert!(page.contains("next page: --after 2"), "{page}");
             let next = json(
                 &s.secondary,
-                &["registry", "list", "artifact", "--state", "synced", "--after", "2", "--json"],
+                &[
+                    "registry", "list", "artifact", "--state", "synced", "--after", "2", "--json",
+                ],
             )
             .await;
             assert_eq!(ids(&next), [3, 4]);
             let verified = json(
                 &s.secondary,
-                &["registry", "list", "artifact", "--verification", "succeeded", "--json"],
+                &[
+                    "registry",
+                    "list",
+                    "artifact",
+                    "--verification",
+                    "succeeded",
+                    "--json",
+                ],
             )
             .await;
             assert_eq!(ids(&verified), [1, 2, 3, 4]);
             let all = json(&s.secondary, &["registry", "list", "artifact", "--json"]).await;
             assert_eq!(ids(&all), [1, 2, 3, 4, 5]);
-            let e = run(&s.primary, &["registry", "list", "artifact"]).await.unwrap_err();
+            let e = run(&s.primary, &["registry", "list", "artifact"])
+                .await
+                .unwrap_err();
             assert!(matches!(e, CliError::NotApplicable(_)), "{e}");
         })
     });
@@ -61,7 +83,11 @@ fn registry_show_reports_both_sides() {
     lanes(|lane: Lane| {
         Box::pin(async move {
             let Some(s) = seeded(lane).await else { return };
-            let one = json(&s.secondary, &["registry", "show", "artifact", "1", "--json"]).await;
+            let one = json(
+                &s.secondary,
+                &["registry", "show", "artifact", "1", "--json"],
+            )
+            .await;
             assert_eq!(one["registry"]["state"], "synced", "{one}");
             assert_eq!(one["registry"]["synced_generation"], 1, "{one}");
             assert_eq!(one["primary_generation"], 1, "{one}");
@@ -73,16 +99,27 @@ fn registry_show_reports_both_sides() {
                 &one["primary_verification"]["verification"]["verification_checksum"]
             );
 
-            let text = run(&s.secondary, &["registry", "show", "artifact", "5"]).await.unwrap();
-            for expected in ["state                  failed", "missing on primary     yes", "retry count            1"] {
+            let text = run(&s.secondary, &["registry", "show", "artifact", "5"])
+                .await
+                .unwrap();
+            for expected in [
+                "state                  failed",
+                "missing on primary     yes",
+                "retry count            1",
+            ] {
                 assert!(text.contains(expected), "{expected:?} in\n{text}");
             }
-            let e = run(&s.secondary, &["registry", "show", "artifact", "99"]).await.unwrap_err();
+            let e = run(&s.secondary, &["registry", "show", "artifact", "99"])
+                .await
+                .unwrap_err();
             assert!(matches!(e, CliError::NotFound { id: 99, .. }), "{e}");
 
             let primary = json(&s.primary, &["registry", "show", "artifact", "2", "--json"]).await;
             assert_eq!(primary["primary_generation"], 1, "{primary}");
-            assert_eq!(primary["primary_verification"]["verification"]["verification_state"], "succeeded");
+            assert_eq!(
+                primary["primary_verification"]["verification"]["verification_state"],
+                "succeeded"
+            );
         })
     });
 }
@@ -93,18 +130,33 @@ fn resync_one_failed_or_all_in_batches() {
         Box::pin(async move {
             let Some(s) = seeded(lane).await else { return };
             let store = s.secondary.registry_store();
-            let out = run(&s.secondary, &["resync", "artifact", "--id", "1"]).await.unwrap();
+            let out = run(&s.secondary, &["resync", "artifact", "--id", "1"])
+                .await
+                .unwrap();
             assert!(out.contains("artifact 1: pending"), "{out}");
-            assert_eq!(store.get("artifact", 1).await.unwrap().unwrap().state, SyncState::Pending);
+            assert_eq!(
+                store.get("artifact", 1).await.unwrap().unwrap().state,
+                SyncState::Pending
+            );
 
-            let out = run(&s.secondary, &["resync", "artifact", "--failed"]).await.unwrap();
+            let out = run(&s.secondary, &["resync", "artifact", "--failed"])
+                .await
+                .unwrap();
             assert!(out.contains("1 rows sent back to pending"), "{out}");
             let counts = store.counts("artifact").await.unwrap();
             assert_eq!((counts.pending, counts.synced, counts.failed), (2, 3, 0));
 
             let out = run(
                 &s.secondary,
-                &["resync", "artifact", "--all", "--batch-size", "2", "--pause-ms", "0"],
+                &[
+                    "resync",
+                    "artifact",
+                    "--all",
+                    "--batch-size",
+                    "2",
+                    "--pause-ms",
+                    "0",
+                ],
             )
             .await
             .unwrap();
@@ -115,7 +167,9 @@ fn resync_one_failed_or_all_in_batches() {
             let counts = store.counts("artifact").await.unwrap();
             assert_eq!((counts.pending, counts.synced, counts.verified), (5, 0, 0));
 
-            let e = run(&s.primary, &["resync", "artifact", "--all"]).await.unwrap_err();
+            let e = run(&s.primary, &["resync", "artifact", "--all"])
+                .await
+                .unwrap_err();
             assert!(matches!(e, CliError::NotApplicable(_)), "{e}");
         })
     });
@@ -127,23 +181,42 @@ fn reverify_on_the_secondary_and_on_the_primary() {
         Box::pin(async move {
             let Some(s) = seeded(lane).await else { return };
             let store = s.secondary.registry_store();
-            let out = run(&s.secondary, &["reverify", "artifact", "--failed"]).await.unwrap();
-            assert!(out.contains("0 rows sent back"), "{out}");
-            let out = run(&s.secondary, &["reverify", "artifact", "--id", "1"]).await.unwrap();
-            assert!(out.contains("artifact 1: verification pending"), "{out}");
-            let out = run(&s.secondary, &["reverify", "artifact", "--id", "5"]).await.unwrap();
-            assert!(out.contains("not re-verified"), "{out}");
-            let out = run(&s.secondary, &["reverify", "artifact", "--all", "--batch-size", "3"])
+            let out = run(&s.secondary, &["reverify", "artifact", "--failed"])
                 .await
                 .unwrap();
+            assert!(out.contains("0 rows sent back"), "{out}");
+            let out = run(&s.secondary, &["reverify", "artifact", "--id", "1"])
+                .await
+                .unwrap();
+            assert!(out.contains("artifact 1: verification pending"), "{out}");
+            let out = run(&s.secondary, &["reverify", "artifact", "--id", "5"])
+                .await
+                .unwrap();
+            assert!(out.contains("not re-verified"), "{out}");
+            let out = run(
+                &s.secondary,
+                &["reverify", "artifact", "--all", "--batch-size", "3"],
+            )
+            .await
+            .unwrap();
             // Row 1 was pending already: three rows changed of the four synced.
-            assert!(out.contains("3 rows sent back to verification pending"), "{out}");
+            assert!(
+                out.contains("3 rows sent back to verification pending"),
+                "{out}"
+            );
             let counts = store.counts("artifact").await.unwrap();
             assert_eq!((counts.synced, counts.verified), (4, 0));
 
-            let out = run(&s.primary, &["reverify", "artifact", "--all"]).await.unwrap();
+            let out = run(&s.primary, &["reverify", "artifact", "--all"])
+                .await
+                .unwrap();
             assert!(out.contains("5 checksums sent back to pending"), "{out}");
-            let counts = s.primary.verification_store().counts("artifact").await.unwrap();
+            let counts = s
+                .primary
+                .verification_store()
+                .counts("artifact")
+                .await
+                .unwrap();
             assert_eq!((counts.succeeded, counts.failed), (0, 0));
         })
     });
@@ -178,13 +251,24 @@ fn events_are_read_on_both_sites_and_followed() {
     lanes(|lane: Lane| {
         Box::pin(async move {
             let Some(s) = seeded(lane).await else { return };
-            let last = s.primary.event_log().last_event_id().await.unwrap().unwrap();
+            let last = s
+                .primary
+                .event_log()
+                .last_event_id()
+                .await
+                .unwrap()
+                .unwrap();
             for site in [&s.primary, &s.secondary] {
-                let out = run(site, &["events", "--after", "0", "--limit", "3"]).await.unwrap();
+                let out = run(site, &["events", "--after", "0", "--limit", "3"])
+                    .await
+                    .unwrap();
                 let lines: Vec<&str> = out.lines().collect();
                 assert_eq!(lines.len(), 3, "{out}");
                 assert!(lines[0].trim_start().starts_with("1 "), "{out}");
-                assert!(lines[0].contains("artifact") && lines[0].contains("created"), "{out}");
+                assert!(
+                    lines[0].contains("artifact") && lines[0].contains("created"),
+                    "{out}"
+                );
                 let tail = run(site, &["events", "--limit", "2"]).await.unwrap();
                 let ids: Vec<i64> = tail
                     .lines()
@@ -195,7 +279,12 @@ fn events_are_read_on_both_sites_and_followed() {
 
             // --follow keeps polling: an event published meanwhile shows up.
             let command = <Cli as cli::clap::Parser>::try_parse_from([
-                "replicable", "events", "--follow", "--poll-ms", "20", "--json",
+                "replicable",
+                "events",
+                "--follow",
+                "--poll-ms",
+                "20",
+                "--json",
             ])
             .unwrap()
             .command;

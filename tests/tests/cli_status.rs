@@ -25,7 +25,13 @@ fn status_counts_match_the_stores_on_both_sites() {
             assert_eq!(row["verified_count"], 4, "{json}");
             assert_eq!(row["synced_percent"], 80.0, "{json}");
             assert_eq!(row["queue_depth"], 0, "{json}");
-            let last = s.primary.event_log().last_event_id().await.unwrap().unwrap();
+            let last = s
+                .primary
+                .event_log()
+                .last_event_id()
+                .await
+                .unwrap()
+                .unwrap();
             assert_eq!(json["events"]["last_event_id"], last);
             assert_eq!(json["events"]["cursor_event_id"], last);
             assert_eq!(json["events"]["events_behind"], 0);
@@ -75,7 +81,9 @@ async fn tables_named(store: &SqlStore, prefix: &str) -> Vec<String> {
 fn a_misspelt_name_is_refused_and_creates_no_table() {
     replicable_core::testing::block_on(async {
         let s = seeded(Lane::Sqlite).await.unwrap();
-        let e = run(&s.secondary, &["status", "artifcat"]).await.unwrap_err();
+        let e = run(&s.secondary, &["status", "artifcat"])
+            .await
+            .unwrap_err();
         let message = e.to_string();
         assert!(
             message.contains("unknown replicable `artifcat`") && message.contains("artifact"),
@@ -88,7 +96,10 @@ fn a_misspelt_name_is_refused_and_creates_no_table() {
             &["dataloss", "artifcat"],
         ] {
             let e = run(&s.secondary, args).await.unwrap_err();
-            assert!(matches!(e, CliError::UnknownReplicable { .. }), "{args:?}: {e}");
+            assert!(
+                matches!(e, CliError::UnknownReplicable { .. }),
+                "{args:?}: {e}"
+            );
         }
         // The store's read paths themselves do no DDL for a name without tables.
         let store = s.secondary.registry_store();
@@ -103,19 +114,36 @@ fn a_misspelt_name_is_refused_and_creates_no_table() {
                 .is_empty()
         );
         assert_eq!(s.secondary.records().count("artifcat").await.unwrap(), 0);
-        assert!(s.secondary.records().get("artifcat", 1).await.unwrap().is_none());
+        assert!(
+            s.secondary
+                .records()
+                .get("artifcat", 1)
+                .await
+                .unwrap()
+                .is_none()
+        );
         assert_eq!(
-            s.secondary.verification_store().counts("artifcat").await.unwrap(),
+            s.secondary
+                .verification_store()
+                .counts("artifcat")
+                .await
+                .unwrap(),
             Default::default()
         );
         assert!(
-            tables_named(&s.secondary_store, "artifcat").await.is_empty(),
+            tables_named(&s.secondary_store, "artifcat")
+                .await
+                .is_empty(),
             "tables were created for a misspelt name"
         );
         // The real name's tables are there, and `create_tables` makes a new one's.
         assert_eq!(
             tables_named(&s.secondary_store, "artifact_").await,
-            ["artifact_records", "artifact_registry", "artifact_verification"]
+            [
+                "artifact_records",
+                "artifact_registry",
+                "artifact_verification"
+            ]
         );
         store.create_tables("newcomer").await.unwrap();
         assert_eq!(tables_named(&s.secondary_store, "newcomer").await.len(), 3);

@@ -21,13 +21,23 @@ async fn scrape(addr: std::net::SocketAddr) -> String {
     stream.read_to_string(&mut response).await.unwrap();
     let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    assert!(head.to_ascii_lowercase().contains("content-type: application/openmetrics-text"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: application/openmetrics-text"),
+        "{head}"
+    );
     body.to_owned()
 }
 
 fn value(text: &str, name: &str) -> f64 {
     text.lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .find_map(|line| {
+            line.strip_prefix(name)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
         .unwrap_or_else(|| panic!("no sample `{name}` in\n{text}"))
 }
 
@@ -50,7 +60,12 @@ fn gauges_match_the_stores_after_a_refresh() {
 
         secondary.refresh(&s.secondary).await.unwrap();
         primary.refresh(&s.primary).await.unwrap();
-        let counts = s.secondary.registry_store().counts("artifact").await.unwrap();
+        let counts = s
+            .secondary
+            .registry_store()
+            .counts("artifact")
+            .await
+            .unwrap();
         let text = scrape(server.local_addr()).await;
         for (name, expected) in [
             ("replicable_artifacts_registry", counts.registry),
@@ -58,13 +73,22 @@ fn gauges_match_the_stores_after_a_refresh() {
             ("replicable_artifacts_failed", counts.failed),
             ("replicable_artifacts_pending", counts.pending),
             ("replicable_artifacts_verified", counts.verified),
-            ("replicable_artifacts_verification_failed", counts.verification_failed),
+            (
+                "replicable_artifacts_verification_failed",
+                counts.verification_failed,
+            ),
             ("replicable_artifacts_queue_depth", 0),
         ] {
             assert_eq!(value(&text, name), expected as f64, "{name}");
         }
         assert_eq!((counts.registry, counts.synced, counts.failed), (5, 4, 1));
-        let last = s.primary.event_log().last_event_id().await.unwrap().unwrap();
+        let last = s
+            .primary
+            .event_log()
+            .last_event_id()
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(value(&text, "replicable_last_event_id"), last as f64);
         assert_eq!(value(&text, "replicable_cursor_event_id"), last as f64);
         let now = Utc::now().timestamp() as f64;
@@ -88,13 +112,20 @@ fn gauges_match_the_stores_after_a_refresh() {
         let text = scrape(server.local_addr()).await;
         assert_eq!(value(&text, "replicable_artifacts_registry"), 5.0);
         // The periodic refresh picks it up.
-        let refresh = metrics::spawn_refresh(secondary.clone(), s.secondary.clone(), Duration::from_millis(50));
+        let refresh = metrics::spawn_refresh(
+            secondary.clone(),
+            s.secondary.clone(),
+            Duration::from_millis(50),
+        );
         tokio::time::sleep(Duration::from_millis(300)).await;
         let text = scrape(server.local_addr()).await;
         assert_eq!(value(&text, "replicable_artifacts_registry"), 6.0);
         assert_eq!(value(&text, "replicable_artifacts_pending"), 1.0);
         assert_eq!(value(&text, "replicable_artifacts_queue_depth"), 1.0);
-        assert!(value(&text, "replicable_cursor_events_behind") >= 1.0, "{text}");
+        assert!(
+            value(&text, "replicable_cursor_events_behind") >= 1.0,
+            "{text}"
+        );
         refresh.abort();
 
         // Histograms, recorded without a handle.
@@ -104,10 +135,31 @@ fn gauges_match_the_stores_after_a_refresh() {
         metrics::record_sync("artifact", started, finished, Some(published));
         let text = scrape(server.local_addr()).await;
         let label = "{replicable=\"artifact\"}";
-        assert_eq!(value(&text, &format!("replicable_sync_duration_seconds_sum{label}")), 2.0);
-        assert_eq!(value(&text, &format!("replicable_sync_delay_seconds_sum{label}")), 1.0);
-        assert_eq!(value(&text, &format!("replicable_replication_lag_seconds_sum{label}")), 3.0);
-        assert_eq!(value(&text, &format!("replicable_replication_lag_seconds_count{label}")), 1.0);
+        assert_eq!(
+            value(
+                &text,
+                &format!("replicable_sync_duration_seconds_sum{label}")
+            ),
+            2.0
+        );
+        assert_eq!(
+            value(&text, &format!("replicable_sync_delay_seconds_sum{label}")),
+            1.0
+        );
+        assert_eq!(
+            value(
+                &text,
+                &format!("replicable_replication_lag_seconds_sum{label}")
+            ),
+            3.0
+        );
+        assert_eq!(
+            value(
+                &text,
+                &format!("replicable_replication_lag_seconds_count{label}")
+            ),
+            1.0
+        );
 
         server.shutdown().await.unwrap();
         primary_server.shutdown().await.unwrap();

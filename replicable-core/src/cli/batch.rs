@@ -210,7 +210,10 @@ pub(super) async fn reverify(cx: &mut Context<'_>, args: &BatchArgs) -> Result<(
         },
     )
     .await?;
-    writeln!(cx.out, "{name}: {changed} rows sent back to verification pending")?;
+    writeln!(
+        cx.out,
+        "{name}: {changed} rows sent back to verification pending"
+    )?;
     Ok(())
 }
 

@@ -6,7 +6,11 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 pub(super) enum Progress {
     Bar(ProgressBar),
-    Lines { label: String, total: u64, done: u64 },
+    Lines {
+        label: String,
+        total: u64,
+        done: u64,
+    },
 }
 
 impl Progress {

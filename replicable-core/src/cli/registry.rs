@@ -63,9 +63,7 @@ fn parse_verification_state(s: &str) -> Result<VerificationState, String> {
     VerificationState::ALL
         .into_iter()
         .find(|state| state.name() == s)
-        .ok_or_else(|| {
-            "expected one of pending, started, succeeded, failed, disabled".to_owned()
-        })
+        .ok_or_else(|| "expected one of pending, started, succeeded, failed, disabled".to_owned())
 }
 
 pub(super) async fn run(cx: &mut Context<'_>, command: &RegistryCommand) -> Result<(), CliError> {
@@ -209,12 +207,26 @@ fn write_report(out: &mut dyn std::io::Write, r: &Report) -> std::io::Result<()>
         let v = &row.verification;
         writeln!(out, "{:<22} {}", "state", row.state)?;
         if row.change_pending {
-            writeln!(out, "{:<22} yes (goes pending when the running sync ends)", "change pending")?;
+            writeln!(
+                out,
+                "{:<22} yes (goes pending when the running sync ends)",
+                "change pending"
+            )?;
         }
         writeln!(out, "{:<22} {}", "retry count", row.retry_count)?;
         writeln!(out, "{:<22} {}", "retry at", time(row.retry_at))?;
-        writeln!(out, "{:<22} {}", "last sync started", time(row.last_synced_at))?;
-        writeln!(out, "{:<22} {}", "last sync failure", opt(row.last_sync_failure.clone()))?;
+        writeln!(
+            out,
+            "{:<22} {}",
+            "last sync started",
+            time(row.last_synced_at)
+        )?;
+        writeln!(
+            out,
+            "{:<22} {}",
+            "last sync failure",
+            opt(row.last_sync_failure.clone())
+        )?;
         writeln!(
             out,
             "{:<22} {}",
@@ -223,9 +235,23 @@ fn write_report(out: &mut dyn std::io::Write, r: &Report) -> std::io::Result<()>
         )?;
         writeln!(out, "{:<22} {}", "verification", v.verification_state)?;
         writeln!(out, "{:<22} {}", "verified at", time(v.verified_at))?;
-        writeln!(out, "{:<22} {}", "verification retries", v.verification_retry_count)?;
-        writeln!(out, "{:<22} {}", "verification failure", opt(v.verification_failure.clone()))?;
-        writeln!(out, "{:<22} {}", "checksum", opt(v.verification_checksum.clone()))?;
+        writeln!(
+            out,
+            "{:<22} {}",
+            "verification retries", v.verification_retry_count
+        )?;
+        writeln!(
+            out,
+            "{:<22} {}",
+            "verification failure",
+            opt(v.verification_failure.clone())
+        )?;
+        writeln!(
+            out,
+            "{:<22} {}",
+            "checksum",
+            opt(v.verification_checksum.clone())
+        )?;
         if v.checksum_mismatch {
             writeln!(
                 out,
@@ -251,7 +277,8 @@ fn write_report(out: &mut dyn std::io::Write, r: &Report) -> std::io::Result<()>
             opt(held.map(|g| g.to_string())),
             opt(primary.map(|g| g.to_string())),
             match primary {
-                Some(p) if p > held.unwrap_or(0) => format!(" (behind by {})", p - held.unwrap_or(0)),
+                Some(p) if p > held.unwrap_or(0) =>
+                    format!(" (behind by {})", p - held.unwrap_or(0)),
                 _ => String::new(),
             }
         )?,

@@ -76,11 +76,7 @@ fn write_table(out: &mut dyn std::io::Write, status: &SiteStatus) -> std::io::Re
                 writeln!(
                     out,
                     "{:<24} {:>10} {:>12} {:>16} {:>12.1}%",
-                    p.replicable_name,
-                    p.count,
-                    p.checksummed_count,
-                    p.checksum_failed_count,
-                    pct
+                    p.replicable_name, p.count, p.checksummed_count, p.checksum_failed_count, pct
                 )?;
             }
         }

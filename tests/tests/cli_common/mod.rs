@@ -154,4 +154,3 @@ pub fn lanes(test: fn(Lane) -> std::pin::Pin<Box<dyn std::future::Future<Output 
         replicable_core::testing::block_on(test(lane));
     }
 }
-
