@@ -29,6 +29,8 @@
 
 pub mod backfill;
 pub mod blob_key;
+#[cfg(feature = "cli")]
+pub mod cli;
 pub mod clock;
 pub mod descriptor;
 pub mod engine;
@@ -37,6 +39,8 @@ pub mod event;
 pub mod failure;
 pub mod local_blobs;
 pub mod log_cursor;
+#[cfg(feature = "metrics")]
+pub mod metrics;
 pub mod model;
 pub mod observer;
 pub mod primary_link;

@@ -1,8 +1,11 @@
 //! Replication status of one replicable on one site.
 
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::descriptor::ReplicableDescriptor;
 use crate::error::StoreError;
+use crate::event::EventId;
 use crate::site::Site;
 use crate::storage::{RegistryCounts, VerificationCounts};
 
@@ -30,6 +33,9 @@ pub struct SecondaryStatus {
     pub registry_count: u64,
     /// Rows pending.
     pub pending_count: u64,
+    /// Rows whose sync is running.
+    #[serde(default)]
+    pub started_count: u64,
     /// Rows synced.
     pub synced_count: u64,
     /// Rows failed.
@@ -74,6 +80,7 @@ impl SecondaryStatus {
             replicable_name: name.to_owned(),
             registry_count: c.registry,
             pending_count: c.pending,
+            started_count: c.started,
             synced_count: c.synced,
             failed_count: c.failed,
             verification_total_count: c.verification_total,
@@ -186,4 +193,153 @@ pub async fn dataloss(site: &Site, name: &str) -> Result<Vec<BehindRecord>, Repo
             _ => return Ok(behind),
         }
     }
+}
+
+/// Where the primary's event log and a secondary's log cursor stand.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct EventPosition {
+    /// The newest event's id in the primary's log.
+    pub last_event_id: Option<EventId>,
+    /// When the newest event was appended.
+    pub last_event_at: Option<DateTime<Utc>>,
+    /// Secondary: the id of the last event the log cursor processed (0 before the first).
+    pub cursor_event_id: Option<EventId>,
+    /// Secondary: when the event at the cursor was appended (`None` once retention removed it).
+    pub cursor_event_at: Option<DateTime<Utc>>,
+    /// Secondary: how many event ids the cursor is behind the log's newest.
+    pub events_behind: Option<u64>,
+    /// Secondary: how old the oldest event the cursor has not processed is, in seconds (0 when
+    /// it is caught up): the cursor's lag in time.
+    pub lag_seconds: Option<f64>,
+}
+
+/// The status of one replicable on one site.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "role", rename_all = "snake_case")]
+pub enum ReplicableStatus {
+    /// The primary's view.
+    Primary(PrimaryStatus),
+    /// A secondary's view, with the sync queue's depth and the replication switch.
+    Secondary {
+        /// The counts.
+        #[serde(flatten)]
+        status: SecondaryStatus,
+        /// Rows pending plus failed rows whose retry is due.
+        queue_depth: u64,
+        /// Whether replication of this replicable is on.
+        replication_enabled: bool,
+    },
+}
+
+impl ReplicableStatus {
+    /// The replicable's name.
+    pub fn name(&self) -> &str {
+        match self {
+            Self::Primary(p) => &p.replicable_name,
+            Self::Secondary { status, .. } => &status.replicable_name,
+        }
+    }
+}
+
+/// The status of a site: every replicable it runs, and where the event log and cursor stand.
+/// Reading it never creates tables.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SiteStatus {
+    /// The site's name.
+    pub site: String,
+    /// `primary` or `secondary`.
+    pub role: String,
+    /// Whether replication of the whole site is on (always on for a primary).
+    pub replication_enabled: bool,
+    /// The event log and the cursor.
+    pub events: EventPosition,
+    /// One entry per replicable, in the order given.
+    pub replicables: Vec<ReplicableStatus>,
+}
+
+/// The event log's and (on a secondary) the cursor's position. A secondary reads the log
+/// through its link to the primary; an unreachable primary leaves the log's fields `None`.
+pub async fn event_position(site: &Site) -> Result<EventPosition, ReportError> {
+    let mut position = EventPosition::default();
+    if site.is_primary() {
+        let log = site.event_log();
+        position.last_event_id = log.last_event_id().await?;
+        if let Some(last) = position.last_event_id {
+            position.last_event_at = log
+                .read_after(last - 1, 1)
+                .await?
+                .first()
+                .and_then(|e| e.event())
+                .map(|e| e.created_at);
+        }
+        return Ok(position);
+    }
+    let cursor = site.registry_store().cursor().await?;
+    position.cursor_event_id = Some(cursor);
+    let Some(link) = site.primary_link() else {
+        return Ok(position);
+    };
+    position.last_event_id = link.last_event_id().await?;
+    let created_at = |entries: Vec<crate::event::LogEntry>, id: EventId| {
+        entries
+            .into_iter()
+            .find(|e| e.id() == id)
+            .and_then(|e| e.into_event())
+            .map(|e| e.created_at)
+    };
+    if let Some(last) = position.last_event_id {
+        position.last_event_at = created_at(link.events_after(last - 1, 1).await?, last);
+        position.events_behind = Some(u64::try_from(last - cursor).unwrap_or(0));
+        let oldest_unconsumed = link
+            .events_after(cursor, 1)
+            .await?
+            .into_iter()
+            .next()
+            .and_then(|e| e.into_event());
+        position.lag_seconds = Some(oldest_unconsumed.map_or(0.0, |e| {
+            (site.now() - e.created_at).num_milliseconds().max(0) as f64 / 1000.0
+        }));
+    } else {
+        position.events_behind = Some(0);
+        position.lag_seconds = Some(0.0);
+    }
+    if cursor > 0 {
+        position.cursor_event_at = created_at(link.events_after(cursor - 1, 1).await?, cursor);
+    }
+    Ok(position)
+}
+
+/// The status of `site` for `replicables`: per replicable counts (on a secondary with the
+/// queue depth and the replication switch), and the event position. Each count is one query
+/// per table: run it on a period (metrics) or on demand (CLI), not per scrape.
+pub async fn site_status(
+    site: &Site,
+    replicables: &[&'static ReplicableDescriptor],
+) -> Result<SiteStatus, ReportError> {
+    let mut statuses = Vec::with_capacity(replicables.len());
+    for replicable in replicables {
+        let name = replicable.name;
+        statuses.push(if site.is_primary() {
+            ReplicableStatus::Primary(primary_status(site, name).await?)
+        } else {
+            let store = site.registry_store();
+            ReplicableStatus::Secondary {
+                status: secondary_status(site, name).await?,
+                queue_depth: store.queue_depth(name, site.now()).await?,
+                replication_enabled: store.replication_enabled(name).await?,
+            }
+        });
+    }
+    let replication_enabled = site.is_primary()
+        || site
+            .registry_store()
+            .replication_enabled(crate::engine::SITE_SWITCH)
+            .await?;
+    Ok(SiteStatus {
+        site: site.name().to_owned(),
+        role: site.role().name().to_owned(),
+        replication_enabled,
+        events: event_position(site).await?,
+        replicables: statuses,
+    })
 }

@@ -9,8 +9,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::{
-    EventLog, Publication, Published, RecordStore, RegistryCounts, RegistryStore, StoredRecord,
-    VerificationCounts, VerificationStore,
+    EventLog, Publication, Published, RecordStore, RegistryCounts, RegistryFilter, RegistryStore,
+    StoredRecord, VerificationCounts, VerificationStore,
 };
 use crate::error::StoreError;
 use crate::event::{EventId, EventKind, LogEntry, NewEvent, SkippedEvent, StoredEvent};
@@ -614,6 +614,72 @@ impl RegistryStore for MemoryStore {
             }
         }
         Ok(counts)
+    }
+
+    async fn list(
+        &self,
+        name: &str,
+        filter: RegistryFilter,
+        after_id: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<RegistryRecord>, StoreError> {
+        let state = self.lock();
+        let Some(from) = after_id.map_or(Some(i64::MIN), |id| id.checked_add(1)) else {
+            return Ok(Vec::new());
+        };
+        Ok(state
+            .registry
+            .range(key(name, from)..=key(name, i64::MAX))
+            .map(|(_, row)| row)
+            .filter(|row| filter.matches(row))
+            .take(limit)
+            .cloned()
+            .collect())
+    }
+
+    async fn resync_many(&self, name: &str, model_ids: &[i64]) -> Result<u64, StoreError> {
+        let mut state = self.lock();
+        let mut changed = 0;
+        for id in model_ids {
+            if let Some(row) = state.registry.get_mut(&key(name, *id)) {
+                row.mark_pending();
+                row.version += 1;
+                changed += 1;
+            }
+        }
+        Ok(changed)
+    }
+
+    async fn reverify_many(&self, name: &str, model_ids: &[i64]) -> Result<u64, StoreError> {
+        let mut state = self.lock();
+        let mut changed = 0;
+        for id in model_ids {
+            if let Some(row) = state.registry.get_mut(&key(name, *id))
+                && row.state == SyncState::Synced
+                && !matches!(
+                    row.verification.verification_state,
+                    VerificationState::Pending
+                        | VerificationState::Started
+                        | VerificationState::Disabled
+                )
+            {
+                row.verification.mark_pending();
+                row.version += 1;
+                changed += 1;
+            }
+        }
+        Ok(changed)
+    }
+
+    async fn queue_depth(&self, name: &str, now: DateTime<Utc>) -> Result<u64, StoreError> {
+        let state = self.lock();
+        Ok(of_name(&state.registry, name)
+            .filter(|(_, row)| match row.state {
+                SyncState::Pending => true,
+                SyncState::Failed => row.retry_at.is_none_or(|at| at <= now),
+                _ => false,
+            })
+            .count() as u64)
     }
 
     async fn reverify_older_than(

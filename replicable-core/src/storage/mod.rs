@@ -19,7 +19,7 @@ mod verification_store;
 
 pub use event_log::{EventLog, Publication, Published};
 pub use record_store::{RecordStore, StoredRecord};
-pub use registry_store::{RegistryCounts, RegistryStore};
+pub use registry_store::{RegistryCounts, RegistryFilter, RegistryStore};
 pub use verification_store::{VerificationCounts, VerificationStore};
 
 use std::sync::Arc;

@@ -8,7 +8,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::StoreError;
 use crate::event::{EventId, SkippedEvent};
-use crate::registry::{RegistryRecord, StuckCutoffs};
+use crate::registry::{RegistryRecord, StuckCutoffs, SyncState};
+use crate::verification::VerificationState;
 
 /// Registry counts of one replicable on a secondary.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -31,6 +32,26 @@ pub struct RegistryCounts {
     pub verification_failed: u64,
     /// Rows whose last verification found a checksum mismatch.
     pub checksum_mismatch: u64,
+}
+
+/// Which registry rows [`RegistryStore::list`] returns: every row, or those in a sync state
+/// and / or a verification state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegistryFilter {
+    /// Only rows in this sync state.
+    pub state: Option<SyncState>,
+    /// Only rows in this verification state.
+    pub verification: Option<VerificationState>,
+}
+
+impl RegistryFilter {
+    /// Whether `row` passes the filter.
+    pub fn matches(&self, row: &RegistryRecord) -> bool {
+        self.state.is_none_or(|s| s == row.state)
+            && self
+                .verification
+                .is_none_or(|v| v == row.verification.verification_state)
+    }
 }
 
 /// Registries (one row per replicated record), the log cursor and the skipped-event record of a
@@ -134,6 +155,41 @@ pub trait RegistryStore: Send + Sync + std::fmt::Debug {
 
     /// Counts by state.
     async fn counts(&self, name: &str) -> Result<RegistryCounts, StoreError>;
+
+    /// Rows passing `filter` with an id greater than `after_id` (all when `None`), ascending by
+    /// id, at most `limit`: one page of an operator's listing. Never creates tables.
+    async fn list(
+        &self,
+        name: &str,
+        filter: RegistryFilter,
+        after_id: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<RegistryRecord>, StoreError>;
+
+    /// An operator's resync of the existing rows among `model_ids`, in one statement: each goes
+    /// back to pending as by [`RegistryRecord::mark_pending`] (a row whose sync is running stays
+    /// `started` with `change_pending` set). Ids without a row are ignored. Returns how many
+    /// rows changed.
+    async fn resync_many(&self, name: &str, model_ids: &[i64]) -> Result<u64, StoreError>;
+
+    /// An operator's re-verification of the rows among `model_ids` that are synced and whose
+    /// verification is succeeded or failed (not already pending, running or disabled): their
+    /// verification goes back to pending
+    /// (keeping its retry count, as [`crate::verification::Verification::mark_pending`]).
+    /// Returns how many rows changed.
+    async fn reverify_many(&self, name: &str, model_ids: &[i64]) -> Result<u64, StoreError>;
+
+    /// The sync queue's depth: rows pending plus failed rows whose retry is due (on the store's
+    /// clock; `now` is used only by a store without a clock of its own).
+    async fn queue_depth(&self, name: &str, now: DateTime<Utc>) -> Result<u64, StoreError>;
+
+    /// Creates (or migrates) the tables of replicable `name` where the store has tables per
+    /// replicable. Read paths never create tables; the engine calls this at start. The default
+    /// does nothing.
+    async fn create_tables(&self, name: &str) -> Result<(), StoreError> {
+        let _ = name;
+        Ok(())
+    }
 
     /// Sends up to `limit` synced rows whose verification succeeded before `verified_before`
     /// back to verification pending (re-verification, in batches), oldest first. Their

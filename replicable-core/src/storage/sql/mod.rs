@@ -473,6 +473,33 @@ impl SqlStore {
         Ok(tables)
     }
 
+    /// The tables of replicable `name` if they exist, for read paths: `None` (and no DDL) when
+    /// they were never created, so that reading an unknown or misspelt name never creates
+    /// tables. Tables of an older version are migrated (an upgrade, not a creation).
+    async fn existing_tables(&self, name: &str) -> Result<Option<Arc<Tables>>, StoreError> {
+        if let Some(tables) = self
+            .tables
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+        {
+            return Ok(Some(tables.clone()));
+        }
+        if !valid_name(name) {
+            return Ok(None);
+        }
+        match self.schema_version(&replicable_component(name)).await? {
+            None => Ok(None),
+            Some(_) => self.tables(name).await.map(Some),
+        }
+    }
+
+    /// Creates (or migrates) the tables of replicable `name`: what
+    /// [`RegistryStore::create_tables`](crate::storage::RegistryStore::create_tables) does.
+    pub async fn create_replicable_tables(&self, name: &str) -> Result<(), StoreError> {
+        self.tables(name).await.map(|_| ())
+    }
+
     /// The schema version stored for `component` (tests and tools).
     pub async fn schema_version(&self, component: &str) -> Result<Option<i64>, StoreError> {
         sqlx::query("SELECT version FROM replicable_schema WHERE component = $1")

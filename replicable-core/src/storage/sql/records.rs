@@ -51,7 +51,9 @@ impl RecordStore for SqlStore {
     }
 
     async fn get(&self, name: &str, model_id: i64) -> Result<Option<StoredRecord>, StoreError> {
-        let t = self.tables(name).await?;
+        let Some(t) = self.existing_tables(name).await? else {
+            return Ok(None);
+        };
         let n = &t.name;
         let sql = format!("SELECT generation, body FROM {n}_records WHERE {n}_id = $1");
         let row = sqlx::query(AssertSqlSafe(sql))
@@ -82,13 +84,17 @@ impl RecordStore for SqlStore {
         range: Range<i64>,
         limit: usize,
     ) -> Result<Vec<i64>, StoreError> {
-        let t = self.tables(name).await?;
+        let Some(t) = self.existing_tables(name).await? else {
+            return Ok(Vec::new());
+        };
         self.ids_of(&format!("{}_records", t.name), &t.name, range, limit)
             .await
     }
 
     async fn count(&self, name: &str) -> Result<u64, StoreError> {
-        let t = self.tables(name).await?;
+        let Some(t) = self.existing_tables(name).await? else {
+            return Ok(0);
+        };
         let sql = format!("SELECT COUNT(*) AS n FROM {}_records", t.name);
         let row = sqlx::query(AssertSqlSafe(sql))
             .fetch_one(&self.pool)

@@ -16,7 +16,7 @@ use super::{SqlStore, micros, opt_micros};
 use crate::error::StoreError;
 use crate::event::{EventId, SkippedEvent};
 use crate::registry::{RegistryRecord, StuckCutoffs, SyncState};
-use crate::storage::{RegistryCounts, RegistryStore};
+use crate::storage::{RegistryCounts, RegistryFilter, RegistryStore};
 use crate::verification::VerificationState;
 
 /// Rows per multi-row insert of pending registry rows.
@@ -54,7 +54,9 @@ impl SqlStore {
 #[async_trait]
 impl RegistryStore for SqlStore {
     async fn get(&self, name: &str, model_id: i64) -> Result<Option<RegistryRecord>, StoreError> {
-        let t = self.tables(name).await?;
+        let Some(t) = self.existing_tables(name).await? else {
+            return Ok(None);
+        };
         let sql = format!(
             "SELECT {} FROM {}_registry WHERE {}_id = $1",
             t.registry_columns, t.name, t.name
@@ -313,13 +315,17 @@ impl RegistryStore for SqlStore {
         range: Range<i64>,
         limit: usize,
     ) -> Result<Vec<i64>, StoreError> {
-        let t = self.tables(name).await?;
+        let Some(t) = self.existing_tables(name).await? else {
+            return Ok(Vec::new());
+        };
         self.ids_of(&format!("{}_registry", t.name), &t.name, range, limit)
             .await
     }
 
     async fn counts(&self, name: &str) -> Result<RegistryCounts, StoreError> {
-        let t = self.tables(name).await?;
+        let Some(t) = self.existing_tables(name).await? else {
+            return Ok(RegistryCounts::default());
+        };
         let sql = format!(
             "SELECT state, verification_state, checksum_mismatch, COUNT(*) AS n \
              FROM {}_registry GROUP BY state, verification_state, checksum_mismatch",
@@ -362,6 +368,142 @@ impl RegistryStore for SqlStore {
     async fn now(&self, local_now: DateTime<Utc>) -> Result<DateTime<Utc>, StoreError> {
         let _ = local_now;
         self.database_now().await
+    }
+
+    async fn list(
+        &self,
+        name: &str,
+        filter: RegistryFilter,
+        after_id: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<RegistryRecord>, StoreError> {
+        let Some(t) = self.existing_tables(name).await? else {
+            return Ok(Vec::new());
+        };
+        let n = &t.name;
+        let mut conditions = vec![format!("{n}_id > $1")];
+        if filter.state.is_some() {
+            conditions.push(format!("state = ${}", conditions.len() + 1));
+        }
+        if filter.verification.is_some() {
+            conditions.push(format!("verification_state = ${}", conditions.len() + 1));
+        }
+        let sql = format!(
+            "SELECT {} FROM {n}_registry WHERE {} ORDER BY {n}_id LIMIT ${}",
+            t.registry_columns,
+            conditions.join(" AND "),
+            conditions.len() + 1
+        );
+        let mut query = sqlx::query(AssertSqlSafe(sql)).bind(after_id.unwrap_or(i64::MIN));
+        if let Some(state) = filter.state {
+            query = query.bind(state.value());
+        }
+        if let Some(verification) = filter.verification {
+            query = query.bind(verification.value());
+        }
+        let rows = query
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(self.backend("list registry rows"))?;
+        self.read_registries(&rows)
+    }
+
+    async fn resync_many(&self, name: &str, model_ids: &[i64]) -> Result<u64, StoreError> {
+        if model_ids.is_empty() {
+            return Ok(0);
+        }
+        let Some(t) = self.existing_tables(name).await? else {
+            return Ok(0);
+        };
+        let n = &t.name;
+        let mut changed = 0;
+        for chunk in model_ids.chunks(INSERT_CHUNK) {
+            let list = (0..chunk.len())
+                .map(|i| format!("${}", i + 1))
+                .collect::<Vec<_>>()
+                .join(", ");
+            // The same transition as `mark_pending` on an existing row; every right-hand side
+            // reads the row as it was before the statement.
+            let sql = format!(
+                "UPDATE {n}_registry SET \
+                 change_pending = CASE WHEN state = 1 THEN 1 ELSE 0 END, \
+                 retry_at = CASE WHEN state = 1 THEN retry_at END, \
+                 retry_count = CASE WHEN state = 1 THEN retry_count ELSE 0 END, \
+                 last_synced_at = CASE WHEN state = 1 THEN last_synced_at END, \
+                 verification_state = CASE WHEN state = 1 THEN verification_state ELSE 4 END, \
+                 verification_started_at = CASE WHEN state = 1 \
+                   THEN verification_started_at END, \
+                 verification_retry_at = CASE WHEN state = 1 THEN verification_retry_at END, \
+                 state = CASE WHEN state = 1 THEN 1 ELSE 0 END, \
+                 version = version + 1 \
+                 WHERE {n}_id IN ({list})"
+            );
+            let mut query = sqlx::query(AssertSqlSafe(sql));
+            for id in chunk {
+                query = query.bind(*id);
+            }
+            changed += query
+                .execute(&self.pool)
+                .await
+                .map_err(self.backend("resync registry rows"))?
+                .rows_affected();
+        }
+        Ok(changed)
+    }
+
+    async fn reverify_many(&self, name: &str, model_ids: &[i64]) -> Result<u64, StoreError> {
+        if model_ids.is_empty() {
+            return Ok(0);
+        }
+        let Some(t) = self.existing_tables(name).await? else {
+            return Ok(0);
+        };
+        let n = &t.name;
+        let mut changed = 0;
+        for chunk in model_ids.chunks(INSERT_CHUNK) {
+            let list = (0..chunk.len())
+                .map(|i| format!("${}", i + 1))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let sql = format!(
+                "UPDATE {n}_registry SET verification_state = 0, verification_retry_at = NULL, \
+                 verification_started_at = NULL, version = version + 1 \
+                 WHERE {n}_id IN ({list}) AND state = 2 AND verification_state NOT IN (0, 1, 4)"
+            );
+            let mut query = sqlx::query(AssertSqlSafe(sql));
+            for id in chunk {
+                query = query.bind(*id);
+            }
+            changed += query
+                .execute(&self.pool)
+                .await
+                .map_err(self.backend("reverify registry rows"))?
+                .rows_affected();
+        }
+        Ok(changed)
+    }
+
+    async fn queue_depth(&self, name: &str, now: DateTime<Utc>) -> Result<u64, StoreError> {
+        let _ = now;
+        let Some(t) = self.existing_tables(name).await? else {
+            return Ok(0);
+        };
+        let sql = format!(
+            "SELECT COUNT(*) AS n FROM {}_registry \
+             WHERE state = 0 OR (state = 3 AND (retry_at IS NULL OR retry_at <= {}))",
+            t.name,
+            self.dialect.now_micros()
+        );
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .fetch_one(&self.pool)
+            .await
+            .map_err(self.backend("count the sync queue"))?;
+        Ok(self.get::<i64>(&row, "n")?.max(0) as u64)
+    }
+
+    async fn create_tables(&self, name: &str) -> Result<(), StoreError> {
+        self.create_replicable_tables(name).await
     }
 
     async fn reverify_older_than(

@@ -107,7 +107,9 @@ impl VerificationStore for SqlStore {
         name: &str,
         model_id: i64,
     ) -> Result<Option<VerificationRecord>, StoreError> {
-        let t = self.tables(name).await?;
+        let Some(t) = self.existing_tables(name).await? else {
+            return Ok(None);
+        };
         let sql = format!(
             "SELECT {} FROM {}_verification WHERE {}_id = $1",
             t.verification_columns, t.name, t.name
@@ -239,7 +241,9 @@ impl VerificationStore for SqlStore {
     }
 
     async fn counts(&self, name: &str) -> Result<VerificationCounts, StoreError> {
-        let t = self.tables(name).await?;
+        let Some(t) = self.existing_tables(name).await? else {
+            return Ok(VerificationCounts::default());
+        };
         let sql = format!(
             "SELECT verification_state, COUNT(*) AS n FROM {}_verification GROUP BY verification_state",
             t.name

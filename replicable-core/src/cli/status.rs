@@ -1,0 +1,130 @@
+//! `status`: a row per replicable, and where the event log and the cursor stand.
+
+use clap::Args;
+
+use super::{CliError, Context, human_seconds, time};
+use crate::status::{ReplicableStatus, SiteStatus, site_status};
+
+/// Arguments of `status`.
+#[derive(Debug, Clone, Default, Args)]
+pub struct StatusArgs {
+    /// Only these replicables (default: every one the application runs).
+    pub replicables: Vec<String>,
+    /// Print the status as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub(super) async fn run(cx: &mut Context<'_>, args: &StatusArgs) -> Result<(), CliError> {
+    let selected = cx.selected(&args.replicables)?;
+    let status = site_status(cx.site, &selected).await?;
+    if args.json {
+        serde_json::to_writer_pretty(&mut *cx.out, &status)?;
+        writeln!(cx.out)?;
+        return Ok(());
+    }
+    write_table(cx.out, &status)?;
+    Ok(())
+}
+
+fn write_table(out: &mut dyn std::io::Write, status: &SiteStatus) -> std::io::Result<()> {
+    let paused = if status.replication_enabled {
+        ""
+    } else {
+        ", replication PAUSED"
+    };
+    writeln!(out, "site {} ({}{paused})", status.site, status.role)?;
+    let e = &status.events;
+    let last = e
+        .last_event_id
+        .map_or_else(|| "none".to_owned(), |id| id.to_string());
+    match e.cursor_event_id {
+        None => writeln!(
+            out,
+            "event log: last event {last} at {}",
+            time(e.last_event_at)
+        )?,
+        Some(cursor) => {
+            let lag = match (e.events_behind, e.lag_seconds) {
+                (Some(behind), Some(lag)) => {
+                    format!("{behind} events behind, lag {}", human_seconds(lag))
+                }
+                _ => "primary unreachable".to_owned(),
+            };
+            writeln!(
+                out,
+                "cursor: event {cursor} ({}), primary's last event {last} ({}), {lag}",
+                time(e.cursor_event_at),
+                time(e.last_event_at)
+            )?;
+        }
+    }
+    writeln!(out)?;
+    if status.role == "primary" {
+        writeln!(
+            out,
+            "{:<24} {:>10} {:>12} {:>16} {:>12}",
+            "replicable", "count", "checksummed", "checksum failed", "checksummed %"
+        )?;
+        for r in &status.replicables {
+            if let ReplicableStatus::Primary(p) = r {
+                let pct = if p.count == 0 {
+                    0.0
+                } else {
+                    p.checksummed_count as f64 * 100.0 / p.count as f64
+                };
+                writeln!(
+                    out,
+                    "{:<24} {:>10} {:>12} {:>16} {:>12.1}%",
+                    p.replicable_name, p.count, p.checksummed_count, p.checksum_failed_count, pct
+                )?;
+            }
+        }
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "{:<24} {:>9} {:>8} {:>8} {:>8} {:>7} {:>9} {:>13} {:>9} {:>10} {:>7}",
+        "replicable",
+        "registry",
+        "pending",
+        "started",
+        "synced",
+        "failed",
+        "verified",
+        "verif. failed",
+        "synced %",
+        "verified %",
+        "queue"
+    )?;
+    for r in &status.replicables {
+        if let ReplicableStatus::Secondary {
+            status: s,
+            queue_depth,
+            replication_enabled,
+        } = r
+        {
+            let name = if *replication_enabled {
+                s.replicable_name.clone()
+            } else {
+                format!("{} (paused)", s.replicable_name)
+            };
+            writeln!(
+                out,
+                "{:<24} {:>9} {:>8} {:>8} {:>8} {:>7} {:>9} {:>13} {:>8.1}% {:>9.1}% {:>7}",
+                name,
+                s.registry_count,
+                s.pending_count,
+                s.started_count,
+                s.synced_count,
+                s.failed_count,
+                s.verified_count,
+                s.verification_failed_count,
+                s.synced_percent,
+                s.verified_percent,
+                queue_depth
+            )?;
+        }
+    }
+    Ok(())
+}
