@@ -192,14 +192,7 @@ impl Engine {
 
 /// Creates (or migrates) the tables the site needs for one replicable. Read paths never do.
 async fn prepare(site: &Site, replicable: &ReplicableDescriptor) -> Result<(), StoreError> {
-    if site.is_primary() {
-        site.verification_store().counts(replicable.name).await?;
-        site.records().count(replicable.name).await?;
-    } else {
-        site.registry_store().counts(replicable.name).await?;
-        site.records().count(replicable.name).await?;
-    }
-    Ok(())
+    site.registry_store().create_tables(replicable.name).await
 }
 
 fn start_secondary(shared: &Arc<Shared>, loops: &TaskTracker, cursor: LogCursor) {

@@ -159,6 +159,8 @@ fn spawn_sync(
 async fn run_one(shared: &Shared, replicable: &'static ReplicableDescriptor, row: RegistryRecord) {
     let site = &shared.site;
     let timeout = site.timeouts().sync;
+    #[cfg(feature = "metrics")]
+    let started = chrono::Utc::now();
     let attempt =
         std::panic::AssertUnwindSafe(replicable.run_claimed_sync(site, row.clone())).catch_unwind();
     let failure = match tokio::time::timeout(timeout, attempt).await {
@@ -186,6 +188,8 @@ async fn run_one(shared: &Shared, replicable: &'static ReplicableDescriptor, row
             humanize(timeout)
         ))),
     };
+    #[cfg(feature = "metrics")]
+    crate::metrics::record_sync(replicable.name, started, chrono::Utc::now(), None);
     if let Some(failure) = failure {
         fail_row(shared, replicable, &row, &failure).await;
     }
