@@ -6,8 +6,11 @@
 //! # use std::sync::Arc;
 //! # use replicable_core::local_blobs::ConfinedLocalFileSystem;
 //! # use replicable_core::Site;
-//! let blobs = ConfinedLocalFileSystem::new("/var/lib/app/blobs").expect("the blob directory");
-//! let site = Site::primary("primary").blob_store(Arc::new(blobs)).build();
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! let blobs = ConfinedLocalFileSystem::new("/var/lib/app/blobs")?;
+//! let db = replicable_core::storage::open("sqlite:///var/lib/app/primary.db").await?;
+//! let site = Site::primary("primary").database(db).blob_store(Arc::new(blobs)).build()?;
+//! # Ok(()) }
 //! ```
 //!
 //! object_store's own `LocalFileSystem` follows symbolic links: a link `pkg -> /elsewhere`

@@ -233,7 +233,12 @@ impl PrimaryLink for InProcessPrimary {
             reason: e.to_string(),
         })?;
         match std::fs::symlink_metadata(&full) {
-            Ok(_) => Ok(full.to_string_lossy().into_owned()),
+            // git runs the fetch inside the secondary's repository: a relative root must not
+            // be read relative to that.
+            Ok(_) => Ok(std::path::absolute(&full)
+                .unwrap_or(full)
+                .to_string_lossy()
+                .into_owned()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(LinkError::NotFound { what }),
             // Exists or not, it cannot be looked at: not "missing".
             Err(e) => Err(LinkError::Failed {

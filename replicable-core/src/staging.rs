@@ -149,19 +149,15 @@ async fn is_live(
     modified: DateTime<Utc>,
     alive: Alive,
 ) -> Result<bool, StoreError> {
-    // Only names of replicables this binary knows are looked up: a stray file must neither
-    // abort the sweep nor make the store create tables for a name it never had.
-    let known = |name: &str| {
-        crate::descriptor::find_replicable(name)
-            .ok()
-            .flatten()
-            .is_some()
-    };
-    let Some((name, id)) = temporary_owner(file_name).filter(|(name, _)| known(name)) else {
+    let Some((name, id)) = temporary_owner(file_name) else {
         return Ok(modified >= alive.modified_after);
     };
-    let Some(row) = site.registry_store().get(name, id).await? else {
-        return Ok(false);
+    // Reading a registry never creates tables; a name no store knows (a stray file) falls back
+    // to the age rule instead of stopping the sweep.
+    let row = match site.registry_store().get(name, id).await {
+        Ok(Some(row)) => row,
+        Ok(None) => return Ok(false),
+        Err(_) => return Ok(modified >= alive.modified_after),
     };
     Ok(row.state == SyncState::Started
         && row

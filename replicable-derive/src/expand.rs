@@ -91,6 +91,9 @@ fn expand(model: &Model<'_>, fallback: bool) -> TokenStream {
             pub missing_on_primary: bool,
             /// The primary's generation the local copy holds.
             pub synced_generation: #rp::Option<i64>,
+            /// A change arrived while the row's sync was running: that sync does not make its
+            /// copy visible, and the row goes pending when it ends.
+            pub change_pending: bool,
             /// Where verification of the local copy stands.
             pub verification_state: #rp::VerificationState,
             /// The local checksum.
@@ -125,6 +128,7 @@ fn expand(model: &Model<'_>, fallback: bool) -> TokenStream {
                     created_at: row.created_at,
                     missing_on_primary: row.missing_on_primary,
                     synced_generation: row.synced_generation,
+                    change_pending: row.change_pending,
                     verification_state: v.verification_state,
                     verification_checksum: v.verification_checksum,
                     verified_at: v.verified_at,

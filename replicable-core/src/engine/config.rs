@@ -219,6 +219,17 @@ impl Default for IdleBackoff {
     }
 }
 
+/// The top-level settings, as environment variables name them after `REPLICABLE_`.
+const SETTINGS: [&str; 7] = [
+    "sync",
+    "verification",
+    "cursor",
+    "periods",
+    "retention",
+    "idle",
+    "shutdown_deadline",
+];
+
 /// The configuration could not be read.
 #[derive(Debug, thiserror::Error)]
 #[error("engine configuration: {0}")]
@@ -238,8 +249,14 @@ impl EngineConfig {
             }
             figment = figment.merge(Toml::file(path));
         }
+        // Only variables that name a setting: others under the same prefix (a test's database
+        // URL, an application's own) are not the engine's.
+        let env = Env::prefixed("REPLICABLE_").split("__").filter(|key| {
+            let top = key.as_str().split('.').next().unwrap_or_default();
+            SETTINGS.iter().any(|s| s.eq_ignore_ascii_case(top))
+        });
         figment
-            .merge(Env::prefixed("REPLICABLE_").split("__"))
+            .merge(env)
             .extract()
             .map_err(|e| ConfigError(Box::new(e)))
     }
@@ -274,6 +291,19 @@ mod tests {
     fn unknown_keys_are_refused() {
         let err = EngineConfig::from_toml("[sync]\nconcurency = 3\n").unwrap_err();
         assert!(err.to_string().contains("concurency"), "{err}");
+    }
+
+    #[test]
+    fn the_environment_overrides_settings_and_other_variables_are_ignored() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("REPLICABLE_SYNC__CONCURRENCY", "3");
+            jail.set_env("REPLICABLE_SHUTDOWN_DEADLINE", "7s");
+            jail.set_env("REPLICABLE_TEST_POSTGRES_URL", "postgres://elsewhere");
+            let config = EngineConfig::load(None).expect("unrelated variables are ignored");
+            assert_eq!(config.sync.concurrency, 3);
+            assert_eq!(config.shutdown_deadline, Duration::from_secs(7));
+            Ok(())
+        });
     }
 
     #[test]

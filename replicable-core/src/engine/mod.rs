@@ -374,6 +374,12 @@ async fn periodic<F, Fut>(
 }
 
 async fn sweep_stuck(shared: Arc<Shared>) -> Result<(), String> {
+    if !shared.site.is_primary() {
+        // Partial downloads of syncs that were failed as abandoned, or whose process died.
+        crate::staging::sweep_abandoned_staging(&shared.site)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
     for &replicable in &shared.replicables {
         let failed = crate::workers::fail_stuck(&shared.site, replicable, 1_000)
             .await
