@@ -311,24 +311,6 @@ async fn missing_on_primary_count(primary: &Site) -> Result<u64, Error> {
         .count() as u64)
 }
 
-/// Whether replication is done: every record synced and verified, except the deliberately
-/// missing package files, which are failed.
-fn settled(rows: &[report::Row], missing: u64) -> bool {
-    rows.iter().all(|row| {
-        let expected_failed = if row.name == "package_file" {
-            missing
-        } else {
-            0
-        };
-        row.registry == row.primary
-            && row.pending == 0
-            && row.started == 0
-            && row.failed == expected_failed
-            && row.synced + row.failed == row.primary
-            && row.verified == row.synced
-    })
-}
-
 async fn run(args: RunArgs) -> Result<ExitCode, Error> {
     let started = Instant::now();
     let plan = SeedPlan {
@@ -398,7 +380,7 @@ async fn run(args: RunArgs) -> Result<ExitCode, Error> {
     let mut last_print = Instant::now() - Duration::from_secs(1);
     let caught_up = loop {
         let rows = report::rows(&primary, &secondary, &replicables).await?;
-        let done = settled(&rows, missing_before);
+        let done = report::settled(&rows, missing_before);
         if done || last_print.elapsed() >= Duration::from_secs(1) {
             println!(
                 "[{:>5.1}s] {}",
@@ -453,7 +435,7 @@ async fn run(args: RunArgs) -> Result<ExitCode, Error> {
     let missing_now = missing_on_primary_count(&primary).await?;
     let settled_now = proofs::wait_for(Duration::from_secs(60), || async {
         let rows = report::rows(&primary, &secondary, &replicables).await?;
-        Ok(settled(&rows, missing_now).then_some(()))
+        Ok(report::settled(&rows, missing_now).then_some(()))
     })
     .await?
     .is_some();

@@ -307,6 +307,10 @@ impl Demo<'_> {
             });
         };
         let reported_after = started.elapsed();
+        let retry_in = first
+            .retry_at
+            .map(|at| (at - self.secondary.now()).num_seconds())
+            .unwrap_or(0);
         // Watch it for a while with the engines running: no second attempt.
         tokio::time::sleep(Duration::from_secs(3)).await;
         let later = self
@@ -315,10 +319,6 @@ impl Demo<'_> {
             .get("package_file", id)
             .await?
             .ok_or("the registry row disappeared")?;
-        let retry_in = first
-            .retry_at
-            .map(|at| (at - self.secondary.now()).num_seconds())
-            .unwrap_or(0);
         let passed = later.state == SyncState::Failed
             && later.missing_on_primary
             && later.retry_count == first.retry_count

@@ -65,6 +65,24 @@ pub async fn rows(
     Ok(rows)
 }
 
+/// Whether replication is done: every record synced and verified, except the deliberately
+/// missing package files, which are failed.
+pub fn settled(rows: &[Row], missing: u64) -> bool {
+    rows.iter().all(|row| {
+        let expected_failed = if row.name == "package_file" {
+            missing
+        } else {
+            0
+        };
+        row.registry == row.primary
+            && row.pending == 0
+            && row.started == 0
+            && row.failed == expected_failed
+            && row.synced + row.failed == row.primary
+            && row.verified == row.synced
+    })
+}
+
 /// One progress line: synced and verified out of the primary's records, per replicable.
 pub fn progress_line(rows: &[Row]) -> String {
     let mut line = String::new();
