@@ -52,9 +52,10 @@ async fn blobs_synced(view: &Site) -> u64 {
         .synced
 }
 
-async fn wait_blobs_synced(view: &Site, n: u64) {
+async fn wait_blobs_synced(view: &Site, n: u64, child: &mut std::process::Child) {
     let deadline = Instant::now() + Duration::from_secs(120);
     while blobs_synced(view).await < n {
+        e2e_support::assert_running(child);
         assert!(Instant::now() < deadline, "fewer than {n} blobs synced");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -68,7 +69,7 @@ async fn killed_and_restarted(lane: Lane) {
         return;
     };
     let mut child = e2e_support::spawn_secondary(&primary_at, &secondary_at, &[]);
-    wait_blobs_synced(&view, 10).await;
+    wait_blobs_synced(&view, 10, &mut child).await;
     child.kill().expect("SIGKILL");
     child.wait().expect("reaping the child");
     let synced_at_kill = e2e_support::count_state(&view, SyncState::Synced).await;
@@ -82,6 +83,12 @@ async fn killed_and_restarted(lane: Lane) {
     let mut child = e2e_support::spawn_secondary(&primary_at, &secondary_at, &[]);
     e2e_support::wait_synced_at_least(&view, synced_at_kill + 1, Duration::from_secs(120)).await;
     let resumed = restarted.elapsed();
+    // New events wait for the dead process's cursor lease to expire (2 s here).
+    let cursor = e2e_support::probe_cursor(&primary, &view, 900_001).await;
+    eprintln!(
+        "{lane:?}: after SIGKILL a new event was synced {cursor:.1?} after it was published ({:.1?} after the restart)",
+        restarted.elapsed()
+    );
     e2e_support::wait_settled(&primary, &view, Duration::from_secs(240)).await;
     eprintln!(
         "{lane:?}: after SIGKILL the restarted secondary synced again after {resumed:.1?}; everything settled after {:.1?}",
@@ -115,7 +122,7 @@ async fn terminated_mid_sync(lane: Lane) {
         return;
     };
     let mut child = e2e_support::spawn_secondary(&primary_at, &secondary_at, &[]);
-    wait_blobs_synced(&view, 10).await;
+    wait_blobs_synced(&view, 10, &mut child).await;
     e2e_support::terminate(&child);
     // The deadline is 2 s (REPLICABLE_SHUTDOWN_DEADLINE); allow 2 s more for the process to
     // start stopping and exit.
@@ -123,7 +130,10 @@ async fn terminated_mid_sync(lane: Lane) {
     let exited = exited.expect("the secondary did not exit within its shutdown deadline");
     let started = e2e_support::count_state(&view, SyncState::Started).await;
     let synced = e2e_support::count_state(&view, SyncState::Synced).await;
-    eprintln!("{lane:?}: SIGTERM: exited after {exited:.2?} with {synced} synced, {started} started");
+    let failed = e2e_support::count_state(&view, SyncState::Failed).await;
+    eprintln!(
+        "{lane:?}: SIGTERM: exited after {exited:.2?} with {synced} synced, {started} started, {failed} failed"
+    );
     assert_eq!(started, 0, "rows left started after a graceful shutdown");
     e2e_support::assert_no_partial_copies(&primary_at, &secondary_at);
 
@@ -131,6 +141,12 @@ async fn terminated_mid_sync(lane: Lane) {
     let mut child = e2e_support::spawn_secondary(&primary_at, &secondary_at, &[]);
     e2e_support::wait_synced_at_least(&view, synced + 1, Duration::from_secs(60)).await;
     let resumed = restarted.elapsed();
+    // The lease was released: new events are picked up at once.
+    let cursor = e2e_support::probe_cursor(&primary, &view, 900_001).await;
+    eprintln!(
+        "{lane:?}: after SIGTERM a new event was synced {cursor:.1?} after it was published ({:.1?} after the restart)",
+        restarted.elapsed()
+    );
     e2e_support::wait_settled(&primary, &view, Duration::from_secs(120)).await;
     eprintln!(
         "{lane:?}: after SIGTERM the restarted secondary synced again after {resumed:.1?}; everything settled after {:.1?}",

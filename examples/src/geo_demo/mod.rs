@@ -103,11 +103,7 @@ pub struct SiteArgs {
 impl SiteArgs {
     /// The location.
     pub fn location(&self) -> SiteLocation {
-        SiteLocation {
-            data: self.data.clone(),
-            database: self.database.clone(),
-            schema: self.schema.clone(),
-        }
+        SiteLocation::new(&self.data, self.database.clone(), self.schema.clone())
     }
 }
 
@@ -182,11 +178,11 @@ pub struct SecondaryArgs {
 impl SecondaryArgs {
     /// The primary's location.
     pub fn primary_location(&self) -> SiteLocation {
-        SiteLocation {
-            data: self.primary_data.clone(),
-            database: self.primary_database.clone(),
-            schema: self.primary_schema.clone(),
-        }
+        SiteLocation::new(
+            &self.primary_data,
+            self.primary_database.clone(),
+            self.primary_schema.clone(),
+        )
     }
 }
 
@@ -590,11 +586,11 @@ async fn run_secondary(args: SecondaryArgs, hooks: Hooks) -> Result<ExitCode, Er
 async fn status(args: StatusArgs) -> Result<ExitCode, Error> {
     let timeouts = replicable_core::site::Timeouts::default();
     let primary = sites::open_primary(
-        &SiteLocation {
-            data: args.primary_data.clone(),
-            database: args.primary_database.clone(),
-            schema: args.primary_schema.clone(),
-        },
+        &SiteLocation::new(
+            &args.primary_data,
+            args.primary_database.clone(),
+            args.primary_schema.clone(),
+        ),
         timeouts,
     )
     .await?;

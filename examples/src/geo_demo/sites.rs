@@ -40,10 +40,18 @@ pub struct SiteLocation {
 impl SiteLocation {
     /// A site kept entirely under `data` (SQLite file, blobs, repositories).
     pub fn embedded(data: impl Into<PathBuf>) -> Self {
+        Self::new(data, None, None)
+    }
+
+    /// A site with its data under `data` and its database at `database` (if given). The data
+    /// directory is made absolute: git fetches run in the secondary's repository, where a
+    /// relative path to the primary's would not resolve.
+    pub fn new(data: impl Into<PathBuf>, database: Option<String>, schema: Option<String>) -> Self {
+        let data = data.into();
         Self {
-            data: data.into(),
-            database: None,
-            schema: None,
+            data: std::path::absolute(&data).unwrap_or(data),
+            database,
+            schema,
         }
     }
 

@@ -91,11 +91,21 @@ pub async fn rows(primary: &Site, secondary: &Site) -> Vec<Row> {
 /// Waits until every record is synced and verified (none missing), or panics after `timeout`
 /// with the last counts.
 pub async fn wait_settled(primary: &Site, secondary: &Site, timeout: Duration) -> Vec<Row> {
-    let deadline = Instant::now() + timeout;
+    let started = Instant::now();
+    let deadline = started + timeout;
+    let mut shown = Instant::now();
     loop {
         let rows = rows(primary, secondary).await;
         if report::settled(&rows, 0) {
             return rows;
+        }
+        if shown.elapsed() >= Duration::from_secs(10) {
+            eprintln!(
+                "  still settling after {:.0?}: {}",
+                started.elapsed(),
+                report::progress_line(&rows)
+            );
+            shown = Instant::now();
         }
         assert!(
             Instant::now() < deadline,
@@ -209,11 +219,20 @@ pub fn secondary_command(
         "0",
     ]);
     command.args(extra);
+    // The engine reads `REPLICABLE_*` variables as its settings and refuses unknown ones: the
+    // test lanes' own variables must not reach it.
+    for (key, _) in std::env::vars() {
+        if key.starts_with("REPLICABLE_TEST_") || key.starts_with("REPLICABLE_BENCH_") {
+            command.env_remove(key);
+        }
+    }
     command
         .env("E2E_LINK_DELAY_MS", "100")
         .env("REPLICABLE_IDLE__MIN", "50ms")
         .env("REPLICABLE_IDLE__MAX", "500ms")
         .env("REPLICABLE_PERIODS__STUCK_SWEEP", "1s")
+        .env("REPLICABLE_PERIODS__BACKFILL", "5s")
+        .env("REPLICABLE_PERIODS__VERIFICATION_MAINTENANCE", "5s")
         .env("REPLICABLE_SHUTDOWN_DEADLINE", "2s")
         .stdin(Stdio::null())
         .stdout(Stdio::null());
@@ -251,6 +270,13 @@ pub fn wait_exit(child: &mut Child, timeout: Duration) -> Option<Duration> {
     None
 }
 
+/// Panics if `child` has exited.
+pub fn assert_running(child: &mut Child) {
+    if let Some(status) = child.try_wait().expect("polling the child") {
+        panic!("the secondary process exited early: {status}");
+    }
+}
+
 /// Waits until `secondary` has at least `n` synced rows (all replicables), or panics.
 pub async fn wait_synced_at_least(secondary: &Site, n: u64, timeout: Duration) -> Duration {
     let started = Instant::now();
@@ -263,5 +289,33 @@ pub async fn wait_synced_at_least(secondary: &Site, n: u64, timeout: Duration) -
             "fewer than {n} rows synced after {timeout:?}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Publishes a new CI setting `id` on the primary and returns how long the secondary took to
+/// sync it: with every earlier event consumed, this is how long the log cursor took to pick
+/// up new events (after a restart: how long until the process held the cursor lease).
+pub async fn probe_cursor(primary: &Site, secondary: &Site, id: i64) -> Duration {
+    use replicable_core::prelude::*;
+    let started = Instant::now();
+    replicable_examples::geo_demo::seed::ci_setting(id, 1)
+        .replicator(primary)
+        .publish_created_event()
+        .await
+        .expect("publishing a probe");
+    loop {
+        let row = secondary
+            .registry_store()
+            .get("ci_setting", id)
+            .await
+            .expect("reading the registry");
+        if row.is_some_and(|r| r.state == SyncState::Synced) {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "the probe event was not consumed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
