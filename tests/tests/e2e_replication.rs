@@ -33,7 +33,10 @@ async fn thousand_records(lane: Lane) {
     let primary_engine = e2e_support::engine(&primary).await;
     let secondary_engine = e2e_support::engine(&secondary).await;
     let rows = e2e_support::wait_settled(&primary, &secondary, Duration::from_secs(300)).await;
-    eprintln!("{lane:?}: 1,000 records synced and verified in {:.1?}", started.elapsed());
+    eprintln!(
+        "{lane:?}: 1,000 records synced and verified in {:.1?}",
+        started.elapsed()
+    );
     let expected = [
         ("package_file", u64::from(plan.blobs)),
         ("project", u64::from(plan.repositories)),
@@ -42,12 +45,23 @@ async fn thousand_records(lane: Lane) {
     for (row, (name, count)) in rows.iter().zip(expected) {
         assert_eq!(row.name, name);
         assert_eq!(
-            (row.primary, row.checksummed, row.registry, row.synced, row.verified),
+            (
+                row.primary,
+                row.checksummed,
+                row.registry,
+                row.synced,
+                row.verified
+            ),
             (count, count, count, count, count),
             "{name}"
         );
         assert_eq!(
-            (row.pending, row.started, row.failed, row.verification_failed),
+            (
+                row.pending,
+                row.started,
+                row.failed,
+                row.verification_failed
+            ),
             (0, 0, 0, 0),
             "{name}"
         );
@@ -74,10 +88,12 @@ async fn primary_unreachable(lane: Lane) {
     };
     let plan = SeedPlan::records(200);
     let primary = e2e_support::seeded_primary(&primary_at, plan).await;
-    let link = Arc::new(std::sync::Mutex::new(None::<(
-        Arc<std::sync::atomic::AtomicBool>,
-        Arc<std::sync::atomic::AtomicU64>,
-    )>));
+    let link = Arc::new(std::sync::Mutex::new(
+        None::<(
+            Arc<std::sync::atomic::AtomicBool>,
+            Arc<std::sync::atomic::AtomicU64>,
+        )>,
+    ));
     let mut options = SecondaryOptions::new(e2e_support::timeouts());
     let slot = link.clone();
     options.wrap_link = Box::new(move |inner| {
@@ -122,7 +138,10 @@ async fn primary_unreachable(lane: Lane) {
     down.store(false, Ordering::SeqCst);
     let back = Instant::now();
     e2e_support::wait_settled(&primary, &secondary, Duration::from_secs(180)).await;
-    eprintln!("{lane:?}: fully recovered {:.1?} after the primary came back", back.elapsed());
+    eprintln!(
+        "{lane:?}: fully recovered {:.1?} after the primary came back",
+        back.elapsed()
+    );
     secondary_engine.shutdown().await;
     primary_engine.shutdown().await;
     e2e_support::assert_complete(&primary, &secondary, &secondary_at).await;

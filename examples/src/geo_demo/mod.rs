@@ -167,7 +167,8 @@ pub struct SecondaryArgs {
     /// PostgreSQL: the schema holding the primary's tables.
     #[arg(long)]
     pub primary_schema: Option<String>,
-    /// Appends `<replicable> <id>` to this file each time a sync transfers a resource.
+    /// Appends `<replicable> <id> <pid> <unix ms>` to this file each time a sync transfers a
+    /// resource.
     #[arg(long)]
     pub sync_log: Option<PathBuf>,
     /// Engine settings.
@@ -452,7 +453,9 @@ async fn run(args: RunArgs) -> Result<ExitCode, Error> {
     print!("{}", report::table(&rows));
     println!();
     for (name, id) in &complete.missing_on_primary {
-        println!("{name} {id}: missing on primary (deliberately), reported and not retried in a loop");
+        println!(
+            "{name} {id}: missing on primary (deliberately), reported and not retried in a loop"
+        );
     }
     for problem in complete.problems.iter().take(20) {
         println!("PROBLEM: {problem}");
@@ -513,7 +516,7 @@ async fn run_primary(args: PrimaryArgs) -> Result<ExitCode, Error> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Appends `<replicable> <id>` to a file before each transfer.
+/// Appends `<replicable> <id> <pid> <unix ms>` to a file before each transfer.
 #[derive(Debug)]
 struct SyncLog {
     file: std::sync::Mutex<std::fs::File>,
@@ -524,7 +527,10 @@ impl SyncObserver for SyncLog {
     async fn before_transfer(&self, replicable: &str, id: i64) {
         use std::io::Write as _;
         let mut file = self.file.lock().unwrap_or_else(|e| e.into_inner());
-        let _ = writeln!(file, "{replicable} {id}");
+        let ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        let _ = writeln!(file, "{replicable} {id} {} {ms}", std::process::id());
     }
 }
 

@@ -136,14 +136,21 @@ impl Demo<'_> {
             .publish_updated_event()
             .await?;
         self.wake();
-        let secondary_repo = self
-            .secondary_location
-            .repository_dir(&project.disk_path);
+        let secondary_repo = self.secondary_location.repository_dir(&project.disk_path);
         let expected_value = setting.value.clone();
         let seen = wait_for(PROOF_TIMEOUT, || async {
             let head = head_of(&secondary_repo).await;
-            let row = self.secondary.records().get("ci_setting", setting_id).await?;
-            let value = row.and_then(|r| r.body.get("value").and_then(|v| v.as_str()).map(str::to_owned));
+            let row = self
+                .secondary
+                .records()
+                .get("ci_setting", setting_id)
+                .await?;
+            let value = row.and_then(|r| {
+                r.body
+                    .get("value")
+                    .and_then(|v| v.as_str())
+                    .map(str::to_owned)
+            });
             let done = head.as_deref() == Some(commit.as_str())
                 && value.as_deref() == Some(expected_value.as_str())
                 && self.synced_and_verified("project", project_id).await?
@@ -171,13 +178,22 @@ impl Demo<'_> {
         let started = Instant::now();
         let id = run_base(self.run) + 1;
         let file = seed::package_file(id);
-        seed::write_blob(self.primary, &file.file_path, seed::blob_bytes(id as u64, 256 * 1024))
+        seed::write_blob(
+            self.primary,
+            &file.file_path,
+            seed::blob_bytes(id as u64, 256 * 1024),
+        )
+        .await?;
+        file.replicator(self.primary)
+            .publish_created_event()
             .await?;
-        file.replicator(self.primary).publish_created_event().await?;
         self.wake();
         let copy = self.secondary_location.blob_file(&file.file_path);
         let arrived = wait_for(PROOF_TIMEOUT, || async {
-            Ok((copy.exists() && self.synced_and_verified("package_file", id).await?).then_some(()))
+            Ok(
+                (copy.exists() && self.synced_and_verified("package_file", id).await?)
+                    .then_some(()),
+            )
         })
         .await?;
         if arrived.is_none() {
@@ -188,14 +204,20 @@ impl Demo<'_> {
             });
         }
         let arrived_after = started.elapsed();
-        file.replicator(self.primary).publish_deleted_event().await?;
+        file.replicator(self.primary)
+            .publish_deleted_event()
+            .await?;
         self.primary
             .blob_store()
             .delete(&object_path(&file.file_path)?)
             .await?;
         self.wake();
         let gone = wait_for(PROOF_TIMEOUT, || async {
-            let row = self.secondary.registry_store().get("package_file", id).await?;
+            let row = self
+                .secondary
+                .registry_store()
+                .get("package_file", id)
+                .await?;
             Ok((!copy.exists() && row.is_none()).then_some(()))
         })
         .await?;
@@ -205,7 +227,11 @@ impl Demo<'_> {
             detail: format!(
                 "package_file {id} synced and verified after {arrived_after:.1?}, then deleted on the primary: copy {} and registry row {} on the secondary after {:.1?}",
                 if copy.exists() { "STILL THERE" } else { "gone" },
-                if gone.is_some() { "gone" } else { "STILL THERE" },
+                if gone.is_some() {
+                    "gone"
+                } else {
+                    "STILL THERE"
+                },
                 started.elapsed()
             ),
         })
@@ -226,16 +252,16 @@ impl Demo<'_> {
         drop(bytes);
         // Re-verification normally comes after `reverification_interval` (7 days); the demo
         // sends every verified copy back to verification now.
-        let sent = workers::reverify_stale(
-            self.secondary,
-            self.package_file,
-            Duration::ZERO,
-            100_000,
-        )
-        .await?;
+        let sent =
+            workers::reverify_stale(self.secondary, self.package_file, Duration::ZERO, 100_000)
+                .await?;
         self.wake();
         let caught = wait_for(PROOF_TIMEOUT, || async {
-            let row = self.secondary.registry_store().get("package_file", id).await?;
+            let row = self
+                .secondary
+                .registry_store()
+                .get("package_file", id)
+                .await?;
             Ok(row.filter(|r| r.verification.checksum_mismatch && r.state == SyncState::Failed))
         })
         .await?;
@@ -279,7 +305,11 @@ impl Demo<'_> {
                 "overwrote 4 KiB of package_file {id} on the secondary's disk; sent {sent} verified copies back to verification \
                  (workers::reverify_stale, interval 0); caught after {caught_after:.1?}: checksum mismatch, registry failed, \
                  retry scheduled in {retry_in} s; resynced at once (as `resync` would): copy {} after {:.1?}",
-                if repaired.is_some() { "identical to the primary's, synced and verified" } else { "NOT repaired" },
+                if repaired.is_some() {
+                    "identical to the primary's, synced and verified"
+                } else {
+                    "NOT repaired"
+                },
                 started.elapsed()
             ),
         })
@@ -292,10 +322,16 @@ impl Demo<'_> {
         let id = run_base(self.run) + 999;
         let file = seed::package_file(id);
         // The record is written and published, but its file never reached the primary's store.
-        file.replicator(self.primary).publish_created_event().await?;
+        file.replicator(self.primary)
+            .publish_created_event()
+            .await?;
         self.wake();
         let reported = wait_for(PROOF_TIMEOUT, || async {
-            let row = self.secondary.registry_store().get("package_file", id).await?;
+            let row = self
+                .secondary
+                .registry_store()
+                .get("package_file", id)
+                .await?;
             Ok(row.filter(|r| r.state == SyncState::Failed && r.missing_on_primary))
         })
         .await?;

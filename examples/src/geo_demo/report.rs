@@ -92,7 +92,10 @@ pub fn progress_line(rows: &[Row]) -> String {
         verified += row.verified;
         total += row.primary;
     }
-    let _ = write!(line, "synced {synced}/{total} verified {verified}/{total} |");
+    let _ = write!(
+        line,
+        "synced {synced}/{total} verified {verified}/{total} |"
+    );
     for row in rows {
         let _ = write!(
             line,
@@ -213,7 +216,9 @@ pub async fn completeness(
                 report.checked += 1;
                 let row = secondary.registry_store().get(name, id).await?;
                 let Some(row) = row else {
-                    report.problems.push(format!("{name} {id}: no registry row"));
+                    report
+                        .problems
+                        .push(format!("{name} {id}: no registry row"));
                     continue;
                 };
                 if expected_missing(name, id) {

@@ -155,12 +155,15 @@ pub async fn open_primary(location: &SiteLocation, timeouts: Timeouts) -> Result
         .build()?)
 }
 
+/// Wraps a secondary's link to its primary.
+pub type WrapLink = Box<dyn FnOnce(Arc<dyn PrimaryLink>) -> Arc<dyn PrimaryLink> + Send>;
+
 /// How a secondary is opened.
 pub struct SecondaryOptions {
     /// The stuck-work timeouts and the cursor lease.
     pub timeouts: Timeouts,
     /// Wraps the link to the primary (tests put faults or delays in it).
-    pub wrap_link: Box<dyn FnOnce(Arc<dyn PrimaryLink>) -> Arc<dyn PrimaryLink> + Send>,
+    pub wrap_link: WrapLink,
     /// Observes the secondary's syncs.
     pub observer: Option<Arc<dyn SyncObserver>>,
 }
@@ -217,4 +220,3 @@ pub fn leftover_temporaries(location: &SiteLocation) -> Vec<PathBuf> {
     }
     left
 }
-
