@@ -110,7 +110,12 @@ async fn killed_and_restarted(lane: Lane) {
             "{lane:?}: KNOWN GAP: staging left after the restart settled: {left:?}; starting once more"
         );
         let mut child = e2e_support::spawn_secondary(&primary_at, &secondary_at, &[]);
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !replicable_examples::geo_demo::sites::leftover_temporaries(&secondary_at).is_empty()
+            && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         e2e_support::terminate(&child);
         assert!(e2e_support::wait_exit(&mut child, Duration::from_secs(10)).is_some());
     }
