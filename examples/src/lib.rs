@@ -53,3 +53,5 @@ pub struct Project {
     #[replicable(repository)]
     pub disk_path: String,
 }
+
+pub mod geo_demo;
