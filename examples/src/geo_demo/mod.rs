@@ -47,6 +47,30 @@ pub enum Command {
     /// Prints the status table of a primary and a secondary; exits 0 only if the secondary
     /// holds every record of the primary, synced and verified.
     Status(StatusArgs),
+    /// The operator commands (`status`, `registry list|show`, `resync`, `reverify`, `dataloss`,
+    /// `events`, `pause`, `resume`) on one site: the secondary at `--data` when
+    /// `--primary-data` is given, else the primary at `--data`.
+    Admin(AdminArgs),
+}
+
+/// `geo-demo admin`.
+#[derive(Debug, Clone, Args)]
+pub struct AdminArgs {
+    /// The site's data.
+    #[command(flatten)]
+    pub site: SiteArgs,
+    /// The primary's data directory, for a secondary.
+    #[arg(long)]
+    pub primary_data: Option<PathBuf>,
+    /// The primary's database (default: `PRIMARY_DATA/site.db`).
+    #[arg(long)]
+    pub primary_database: Option<String>,
+    /// PostgreSQL: the schema holding the primary's tables.
+    #[arg(long)]
+    pub primary_schema: Option<String>,
+    /// The operator command.
+    #[command(subcommand)]
+    pub command: replicable_core::cli::Command,
 }
 
 /// `geo-demo run`.
@@ -249,6 +273,7 @@ pub fn main_with(hooks: Hooks) -> ExitCode {
             Command::Primary(args) => run_primary(args).await,
             Command::Secondary(args) => run_secondary(args, hooks).await,
             Command::Status(args) => status(args).await,
+            Command::Admin(args) => admin(args).await,
         }
     });
     match result {
@@ -619,4 +644,37 @@ async fn status(args: StatusArgs) -> Result<ExitCode, Error> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+async fn admin(args: AdminArgs) -> Result<ExitCode, Error> {
+    let timeouts = replicable_core::site::Timeouts::default();
+    let site = match &args.primary_data {
+        Some(primary_data) => {
+            let primary = sites::open_primary(
+                &SiteLocation::new(
+                    primary_data,
+                    args.primary_database.clone(),
+                    args.primary_schema.clone(),
+                ),
+                timeouts,
+            )
+            .await?;
+            sites::open_secondary(
+                &args.site.location(),
+                &primary,
+                SecondaryOptions::new(timeouts),
+            )
+            .await?
+        }
+        None => sites::open_primary(&args.site.location(), timeouts).await?,
+    };
+    let replicables = sites::replicables()?;
+    let mut out = std::io::stdout();
+    match replicable_core::cli::execute(&args.command, &site, &replicables, &mut out).await {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(e) => {
+            eprintln!("geo-demo admin: {e}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
 }
