@@ -413,6 +413,19 @@ impl<'a, M: Replicable> ReplicationTarget<'a, M> {
         }
     }
 
+    /// Whether the primary's record is still at (or before) `generation`: a change noted while
+    /// a sync of that generation ran is then already in its copy. A record gone from the
+    /// primary, or a primary that cannot be read, counts as changed.
+    async fn change_included(&self, generation: i64) -> bool {
+        let Some(link) = self.site.primary_link() else {
+            return false;
+        };
+        matches!(
+            link.record(M::REPLICABLE_NAME, self.id).await,
+            Ok(Some(record)) if record.generation <= generation
+        )
+    }
+
     /// The primary's succeeded checksum of this record, if it has one (secondary).
     pub async fn primary_checksum(&self) -> Result<Option<String>, ReplicatorError> {
         let link = self.secondary_link("read the primary's checksum")?;
@@ -1070,7 +1083,16 @@ impl<'a, M: Replicable> SyncAttempt<'a, M> {
         let jitter = fastrand::u32(0..crate::retry::JITTER_RANGE);
         for _ in 0..CAS_ATTEMPTS {
             let mut row = self.row.clone();
-            let outcome = if row.change_pending {
+            // A change noted while the copy ran is already in the copy when the primary's
+            // record is still at the generation copied (the event was for the state this sync
+            // read, e.g. a `created` event arriving after backfill had started the sync).
+            let included = match &copied {
+                Ok((generation, _, _)) if row.change_pending => {
+                    target.change_included(*generation).await
+                }
+                _ => false,
+            };
+            let outcome = if row.change_pending && !included {
                 row.requeue().expect("attempt rows are started");
                 SyncOutcome::ChangedDuringSync
             } else {
@@ -1235,13 +1257,18 @@ impl<M: Replicable> SyncGuard for AttemptGuard<'_, '_, M> {
             {
                 "another attempt took the registry row"
             }
-            Some(row) if row.change_pending => "it changed while the sync ran",
             Some(row)
                 if row
                     .synced_generation
                     .is_some_and(|held| held > self.generation) =>
             {
                 "a newer generation is already held"
+            }
+            Some(row) if row.change_pending => {
+                if self.target.change_included(self.generation).await {
+                    return Ok(());
+                }
+                "it changed while the sync ran"
             }
             Some(_) => return Ok(()),
         };

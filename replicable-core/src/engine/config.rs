@@ -294,6 +294,8 @@ mod tests {
     }
 
     #[test]
+    // figment's test jail returns its own (large) error type.
+    #[allow(clippy::result_large_err)]
     fn the_environment_overrides_settings_and_other_variables_are_ignored() {
         figment::Jail::expect_with(|jail| {
             jail.set_env("REPLICABLE_SYNC__CONCURRENCY", "3");
