@@ -88,6 +88,7 @@ struct Inner {
     verification: Arc<dyn VerificationStore>,
     registry: Arc<dyn RegistryStore>,
     blobs: Arc<dyn ObjectStore>,
+    blob_directory: Option<PathBuf>,
     repository_root: Option<PathBuf>,
     primary: Option<Arc<dyn PrimaryLink>>,
     selective_sync: SelectiveSync,
@@ -166,6 +167,12 @@ impl Site {
         &self.inner.blobs
     }
 
+    /// The local directory holding this site's blobs, when it was given with
+    /// [`SiteBuilder::blob_directory`].
+    pub fn blob_directory(&self) -> Option<&Path> {
+        self.inner.blob_directory.as_deref()
+    }
+
     /// The directory holding this site's git repositories, if it has one.
     pub fn repository_root(&self) -> Option<&Path> {
         self.inner.repository_root.as_deref()
@@ -221,6 +228,16 @@ pub enum SiteError {
         /// The storage roles without a store.
         roles: String,
     },
+    /// The blob directory cannot be used.
+    #[error("site `{site}`: the blob directory {} cannot be used: {reason}", dir.display())]
+    BlobDirectory {
+        /// The site.
+        site: String,
+        /// The directory.
+        dir: PathBuf,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// Builds a [`Site`]. Every storage role needs a store: [`database`](Self::database) gives one
@@ -234,6 +251,7 @@ pub struct SiteBuilder {
     verification: Option<Arc<dyn VerificationStore>>,
     registry: Option<Arc<dyn RegistryStore>>,
     blobs: Option<Arc<dyn ObjectStore>>,
+    blob_directory: Option<PathBuf>,
     repository_root: Option<PathBuf>,
     selective_sync: SelectiveSync,
     clock: Arc<dyn Clock>,
@@ -253,6 +271,7 @@ impl SiteBuilder {
             verification: None,
             registry: None,
             blobs: None,
+            blob_directory: None,
             repository_root: None,
             selective_sync: SelectiveSync::all(),
             clock: Arc::new(SystemClock),
@@ -315,6 +334,15 @@ impl SiteBuilder {
         self
     }
 
+    /// Keeps blobs in the local directory `dir` (created if missing), confined to it
+    /// ([`ConfinedLocalFileSystem`](crate::local_blobs::ConfinedLocalFileSystem)). Unlike
+    /// [`blob_store`](Self::blob_store) with such a store, the site knows the directory, so the
+    /// staging sweep also removes the part files an interrupted multipart write leaves there.
+    pub fn blob_directory(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.blob_directory = Some(dir.into());
+        self
+    }
+
     /// The directory of git repositories.
     pub fn repository_root(mut self, root: impl Into<PathBuf>) -> Self {
         self.repository_root = Some(root.into());
@@ -374,6 +402,20 @@ impl SiteBuilder {
                 roles: missing.join(", "),
             });
         };
+        let mut blobs = self.blobs;
+        if let Some(dir) = &self.blob_directory {
+            let confined = std::fs::create_dir_all(dir)
+                .map_err(|e| e.to_string())
+                .and_then(|()| {
+                    crate::local_blobs::ConfinedLocalFileSystem::new(dir).map_err(|e| e.to_string())
+                })
+                .map_err(|reason| SiteError::BlobDirectory {
+                    site: self.name.clone(),
+                    dir: dir.clone(),
+                    reason,
+                })?;
+            blobs = Some(Arc::new(confined));
+        }
         Ok(Site {
             inner: Arc::new(Inner {
                 name: self.name,
@@ -382,7 +424,8 @@ impl SiteBuilder {
                 records,
                 verification,
                 registry,
-                blobs: self.blobs.unwrap_or_else(|| Arc::new(InMemory::new())),
+                blobs: blobs.unwrap_or_else(|| Arc::new(InMemory::new())),
+                blob_directory: self.blob_directory,
                 repository_root: self.repository_root,
                 primary: self.primary,
                 selective_sync: self.selective_sync,

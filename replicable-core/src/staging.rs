@@ -93,6 +93,17 @@ pub async fn sweep_abandoned_staging(site: &Site) -> Result<StagingSweep, Stagin
         sweep.objects_removed.push(meta.location.to_string());
     }
 
+    if let Some(dir) = site.blob_directory() {
+        // An interrupted multipart write to a local directory leaves `<name>#<n>` part files,
+        // which the object store's listing does not show.
+        let tmp = resolve_beneath(
+            dir,
+            &std::path::Path::new(RESERVED_PREFIX).join("tmp"),
+            "the blob staging directory",
+        )?;
+        sweep_part_files(site, &tmp, alive_after, &mut sweep).await?;
+    }
+
     if let Some(root) = site.repository_root() {
         let tmp = resolve_beneath(
             root,
@@ -133,6 +144,48 @@ pub async fn sweep_abandoned_staging(site: &Site) -> Result<StagingSweep, Stagin
         }
     }
     Ok(sweep)
+}
+
+async fn sweep_part_files(
+    site: &Site,
+    tmp: &std::path::Path,
+    alive: Alive,
+    sweep: &mut StagingSweep,
+) -> Result<(), StagingError> {
+    let io = |e: std::io::Error| ResourceError::Io {
+        resource: tmp.display().to_string(),
+        reason: e.to_string(),
+    };
+    let mut entries = match tokio::fs::read_dir(tmp).await {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io(e).into()),
+    };
+    while let Some(entry) = entries.next_entry().await.map_err(io)? {
+        let file_name = entry.file_name().to_string_lossy().into_owned();
+        let Some((object, _part)) = file_name.rsplit_once('#') else {
+            continue;
+        };
+        let meta = tokio::fs::symlink_metadata(entry.path())
+            .await
+            .map_err(io)?;
+        if !meta.is_file() {
+            continue;
+        }
+        let modified: DateTime<Utc> = meta.modified().map_or_else(|_| Utc::now(), DateTime::from);
+        if is_live(site, object, modified, alive).await? {
+            sweep.kept += 1;
+            continue;
+        }
+        match tokio::fs::remove_file(entry.path()).await {
+            Ok(()) => sweep
+                .objects_removed
+                .push(entry.path().display().to_string()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(e).into()),
+        }
+    }
+    Ok(())
 }
 
 /// The cutoffs of liveness: a heartbeat (database clock) or a file time (local clock) after

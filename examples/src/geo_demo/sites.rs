@@ -149,7 +149,7 @@ pub async fn open_primary(location: &SiteLocation, timeouts: Timeouts) -> Result
     std::fs::create_dir_all(location.repositories())?;
     Ok(Site::primary("primary")
         .database(database)
-        .blob_store(location.blob_store()?)
+        .blob_directory(location.blobs())
         .repository_root(location.repositories())
         .timeouts(timeouts)
         .build()?)
@@ -199,7 +199,7 @@ pub async fn open_secondary(
     let link = (options.wrap_link)(Arc::new(InProcessPrimary::new(primary.clone())));
     let mut builder = Site::secondary("secondary", link)
         .database(database)
-        .blob_store(location.blob_store()?)
+        .blob_directory(location.blobs())
         .repository_root(location.repositories())
         .timeouts(options.timeouts);
     if let Some(observer) = options.observer {
