@@ -217,6 +217,30 @@ impl RegistryRecord {
         Ok(())
     }
 
+    /// Hands back a claim that was never worked on (the engine stopping, or a claim beyond the
+    /// free capacity): from started back to what the row was, a failed row keeping its retry
+    /// count and retry time (its backoff), a pending one pending.
+    pub fn release_claim(&mut self) -> Result<(), IllegalTransition> {
+        if self.state != SyncState::Started {
+            return Err(self.illegal("release claim"));
+        }
+        if self.change_pending || self.retry_count == 0 {
+            self.mark_pending_from_claim();
+        } else {
+            self.state = SyncState::Failed;
+        }
+        self.change_pending = false;
+        Ok(())
+    }
+
+    fn mark_pending_from_claim(&mut self) {
+        self.state = SyncState::Pending;
+        self.retry_at = None;
+        self.retry_count = 0;
+        self.last_synced_at = None;
+        self.verification.disable();
+    }
+
     /// Records a failed sync, from any state (a failed copy, a verification that found the
     /// copy bad, an operator's decision). Increments `retry_count` and schedules the retry.
     pub fn mark_failed(
@@ -493,6 +517,31 @@ mod tests {
             assert!(!r.verification.checksum_mismatch);
             assert_eq!(r.verification.verification_retry_count, 0);
         }
+    }
+
+    #[test]
+    fn a_released_claim_keeps_the_backoff_of_a_failed_row() {
+        let policy = RetryPolicy::default();
+        let mut failed = in_state(SyncState::Pending);
+        failed.start(now()).unwrap();
+        failed
+            .mark_failed(&SyncFailure::missing_on_primary("gone"), now(), &policy, 0)
+            .unwrap();
+        let retry_at = failed.retry_at;
+        failed.start(now()).unwrap();
+        failed.release_claim().unwrap();
+        assert_eq!(
+            (failed.state, failed.retry_count, failed.retry_at),
+            (SyncState::Failed, 1, retry_at)
+        );
+        let mut fresh = in_state(SyncState::Pending);
+        fresh.start(now()).unwrap();
+        fresh.release_claim().unwrap();
+        assert_eq!(
+            (fresh.state, fresh.last_synced_at),
+            (SyncState::Pending, None)
+        );
+        assert!(in_state(SyncState::Synced).release_claim().is_err());
     }
 
     #[test]

@@ -1021,10 +1021,12 @@ impl<'a, M: Replicable> SyncAttempt<'a, M> {
         let name = M::REPLICABLE_NAME;
         let link = target.secondary_link("sync")?;
         let mut resource = None;
+        let mut attempted = None;
         let copied = match link.record(name, target.id).await {
             Ok(Some(stored)) => {
                 let record = target.decode(&stored)?;
                 resource = Some(record.resource());
+                attempted = Some(stored.generation);
                 if !site.selective_sync().includes(name, &stored.body) {
                     target.remove_local(&record.resource()).await?;
                     return Ok(SyncOutcome::OutOfScope);
@@ -1060,7 +1062,7 @@ impl<'a, M: Replicable> SyncAttempt<'a, M> {
             ))),
             Err(e) => Err(SyncFailure::new(e.to_string())),
         };
-        self.complete(copied, resource).await
+        self.complete(copied, resource, attempted).await
     }
 
     /// Writes the attempt's end into the registry row, if the row is still this attempt's.
@@ -1074,6 +1076,7 @@ impl<'a, M: Replicable> SyncAttempt<'a, M> {
         mut self,
         copied: Result<(i64, Option<String>, Resource), SyncFailure>,
         resource: Option<Resource>,
+        attempted: Option<i64>,
     ) -> Result<SyncOutcome, ReplicatorError> {
         let target = &self.target;
         let site = target.site;
@@ -1110,8 +1113,25 @@ impl<'a, M: Replicable> SyncAttempt<'a, M> {
                         }
                     }
                     Err(failure) if failure.overtaken => {
-                        row.requeue().expect("attempt rows are started");
-                        SyncOutcome::ChangedDuringSync
+                        let held = row
+                            .synced_generation
+                            .filter(|held| attempted.is_some_and(|g| *held > g));
+                        match held {
+                            // The copy already here is newer than what the primary has now (a
+                            // primary restored from a backup): it stays, and is not fetched
+                            // again in a loop.
+                            Some(held) => {
+                                let known =
+                                    target.primary_checksum().await.ok().flatten().is_some();
+                                row.mark_synced(None, M::Strategy::VERIFIABLE && known)
+                                    .expect("attempt rows are started");
+                                SyncOutcome::Synced { generation: held }
+                            }
+                            None => {
+                                row.requeue().expect("attempt rows are started");
+                                SyncOutcome::ChangedDuringSync
+                            }
+                        }
                     }
                     Err(failure) => {
                         row.mark_failed(failure, now, &policy, jitter)

@@ -121,9 +121,12 @@ pub async fn sweep_abandoned_staging(site: &Site) -> Result<StagingSweep, Stagin
         };
         while let Some(entry) = entries.next_entry().await.map_err(io)? {
             let file_name = entry.file_name().to_string_lossy().into_owned();
-            let meta = tokio::fs::symlink_metadata(entry.path())
-                .await
-                .map_err(io)?;
+            let meta = match tokio::fs::symlink_metadata(entry.path()).await {
+                Ok(meta) => meta,
+                // Gone between the listing and now (a live sync renamed it): nothing to sweep.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io(e).into()),
+            };
             let modified: DateTime<Utc> =
                 meta.modified().map_or_else(|_| Utc::now(), DateTime::from);
             if is_live(site, &file_name, modified, alive_after).await? {
@@ -166,9 +169,12 @@ async fn sweep_part_files(
         let Some((object, _part)) = file_name.rsplit_once('#') else {
             continue;
         };
-        let meta = tokio::fs::symlink_metadata(entry.path())
-            .await
-            .map_err(io)?;
+        let meta = match tokio::fs::symlink_metadata(entry.path()).await {
+            Ok(meta) => meta,
+            // Gone between the listing and now (a live sync renamed it): nothing to sweep.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(io(e).into()),
+        };
         if !meta.is_file() {
             continue;
         }

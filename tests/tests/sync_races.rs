@@ -224,3 +224,44 @@ async fn a_change_during_a_long_sync_does_not_get_the_live_sync_failed_as_abando
     assert_eq!(row.state, SyncState::Pending, "the change is synced next");
     assert_eq!(row.retry_count, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_newer_than_the_primary_stays_and_is_not_fetched_again_in_a_loop() {
+    let s = sites(Timeouts::default()).await;
+    let record = RaceBlob {
+        id: 3,
+        key: "a/three.bin".into(),
+    };
+    publish(&s, &record, "v1").await;
+    let replicator = record.replicator(&s.secondary);
+    assert_eq!(
+        replicator.sync().await.unwrap(),
+        SyncOutcome::Synced { generation: 1 }
+    );
+    // The secondary holds generation 5 (the primary was restored from an older backup).
+    let mut row = s
+        .secondary
+        .registry_store()
+        .get("race_blob", 3)
+        .await
+        .unwrap()
+        .unwrap();
+    row.synced_generation = Some(5);
+    assert!(
+        s.secondary
+            .registry_store()
+            .update("race_blob", &row)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        replicator.sync().await.unwrap(),
+        SyncOutcome::Synced { generation: 5 },
+        "kept, not sent back to pending"
+    );
+    let row = replicator.registry().await.unwrap().unwrap();
+    assert_eq!(
+        (row.state, row.synced_generation),
+        (SyncState::Synced, Some(5))
+    );
+}

@@ -323,15 +323,11 @@ async fn verification_loop(shared: Arc<Shared>, replicable: &'static ReplicableD
             return;
         }
         let mut wake = shared.verification_wake.snapshot();
-        let pass = tokio::select! {
-            _ = shared.cancel.cancelled() => return,
-            pass = crate::workers::verify_due(
-                &shared.site,
-                replicable,
-                settings.batch.max(1),
-                settings.concurrency.max(1),
-            ) => pass,
-        };
+        // Claim only what runs at once: a claimed row waiting its turn would send no heartbeat
+        // and be failed as abandoned. A pass is not dropped at shutdown: its rows would be left
+        // `started`; the shutdown deadline bounds the wait.
+        let running = settings.concurrency.max(1);
+        let pass = crate::workers::verify_due(&shared.site, replicable, running, running).await;
         match pass {
             Ok(report) if report.claimed > 0 => idle.busy(),
             Ok(_) => {
@@ -374,11 +370,12 @@ async fn periodic<F, Fut>(
 }
 
 async fn sweep_stuck(shared: Arc<Shared>) -> Result<(), String> {
-    if !shared.site.is_primary() {
-        // Partial downloads of syncs that were failed as abandoned, or whose process died.
-        crate::staging::sweep_abandoned_staging(&shared.site)
-            .await
-            .map_err(|e| e.to_string())?;
+    if !shared.site.is_primary()
+        && let Err(e) = crate::staging::sweep_abandoned_staging(&shared.site).await
+    {
+        // Partial downloads of syncs that were failed as abandoned, or whose process died;
+        // a failure here must not keep stuck work from being failed below.
+        warn!(error = %e, "sweeping abandoned staging failed");
     }
     for &replicable in &shared.replicables {
         let failed = crate::workers::fail_stuck(&shared.site, replicable, 1_000)
@@ -507,7 +504,19 @@ impl EngineHandle {
         let running = self.in_flight();
         info!(running, ?deadline, "engine stopping");
         shared.cancel.cancel();
-        self.loops.wait().await;
+        // The loops stop claiming at once; a verification pass in flight finishes first.
+        if tokio::time::timeout(deadline, self.loops.wait())
+            .await
+            .is_err()
+        {
+            warn!("a loop did not stop within the deadline");
+        }
+        // The cursor has stopped: another process may take over now, not after the drain.
+        if let Some(cursor) = &self.cursor
+            && let Err(e) = cursor.release().await
+        {
+            warn!(error = %e, "releasing the cursor lease failed; it expires on its own");
+        }
         shared.tracker.close();
         let finished_in_time = tokio::time::timeout(deadline, shared.tracker.wait())
             .await
@@ -531,14 +540,14 @@ impl EngineHandle {
                     report.released += 1;
                 }
             }
-            shared.tracker.wait().await;
+            if tokio::time::timeout(deadline, shared.tracker.wait())
+                .await
+                .is_err()
+            {
+                warn!("some syncs did not stop after being aborted");
+            }
         }
         report.finished = running.saturating_sub(report.released);
-        if let Some(cursor) = &self.cursor
-            && let Err(e) = cursor.release().await
-        {
-            warn!(error = %e, "releasing the cursor lease failed; it expires on its own");
-        }
         info!(?report, "engine stopped");
         report
     }

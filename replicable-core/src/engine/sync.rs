@@ -23,6 +23,8 @@ use crate::verification::humanize;
 pub(crate) struct InFlight {
     pub(crate) row: RegistryRecord,
     pub(crate) abort: Option<AbortHandle>,
+    /// Which spawn this is: a finishing task removes only its own entry.
+    pub(crate) token: u64,
 }
 
 /// The in-flight syncs of an engine, by replicable and id.
@@ -36,12 +38,6 @@ pub(crate) struct Capacity {
 }
 
 impl Capacity {
-    fn free(&self) -> usize {
-        self.total
-            .available_permits()
-            .min(self.of_type.available_permits())
-    }
-
     fn try_take(&self) -> Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)> {
         let of_type = self.of_type.clone().try_acquire_owned().ok()?;
         let total = self.total.clone().try_acquire_owned().ok()?;
@@ -63,8 +59,16 @@ pub(crate) async fn sync_loop(
             return;
         }
         let mut wake = shared.sync_wake.snapshot();
-        let free = capacity.free().min(shared.config.sync.batch);
-        if free == 0 {
+        // Capacity first, then claims: never claim a row there is no room to run (a claim
+        // handed back would lose its place in the queue).
+        let mut permits = Vec::new();
+        while permits.len() < shared.config.sync.batch.max(1) {
+            match capacity.try_take() {
+                Some(permit) => permits.push(permit),
+                None => break,
+            }
+        }
+        if permits.is_empty() {
             // Full: wait for a running sync to end (it signals the wake) or a short backoff.
             if !idle.wait(Some(&mut wake), &shared.cancel).await {
                 return;
@@ -82,7 +86,7 @@ pub(crate) async fn sync_loop(
             Ok(Vec::new())
         } else {
             site.registry_store()
-                .claim_for_sync(name, site.now(), free)
+                .claim_for_sync(name, site.now(), permits.len())
                 .await
         };
         let rows = match claimed {
@@ -93,19 +97,20 @@ pub(crate) async fn sync_loop(
             }
         };
         if rows.is_empty() {
+            drop(permits);
             if !idle.wait(Some(&mut wake), &shared.cancel).await {
                 return;
             }
             continue;
         }
         idle.busy();
-        for row in rows {
-            let Some(permits) = capacity.try_take() else {
-                // Cannot happen (we claimed at most the free capacity); hand the row back.
+        for (row, permit) in rows.into_iter().zip(permits.drain(..)) {
+            if shared.cancel.is_cancelled() {
+                // Stopping: what was claimed but not started goes back as it was.
                 release_row(&shared, replicable, &row).await;
                 continue;
-            };
-            spawn_sync(&shared, replicable, row, permits);
+            }
+            spawn_sync(&shared, replicable, row, permit);
         }
     }
 }
@@ -117,42 +122,42 @@ fn spawn_sync(
     permits: (OwnedSemaphorePermit, OwnedSemaphorePermit),
 ) {
     let key = (replicable.name, row.model_id);
-    shared
-        .in_flight
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert(
-            key,
-            InFlight {
-                row: row.clone(),
-                abort: None,
-            },
-        );
+    let token = fastrand::u64(..);
+    let entry = InFlight {
+        row: row.clone(),
+        abort: None,
+        token,
+    };
+    lock(&shared.in_flight).insert(key, entry);
     let task_shared = shared.clone();
     let span = info_span!("sync", replicable = replicable.name, id = row.model_id);
     let handle = shared.tracker.spawn(
         async move {
             let _permits = permits;
             run_one(&task_shared, replicable, row).await;
-            task_shared
-                .in_flight
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&key);
+            {
+                let mut in_flight = lock(&task_shared.in_flight);
+                if in_flight.get(&key).is_some_and(|e| e.token == token) {
+                    in_flight.remove(&key);
+                }
+            }
             // Capacity is free again, and the copy may now be verified.
             task_shared.sync_wake.notify();
             task_shared.verification_wake.notify();
         }
         .instrument(span),
     );
-    if let Some(entry) = shared
-        .in_flight
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .get_mut(&key)
+    if let Some(entry) = lock(&shared.in_flight).get_mut(&key)
+        && entry.token == token
     {
         entry.abort = Some(handle.abort_handle());
     }
+}
+
+fn lock(
+    in_flight: &InFlightSyncs,
+) -> std::sync::MutexGuard<'_, HashMap<(&'static str, i64), InFlight>> {
+    in_flight.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// One claimed sync, under the sync timeout, with a panic recorded as its failure.
@@ -169,10 +174,10 @@ async fn run_one(shared: &Shared, replicable: &'static ReplicableDescriptor, row
             None
         }
         Ok(Ok(Err(e))) => {
-            // Storage or link trouble while completing: the row stays as it is; the sweep of
-            // abandoned work fails it if nobody completes it.
+            // Storage or link trouble while completing: fail the row now (if it is still this
+            // attempt's) rather than leave it `started` for the sweep of abandoned work.
             error!(error = %e, "sync errored");
-            None
+            Some(SyncFailure::new(e.to_string()))
         }
         Ok(Err(panic)) => {
             let text = panic
@@ -225,8 +230,9 @@ async fn fail_row(
     }
 }
 
-/// Hands a claimed row back: from `started` by this attempt to pending, so that another worker
-/// (or the next process) takes it at once instead of after the claim timeout.
+/// Hands a claimed row back as it was before the claim (pending, or failed with its backoff),
+/// so that another worker (or the next process) takes it when due instead of after the claim
+/// timeout.
 pub(crate) async fn release_row(
     shared: &Shared,
     replicable: &ReplicableDescriptor,
@@ -237,7 +243,7 @@ pub(crate) async fn release_row(
         let Ok(Some(mut row)) = store.get(replicable.name, attempt.model_id).await else {
             return false;
         };
-        if !is_attempt(&row, attempt) || row.requeue().is_err() {
+        if !is_attempt(&row, attempt) || row.release_claim().is_err() {
             return false;
         }
         match store.update(replicable.name, &row).await {

@@ -167,9 +167,24 @@ async fn prepare_connection(
 ) -> Result<(), sqlx::Error> {
     match dialect {
         Dialect::Sqlite => {
-            conn.execute("PRAGMA journal_mode = WAL").await?;
-            conn.execute("PRAGMA synchronous = FULL").await?;
+            // The busy timeout first: switching a fresh file to WAL takes a lock that another
+            // process opening it at the same moment may hold.
             conn.execute("PRAGMA busy_timeout = 10000").await?;
+            // Switching to WAL does not always wait on the busy handler: retry a few times.
+            let mut attempt = 0;
+            loop {
+                match conn.execute("PRAGMA journal_mode = WAL").await {
+                    Ok(_) => break,
+                    Err(sqlx::Error::Database(e))
+                        if attempt < 50 && e.message().contains("locked") =>
+                    {
+                        attempt += 1;
+                        tokio::time::sleep(std::time::Duration::from_millis(20 * attempt)).await;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            conn.execute("PRAGMA synchronous = FULL").await?;
         }
         Dialect::Postgres => {
             // The schema itself is created by the first migration, under the migration lock:
