@@ -25,7 +25,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::DataType;
 
-/// Every setting of an engine. `EngineConfig::default()` is what `geo-demo` and the README run.
+/// Every setting of an engine, with defaults for a production site (`geo-demo` shortens the
+/// idle backoff and the periods so that its proofs finish in seconds).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct EngineConfig {
