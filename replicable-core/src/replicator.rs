@@ -826,6 +826,21 @@ impl<'a, M: Replicable> ReplicationTarget<'a, M> {
     /// Completes a verification row the caller moved to `started` (primary).
     pub(crate) async fn verify_claimed_primary(
         &self,
+        row: VerificationRecord,
+    ) -> Result<VerifyOutcome, ReplicatorError> {
+        let span = info_span!(
+            "verify",
+            replicable = M::REPLICABLE_NAME,
+            id = self.id,
+            side = "primary"
+        );
+        self.verify_claimed_primary_inner(row)
+            .instrument(span)
+            .await
+    }
+
+    async fn verify_claimed_primary_inner(
+        &self,
         mut row: VerificationRecord,
     ) -> Result<VerifyOutcome, ReplicatorError> {
         let site = self.site;
@@ -895,6 +910,21 @@ impl<'a, M: Replicable> ReplicationTarget<'a, M> {
 
     /// Completes a registry row whose verification the caller moved to `started` (secondary).
     pub(crate) async fn verify_claimed_secondary(
+        &self,
+        row: RegistryRecord,
+    ) -> Result<VerifyOutcome, ReplicatorError> {
+        let span = info_span!(
+            "verify",
+            replicable = M::REPLICABLE_NAME,
+            id = self.id,
+            side = "secondary"
+        );
+        self.verify_claimed_secondary_inner(row)
+            .instrument(span)
+            .await
+    }
+
+    async fn verify_claimed_secondary_inner(
         &self,
         mut row: RegistryRecord,
     ) -> Result<VerifyOutcome, ReplicatorError> {

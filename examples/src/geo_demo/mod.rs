@@ -146,6 +146,32 @@ pub struct EngineArgs {
     /// Prints a progress line every this many seconds (0: never).
     #[arg(long, default_value_t = 1)]
     pub progress: u64,
+    /// Serves Prometheus metrics at `http://ADDR/metrics` (e.g. `127.0.0.1:9464`).
+    #[arg(long)]
+    pub metrics_listen: Option<std::net::SocketAddr>,
+}
+
+/// Serves the site's metrics when `--metrics-listen` asks for it; the gauges are refreshed from
+/// the stores every 15 s, so a scrape never counts a table.
+async fn serve_metrics(
+    args: &EngineArgs,
+    site: &Site,
+) -> Result<Option<replicable_core::metrics::MetricsServer>, Error> {
+    let Some(addr) = args.metrics_listen else {
+        return Ok(None);
+    };
+    let metrics = Arc::new(replicable_core::metrics::Metrics::new(
+        site.role(),
+        &sites::replicables()?,
+    ));
+    replicable_core::metrics::spawn_refresh(
+        metrics.clone(),
+        site.clone(),
+        replicable_core::metrics::DEFAULT_REFRESH,
+    );
+    let server = replicable_core::metrics::serve(addr, metrics).await?;
+    println!("metrics: http://{}/metrics", server.local_addr());
+    Ok(Some(server))
 }
 
 impl EngineArgs {
@@ -531,6 +557,7 @@ async fn run_primary(args: PrimaryArgs) -> Result<ExitCode, Error> {
         .config(args.engine.config()?)
         .start()
         .await?;
+    let _metrics = serve_metrics(&args.engine, &primary).await?;
     println!(
         "primary: engine running on {} (pid {}); SIGINT or SIGTERM stops it",
         location.database_url().split('@').next_back().unwrap_or(""),
@@ -589,6 +616,7 @@ pub async fn start_secondary(
 async fn run_secondary(args: SecondaryArgs, hooks: Hooks) -> Result<ExitCode, Error> {
     let started = Instant::now();
     let (primary, secondary, engine) = start_secondary(&args, &hooks).await?;
+    let _metrics = serve_metrics(&args.engine, &secondary).await?;
     println!(
         "secondary: engine running (pid {}), reading the primary in {}; SIGINT or SIGTERM stops it",
         std::process::id(),
