@@ -367,7 +367,10 @@ impl RegistryRecord {
     /// Orders due rows for scheduling: rows never attempted first, then failed rows by
     /// `retry_at` (missing first), then by id.
     pub fn schedule_key(&self) -> (u8, Option<DateTime<Utc>>, i64) {
-        let never_attempted = self.state == SyncState::Pending && self.last_synced_at.is_none();
+        // Never attempted and not an operator's resync (which carries a `retry_at`).
+        let never_attempted = self.state == SyncState::Pending
+            && self.last_synced_at.is_none()
+            && self.retry_at.is_none();
         (u8::from(!never_attempted), self.retry_at, self.model_id)
     }
 }

@@ -643,6 +643,10 @@ impl RegistryStore for MemoryStore {
         for id in model_ids {
             if let Some(row) = state.registry.get_mut(&key(name, *id)) {
                 row.mark_pending();
+                if row.state == SyncState::Pending {
+                    // Behind fresh changes in the scheduling order (see `resync_many`).
+                    row.retry_at = Some(Utc::now());
+                }
                 row.version += 1;
                 changed += 1;
             }

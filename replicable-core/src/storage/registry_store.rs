@@ -168,8 +168,9 @@ pub trait RegistryStore: Send + Sync + std::fmt::Debug {
 
     /// An operator's resync of the existing rows among `model_ids`, in one statement: each goes
     /// back to pending as by [`RegistryRecord::mark_pending`] (a row whose sync is running stays
-    /// `started` with `change_pending` set). Ids without a row are ignored. Returns how many
-    /// rows changed.
+    /// `started` with `change_pending` set), with `retry_at` set to now, so that a large resync
+    /// is scheduled behind changes that arrive meanwhile instead of stalling them. Ids without a
+    /// row are ignored. Returns how many rows changed.
     async fn resync_many(&self, name: &str, model_ids: &[i64]) -> Result<u64, StoreError>;
 
     /// An operator's re-verification of the rows among `model_ids` that are synced and whose

@@ -1109,6 +1109,42 @@ pub async fn the_replication_switch_persists(target: &dyn ConformanceTarget) {
     assert!(db.registry.replication_enabled(NAME).await.unwrap());
 }
 
+/// An operator's resync of many rows is scheduled behind a change that arrives meanwhile: a
+/// large resync never stalls normal replication.
+pub async fn a_resync_is_scheduled_behind_new_changes(target: &dyn ConformanceTarget) {
+    let db = open(target).await;
+    let ids: Vec<i64> = (1..=5).collect();
+    db.registry.insert_pending(NAME, &ids, t0()).await.unwrap();
+    for row in db
+        .registry
+        .claim_for_sync(NAME, Utc::now(), 10)
+        .await
+        .unwrap()
+    {
+        let mut row = row;
+        row.mark_synced(Some(1), true).unwrap();
+        assert!(db.registry.update(NAME, &row).await.unwrap());
+    }
+    assert_eq!(db.registry.resync_many(NAME, &ids).await.unwrap(), 5);
+    db.registry.mark_pending(NAME, 100, t0()).await.unwrap();
+    let first = db
+        .registry
+        .claim_for_sync(NAME, Utc::now(), 1)
+        .await
+        .unwrap();
+    assert_eq!(
+        first.iter().map(|r| r.model_id).collect::<Vec<_>>(),
+        vec![100],
+        "the new change goes first"
+    );
+    let rest = db
+        .registry
+        .claim_for_sync(NAME, Utc::now(), 10)
+        .await
+        .unwrap();
+    assert_eq!(rest.len(), 5, "the resynced rows follow");
+}
+
 /// A failed verification sent back to pending keeps its retry count and backoff through every
 /// store operation: the store writes what the row says, and claims do not reset it.
 pub async fn a_failed_verification_sent_back_to_pending_keeps_its_retry_count(
@@ -1287,6 +1323,7 @@ macro_rules! storage_conformance_suite {
             verification_backfill_covers_records_without_a_row,
             enabling_verification_touches_disabled_synced_rows_only,
             the_replication_switch_persists,
+            a_resync_is_scheduled_behind_new_changes,
             a_failed_verification_sent_back_to_pending_keeps_its_retry_count,
             publishing_writes_record_verification_and_event_together,
         );

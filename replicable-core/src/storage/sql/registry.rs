@@ -180,8 +180,8 @@ impl RegistryStore for SqlStore {
         let select = format!(
             "SELECT {n}_id AS id, {now} AS now FROM {n}_registry \
              WHERE state = 0 OR (state = 3 AND (retry_at IS NULL OR retry_at <= {now})) \
-             ORDER BY CASE WHEN state = 0 AND last_synced_at IS NULL THEN 0 ELSE 1 END, \
-               retry_at NULLS FIRST, {n}_id LIMIT $1{}",
+             ORDER BY CASE WHEN state = 0 AND last_synced_at IS NULL AND retry_at IS NULL \
+               THEN 0 ELSE 1 END, retry_at NULLS FIRST, {n}_id LIMIT $1{}",
             self.dialect.skip_locked(),
             now = self.dialect.now_micros(),
         );
@@ -428,7 +428,7 @@ impl RegistryStore for SqlStore {
             let sql = format!(
                 "UPDATE {n}_registry SET \
                  change_pending = CASE WHEN state = 1 THEN 1 ELSE 0 END, \
-                 retry_at = CASE WHEN state = 1 THEN retry_at END, \
+                 retry_at = CASE WHEN state = 1 THEN retry_at ELSE {now} END, \
                  retry_count = CASE WHEN state = 1 THEN retry_count ELSE 0 END, \
                  last_synced_at = CASE WHEN state = 1 THEN last_synced_at END, \
                  verification_state = CASE WHEN state = 1 THEN verification_state ELSE 4 END, \
@@ -437,7 +437,8 @@ impl RegistryStore for SqlStore {
                  verification_retry_at = CASE WHEN state = 1 THEN verification_retry_at END, \
                  state = CASE WHEN state = 1 THEN 1 ELSE 0 END, \
                  version = version + 1 \
-                 WHERE {n}_id IN ({list})"
+                 WHERE {n}_id IN ({list})",
+                now = self.dialect.now_micros(),
             );
             let mut query = sqlx::query(AssertSqlSafe(sql));
             for id in chunk {
