@@ -217,6 +217,14 @@ impl RegistryRecord {
         Ok(())
     }
 
+    /// Whether the row is `started` by the attempt that started it at `started_at` (an attempt
+    /// is known by its start time; stores keep microseconds).
+    pub fn held_by_attempt(&self, started_at: Option<DateTime<Utc>>) -> bool {
+        self.state == SyncState::Started
+            && self.last_synced_at.map(|t| t.timestamp_micros())
+                == started_at.map(|t| t.timestamp_micros())
+    }
+
     /// Hands back a claim that was never worked on (the engine stopping, or a claim beyond the
     /// free capacity): from started back to what the row was, a failed row keeping its retry
     /// count and retry time (its backoff), a pending one pending.
@@ -225,20 +233,10 @@ impl RegistryRecord {
             return Err(self.illegal("release claim"));
         }
         if self.change_pending || self.retry_count == 0 {
-            self.mark_pending_from_claim();
-        } else {
-            self.state = SyncState::Failed;
+            return self.requeue();
         }
-        self.change_pending = false;
+        self.state = SyncState::Failed;
         Ok(())
-    }
-
-    fn mark_pending_from_claim(&mut self) {
-        self.state = SyncState::Pending;
-        self.retry_at = None;
-        self.retry_count = 0;
-        self.last_synced_at = None;
-        self.verification.disable();
     }
 
     /// Records a failed sync, from any state (a failed copy, a verification that found the

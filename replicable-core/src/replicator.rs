@@ -1175,9 +1175,7 @@ impl<'a, M: Replicable> SyncAttempt<'a, M> {
                 return Ok(outcome);
             }
             match target.registry_record().await? {
-                Some(fresh)
-                    if fresh.state == SyncState::Started && same_attempt(&fresh, started_at) =>
-                {
+                Some(fresh) if fresh.held_by_attempt(started_at) => {
                     self.row = fresh;
                 }
                 Some(_) => {
@@ -1274,11 +1272,6 @@ impl<'a, M: Replicable> SyncAttempt<'a, M> {
     }
 }
 
-/// Whether `row` is still the attempt that started at `started_at` (stores keep microseconds).
-fn same_attempt(row: &RegistryRecord, started_at: Option<chrono::DateTime<chrono::Utc>>) -> bool {
-    row.last_synced_at.map(|t| t.timestamp_micros()) == started_at.map(|t| t.timestamp_micros())
-}
-
 /// The guard of one sync attempt: the copy may become visible only while the registry row is
 /// still `started` by this attempt, no change arrived meanwhile, and the generation copied is not
 /// older than the one the row records.
@@ -1302,9 +1295,7 @@ impl<M: Replicable> SyncGuard for AttemptGuard<'_, '_, M> {
             .map_err(|e| SyncFailure::new(e.to_string()))?;
         let reason = match row {
             None => "it was deleted while the sync ran",
-            Some(row)
-                if row.state != SyncState::Started || !same_attempt(&row, self.started_at) =>
-            {
+            Some(row) if !row.held_by_attempt(self.started_at) => {
                 "another attempt took the registry row"
             }
             Some(row)

@@ -15,7 +15,7 @@ use super::Shared;
 use super::idle::Idle;
 use crate::descriptor::ReplicableDescriptor;
 use crate::failure::SyncFailure;
-use crate::registry::{RegistryRecord, SyncState};
+use crate::registry::RegistryRecord;
 use crate::verification::humanize;
 
 /// A sync the engine started and has not seen end.
@@ -209,25 +209,12 @@ async fn fail_row(
     failure: &SyncFailure,
 ) {
     let site = &shared.site;
-    let store = site.registry_store();
-    for _ in 0..4 {
-        let Ok(Some(mut row)) = store.get(replicable.name, attempt.model_id).await else {
-            return;
-        };
-        if !is_attempt(&row, attempt) {
-            return;
-        }
-        let jitter = fastrand::u32(0..crate::retry::JITTER_RANGE);
-        let _ = row.mark_failed(failure, site.now(), site.retry_policy(), jitter);
-        match store.update(replicable.name, &row).await {
-            Ok(true) => return,
-            Ok(false) => continue,
-            Err(e) => {
-                warn!(error = %e, "cannot record the failed sync");
-                return;
-            }
-        }
-    }
+    let jitter = fastrand::u32(0..crate::retry::JITTER_RANGE);
+    update_attempt_row(shared, replicable, attempt, |row| {
+        row.mark_failed(failure, site.now(), site.retry_policy(), jitter)
+            .is_ok()
+    })
+    .await;
 }
 
 /// Hands a claimed row back as it was before the claim (pending, or failed with its backoff),
@@ -238,28 +225,36 @@ pub(crate) async fn release_row(
     replicable: &ReplicableDescriptor,
     attempt: &RegistryRecord,
 ) -> bool {
+    update_attempt_row(shared, replicable, attempt, |row| {
+        row.release_claim().is_ok()
+    })
+    .await
+}
+
+/// Applies `transition` to the row of `attempt` while the row is still that attempt's, as a
+/// compare-and-set retried on contention. Returns whether it was written.
+async fn update_attempt_row(
+    shared: &Shared,
+    replicable: &ReplicableDescriptor,
+    attempt: &RegistryRecord,
+    transition: impl Fn(&mut RegistryRecord) -> bool,
+) -> bool {
     let store = shared.site.registry_store();
     for _ in 0..4 {
         let Ok(Some(mut row)) = store.get(replicable.name, attempt.model_id).await else {
             return false;
         };
-        if !is_attempt(&row, attempt) || row.release_claim().is_err() {
+        if !row.held_by_attempt(attempt.last_synced_at) || !transition(&mut row) {
             return false;
         }
         match store.update(replicable.name, &row).await {
             Ok(true) => return true,
             Ok(false) => continue,
             Err(e) => {
-                warn!(error = %e, "cannot release the claimed row");
+                warn!(replicable = replicable.name, error = %e, "cannot update the claimed row");
                 return false;
             }
         }
     }
     false
-}
-
-fn is_attempt(row: &RegistryRecord, attempt: &RegistryRecord) -> bool {
-    row.state == SyncState::Started
-        && row.last_synced_at.map(|t| t.timestamp_micros())
-            == attempt.last_synced_at.map(|t| t.timestamp_micros())
 }

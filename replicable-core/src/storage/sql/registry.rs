@@ -22,7 +22,54 @@ use crate::verification::VerificationState;
 /// Rows per multi-row insert of pending registry rows.
 const INSERT_CHUNK: usize = 1000;
 
+/// The assignments of the pending transition ([`RegistryRecord::mark_pending`]) on an existing
+/// row referred to as `row`: a row whose sync runs (`state = 1`) stays started with
+/// `change_pending` set; any other goes pending with verification disabled, its retry time set
+/// to `retry_at` (`NULL`, or now for an operator's resync, which is scheduled behind fresh
+/// changes). Every right-hand side reads the row as it was before the statement.
+fn pending_assignments(row: &str, retry_at: &str) -> String {
+    let started = format!("{row}.state = 1");
+    format!(
+        "change_pending = CASE WHEN {started} THEN 1 ELSE 0 END, \
+         retry_at = CASE WHEN {started} THEN {row}.retry_at ELSE {retry_at} END, \
+         retry_count = CASE WHEN {started} THEN {row}.retry_count ELSE 0 END, \
+         last_synced_at = CASE WHEN {started} THEN {row}.last_synced_at END, \
+         verification_state = CASE WHEN {started} THEN {row}.verification_state ELSE 4 END, \
+         verification_started_at = CASE WHEN {started} THEN {row}.verification_started_at END, \
+         verification_retry_at = CASE WHEN {started} THEN {row}.verification_retry_at END, \
+         state = CASE WHEN {started} THEN 1 ELSE 0 END, \
+         version = {row}.version + 1"
+    )
+}
+
 impl SqlStore {
+    /// Runs `statement(list)` for the ids in chunks, `list` being their placeholders (`$1, ...`),
+    /// and returns the rows it changed in all.
+    async fn update_ids(
+        &self,
+        model_ids: &[i64],
+        operation: &'static str,
+        statement: impl Fn(&str) -> String,
+    ) -> Result<u64, StoreError> {
+        let mut changed = 0;
+        for chunk in model_ids.chunks(INSERT_CHUNK) {
+            let list = (1..=chunk.len())
+                .map(|i| format!("${i}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let mut query = sqlx::query(AssertSqlSafe(statement(&list)));
+            for id in chunk {
+                query = query.bind(*id);
+            }
+            changed += query
+                .execute(&self.pool)
+                .await
+                .map_err(self.backend(operation))?
+                .rows_affected();
+        }
+        Ok(changed)
+    }
+
     fn read_registry(&self, row: &AnyRow) -> Result<RegistryRecord, StoreError> {
         let state: i16 = self.get(row, "state")?;
         let retry_count: i64 = self.get(row, "retry_count")?;
@@ -80,19 +127,8 @@ impl RegistryStore for SqlStore {
         let sql = format!(
             "INSERT INTO {n}_registry ({n}_id, state, created_at, verification_state) \
              VALUES ($1, 0, $2, 4) \
-             ON CONFLICT ({n}_id) DO UPDATE SET \
-             change_pending = CASE WHEN {n}_registry.state = 1 THEN 1 ELSE 0 END, \
-             retry_at = CASE WHEN {n}_registry.state = 1 THEN {n}_registry.retry_at END, \
-             retry_count = CASE WHEN {n}_registry.state = 1 THEN {n}_registry.retry_count ELSE 0 END, \
-             last_synced_at = CASE WHEN {n}_registry.state = 1 THEN {n}_registry.last_synced_at END, \
-             verification_state = CASE WHEN {n}_registry.state = 1 \
-               THEN {n}_registry.verification_state ELSE 4 END, \
-             verification_started_at = CASE WHEN {n}_registry.state = 1 \
-               THEN {n}_registry.verification_started_at END, \
-             verification_retry_at = CASE WHEN {n}_registry.state = 1 \
-               THEN {n}_registry.verification_retry_at END, \
-             state = CASE WHEN {n}_registry.state = 1 THEN 1 ELSE 0 END, \
-             version = {n}_registry.version + 1 RETURNING {}",
+             ON CONFLICT ({n}_id) DO UPDATE SET {} RETURNING {}",
+            pending_assignments(&format!("{n}_registry"), "NULL"),
             t.registry_columns
         );
         let row = sqlx::query(AssertSqlSafe(sql))
@@ -410,79 +446,30 @@ impl RegistryStore for SqlStore {
     }
 
     async fn resync_many(&self, name: &str, model_ids: &[i64]) -> Result<u64, StoreError> {
-        if model_ids.is_empty() {
-            return Ok(0);
-        }
         let Some(t) = self.existing_tables(name).await? else {
             return Ok(0);
         };
         let n = &t.name;
-        let mut changed = 0;
-        for chunk in model_ids.chunks(INSERT_CHUNK) {
-            let list = (0..chunk.len())
-                .map(|i| format!("${}", i + 1))
-                .collect::<Vec<_>>()
-                .join(", ");
-            // The same transition as `mark_pending` on an existing row; every right-hand side
-            // reads the row as it was before the statement.
-            let sql = format!(
-                "UPDATE {n}_registry SET \
-                 change_pending = CASE WHEN state = 1 THEN 1 ELSE 0 END, \
-                 retry_at = CASE WHEN state = 1 THEN retry_at ELSE {now} END, \
-                 retry_count = CASE WHEN state = 1 THEN retry_count ELSE 0 END, \
-                 last_synced_at = CASE WHEN state = 1 THEN last_synced_at END, \
-                 verification_state = CASE WHEN state = 1 THEN verification_state ELSE 4 END, \
-                 verification_started_at = CASE WHEN state = 1 \
-                   THEN verification_started_at END, \
-                 verification_retry_at = CASE WHEN state = 1 THEN verification_retry_at END, \
-                 state = CASE WHEN state = 1 THEN 1 ELSE 0 END, \
-                 version = version + 1 \
-                 WHERE {n}_id IN ({list})",
-                now = self.dialect.now_micros(),
-            );
-            let mut query = sqlx::query(AssertSqlSafe(sql));
-            for id in chunk {
-                query = query.bind(*id);
-            }
-            changed += query
-                .execute(&self.pool)
-                .await
-                .map_err(self.backend("resync registry rows"))?
-                .rows_affected();
-        }
-        Ok(changed)
+        let assignments = pending_assignments(&format!("{n}_registry"), self.dialect.now_micros());
+        self.update_ids(model_ids, "resync registry rows", |list| {
+            format!("UPDATE {n}_registry SET {assignments} WHERE {n}_id IN ({list})")
+        })
+        .await
     }
 
     async fn reverify_many(&self, name: &str, model_ids: &[i64]) -> Result<u64, StoreError> {
-        if model_ids.is_empty() {
-            return Ok(0);
-        }
         let Some(t) = self.existing_tables(name).await? else {
             return Ok(0);
         };
         let n = &t.name;
-        let mut changed = 0;
-        for chunk in model_ids.chunks(INSERT_CHUNK) {
-            let list = (0..chunk.len())
-                .map(|i| format!("${}", i + 1))
-                .collect::<Vec<_>>()
-                .join(", ");
-            let sql = format!(
+        self.update_ids(model_ids, "reverify registry rows", |list| {
+            format!(
                 "UPDATE {n}_registry SET verification_state = 0, verification_retry_at = NULL, \
                  verification_started_at = NULL, version = version + 1 \
                  WHERE {n}_id IN ({list}) AND state = 2 AND verification_state NOT IN (0, 1, 4)"
-            );
-            let mut query = sqlx::query(AssertSqlSafe(sql));
-            for id in chunk {
-                query = query.bind(*id);
-            }
-            changed += query
-                .execute(&self.pool)
-                .await
-                .map_err(self.backend("reverify registry rows"))?
-                .rows_affected();
-        }
-        Ok(changed)
+            )
+        })
+        .await
     }
 
     async fn queue_depth(&self, name: &str, now: DateTime<Utc>) -> Result<u64, StoreError> {
@@ -547,27 +534,13 @@ impl RegistryStore for SqlStore {
     async fn enable_verification(&self, name: &str, model_ids: &[i64]) -> Result<u64, StoreError> {
         let t = self.tables(name).await?;
         let n = &t.name;
-        let mut changed = 0;
-        for chunk in model_ids.chunks(INSERT_CHUNK) {
-            let list = (0..chunk.len())
-                .map(|i| format!("${}", i + 1))
-                .collect::<Vec<_>>()
-                .join(", ");
-            let sql = format!(
+        self.update_ids(model_ids, "enable verification", |list| {
+            format!(
                 "UPDATE {n}_registry SET verification_state = 0, version = version + 1 \
                  WHERE {n}_id IN ({list}) AND state = 2 AND verification_state = 4"
-            );
-            let mut query = sqlx::query(AssertSqlSafe(sql));
-            for id in chunk {
-                query = query.bind(*id);
-            }
-            changed += query
-                .execute(&self.pool)
-                .await
-                .map_err(self.backend("enable verification"))?
-                .rows_affected();
-        }
-        Ok(changed)
+            )
+        })
+        .await
     }
 
     async fn set_replication_enabled(&self, name: &str, enabled: bool) -> Result<(), StoreError> {
