@@ -22,8 +22,10 @@
 //! Where things live: [`model`] (the trait), [`event`], [`registry`] and [`verification`] (the
 //! state machines), [`retry`] (the backoff formula), [`strategy`], [`site`], [`primary_link`]
 //! (how a secondary reads the primary), [`storage`] (one trait per storage role), [`replicator`],
-//! [`log_cursor`], [`workers`], [`backfill`], [`status`], and `testing` (the shared suite, behind
-//! the `testing` feature).
+//! [`log_cursor`], [`workers`], [`backfill`], [`status`], [`engine`] (runs a site by itself),
+//! [`local_blobs`] and [`blob_key`] (local blob directories and keys), [`staging`] (sweeping
+//! what crashed syncs left), [`observer`], `cli` and `metrics` (behind the features of those
+//! names), and `testing` (the shared suite, behind the `testing` feature).
 
 #![deny(missing_docs)]
 

@@ -41,7 +41,7 @@ impl std::fmt::Debug for BlobDownload {
 #[async_trait]
 pub trait PrimaryLink: Send + Sync + std::fmt::Debug {
     /// Event log entries with `id > after`, ascending, at most `limit`. A row the primary cannot
-    /// read back comes as [`LogEntry::Damaged`](crate::event::LogEntry::Damaged) in its place.
+    /// read back comes as [`LogEntry::Damaged`] in its place.
     async fn events_after(&self, after: EventId, limit: usize) -> Result<Vec<LogEntry>, LinkError>;
 
     /// The newest event's id.

@@ -59,7 +59,7 @@ pub struct AdminArgs {
     /// The site's data.
     #[command(flatten)]
     pub site: SiteArgs,
-    /// The primary's data directory, for a secondary.
+    /// The primary's data directory, for a secondary (without it, the site is the primary).
     #[arg(long)]
     pub primary_data: Option<PathBuf>,
     /// The primary's database (default: `PRIMARY_DATA/site.db`).
@@ -202,12 +202,10 @@ pub struct PrimaryArgs {
     pub engine: EngineArgs,
 }
 
-/// `geo-demo secondary`.
+/// Where a secondary finds its primary (its stores are read directly until the network link
+/// between sites lands).
 #[derive(Debug, Clone, Args)]
-pub struct SecondaryArgs {
-    /// The secondary's data.
-    #[command(flatten)]
-    pub site: SiteArgs,
+pub struct PrimaryLocationArgs {
     /// The primary's data directory.
     #[arg(long)]
     pub primary_data: PathBuf,
@@ -217,6 +215,28 @@ pub struct SecondaryArgs {
     /// PostgreSQL: the schema holding the primary's tables.
     #[arg(long)]
     pub primary_schema: Option<String>,
+}
+
+impl PrimaryLocationArgs {
+    /// The primary's location.
+    pub fn location(&self) -> SiteLocation {
+        SiteLocation::new(
+            &self.primary_data,
+            self.primary_database.clone(),
+            self.primary_schema.clone(),
+        )
+    }
+}
+
+/// `geo-demo secondary`.
+#[derive(Debug, Clone, Args)]
+pub struct SecondaryArgs {
+    /// The secondary's data.
+    #[command(flatten)]
+    pub site: SiteArgs,
+    /// Where the primary is.
+    #[command(flatten)]
+    pub primary: PrimaryLocationArgs,
     /// Appends `<replicable> <id> <pid> <unix ms>` to this file each time a sync transfers a
     /// resource.
     #[arg(long)]
@@ -229,11 +249,7 @@ pub struct SecondaryArgs {
 impl SecondaryArgs {
     /// The primary's location.
     pub fn primary_location(&self) -> SiteLocation {
-        SiteLocation::new(
-            &self.primary_data,
-            self.primary_database.clone(),
-            self.primary_schema.clone(),
-        )
+        self.primary.location()
     }
 }
 
@@ -243,15 +259,9 @@ pub struct StatusArgs {
     /// The secondary's data.
     #[command(flatten)]
     pub site: SiteArgs,
-    /// The primary's data directory.
-    #[arg(long)]
-    pub primary_data: PathBuf,
-    /// The primary's database (default: `PRIMARY_DATA/site.db`).
-    #[arg(long)]
-    pub primary_database: Option<String>,
-    /// PostgreSQL: the schema holding the primary's tables.
-    #[arg(long)]
-    pub primary_schema: Option<String>,
+    /// Where the primary is.
+    #[command(flatten)]
+    pub primary: PrimaryLocationArgs,
 }
 
 /// Hooks for tests that run the site processes with faults.
@@ -620,7 +630,7 @@ async fn run_secondary(args: SecondaryArgs, hooks: Hooks) -> Result<ExitCode, Er
     println!(
         "secondary: engine running (pid {}), reading the primary in {}; SIGINT or SIGTERM stops it",
         std::process::id(),
-        args.primary_data.display()
+        args.primary.primary_data.display()
     );
     let printer = progress_printer(
         primary,
@@ -644,15 +654,7 @@ async fn run_secondary(args: SecondaryArgs, hooks: Hooks) -> Result<ExitCode, Er
 
 async fn status(args: StatusArgs) -> Result<ExitCode, Error> {
     let timeouts = replicable_core::site::Timeouts::default();
-    let primary = sites::open_primary(
-        &SiteLocation::new(
-            &args.primary_data,
-            args.primary_database.clone(),
-            args.primary_schema.clone(),
-        ),
-        timeouts,
-    )
-    .await?;
+    let primary = sites::open_primary(&args.primary.location(), timeouts).await?;
     let secondary = sites::open_secondary(
         &args.site.location(),
         &primary,
@@ -678,15 +680,12 @@ async fn admin(args: AdminArgs) -> Result<ExitCode, Error> {
     let timeouts = replicable_core::site::Timeouts::default();
     let site = match &args.primary_data {
         Some(primary_data) => {
-            let primary = sites::open_primary(
-                &SiteLocation::new(
-                    primary_data,
-                    args.primary_database.clone(),
-                    args.primary_schema.clone(),
-                ),
-                timeouts,
-            )
-            .await?;
+            let location = SiteLocation::new(
+                primary_data,
+                args.primary_database.clone(),
+                args.primary_schema.clone(),
+            );
+            let primary = sites::open_primary(&location, timeouts).await?;
             sites::open_secondary(
                 &args.site.location(),
                 &primary,

@@ -373,21 +373,14 @@ impl VerificationStore for MemoryStore {
         limit: usize,
     ) -> Result<u64, StoreError> {
         let mut state = self.lock();
-        let mut due: Vec<(Option<DateTime<Utc>>, i64)> = of_name(&state.verification, name)
-            .filter(|(_, row)| succeeded_before(&row.verification, verified_before))
-            .map(|((_, id), row)| (row.verification.verified_at, *id))
-            .collect();
-        due.sort();
-        due.truncate(limit);
-        for (_, id) in &due {
-            let row = state
-                .verification
-                .get_mut(&key(name, *id))
-                .expect("row listed above");
-            row.verification.verification_state = VerificationState::Pending;
-            row.version += 1;
-        }
-        Ok(due.len() as u64)
+        Ok(reverify_oldest(
+            &mut state.verification,
+            name,
+            verified_before,
+            limit,
+            |row| (&mut row.verification, &mut row.version),
+            |_| true,
+        ))
     }
 
     async fn backfill_missing(&self, name: &str, limit: usize) -> Result<u64, StoreError> {
@@ -410,6 +403,36 @@ impl VerificationStore for MemoryStore {
 fn succeeded_before(v: &crate::verification::Verification, before: DateTime<Utc>) -> bool {
     v.verification_state == VerificationState::Succeeded
         && v.verified_at.is_some_and(|at| at < before)
+}
+
+/// Re-verification in one map: up to `limit` eligible rows whose checksum succeeded before
+/// `before`, oldest first, go back to verification pending (their version bumped).
+fn reverify_oldest<V>(
+    map: &mut BTreeMap<Key, V>,
+    name: &str,
+    before: DateTime<Utc>,
+    limit: usize,
+    columns: impl Fn(&mut V) -> (&mut crate::verification::Verification, &mut i64),
+    eligible: impl Fn(&V) -> bool,
+) -> u64 {
+    let mut due: Vec<(Option<DateTime<Utc>>, Key)> = map
+        .range_mut(key(name, i64::MIN)..=key(name, i64::MAX))
+        .filter(|(_, row)| eligible(row))
+        .filter_map(|(key, row)| {
+            let (verification, _) = columns(row);
+            succeeded_before(verification, before).then(|| (verification.verified_at, key.clone()))
+        })
+        .collect();
+    due.sort();
+    due.truncate(limit);
+    for (_, key) in &due {
+        if let Some(row) = map.get_mut(key) {
+            let (verification, version) = columns(row);
+            verification.verification_state = VerificationState::Pending;
+            *version += 1;
+        }
+    }
+    due.len() as u64
 }
 
 #[async_trait]
@@ -693,24 +716,14 @@ impl RegistryStore for MemoryStore {
         limit: usize,
     ) -> Result<u64, StoreError> {
         let mut state = self.lock();
-        let mut due: Vec<(Option<DateTime<Utc>>, i64)> = of_name(&state.registry, name)
-            .filter(|(_, row)| {
-                row.state == SyncState::Synced
-                    && succeeded_before(&row.verification, verified_before)
-            })
-            .map(|((_, id), row)| (row.verification.verified_at, *id))
-            .collect();
-        due.sort();
-        due.truncate(limit);
-        for (_, id) in &due {
-            let row = state
-                .registry
-                .get_mut(&key(name, *id))
-                .expect("row listed above");
-            row.verification.verification_state = VerificationState::Pending;
-            row.version += 1;
-        }
-        Ok(due.len() as u64)
+        Ok(reverify_oldest(
+            &mut state.registry,
+            name,
+            verified_before,
+            limit,
+            |row| (&mut row.verification, &mut row.version),
+            |row| row.state == SyncState::Synced,
+        ))
     }
 
     async fn waiting_for_primary_checksum(
