@@ -426,6 +426,14 @@ impl<'a, M: Replicable> ReplicationTarget<'a, M> {
         )
     }
 
+    /// Whether a copy just synced can be verified now: the strategy verifies and the primary
+    /// has a checksum (`known`, read before the copy, or asked again: it may have succeeded
+    /// while the copy ran).
+    async fn verifiable_now(&self, known: &Option<String>) -> bool {
+        M::Strategy::VERIFIABLE
+            && (known.is_some() || self.primary_checksum().await.ok().flatten().is_some())
+    }
+
     /// The primary's succeeded checksum of this record, if it has one (secondary).
     pub async fn primary_checksum(&self) -> Result<Option<String>, ReplicatorError> {
         let link = self.secondary_link("read the primary's checksum")?;
@@ -1131,12 +1139,8 @@ impl<'a, M: Replicable> SyncAttempt<'a, M> {
             } else {
                 match &copied {
                     Ok((generation, primary_checksum, _)) => {
-                        let known = match primary_checksum {
-                            Some(_) => true,
-                            // The checksum may have succeeded while the copy ran.
-                            None => target.primary_checksum().await.ok().flatten().is_some(),
-                        };
-                        row.mark_synced(Some(*generation), M::Strategy::VERIFIABLE && known)
+                        let verifiable = target.verifiable_now(primary_checksum).await;
+                        row.mark_synced(Some(*generation), verifiable)
                             .expect("attempt rows are started");
                         SyncOutcome::Synced {
                             generation: *generation,
@@ -1151,9 +1155,8 @@ impl<'a, M: Replicable> SyncAttempt<'a, M> {
                             // primary restored from a backup): it stays, and is not fetched
                             // again in a loop.
                             Some(held) => {
-                                let known =
-                                    target.primary_checksum().await.ok().flatten().is_some();
-                                row.mark_synced(None, M::Strategy::VERIFIABLE && known)
+                                let verifiable = target.verifiable_now(&None).await;
+                                row.mark_synced(None, verifiable)
                                     .expect("attempt rows are started");
                                 SyncOutcome::Synced { generation: held }
                             }

@@ -693,8 +693,9 @@ const HELPER_PORT: &str = "REPLICABLE_TEST_GIT_CHILD_PORT";
 
 /// Run by `a_git_child_dies_with_the_process_that_started_it` in a child process of the test
 /// binary: starts a git that waits forever on a server that never answers. Does nothing when
-/// run as an ordinary test.
+/// run as an ordinary test, so it is ignored there and run only by name.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a helper process of a_git_child_dies_with_the_process_that_started_it"]
 async fn git_child_helper() {
     let Ok(port) = std::env::var(HELPER_PORT) else {
         return;
@@ -754,6 +755,7 @@ fn a_git_child_dies_with_the_process_that_started_it() {
         .args([
             "--exact",
             "git_child_helper",
+            "--ignored",
             "--nocapture",
             "--test-threads=1",
         ])
