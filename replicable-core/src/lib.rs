@@ -29,35 +29,32 @@
 
 #![deny(missing_docs)]
 
-pub mod backfill;
-pub mod blob_key;
-#[cfg(feature = "cli")]
-pub mod cli;
-pub mod clock;
 pub mod descriptor;
+pub mod domain;
 pub mod engine;
-pub mod error;
-pub mod event;
-pub mod failure;
-pub mod local_blobs;
-pub mod log_cursor;
-#[cfg(feature = "metrics")]
-pub mod metrics;
+pub mod link;
 pub mod model;
 pub mod observer;
-pub mod primary_link;
-pub mod registry;
 pub mod replicator;
-pub mod retry;
-pub mod selective_sync;
 pub mod site;
-pub mod staging;
 pub mod status;
 pub mod storage;
 pub mod strategy;
-pub mod transition;
-pub mod verification;
-pub mod workers;
+
+#[cfg(feature = "cli")]
+pub mod cli;
+#[cfg(feature = "metrics")]
+pub mod metrics;
+
+// The paths modules had before the layers got folders; kept so existing imports go on working.
+pub use domain::{
+    blob_key, clock, error, event, failure, registry, retry, selective_sync, transition,
+    verification,
+};
+pub use engine::cursor as log_cursor;
+pub use engine::{backfill, staging, workers};
+pub use link as primary_link;
+pub use storage::local_blobs;
 
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -23,9 +23,13 @@
 //!
 //! Every loop that errors logs, backs off and goes on; none takes the process down.
 
+pub mod backfill;
 pub mod config;
+pub mod cursor;
 mod idle;
+pub mod staging;
 mod sync;
+pub mod workers;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

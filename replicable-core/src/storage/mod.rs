@@ -10,6 +10,7 @@
 //! several workers (or processes, on a shared database) never take the same row.
 
 mod event_log;
+pub mod local_blobs;
 pub mod memory;
 mod record_store;
 mod registry_store;
