@@ -27,8 +27,12 @@
 //!   `replicable_cursor_events_behind`, `replicable_cursor_lag_seconds`;
 //! - histograms labelled `replicable="package_file"`: `replicable_sync_delay_seconds` (event
 //!   published on the primary -> sync started), `replicable_sync_duration_seconds`,
-//!   `replicable_replication_lag_seconds` (event published -> copy synced), recorded with
-//!   [`record_sync`].
+//!   `replicable_replication_lag_seconds` (event published -> copy synced), recorded by the
+//!   engine with [`record_sync`] for every sync that made a copy visible. The delay and the lag
+//!   start at the oldest change the copy did not hold, as the log cursor noted it
+//!   (`RegistryRecord::changed_at`, the event's time on the primary's database); rows queued
+//!   without an event (backfill, an operator's resync) have no lag. Both compare the primary's
+//!   clock with the secondary's: keep the machines' clocks synchronised (NTP).
 
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;

@@ -556,7 +556,8 @@ impl<'a, M: Replicable> ReplicationTarget<'a, M> {
         async {
             match event.kind {
                 EventKind::Created | EventKind::Updated => {
-                    self.consume_change(&event.payload, sync_now).await
+                    self.consume_change(&event.payload, event.created_at, sync_now)
+                        .await
                 }
                 EventKind::Deleted => {
                     self.remove_local(&event.payload.resource).await?;
@@ -572,6 +573,7 @@ impl<'a, M: Replicable> ReplicationTarget<'a, M> {
     async fn consume_change(
         &self,
         payload: &EventPayload,
+        published_at: chrono::DateTime<chrono::Utc>,
         sync_now: bool,
     ) -> Result<ConsumeOutcome, ReplicatorError> {
         let name = M::REPLICABLE_NAME;
@@ -594,7 +596,12 @@ impl<'a, M: Replicable> ReplicationTarget<'a, M> {
             );
             return Ok(ConsumeOutcome::AlreadyCurrent);
         }
-        let row = self.mark_pending().await?;
+        let row = self
+            .site
+            .registry_store()
+            .mark_changed(name, self.id, self.site.now(), published_at)
+            .await
+            .map_err(|e| self.store_error(e))?;
         let enabled = self
             .site
             .registry_store()

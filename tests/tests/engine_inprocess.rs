@@ -218,6 +218,18 @@ async fn replicates_and_verifies(p: Pair) {
     primary.shutdown().await;
     let rows = counts(&p.secondary, "engine_file").await;
     assert_eq!((rows.started, rows.failed, rows.pending), (0, 0, 0));
+    // The syncs the log cursor queued fed the lag histograms (rows backfill found first have no
+    // event time). The histograms are per process: other tests of this binary may add to them.
+    let text = replicable_core::metrics::Metrics::new(SiteRole::Secondary, &[]).encode();
+    let sample = |name: &str| {
+        let prefix = format!("{name}{{replicable=\"engine_file\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .map_or(0.0, |v| v.trim().parse::<f64>().unwrap())
+    };
+    assert!(sample("replicable_replication_lag_seconds_count") >= 1.0);
+    assert!(sample("replicable_sync_delay_seconds_count") >= 1.0);
+    assert!(sample("replicable_replication_lag_seconds_sum") > 0.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -94,6 +94,10 @@ pub struct RegistryRecord {
     /// A change (new event, resync or deletion) arrived while the row was `started`: the sync in
     /// flight may not make its copy visible, and the row goes back to pending when it ends.
     pub change_pending: bool,
+    /// When the primary published the oldest change the local copy does not hold yet (the
+    /// event's time), for the replication lag; `None` when the copy is current or the row was
+    /// queued without an event (backfill, an operator's resync).
+    pub changed_at: Option<DateTime<Utc>>,
     /// The verification columns of the local copy.
     pub verification: Verification,
     /// When the worker holding the row's sync or verification last said it is alive.
@@ -127,6 +131,7 @@ impl RegistryRecord {
             missing_on_primary: false,
             synced_generation: None,
             change_pending: false,
+            changed_at: None,
             verification: Verification::disabled(),
             heartbeat_at: None,
             version: 0,
@@ -175,6 +180,17 @@ impl RegistryRecord {
         }
     }
 
+    /// Notes a change the primary published at `published_at` (with [`mark_pending`]): kept
+    /// unless an older change the copy does not hold is already noted.
+    ///
+    /// [`mark_pending`]: Self::mark_pending
+    pub fn note_change(&mut self, published_at: DateTime<Utc>) {
+        self.changed_at = Some(
+            self.changed_at
+                .map_or(published_at, |at| at.min(published_at)),
+        );
+    }
+
     /// Completes a sync: only from started. Clears the failure, the missing-on-primary flag and
     /// the retry schedule, and records the generation copied. The copy is new, so its
     /// verification starts over: `pending` when the primary has a checksum to compare with
@@ -193,6 +209,7 @@ impl RegistryRecord {
         self.last_sync_failure = None;
         self.missing_on_primary = false;
         self.change_pending = false;
+        self.changed_at = None;
         if generation.is_some() {
             self.synced_generation = generation;
         }
@@ -311,6 +328,13 @@ impl RegistryRecord {
             if last_sign.is_none_or(|at| at < cutoffs.heartbeat_before) {
                 let failure = SyncFailure::new(abandoned_message("Sync", last_sign));
                 changed |= self.mark_failed(&failure, now, policy, jitter).is_ok();
+                // A claim lost with its worker (a killed process) says nothing about the
+                // record: the first time, it is due again at once, so a restarted secondary
+                // resumes without waiting out a backoff. A record that keeps losing its worker
+                // (one that crashes the process) backs off as usual from the second time on.
+                if self.retry_count == 1 {
+                    self.retry_at = Some(now);
+                }
             } else {
                 changed |= self.fail_if_stuck(
                     cutoffs.sync_started_before,
@@ -683,6 +707,14 @@ mod tests {
             r.last_sync_failure.as_deref(),
             Some("Sync worker stopped responding: no heartbeat since 2026-01-01T00:00:00Z")
         );
+        // The first lost claim is due again at once ...
+        assert_eq!(r.retry_at, Some(at));
+        // ... a record that loses its worker again backs off.
+        r.start(at).unwrap();
+        let later = at + chrono::Duration::seconds(61);
+        assert!(r.fail_stuck_work(&cutoffs(later), TIMEOUTS, later, &policy, 0));
+        assert_eq!(r.retry_count, 2);
+        assert!(r.retry_at.unwrap() > later + chrono::Duration::seconds(15));
     }
 
     #[test]

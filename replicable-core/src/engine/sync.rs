@@ -168,9 +168,16 @@ async fn run_one(shared: &Shared, replicable: &'static ReplicableDescriptor, row
     let started = chrono::Utc::now();
     let attempt =
         std::panic::AssertUnwindSafe(replicable.run_claimed_sync(site, row.clone())).catch_unwind();
+    // The time of the change this sync brings over, when an event noted it: the lag is
+    // measured only for syncs that made a copy visible.
+    #[cfg_attr(not(feature = "metrics"), allow(unused_variables, unused_mut))]
+    let mut change_published_at = None;
     let failure = match tokio::time::timeout(timeout, attempt).await {
         Ok(Ok(Ok(outcome))) => {
             debug!(?outcome, "sync ended");
+            if matches!(outcome, crate::replicator::SyncOutcome::Synced { .. }) {
+                change_published_at = row.changed_at;
+            }
             None
         }
         Ok(Ok(Err(e))) => {
@@ -194,7 +201,12 @@ async fn run_one(shared: &Shared, replicable: &'static ReplicableDescriptor, row
         ))),
     };
     #[cfg(feature = "metrics")]
-    crate::metrics::record_sync(replicable.name, started, chrono::Utc::now(), None);
+    crate::metrics::record_sync(
+        replicable.name,
+        started,
+        chrono::Utc::now(),
+        change_published_at,
+    );
     if let Some(failure) = failure {
         fail_row(shared, replicable, &row, &failure).await;
     }

@@ -459,6 +459,26 @@ impl RegistryStore for MemoryStore {
         Ok(row.clone())
     }
 
+    async fn mark_changed(
+        &self,
+        name: &str,
+        model_id: i64,
+        now: DateTime<Utc>,
+        published_at: DateTime<Utc>,
+    ) -> Result<RegistryRecord, StoreError> {
+        let mut state = self.lock();
+        let row = state
+            .registry
+            .entry(key(name, model_id))
+            .and_modify(|row| {
+                row.mark_pending();
+                row.version += 1;
+            })
+            .or_insert_with(|| RegistryRecord::new_pending(model_id, now));
+        row.note_change(published_at);
+        Ok(row.clone())
+    }
+
     async fn insert_pending(
         &self,
         name: &str,

@@ -84,6 +84,17 @@ pub trait RegistryStore: Send + Sync + std::fmt::Debug {
         now: DateTime<Utc>,
     ) -> Result<RegistryRecord, StoreError>;
 
+    /// [`mark_pending`](Self::mark_pending) for a change the primary published at
+    /// `published_at`: also notes that time ([`RegistryRecord::note_change`]), from which the
+    /// replication lag of the next sync is measured.
+    async fn mark_changed(
+        &self,
+        name: &str,
+        model_id: i64,
+        now: DateTime<Utc>,
+        published_at: DateTime<Utc>,
+    ) -> Result<RegistryRecord, StoreError>;
+
     /// Creates pending rows for the ids that have none. Returns how many were created.
     async fn insert_pending(
         &self,

@@ -417,6 +417,54 @@ pub async fn registry_rows_round_trip_every_transition(target: &dyn ConformanceT
     assert!(registry(&db, 7).await.is_none());
 }
 
+/// A change's publish time is noted on the row (the oldest one the copy does not hold), kept
+/// through a claim, a plain resync and a newer change, and cleared when the row is synced.
+pub async fn the_oldest_unsynced_change_time_is_kept_until_synced(target: &dyn ConformanceTarget) {
+    let db = open(target).await;
+    let changed = db
+        .registry
+        .mark_changed(NAME, 41, t0() + secs(2), t0())
+        .await
+        .unwrap();
+    assert_eq!(changed.state, SyncState::Pending);
+    assert_eq!(changed.changed_at, Some(t0()));
+    // A newer change keeps the older time; an older one (out of order) replaces it.
+    let newer = db
+        .registry
+        .mark_changed(NAME, 41, t0() + secs(3), t0() + secs(1))
+        .await
+        .unwrap();
+    assert_eq!(newer.changed_at, Some(t0()));
+    let older = db
+        .registry
+        .mark_changed(NAME, 41, t0() + secs(3), t0() - secs(1))
+        .await
+        .unwrap();
+    assert_eq!(older.changed_at, Some(t0() - secs(1)));
+    // A resync without an event keeps it.
+    let resynced = db
+        .registry
+        .mark_pending(NAME, 41, t0() + secs(4))
+        .await
+        .unwrap();
+    assert_eq!(resynced.changed_at, Some(t0() - secs(1)));
+    // Claimed rows carry it; synced rows drop it.
+    let mut claimed = db
+        .registry
+        .claim_for_sync(NAME, t0() + secs(5), 10)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].changed_at, Some(t0() - secs(1)));
+    let mut row = claimed.remove(0);
+    row.mark_synced(Some(1), false).unwrap();
+    assert!(db.registry.update(NAME, &row).await.unwrap());
+    assert_eq!(registry(&db, 41).await.unwrap().changed_at, None);
+    // A row queued without an event has none.
+    let plain = db.registry.mark_pending(NAME, 42, t0()).await.unwrap();
+    assert_eq!(plain.changed_at, None);
+}
+
 /// Claims take never-attempted rows first, then due failures by retry time (missing first),
 /// and return them in that order; rows not due, started or synced are left alone. The claim's
 /// times are the store's.
@@ -746,17 +794,11 @@ pub async fn abandoned_claims_are_found_and_retried(target: &dyn ConformanceTarg
             .unwrap(),
         "the dead worker's version is gone"
     );
-    assert!(
-        db.registry
-            .claim_for_sync(NAME, Utc::now(), 10)
-            .await
-            .unwrap()
-            .is_empty(),
-        "a failed claim waits for its retry time"
+    // The first claim lost with its worker is due again at once.
+    assert_eq!(
+        registry(&db, dead.model_id).await.unwrap().retry_at,
+        Some(now)
     );
-    let mut due = registry(&db, dead.model_id).await.unwrap();
-    due.retry_at = Some(now - secs(1));
-    assert!(db.registry.update(NAME, &due).await.unwrap());
     let again = db
         .registry
         .claim_for_sync(NAME, Utc::now(), 10)
@@ -1311,6 +1353,7 @@ macro_rules! storage_conformance_suite {
             records_keep_generations_and_never_downgrade,
             verification_rows_follow_the_state_machine,
             registry_rows_round_trip_every_transition,
+            the_oldest_unsynced_change_time_is_kept_until_synced,
             sync_claims_follow_the_scheduling_order,
             bulk_insert_skips_existing_rows_and_counts_follow,
             two_claimers_take_each_row_exactly_once,

@@ -477,7 +477,7 @@ impl SqlStore {
             registry_columns: format!(
                 "{name}_id AS model_id, state, retry_count, retry_at, last_sync_failure, \
                  last_synced_at, created_at, missing_on_primary, synced_generation, \
-                 change_pending, {verification_columns}"
+                 change_pending, changed_at, {verification_columns}"
             ),
             verification_columns: format!("{name}_id AS model_id, {verification_columns}"),
         });

@@ -70,6 +70,38 @@ impl SqlStore {
         Ok(changed)
     }
 
+    /// Creates the row in `pending` or puts it back there, noting `changed_at` unless an older
+    /// change is noted already; in one statement.
+    async fn upsert_pending(
+        &self,
+        name: &str,
+        model_id: i64,
+        now: DateTime<Utc>,
+        changed_at: Option<DateTime<Utc>>,
+    ) -> Result<RegistryRecord, StoreError> {
+        let t = self.tables(name).await?;
+        let n = &t.name;
+        let sql = format!(
+            "INSERT INTO {n}_registry ({n}_id, state, created_at, verification_state, changed_at) \
+             VALUES ($1, 0, $2, 4, $3) \
+             ON CONFLICT ({n}_id) DO UPDATE SET {}, \
+               changed_at = CASE WHEN {n}_registry.changed_at IS NULL THEN $3 \
+                 WHEN $3 IS NULL OR {n}_registry.changed_at <= $3 THEN {n}_registry.changed_at \
+                 ELSE $3 END \
+             RETURNING {}",
+            pending_assignments(&format!("{n}_registry"), "NULL"),
+            t.registry_columns
+        );
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(model_id)
+            .bind(micros(now))
+            .bind(opt_micros(changed_at))
+            .fetch_one(&self.pool)
+            .await
+            .map_err(self.backend("mark registry row pending"))?;
+        self.read_registry(&row)
+    }
+
     fn read_registry(&self, row: &AnyRow) -> Result<RegistryRecord, StoreError> {
         let state: i16 = self.get(row, "state")?;
         let retry_count: i64 = self.get(row, "retry_count")?;
@@ -87,6 +119,7 @@ impl SqlStore {
             missing_on_primary: missing != 0,
             synced_generation: self.get(row, "synced_generation")?,
             change_pending: change_pending != 0,
+            changed_at: self.opt_time(self.get(row, "changed_at")?)?,
             verification: self.read_verification(row)?,
             heartbeat_at: self.opt_time(self.get(row, "heartbeat_at")?)?,
             version: self.get(row, "version")?,
@@ -122,22 +155,18 @@ impl RegistryStore for SqlStore {
         model_id: i64,
         now: DateTime<Utc>,
     ) -> Result<RegistryRecord, StoreError> {
-        let t = self.tables(name).await?;
-        let n = &t.name;
-        let sql = format!(
-            "INSERT INTO {n}_registry ({n}_id, state, created_at, verification_state) \
-             VALUES ($1, 0, $2, 4) \
-             ON CONFLICT ({n}_id) DO UPDATE SET {} RETURNING {}",
-            pending_assignments(&format!("{n}_registry"), "NULL"),
-            t.registry_columns
-        );
-        let row = sqlx::query(AssertSqlSafe(sql))
-            .bind(model_id)
-            .bind(micros(now))
-            .fetch_one(&self.pool)
+        self.upsert_pending(name, model_id, now, None).await
+    }
+
+    async fn mark_changed(
+        &self,
+        name: &str,
+        model_id: i64,
+        now: DateTime<Utc>,
+        published_at: DateTime<Utc>,
+    ) -> Result<RegistryRecord, StoreError> {
+        self.upsert_pending(name, model_id, now, Some(published_at))
             .await
-            .map_err(self.backend("mark registry row pending"))?;
-        self.read_registry(&row)
     }
 
     async fn insert_pending(
@@ -177,8 +206,8 @@ impl RegistryStore for SqlStore {
         let sql = format!(
             "UPDATE {n}_registry SET state = $1, retry_count = $2, retry_at = $3, \
              last_sync_failure = $4, last_synced_at = $5, missing_on_primary = $6, \
-             synced_generation = $7, change_pending = $8, {}, version = version + 1 \
-             WHERE {n}_id = $19 AND version = $20",
+             synced_generation = $7, change_pending = $8, {}, changed_at = $19, \
+             version = version + 1 WHERE {n}_id = $20 AND version = $21",
             verification_assignments(9)
         );
         let query = sqlx::query(AssertSqlSafe(sql))
@@ -191,6 +220,7 @@ impl RegistryStore for SqlStore {
             .bind(row.synced_generation)
             .bind(i16::from(row.change_pending));
         let done = bind_verification(query, &row.verification, row.heartbeat_at)
+            .bind(opt_micros(row.changed_at))
             .bind(row.model_id)
             .bind(row.version)
             .execute(&self.pool)

@@ -8,7 +8,7 @@ use super::Dialect;
 pub const CORE_VERSION: i64 = 2;
 
 /// The newest version of a replicable's tables this build knows.
-pub const REPLICABLE_VERSION: i64 = 2;
+pub const REPLICABLE_VERSION: i64 = 3;
 
 /// The component name of the shared tables in `replicable_schema`.
 pub const CORE_COMPONENT: &str = "core";
@@ -144,6 +144,13 @@ pub fn replicable_migrations(name: &str, from: i64) -> Vec<String> {
         // the sync in flight may not make its copy visible, and the row goes pending after it.
         steps.push(format!(
             "ALTER TABLE {name}_registry ADD COLUMN change_pending SMALLINT NOT NULL DEFAULT 0"
+        ));
+    }
+    if from < 3 {
+        // When the primary published the oldest change the copy does not hold (microseconds),
+        // for the replication lag.
+        steps.push(format!(
+            "ALTER TABLE {name}_registry ADD COLUMN changed_at BIGINT"
         ));
     }
     steps
