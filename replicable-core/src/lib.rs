@@ -69,7 +69,8 @@ pub use model::{DataType, Replicable, Resource};
 pub use primary_link::{InProcessPrimary, PrimaryLink};
 pub use registry::{RegistryRecord, SyncState};
 pub use replicator::{
-    ConsumeOutcome, ReplicationTarget, Replicator, SyncAttempt, SyncOutcome, VerifyOutcome,
+    ConsumeOutcome, ReplicationTarget, Replicator, ReplicatorExt, SyncAttempt, SyncOutcome,
+    VerifyOutcome,
 };
 pub use selective_sync::SelectiveSync;
 pub use site::{Site, SiteError, SiteRole};
@@ -84,8 +85,8 @@ pub mod prelude {
     pub use crate::model::Replicable as _;
     pub use crate::{
         ConsumeOutcome, DataType, Event, EventKind, InProcessPrimary, RegistryRecord, Replicable,
-        Replicator, ReplicatorError, SelectiveSync, Site, SiteRole, SyncOutcome, SyncState,
-        VerificationState, VerifyOutcome,
+        Replicator, ReplicatorError, ReplicatorExt, SelectiveSync, Site, SiteRole, SyncOutcome,
+        SyncState, VerificationState, VerifyOutcome,
     };
     pub use serde::{Deserialize, Serialize};
 }
@@ -98,6 +99,7 @@ pub mod __private {
     pub use crate::model::{Replicable, Resource};
     pub use crate::registry::{RegistryRecord, SyncState};
     pub use crate::replicator::Replicator;
+    pub use crate::site::Site;
     pub use crate::strategy::Strategy;
     pub use crate::verification::{VerificationRecord, VerificationState};
     pub use chrono::{DateTime, Utc};

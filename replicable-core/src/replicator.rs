@@ -5,16 +5,16 @@ use std::marker::PhantomData;
 
 use tracing::{Instrument, debug, info_span, warn};
 
-use crate::error::{LinkError, ReplicatorError, ResourceError, StoreError};
-use crate::event::{Event, EventId, EventKind, EventPayload, NewEvent};
-use crate::failure::SyncFailure;
+use crate::domain::error::{LinkError, ReplicatorError, ResourceError, StoreError};
+use crate::domain::event::{Event, EventId, EventKind, EventPayload, NewEvent};
+use crate::domain::failure::SyncFailure;
+use crate::domain::registry::{RegistryRecord, SyncState};
+use crate::domain::verification::{CHECKSUM_MISMATCH, VerificationRecord, VerificationState};
+use crate::link::PrimaryLink;
 use crate::model::{Replicable, Resource};
-use crate::primary_link::PrimaryLink;
-use crate::registry::{RegistryRecord, SyncState};
 use crate::site::Site;
 use crate::storage::StoredRecord;
 use crate::strategy::{ResourceTarget, Strategy, SyncGuard, SyncRequest};
-use crate::verification::{CHECKSUM_MISMATCH, VerificationRecord, VerificationState};
 
 /// How many times a write that lost a compare-and-set race is retried before giving up.
 const CAS_ATTEMPTS: usize = 8;
@@ -316,6 +316,29 @@ impl<'a, M: Replicable> Replicator<'a, M> {
         &self,
     ) -> Result<Option<M::VerificationState>, ReplicatorError> {
         Ok(self.target.verification_record().await?.map(Into::into))
+    }
+}
+
+/// `record.replicator(&site)` for generic code over any `M: Replicable`. A model made with
+/// `#[derive(Replicable)]` also has an inherent `replicator` method, so that code naming the
+/// model needs no import; the two never conflict (the inherent method is found first).
+///
+/// ```ignore
+/// use replicable_core::ReplicatorExt;
+///
+/// async fn publish<M: Replicable>(record: &M, primary: &Site) -> Result<(), ReplicatorError> {
+///     record.replicator(primary).publish_created_event().await?;
+///     Ok(())
+/// }
+/// ```
+pub trait ReplicatorExt: Replicable {
+    /// The replicator of this record on `site`.
+    fn replicator<'a>(&'a self, site: &'a Site) -> Replicator<'a, Self>;
+}
+
+impl<M: Replicable> ReplicatorExt for M {
+    fn replicator<'a>(&'a self, site: &'a Site) -> Replicator<'a, Self> {
+        Replicator::new(site, self)
     }
 }
 
@@ -853,7 +876,7 @@ impl<'a, M: Replicable> ReplicationTarget<'a, M> {
     ) -> Result<VerifyOutcome, ReplicatorError> {
         let site = self.site;
         let (policy, now) = (*site.retry_policy(), site.now());
-        let jitter = fastrand::u32(0..crate::retry::JITTER_RANGE);
+        let jitter = fastrand::u32(0..crate::domain::retry::JITTER_RANGE);
         let checksum = match self.local_record().await? {
             None => Err(format!(
                 "{} {} is not in the primary's records",
@@ -939,7 +962,7 @@ impl<'a, M: Replicable> ReplicationTarget<'a, M> {
         let site = self.site;
         let link = self.secondary_link("verify")?;
         let (policy, now) = (*site.retry_policy(), site.now());
-        let jitter = fastrand::u32(0..crate::retry::JITTER_RANGE);
+        let jitter = fastrand::u32(0..crate::domain::retry::JITTER_RANGE);
         let name = M::REPLICABLE_NAME;
         let primary_checksum = link
             .verification(name, self.id)
@@ -1121,7 +1144,7 @@ impl<'a, M: Replicable> SyncAttempt<'a, M> {
         let name = M::REPLICABLE_NAME;
         let started_at = self.row.last_synced_at;
         let (policy, now) = (*site.retry_policy(), site.now());
-        let jitter = fastrand::u32(0..crate::retry::JITTER_RANGE);
+        let jitter = fastrand::u32(0..crate::domain::retry::JITTER_RANGE);
         for _ in 0..CAS_ATTEMPTS {
             let mut row = self.row.clone();
             // A change noted while the copy ran is already in the copy when the primary's

@@ -8,11 +8,11 @@ use chrono::{DateTime, Utc};
 use object_store::ObjectStore;
 use object_store::memory::InMemory;
 
-use crate::clock::{Clock, SystemClock};
+use crate::domain::clock::{Clock, SystemClock};
+use crate::domain::retry::RetryPolicy;
+use crate::domain::selective_sync::SelectiveSync;
+use crate::link::PrimaryLink;
 use crate::observer::SyncObserver;
-use crate::primary_link::PrimaryLink;
-use crate::retry::RetryPolicy;
-use crate::selective_sync::SelectiveSync;
 use crate::storage::memory::MemoryStore;
 use crate::storage::{Backend, EventLog, RecordStore, RegistryStore, VerificationStore};
 
@@ -69,10 +69,10 @@ impl Default for Timeouts {
 
 impl Timeouts {
     /// The cutoffs for stuck work at `now`.
-    pub fn cutoffs(&self, now: DateTime<Utc>) -> crate::registry::StuckCutoffs {
+    pub fn cutoffs(&self, now: DateTime<Utc>) -> crate::domain::registry::StuckCutoffs {
         let before =
             |d: Duration| now - chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX);
-        crate::registry::StuckCutoffs {
+        crate::domain::registry::StuckCutoffs {
             sync_started_before: before(self.sync),
             verification_started_before: before(self.verification),
             heartbeat_before: before(self.claim_timeout),
@@ -335,7 +335,7 @@ impl SiteBuilder {
     }
 
     /// Keeps blobs in the local directory `dir` (created if missing), confined to it
-    /// ([`ConfinedLocalFileSystem`](crate::local_blobs::ConfinedLocalFileSystem)). Unlike
+    /// ([`ConfinedLocalFileSystem`](crate::storage::local_blobs::ConfinedLocalFileSystem)). Unlike
     /// [`blob_store`](Self::blob_store) with such a store, the site knows the directory, so the
     /// staging sweep also removes the part files an interrupted multipart write leaves there.
     pub fn blob_directory(mut self, dir: impl Into<PathBuf>) -> Self {
@@ -407,7 +407,8 @@ impl SiteBuilder {
             let confined = std::fs::create_dir_all(dir)
                 .map_err(|e| e.to_string())
                 .and_then(|()| {
-                    crate::local_blobs::ConfinedLocalFileSystem::new(dir).map_err(|e| e.to_string())
+                    crate::storage::local_blobs::ConfinedLocalFileSystem::new(dir)
+                        .map_err(|e| e.to_string())
                 })
                 .map_err(|reason| SiteError::BlobDirectory {
                     site: self.name.clone(),

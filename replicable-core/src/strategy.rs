@@ -7,11 +7,11 @@
 
 use async_trait::async_trait;
 
-use crate::error::ResourceError;
-use crate::event::EventKind;
-use crate::failure::SyncFailure;
+use crate::domain::error::ResourceError;
+use crate::domain::event::EventKind;
+use crate::domain::failure::SyncFailure;
+use crate::link::PrimaryLink;
 use crate::model::{DataType, Resource};
-use crate::primary_link::PrimaryLink;
 use crate::site::Site;
 use crate::storage::StoredRecord;
 

@@ -14,9 +14,9 @@ use tracing::{Instrument, debug, error, info_span, warn};
 use super::Shared;
 use super::idle::Idle;
 use crate::descriptor::ReplicableDescriptor;
-use crate::failure::SyncFailure;
-use crate::registry::RegistryRecord;
-use crate::verification::humanize;
+use crate::domain::failure::SyncFailure;
+use crate::domain::registry::RegistryRecord;
+use crate::domain::verification::humanize;
 
 /// A sync the engine started and has not seen end.
 #[derive(Debug)]
@@ -194,7 +194,7 @@ async fn run_one(shared: &Shared, replicable: &'static ReplicableDescriptor, row
         ))),
     };
     #[cfg(feature = "metrics")]
-    crate::metrics::record_sync(replicable.name, started, chrono::Utc::now(), None);
+    super::timings::record_sync(replicable.name, started, chrono::Utc::now(), None);
     if let Some(failure) = failure {
         fail_row(shared, replicable, &row, &failure).await;
     }
@@ -209,7 +209,7 @@ async fn fail_row(
     failure: &SyncFailure,
 ) {
     let site = &shared.site;
-    let jitter = fastrand::u32(0..crate::retry::JITTER_RANGE);
+    let jitter = fastrand::u32(0..crate::domain::retry::JITTER_RANGE);
     update_attempt_row(shared, replicable, attempt, |row| {
         row.mark_failed(failure, site.now(), site.retry_policy(), jitter)
             .is_ok()

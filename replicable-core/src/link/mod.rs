@@ -9,13 +9,13 @@ use futures::StreamExt;
 use futures::stream::BoxStream;
 use object_store::ObjectStoreExt;
 
-use crate::blob_key::{object_path, parse_repository_path, resolve_beneath};
-use crate::error::{LinkError, StoreError};
-use crate::event::{EventId, LogEntry};
-use crate::failure::shorten_name;
+use crate::domain::blob_key::{object_path, parse_repository_path, resolve_beneath};
+use crate::domain::error::{LinkError, StoreError};
+use crate::domain::event::{EventId, LogEntry};
+use crate::domain::failure::shorten_name;
+use crate::domain::verification::VerificationRecord;
 use crate::site::Site;
 use crate::storage::StoredRecord;
-use crate::verification::VerificationRecord;
 
 /// A blob being read from the primary, as a stream of chunks.
 pub struct BlobDownload {
@@ -178,7 +178,7 @@ impl PrimaryLink for InProcessPrimary {
             Ok(result) => result,
             Err(object_store::Error::NotFound { .. }) => return Err(LinkError::NotFound { what }),
             Err(e) => {
-                if let Some(refused) = crate::local_blobs::refusal(&e) {
+                if let Some(refused) = crate::storage::local_blobs::refusal(&e) {
                     return Err(LinkError::Refused {
                         what,
                         reason: refused.to_string(),

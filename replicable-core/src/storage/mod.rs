@@ -25,10 +25,10 @@ pub use verification_store::{VerificationCounts, VerificationStore};
 
 use std::sync::Arc;
 
-use crate::error::StoreError;
+use crate::domain::error::StoreError;
 
 /// A value that fills every storage role of a site: what [`open`] returns and
-/// [`SiteBuilder::database`](crate::site::SiteBuilder::database) takes.
+/// a site builder's `database` takes (`SiteBuilder::database`).
 pub trait Backend: EventLog + RecordStore + VerificationStore + RegistryStore {}
 
 impl<T: EventLog + RecordStore + VerificationStore + RegistryStore> Backend for T {}

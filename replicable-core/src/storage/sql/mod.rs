@@ -21,7 +21,7 @@ use chrono::{DateTime, Utc};
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
 use sqlx::{AnyConnection, AnyPool, AssertSqlSafe, Connection, Executor, Row};
 
-use crate::error::StoreError;
+use crate::domain::error::StoreError;
 use schema::{
     CORE_COMPONENT, CORE_VERSION, REPLICABLE_VERSION, SCHEMA_TABLE, core_migrations,
     replicable_component, replicable_migrations, valid_name,
