@@ -74,7 +74,9 @@ pub use replicator::{
 };
 pub use selective_sync::SelectiveSync;
 pub use site::{Site, SiteError, SiteRole};
-pub use strategy::{AlwaysCurrent, ResourceTarget, Strategy, SyncGuard, SyncRequest};
+pub use strategy::{
+    AlwaysCurrent, ResourceTarget, Strategy, StrategyContext, SyncGuard, SyncRequest,
+};
 pub use verification::{Verification, VerificationRecord, VerificationState};
 
 /// `#[derive(Replicable)]`.

@@ -292,7 +292,7 @@ impl<'a, M: Replicable> Replicator<'a, M> {
         let resource = self.record.resource();
         M::Strategy::default()
             .checksum(
-                target.site,
+                target.site.strategy_context(),
                 &target.resource_target(&resource),
                 stored.as_ref(),
             )
@@ -695,7 +695,10 @@ impl<'a, M: Replicable> ReplicationTarget<'a, M> {
         // that makes its copy visible after this removal finds the row gone when it completes
         // and removes its copy itself.
         M::Strategy::default()
-            .remove(self.site, &self.resource_target(resource))
+            .remove(
+                self.site.strategy_context(),
+                &self.resource_target(resource),
+            )
             .await
             .map_err(|e| self.resource_error(e))?;
         self.site
@@ -888,7 +891,8 @@ impl<'a, M: Replicable> ReplicationTarget<'a, M> {
                 let strategy = M::Strategy::default();
                 let resource = record.resource();
                 let resource_target = self.resource_target(&resource);
-                let work = strategy.checksum(site, &resource_target, Some(&stored));
+                let work =
+                    strategy.checksum(site.strategy_context(), &resource_target, Some(&stored));
                 let version = row.version;
                 heartbeating(site.timeouts().heartbeat_interval, work, || {
                     site.verification_store().heartbeat(
@@ -992,7 +996,11 @@ impl<'a, M: Replicable> ReplicationTarget<'a, M> {
                 let strategy = M::Strategy::default();
                 let resource = record.resource();
                 let resource_target = self.resource_target(&resource);
-                let work = strategy.checksum(site, &resource_target, local_copy.as_ref());
+                let work = strategy.checksum(
+                    site.strategy_context(),
+                    &resource_target,
+                    local_copy.as_ref(),
+                );
                 let version = row.version;
                 heartbeating(site.timeouts().heartbeat_interval, work, || {
                     site.registry_store()
@@ -1262,7 +1270,7 @@ impl<'a, M: Replicable> SyncAttempt<'a, M> {
         if let Some(expected) = &primary_checksum {
             let local = strategy
                 .checksum(
-                    target.site,
+                    target.site.strategy_context(),
                     &target.resource_target(&resource),
                     Some(stored),
                 )
@@ -1284,7 +1292,7 @@ impl<'a, M: Replicable> SyncAttempt<'a, M> {
         let guard = self.guard(stored.generation);
         strategy
             .sync(SyncRequest {
-                site: target.site,
+                context: target.site.strategy_context(),
                 primary: link,
                 replicable_name: M::REPLICABLE_NAME,
                 model_id: target.id,

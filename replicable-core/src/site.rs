@@ -15,6 +15,7 @@ use crate::link::PrimaryLink;
 use crate::observer::SyncObserver;
 use crate::storage::memory::MemoryStore;
 use crate::storage::{Backend, EventLog, RecordStore, RegistryStore, VerificationStore};
+use crate::strategy::StrategyContext;
 
 /// Whether a site is the primary or a secondary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -62,7 +63,7 @@ impl Default for Timeouts {
             heartbeat_interval: Duration::from_secs(5),
             claim_timeout: Duration::from_secs(60),
             cursor_lease: Duration::from_secs(30),
-            command: Duration::from_secs(3600),
+            command: StrategyContext::DEFAULT_COMMAND_TIMEOUT,
         }
     }
 }
@@ -96,6 +97,7 @@ struct Inner {
     retry: RetryPolicy,
     timeouts: Timeouts,
     observer: Option<Arc<dyn SyncObserver>>,
+    strategy: StrategyContext,
 }
 
 /// A site and its stores. Cheap to clone: clones share everything.
@@ -206,6 +208,12 @@ impl Site {
     /// The observer of this site's syncs, if one was set.
     pub fn sync_observer(&self) -> Option<&dyn SyncObserver> {
         self.inner.observer.as_deref()
+    }
+
+    /// What strategies may use of this site: its name, record store, object store, repository
+    /// root and command timeout.
+    pub fn strategy_context(&self) -> &StrategyContext {
+        &self.inner.strategy
     }
 }
 
@@ -417,6 +425,10 @@ impl SiteBuilder {
                 })?;
             blobs = Some(Arc::new(confined));
         }
+        let blobs = blobs.unwrap_or_else(|| Arc::new(InMemory::new()));
+        let strategy = StrategyContext::new(self.name.clone(), records.clone(), blobs.clone())
+            .with_repository_root(self.repository_root.clone())
+            .with_command_timeout(self.timeouts.command);
         Ok(Site {
             inner: Arc::new(Inner {
                 name: self.name,
@@ -425,7 +437,7 @@ impl SiteBuilder {
                 records,
                 verification,
                 registry,
-                blobs: blobs.unwrap_or_else(|| Arc::new(InMemory::new())),
+                blobs,
                 blob_directory: self.blob_directory,
                 repository_root: self.repository_root,
                 primary: self.primary,
@@ -434,6 +446,7 @@ impl SiteBuilder {
                 retry: self.retry,
                 timeouts: self.timeouts,
                 observer: self.observer,
+                strategy,
             }),
         })
     }

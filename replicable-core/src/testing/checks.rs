@@ -436,7 +436,10 @@ pub async fn secondary_verification_detects_corruption_and_resyncs<M: Replicable
     let resource = fixture.record.resource();
     let target = crate::replicator::ReplicationTarget::<M>::new(&h.secondary, 131);
     M::Strategy::default()
-        .corrupt(&h.secondary, &target.resource_target(&resource))
+        .corrupt(
+            h.secondary.strategy_context(),
+            &target.resource_target(&resource),
+        )
         .await
         .expect("corrupting the copy");
     let replicator = fixture.record.replicator(&h.secondary);
@@ -1180,7 +1183,12 @@ pub async fn a_copy_already_equal_to_the_primary_is_not_downloaded<M: Replicable
     let resource = fixture.record.resource();
     let target = crate::replicator::ReplicationTarget::<M>::new(&secondary, 331);
     M::Strategy::default()
-        .create_fixture(&secondary, &target.resource_target(&resource), &body, 331)
+        .create_fixture(
+            secondary.strategy_context(),
+            &target.resource_target(&resource),
+            &body,
+            331,
+        )
         .await
         .unwrap();
     if let Ok(Some(stored)) = h.primary.records().get(name::<M>(), 331).await {

@@ -185,7 +185,7 @@ impl<M: Replicable> Harness<M> {
         let target = crate::replicator::ReplicationTarget::<M>::new(&self.primary, id);
         let checksum = M::Strategy::default()
             .create_fixture(
-                &self.primary,
+                self.primary.strategy_context(),
                 &target.resource_target(&resource),
                 &body,
                 seed,
