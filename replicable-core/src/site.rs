@@ -11,7 +11,7 @@ use object_store::memory::InMemory;
 use crate::domain::clock::{Clock, SystemClock};
 use crate::domain::retry::RetryPolicy;
 use crate::domain::selective_sync::SelectiveSync;
-use crate::link::PrimaryLink;
+use crate::link::{PrimaryLink, PrimaryStores};
 use crate::observer::SyncObserver;
 use crate::storage::memory::MemoryStore;
 use crate::storage::{Backend, EventLog, RecordStore, RegistryStore, VerificationStore};
@@ -214,6 +214,26 @@ impl Site {
     /// root and command timeout.
     pub fn strategy_context(&self) -> &StrategyContext {
         &self.inner.strategy
+    }
+}
+
+/// The stores an in-process link to this site reads (`InProcessPrimary::new(&primary)`).
+impl From<&Site> for PrimaryStores {
+    fn from(site: &Site) -> Self {
+        let inner = &site.inner;
+        PrimaryStores {
+            event_log: inner.event_log.clone(),
+            records: inner.records.clone(),
+            verification: inner.verification.clone(),
+            blobs: inner.blobs.clone(),
+            repository_root: inner.repository_root.clone(),
+        }
+    }
+}
+
+impl From<Site> for PrimaryStores {
+    fn from(site: Site) -> Self {
+        Self::from(&site)
     }
 }
 

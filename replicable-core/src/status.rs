@@ -333,7 +333,7 @@ pub async fn site_status(
     let replication_enabled = site.is_primary()
         || site
             .registry_store()
-            .replication_enabled(crate::engine::SITE_SWITCH)
+            .replication_enabled(crate::storage::SITE_SWITCH)
             .await?;
     Ok(SiteStatus {
         site: site.name().to_owned(),

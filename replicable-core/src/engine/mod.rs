@@ -52,9 +52,7 @@ use crate::site::Site;
 use idle::{Idle, Wake, sleep_or_stop};
 use sync::{Capacity, InFlightSyncs};
 
-/// The name the replication switch of a whole site is stored under (per-replicable switches use
-/// the replicable's name).
-pub const SITE_SWITCH: &str = "*";
+pub use crate::storage::SITE_SWITCH;
 
 /// The engine could not start.
 #[derive(Debug, thiserror::Error)]

@@ -20,7 +20,7 @@ mod verification_store;
 
 pub use event_log::{EventLog, Publication, Published};
 pub use record_store::{RecordStore, StoredRecord};
-pub use registry_store::{RegistryCounts, RegistryFilter, RegistryStore};
+pub use registry_store::{RegistryCounts, RegistryFilter, RegistryStore, SITE_SWITCH};
 pub use verification_store::{VerificationCounts, VerificationStore};
 
 use std::sync::Arc;

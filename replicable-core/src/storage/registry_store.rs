@@ -11,6 +11,10 @@ use crate::domain::event::{EventId, SkippedEvent};
 use crate::domain::registry::{RegistryRecord, StuckCutoffs, SyncState};
 use crate::domain::verification::VerificationState;
 
+/// The name the replication switch of a whole site is stored under (per-replicable switches use
+/// the replicable's name).
+pub const SITE_SWITCH: &str = "*";
+
 /// Registry counts of one replicable on a secondary.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RegistryCounts {
