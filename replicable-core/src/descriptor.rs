@@ -11,8 +11,9 @@ use futures::future::BoxFuture;
 use crate::domain::error::ReplicatorError;
 use crate::domain::event::Event;
 use crate::domain::registry::RegistryRecord;
+use crate::domain::resource::DataType;
 use crate::domain::verification::VerificationRecord;
-use crate::model::{DataType, Replicable};
+use crate::model::Replicable;
 use crate::replicator::{
     ConsumeOutcome, ReplicationTarget, SyncAttempt, SyncOutcome, VerifyOutcome,
 };

@@ -15,8 +15,8 @@ use object_store::ObjectStore;
 use crate::domain::error::ResourceError;
 use crate::domain::event::EventKind;
 use crate::domain::failure::SyncFailure;
+use crate::domain::resource::{DataType, Resource};
 use crate::link::PrimaryLink;
-use crate::model::{DataType, Resource};
 use crate::storage::{RecordStore, StoredRecord};
 
 /// The resource of one record, as strategies see it: which replicable and record it belongs to,

@@ -23,7 +23,7 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
-use crate::model::DataType;
+use crate::domain::resource::DataType;
 
 /// Every setting of an engine, with defaults for a production site (`geo-demo` shortens the
 /// idle backoff and the periods so that its proofs finish in seconds).

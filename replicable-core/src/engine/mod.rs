@@ -46,8 +46,8 @@ pub use config::EngineConfig;
 
 use crate::descriptor::ReplicableDescriptor;
 use crate::domain::error::StoreError;
+use crate::domain::resource::DataType;
 use crate::engine::cursor::LogCursor;
-use crate::model::DataType;
 use crate::site::Site;
 use idle::{Idle, Wake, sleep_or_stop};
 use sync::{Capacity, InFlightSyncs};

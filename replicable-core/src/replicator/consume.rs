@@ -7,8 +7,9 @@ use super::{CAS_ATTEMPTS, ConsumeOutcome, ReplicationTarget};
 use crate::domain::error::ReplicatorError;
 use crate::domain::event::{Event, EventKind, EventPayload};
 use crate::domain::registry::{RegistryRecord, SyncState};
+use crate::domain::resource::Resource;
 use crate::domain::verification::VerificationState;
-use crate::model::{Replicable, Resource};
+use crate::model::Replicable;
 use crate::strategy::Strategy;
 
 impl<'a, M: Replicable> ReplicationTarget<'a, M> {

@@ -13,9 +13,10 @@ use crate::domain::error::{LinkError, ReplicatorError, ResourceError, StoreError
 use crate::domain::event::{Event, EventId, EventKind};
 use crate::domain::failure::SyncFailure;
 use crate::domain::registry::RegistryRecord;
+use crate::domain::resource::Resource;
 use crate::domain::verification::VerificationRecord;
 use crate::link::PrimaryLink;
-use crate::model::{Replicable, Resource};
+use crate::model::Replicable;
 use crate::site::Site;
 use crate::storage::StoredRecord;
 use crate::strategy::{ResourceTarget, Strategy};

@@ -6,11 +6,12 @@ use crate::descriptor::{find_replicable, registered_replicables};
 use crate::domain::error::ReplicatorError;
 use crate::domain::event::{Event, EventKind, EventPayload, NewEvent};
 use crate::domain::registry::SyncState;
+use crate::domain::resource::Resource;
 use crate::domain::selective_sync::SelectiveSync;
 use crate::domain::verification::{CHECKSUM_MISMATCH, VerificationState};
 use crate::engine::backfill;
 use crate::engine::cursor;
-use crate::model::{Replicable, Resource};
+use crate::model::Replicable;
 use crate::replicator::{ConsumeOutcome, ReplicatorExt, SyncOutcome, VerifyOutcome};
 use crate::site::Site;
 use crate::status::{primary_status, secondary_status};
@@ -1193,7 +1194,7 @@ pub async fn a_copy_already_equal_to_the_primary_is_not_downloaded<M: Replicable
         .unwrap();
     if let Ok(Some(stored)) = h.primary.records().get(name::<M>(), 331).await {
         // Strategies whose resource is the record hold it in the record store.
-        if M::Strategy::DATA_TYPE == crate::model::DataType::Database {
+        if M::Strategy::DATA_TYPE == crate::domain::resource::DataType::Database {
             secondary
                 .records()
                 .put_unless_older(name::<M>(), &stored)

@@ -21,9 +21,9 @@ use crate::domain::event::{
 };
 use crate::domain::failure::SyncFailure;
 use crate::domain::registry::{RegistryRecord, StuckCutoffs, SyncState};
+use crate::domain::resource::Resource;
 use crate::domain::retry::RetryPolicy;
 use crate::domain::verification::{VerificationRecord, VerificationState};
-use crate::model::Resource;
 use crate::storage::memory::MemoryStore;
 use crate::storage::{
     Backend, EventLog, Publication, RecordStore, RegistryStore, StoredRecord, VerificationStore,
