@@ -8,16 +8,17 @@ use std::sync::{Mutex, PoisonError};
 use futures::FutureExt;
 use futures::future::BoxFuture;
 
-use crate::error::ReplicatorError;
-use crate::event::Event;
-use crate::model::{DataType, Replicable};
-use crate::registry::RegistryRecord;
+use crate::domain::error::ReplicatorError;
+use crate::domain::event::Event;
+use crate::domain::registry::RegistryRecord;
+use crate::domain::resource::DataType;
+use crate::domain::verification::VerificationRecord;
+use crate::model::Replicable;
 use crate::replicator::{
     ConsumeOutcome, ReplicationTarget, SyncAttempt, SyncOutcome, VerifyOutcome,
 };
 use crate::site::Site;
 use crate::strategy::Strategy;
-use crate::verification::VerificationRecord;
 
 type ConsumeFn =
     for<'a> fn(&'a Site, &'a Event) -> BoxFuture<'a, Result<ConsumeOutcome, ReplicatorError>>;

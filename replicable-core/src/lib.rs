@@ -19,13 +19,30 @@
 //! replicator.publish_created_event().await?;
 //! ```
 //!
-//! Where things live: [`model`] (the trait), [`event`], [`registry`] and [`verification`] (the
-//! state machines), [`retry`] (the backoff formula), [`strategy`], [`site`], [`primary_link`]
-//! (how a secondary reads the primary), [`storage`] (one trait per storage role), [`replicator`],
-//! [`log_cursor`], [`workers`], [`backfill`], [`status`], [`engine`] (runs a site by itself),
-//! [`local_blobs`] and [`blob_key`] (local blob directories and keys), [`staging`] (sweeping
-//! what crashed syncs left), [`observer`], `cli` and `metrics` (behind the features of those
-//! names), and `testing` (the shared suite, behind the `testing` feature).
+//! # Where things live: layers
+//!
+//! The modules form layers; each imports only its own layer and those before it (the test
+//! `tests/layers.rs` keeps it so):
+//!
+//! 1. [`domain`]: ids, [`resource`](domain::resource)s and [`event`]s, the [`registry`] and
+//!    [`verification`] state machines, [`retry`] (the backoff formula), sync [`failure`]s,
+//!    [`blob_key`]s, [`selective_sync`], the [`clock`] and the [`error`]s;
+//! 2. [`storage`]: one trait per storage role, the SQL and memory backends, and
+//!    [`local_blobs`] (confined local blob directories);
+//! 3. [`link`]: how a secondary reads its primary ([`PrimaryLink`]; [`InProcessPrimary`],
+//!    built from the primary's store handles);
+//! 4. [`strategy`] (with the [`StrategyContext`] a strategy works in), [`model`] (the
+//!    [`Replicable`] trait, which binds a model to its strategy) and [`observer`];
+//! 5. [`site`], [`descriptor`] (the catalogue of replicables) and [`replicator`] (publish,
+//!    consume, sync, verify; `record.replicator(&site)` is an inherent method of every derived
+//!    model, and [`ReplicatorExt`] serves generic code);
+//! 6. [`engine`] (runs a site by itself: the [`log_cursor`], [`workers`], [`backfill`],
+//!    [`staging`] sweeps) and [`status`];
+//! 7. `cli` and `metrics` (behind the features of those names);
+//!
+//! and `testing` (the shared suite, behind the `testing` feature) uses them all. The paths the
+//! modules had before the layers got folders (`replicable_core::event`, `::primary_link`,
+//! `::log_cursor`, ...) stay as re-exports.
 
 #![deny(missing_docs)]
 
@@ -62,19 +79,23 @@ pub mod testing;
 pub use descriptor::{
     DuplicateReplicable, ReplicableDescriptor, find_replicable, register, registered_replicables,
 };
-pub use error::{LinkError, ReplicatorError, ResourceError, StoreError};
-pub use event::{Event, EventId, EventKind, EventPayload};
-pub use failure::SyncFailure;
-pub use model::{DataType, Replicable, Resource};
-pub use primary_link::{InProcessPrimary, PrimaryLink};
-pub use registry::{RegistryRecord, SyncState};
+pub use domain::error::{LinkError, ReplicatorError, ResourceError, StoreError};
+pub use domain::event::{Event, EventId, EventKind, EventPayload};
+pub use domain::failure::SyncFailure;
+pub use domain::registry::{RegistryRecord, SyncState};
+pub use domain::resource::{DataType, Resource};
+pub use domain::selective_sync::SelectiveSync;
+pub use domain::verification::{Verification, VerificationRecord, VerificationState};
+pub use link::{InProcessPrimary, PrimaryLink, PrimaryStores};
+pub use model::Replicable;
 pub use replicator::{
-    ConsumeOutcome, ReplicationTarget, Replicator, SyncAttempt, SyncOutcome, VerifyOutcome,
+    ConsumeOutcome, ReplicationTarget, Replicator, ReplicatorExt, SyncAttempt, SyncOutcome,
+    VerifyOutcome,
 };
-pub use selective_sync::SelectiveSync;
 pub use site::{Site, SiteError, SiteRole};
-pub use strategy::{AlwaysCurrent, ResourceTarget, Strategy, SyncGuard, SyncRequest};
-pub use verification::{Verification, VerificationRecord, VerificationState};
+pub use strategy::{
+    AlwaysCurrent, ResourceTarget, Strategy, StrategyContext, SyncGuard, SyncRequest,
+};
 
 /// `#[derive(Replicable)]`.
 pub use replicable_derive::Replicable;
@@ -84,8 +105,8 @@ pub mod prelude {
     pub use crate::model::Replicable as _;
     pub use crate::{
         ConsumeOutcome, DataType, Event, EventKind, InProcessPrimary, RegistryRecord, Replicable,
-        Replicator, ReplicatorError, SelectiveSync, Site, SiteRole, SyncOutcome, SyncState,
-        VerificationState, VerifyOutcome,
+        Replicator, ReplicatorError, ReplicatorExt, SelectiveSync, Site, SiteRole, SyncOutcome,
+        SyncState, VerificationState, VerifyOutcome,
     };
     pub use serde::{Deserialize, Serialize};
 }
@@ -94,12 +115,13 @@ pub mod prelude {
 #[doc(hidden)]
 pub mod __private {
     pub use crate::descriptor::ReplicableDescriptor;
-    pub use crate::model::DataType;
-    pub use crate::model::{Replicable, Resource};
-    pub use crate::registry::{RegistryRecord, SyncState};
+    pub use crate::domain::registry::{RegistryRecord, SyncState};
+    pub use crate::domain::resource::{DataType, Resource};
+    pub use crate::domain::verification::{VerificationRecord, VerificationState};
+    pub use crate::model::Replicable;
     pub use crate::replicator::Replicator;
+    pub use crate::site::Site;
     pub use crate::strategy::Strategy;
-    pub use crate::verification::{VerificationRecord, VerificationState};
     pub use chrono::{DateTime, Utc};
     pub use inventory;
     pub use std::convert::{AsRef, From, Into};

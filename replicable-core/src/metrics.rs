@@ -35,8 +35,8 @@
 //!   clock with the secondary's: keep the machines' clocks synchronised (NTP).
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use axum::Router;
@@ -44,16 +44,15 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use chrono::{DateTime, Utc};
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use crate::descriptor::ReplicableDescriptor;
+use crate::engine::timings::HISTOGRAMS;
+pub use crate::engine::timings::{ReplicableLabel, record_sync};
 use crate::site::{Site, SiteRole};
 use crate::status::{ReplicableStatus, ReportError, SiteStatus, site_status};
 
@@ -64,66 +63,6 @@ pub const DEFAULT_REFRESH: Duration = Duration::from_secs(15);
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 type FloatGauge = Gauge<f64, AtomicU64>;
-
-/// The `replicable` label of the histograms.
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ReplicableLabel {
-    /// The replicable's name.
-    pub replicable: String,
-}
-
-type HistogramFamily = Family<ReplicableLabel, Histogram, fn() -> Histogram>;
-
-fn seconds_histogram() -> Histogram {
-    // 5 ms up to about 1.5 hours.
-    Histogram::new(exponential_buckets(0.005, 2.0, 21))
-}
-
-/// The histograms, shared by every [`Metrics`] in the process so that [`record_sync`] needs
-/// no handle.
-struct Histograms {
-    sync_delay: HistogramFamily,
-    sync_duration: HistogramFamily,
-    replication_lag: HistogramFamily,
-}
-
-static HISTOGRAMS: LazyLock<Histograms> = LazyLock::new(|| Histograms {
-    sync_delay: Family::new_with_constructor(seconds_histogram),
-    sync_duration: Family::new_with_constructor(seconds_histogram),
-    replication_lag: Family::new_with_constructor(seconds_histogram),
-});
-
-fn seconds_between(from: DateTime<Utc>, to: DateTime<Utc>) -> f64 {
-    (to - from)
-        .num_microseconds()
-        .map_or(0.0, |us| us.max(0) as f64 / 1e6)
-}
-
-/// Records one finished sync of `replicable`: its duration (`started` -> `finished`) and, when
-/// the event that caused it is known, the sync delay (`event_published_at` -> `started`) and
-/// the end-to-end replication lag (`event_published_at` -> `finished`). Cheap: no I/O.
-pub fn record_sync(
-    replicable: &str,
-    started: DateTime<Utc>,
-    finished: DateTime<Utc>,
-    event_published_at: Option<DateTime<Utc>>,
-) {
-    let label = ReplicableLabel {
-        replicable: replicable.to_owned(),
-    };
-    let h = &*HISTOGRAMS;
-    h.sync_duration
-        .get_or_create(&label)
-        .observe(seconds_between(started, finished));
-    if let Some(published) = event_published_at {
-        h.sync_delay
-            .get_or_create(&label)
-            .observe(seconds_between(published, started));
-        h.replication_lag
-            .get_or_create(&label)
-            .observe(seconds_between(published, finished));
-    }
-}
 
 /// The gauges of one replicable.
 #[derive(Debug, Default)]

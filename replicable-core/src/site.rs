@@ -8,13 +8,14 @@ use chrono::{DateTime, Utc};
 use object_store::ObjectStore;
 use object_store::memory::InMemory;
 
-use crate::clock::{Clock, SystemClock};
+use crate::domain::clock::{Clock, SystemClock};
+use crate::domain::retry::RetryPolicy;
+use crate::domain::selective_sync::SelectiveSync;
+use crate::link::{PrimaryLink, PrimaryStores};
 use crate::observer::SyncObserver;
-use crate::primary_link::PrimaryLink;
-use crate::retry::RetryPolicy;
-use crate::selective_sync::SelectiveSync;
 use crate::storage::memory::MemoryStore;
 use crate::storage::{Backend, EventLog, RecordStore, RegistryStore, VerificationStore};
+use crate::strategy::StrategyContext;
 
 /// Whether a site is the primary or a secondary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -62,17 +63,17 @@ impl Default for Timeouts {
             heartbeat_interval: Duration::from_secs(5),
             claim_timeout: Duration::from_secs(60),
             cursor_lease: Duration::from_secs(30),
-            command: Duration::from_secs(3600),
+            command: StrategyContext::DEFAULT_COMMAND_TIMEOUT,
         }
     }
 }
 
 impl Timeouts {
     /// The cutoffs for stuck work at `now`.
-    pub fn cutoffs(&self, now: DateTime<Utc>) -> crate::registry::StuckCutoffs {
+    pub fn cutoffs(&self, now: DateTime<Utc>) -> crate::domain::registry::StuckCutoffs {
         let before =
             |d: Duration| now - chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX);
-        crate::registry::StuckCutoffs {
+        crate::domain::registry::StuckCutoffs {
             sync_started_before: before(self.sync),
             verification_started_before: before(self.verification),
             heartbeat_before: before(self.claim_timeout),
@@ -96,6 +97,7 @@ struct Inner {
     retry: RetryPolicy,
     timeouts: Timeouts,
     observer: Option<Arc<dyn SyncObserver>>,
+    strategy: StrategyContext,
 }
 
 /// A site and its stores. Cheap to clone: clones share everything.
@@ -206,6 +208,32 @@ impl Site {
     /// The observer of this site's syncs, if one was set.
     pub fn sync_observer(&self) -> Option<&dyn SyncObserver> {
         self.inner.observer.as_deref()
+    }
+
+    /// What strategies may use of this site: its name, record store, object store, repository
+    /// root and command timeout.
+    pub fn strategy_context(&self) -> &StrategyContext {
+        &self.inner.strategy
+    }
+}
+
+/// The stores an in-process link to this site reads (`InProcessPrimary::new(&primary)`).
+impl From<&Site> for PrimaryStores {
+    fn from(site: &Site) -> Self {
+        let inner = &site.inner;
+        PrimaryStores {
+            event_log: inner.event_log.clone(),
+            records: inner.records.clone(),
+            verification: inner.verification.clone(),
+            blobs: inner.blobs.clone(),
+            repository_root: inner.repository_root.clone(),
+        }
+    }
+}
+
+impl From<Site> for PrimaryStores {
+    fn from(site: Site) -> Self {
+        Self::from(&site)
     }
 }
 
@@ -335,7 +363,7 @@ impl SiteBuilder {
     }
 
     /// Keeps blobs in the local directory `dir` (created if missing), confined to it
-    /// ([`ConfinedLocalFileSystem`](crate::local_blobs::ConfinedLocalFileSystem)). Unlike
+    /// ([`ConfinedLocalFileSystem`](crate::storage::local_blobs::ConfinedLocalFileSystem)). Unlike
     /// [`blob_store`](Self::blob_store) with such a store, the site knows the directory, so the
     /// staging sweep also removes the part files an interrupted multipart write leaves there.
     pub fn blob_directory(mut self, dir: impl Into<PathBuf>) -> Self {
@@ -407,7 +435,8 @@ impl SiteBuilder {
             let confined = std::fs::create_dir_all(dir)
                 .map_err(|e| e.to_string())
                 .and_then(|()| {
-                    crate::local_blobs::ConfinedLocalFileSystem::new(dir).map_err(|e| e.to_string())
+                    crate::storage::local_blobs::ConfinedLocalFileSystem::new(dir)
+                        .map_err(|e| e.to_string())
                 })
                 .map_err(|reason| SiteError::BlobDirectory {
                     site: self.name.clone(),
@@ -416,6 +445,10 @@ impl SiteBuilder {
                 })?;
             blobs = Some(Arc::new(confined));
         }
+        let blobs = blobs.unwrap_or_else(|| Arc::new(InMemory::new()));
+        let strategy = StrategyContext::new(self.name.clone(), records.clone(), blobs.clone())
+            .with_repository_root(self.repository_root.clone())
+            .with_command_timeout(self.timeouts.command);
         Ok(Site {
             inner: Arc::new(Inner {
                 name: self.name,
@@ -424,7 +457,7 @@ impl SiteBuilder {
                 records,
                 verification,
                 registry,
-                blobs: blobs.unwrap_or_else(|| Arc::new(InMemory::new())),
+                blobs,
                 blob_directory: self.blob_directory,
                 repository_root: self.repository_root,
                 primary: self.primary,
@@ -433,6 +466,7 @@ impl SiteBuilder {
                 retry: self.retry,
                 timeouts: self.timeouts,
                 observer: self.observer,
+                strategy,
             }),
         })
     }

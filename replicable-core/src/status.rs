@@ -4,8 +4,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::descriptor::ReplicableDescriptor;
-use crate::error::StoreError;
-use crate::event::EventId;
+use crate::domain::error::StoreError;
+use crate::domain::event::EventId;
 use crate::site::Site;
 use crate::storage::{RegistryCounts, VerificationCounts};
 
@@ -147,7 +147,7 @@ pub enum ReportError {
     Store(#[from] StoreError),
     /// The primary could not be read.
     #[error(transparent)]
-    Link(#[from] crate::error::LinkError),
+    Link(#[from] crate::domain::error::LinkError),
     /// The site is not a secondary.
     #[error("site `{0}` is not a secondary")]
     NotSecondary(String),
@@ -280,7 +280,7 @@ pub async fn event_position(site: &Site) -> Result<EventPosition, ReportError> {
         return Ok(position);
     };
     position.last_event_id = link.last_event_id().await?;
-    let created_at = |entries: Vec<crate::event::LogEntry>, id: EventId| {
+    let created_at = |entries: Vec<crate::domain::event::LogEntry>, id: EventId| {
         entries
             .into_iter()
             .find(|e| e.id() == id)
@@ -333,7 +333,7 @@ pub async fn site_status(
     let replication_enabled = site.is_primary()
         || site
             .registry_store()
-            .replication_enabled(crate::engine::SITE_SWITCH)
+            .replication_enabled(crate::storage::SITE_SWITCH)
             .await?;
     Ok(SiteStatus {
         site: site.name().to_owned(),

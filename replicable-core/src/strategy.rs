@@ -5,15 +5,19 @@
 //! test suite) make a sample of it. The built-in strategies live in `replicable-strategies`;
 //! users may write their own.
 
-use async_trait::async_trait;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
-use crate::error::ResourceError;
-use crate::event::EventKind;
-use crate::failure::SyncFailure;
-use crate::model::{DataType, Resource};
-use crate::primary_link::PrimaryLink;
-use crate::site::Site;
-use crate::storage::StoredRecord;
+use async_trait::async_trait;
+use object_store::ObjectStore;
+
+use crate::domain::error::ResourceError;
+use crate::domain::event::EventKind;
+use crate::domain::failure::SyncFailure;
+use crate::domain::resource::{DataType, Resource};
+use crate::link::PrimaryLink;
+use crate::storage::{RecordStore, StoredRecord};
 
 /// The resource of one record, as strategies see it: which replicable and record it belongs to,
 /// and where it lives.
@@ -37,10 +41,95 @@ impl std::fmt::Display for ResourceTarget<'_> {
     }
 }
 
+/// What a strategy may use of a site: its name, its record store, its object store, its
+/// repository root and how long one external command may run. A site gives its own with
+/// `Site::strategy_context`; tools and tests of a strategy on its own may build one.
+///
+/// Cheap to clone: the stores are shared handles.
+#[derive(Clone)]
+pub struct StrategyContext {
+    site_name: Arc<str>,
+    records: Arc<dyn RecordStore>,
+    blobs: Arc<dyn ObjectStore>,
+    repository_root: Option<PathBuf>,
+    command_timeout: Duration,
+}
+
+impl std::fmt::Debug for StrategyContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StrategyContext")
+            .field("site_name", &self.site_name)
+            .field("blobs", &self.blobs.to_string())
+            .field("repository_root", &self.repository_root)
+            .field("command_timeout", &self.command_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StrategyContext {
+    /// How long one external command may run unless set otherwise (1 hour).
+    pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(3600);
+
+    /// The context of site `site_name` with its record store and object store, no repository
+    /// root, and the default command timeout.
+    pub fn new(
+        site_name: impl Into<String>,
+        records: Arc<dyn RecordStore>,
+        blobs: Arc<dyn ObjectStore>,
+    ) -> Self {
+        Self {
+            site_name: site_name.into().into(),
+            records,
+            blobs,
+            repository_root: None,
+            command_timeout: Self::DEFAULT_COMMAND_TIMEOUT,
+        }
+    }
+
+    /// Sets the directory holding the site's git repositories.
+    pub fn with_repository_root(mut self, root: Option<PathBuf>) -> Self {
+        self.repository_root = root;
+        self
+    }
+
+    /// Sets how long one external command (a `git clone`, a `git fetch`) may run before it is
+    /// killed and the sync failed.
+    pub fn with_command_timeout(mut self, timeout: Duration) -> Self {
+        self.command_timeout = timeout;
+        self
+    }
+
+    /// The site's name.
+    pub fn site_name(&self) -> &str {
+        &self.site_name
+    }
+
+    /// The site's record store (the primary's catalogue; the database strategy's copies on a
+    /// secondary).
+    pub fn records(&self) -> &dyn RecordStore {
+        &*self.records
+    }
+
+    /// The object store holding the site's blobs.
+    pub fn blob_store(&self) -> &Arc<dyn ObjectStore> {
+        &self.blobs
+    }
+
+    /// The directory holding the site's git repositories, if it has one.
+    pub fn repository_root(&self) -> Option<&Path> {
+        self.repository_root.as_deref()
+    }
+
+    /// How long one external command of a strategy may run.
+    pub fn command_timeout(&self) -> Duration {
+        self.command_timeout
+    }
+}
+
 /// What a strategy needs to copy one resource to a secondary.
 pub struct SyncRequest<'a> {
-    /// The secondary site the copy is made on.
-    pub site: &'a Site,
+    /// The secondary site the copy is made on, as strategies see it.
+    pub context: &'a StrategyContext,
     /// How the secondary reads the primary.
     pub primary: &'a dyn PrimaryLink,
     /// The replicable's name.
@@ -101,7 +190,7 @@ impl SyncRequest<'_> {
 /// The data-type specific part of a replicator.
 ///
 /// A strategy is a stateless value made with `Default`; everything it works on comes from the
-/// [`Site`] and the request.
+/// site's [`StrategyContext`] and the request.
 #[async_trait]
 pub trait Strategy: Default + Send + Sync + 'static {
     /// The name shown in errors and status (`"BlobStrategy"`).
@@ -132,7 +221,7 @@ pub trait Strategy: Default + Send + Sync + 'static {
         Ok(())
     }
 
-    /// Copies the resource from the primary onto `request.site`.
+    /// Copies the resource from the primary onto the site of `request.context`.
     ///
     /// The copy must not become visible under its real location before it is complete and, when
     /// `primary_checksum` is given, before its checksum matches. Stage it first (a temporary
@@ -145,24 +234,28 @@ pub trait Strategy: Default + Send + Sync + 'static {
     async fn sync(&self, request: SyncRequest<'_>) -> Result<(), SyncFailure>;
 
     /// Removes the local copy of a resource. Removing one that does not exist succeeds.
-    async fn remove(&self, site: &Site, target: &ResourceTarget<'_>) -> Result<(), ResourceError>;
+    async fn remove(
+        &self,
+        context: &StrategyContext,
+        target: &ResourceTarget<'_>,
+    ) -> Result<(), ResourceError>;
 
-    /// The checksum of the resource as `site` holds it (lower-case hex).
+    /// The checksum of the resource as the site of `context` holds it (lower-case hex).
     ///
-    /// `record` is the record as `site` stores it, for strategies whose resource is the record.
+    /// `record` is the record as that site stores it, for strategies whose resource is the record.
     async fn checksum(
         &self,
-        site: &Site,
+        context: &StrategyContext,
         target: &ResourceTarget<'_>,
         record: Option<&StoredRecord>,
     ) -> Result<String, ResourceError>;
 
-    /// Makes a sample resource on `site` for the shared test suite, derived from `seed`, for the
+    /// Makes a sample resource on the site of `context` for the shared test suite, derived from `seed`, for the
     /// record serialized as `record`, and returns its checksum computed independently of
     /// [`Strategy::checksum`].
     async fn create_fixture(
         &self,
-        site: &Site,
+        context: &StrategyContext,
         target: &ResourceTarget<'_>,
         record: &serde_json::Value,
         seed: u64,
@@ -170,7 +263,11 @@ pub trait Strategy: Default + Send + Sync + 'static {
 
     /// Damages the local copy of a resource behind the framework's back, for the shared test
     /// suite's corruption checks.
-    async fn corrupt(&self, site: &Site, target: &ResourceTarget<'_>) -> Result<(), ResourceError>;
+    async fn corrupt(
+        &self,
+        context: &StrategyContext,
+        target: &ResourceTarget<'_>,
+    ) -> Result<(), ResourceError>;
 }
 
 /// The strategy the derive puts in place when the model's attributes have errors, so that the
@@ -192,13 +289,17 @@ impl Strategy for UnresolvedStrategy {
         ))
     }
 
-    async fn remove(&self, _: &Site, target: &ResourceTarget<'_>) -> Result<(), ResourceError> {
+    async fn remove(
+        &self,
+        _: &StrategyContext,
+        target: &ResourceTarget<'_>,
+    ) -> Result<(), ResourceError> {
         Err(unresolved(target))
     }
 
     async fn checksum(
         &self,
-        _: &Site,
+        _: &StrategyContext,
         target: &ResourceTarget<'_>,
         _: Option<&StoredRecord>,
     ) -> Result<String, ResourceError> {
@@ -207,7 +308,7 @@ impl Strategy for UnresolvedStrategy {
 
     async fn create_fixture(
         &self,
-        _: &Site,
+        _: &StrategyContext,
         target: &ResourceTarget<'_>,
         _: &serde_json::Value,
         _: u64,
@@ -215,7 +316,11 @@ impl Strategy for UnresolvedStrategy {
         Err(unresolved(target))
     }
 
-    async fn corrupt(&self, _: &Site, target: &ResourceTarget<'_>) -> Result<(), ResourceError> {
+    async fn corrupt(
+        &self,
+        _: &StrategyContext,
+        target: &ResourceTarget<'_>,
+    ) -> Result<(), ResourceError> {
         Err(unresolved(target))
     }
 }

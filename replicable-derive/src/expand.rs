@@ -1,4 +1,5 @@
-//! Generates the trait impl, the typed rows, the replicator alias and the registration.
+//! Generates the trait impl, the typed rows, the replicator alias and method, and the
+//! registration.
 
 use proc_macro2::TokenStream;
 use quote::{format_ident, quote, quote_spanned};
@@ -195,6 +196,19 @@ fn expand(model: &Model<'_>, fallback: bool) -> TokenStream {
 
                 fn resource(&self) -> #rp::Resource {
                     #resource
+                }
+            }
+
+            #[automatically_derived]
+            impl #ident {
+                /// The replicator of this record on `site`: publishes its events on the
+                /// primary, syncs and verifies it on a secondary.
+                #[allow(dead_code)]
+                pub fn replicator<'a>(
+                    &'a self,
+                    site: &'a #rp::Site,
+                ) -> #rp::Replicator<'a, Self> {
+                    #rp::Replicator::new(site, self)
                 }
             }
 

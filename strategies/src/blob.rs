@@ -15,7 +15,8 @@ use replicable_core::failure::shorten_name;
 use replicable_core::local_blobs::refusal;
 use replicable_core::storage::StoredRecord;
 use replicable_core::{
-    DataType, LinkError, ResourceError, ResourceTarget, Site, Strategy, SyncFailure, SyncRequest,
+    DataType, LinkError, ResourceError, ResourceTarget, Strategy, StrategyContext, SyncFailure,
+    SyncRequest,
 };
 use sha2::{Digest, Sha256};
 
@@ -174,7 +175,7 @@ impl Strategy for BlobStrategy {
             Err(e) => return Err(SyncFailure::new(e.to_string())),
         };
         let expected_size = download_source.size;
-        let store = request.site.blob_store();
+        let store = request.context.blob_store();
         let tmp = temporary_path(request.replicable_name, request.model_id);
         let (checksum, size) = download(&**store, &tmp, download_source.stream).await?;
         let discard = |failure: SyncFailure| async {
@@ -205,10 +206,14 @@ impl Strategy for BlobStrategy {
         Ok(())
     }
 
-    async fn remove(&self, site: &Site, target: &ResourceTarget<'_>) -> Result<(), ResourceError> {
+    async fn remove(
+        &self,
+        context: &StrategyContext,
+        target: &ResourceTarget<'_>,
+    ) -> Result<(), ResourceError> {
         let key = blob_key(target.resource)?;
         let path = object_path(key)?;
-        match site.blob_store().delete(&path).await {
+        match context.blob_store().delete(&path).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(io_error(key, e)),
         }
@@ -216,17 +221,17 @@ impl Strategy for BlobStrategy {
 
     async fn checksum(
         &self,
-        site: &Site,
+        context: &StrategyContext,
         target: &ResourceTarget<'_>,
         _record: Option<&StoredRecord>,
     ) -> Result<String, ResourceError> {
         let path = object_path(blob_key(target.resource)?)?;
-        object_sha256(&**site.blob_store(), &path).await
+        object_sha256(&**context.blob_store(), &path).await
     }
 
     async fn create_fixture(
         &self,
-        site: &Site,
+        context: &StrategyContext,
         target: &ResourceTarget<'_>,
         _record: &serde_json::Value,
         seed: u64,
@@ -235,17 +240,23 @@ impl Strategy for BlobStrategy {
         let path = object_path(key)?;
         let bytes = fixture_bytes(seed);
         let checksum = crate::sha256_hex(&bytes);
-        site.blob_store()
+        context
+            .blob_store()
             .put(&path, PutPayload::from(bytes))
             .await
             .map_err(|e| io_error(key, e))?;
         Ok(checksum)
     }
 
-    async fn corrupt(&self, site: &Site, target: &ResourceTarget<'_>) -> Result<(), ResourceError> {
+    async fn corrupt(
+        &self,
+        context: &StrategyContext,
+        target: &ResourceTarget<'_>,
+    ) -> Result<(), ResourceError> {
         let key = blob_key(target.resource)?;
         let path = object_path(key)?;
-        site.blob_store()
+        context
+            .blob_store()
             .put(
                 &path,
                 PutPayload::from_static(b"corrupted behind the framework's back"),

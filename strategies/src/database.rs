@@ -9,7 +9,8 @@
 use async_trait::async_trait;
 use replicable_core::storage::StoredRecord;
 use replicable_core::{
-    DataType, Resource, ResourceError, ResourceTarget, Site, Strategy, SyncFailure, SyncRequest,
+    DataType, Resource, ResourceError, ResourceTarget, Strategy, StrategyContext, SyncFailure,
+    SyncRequest,
 };
 
 /// Replicates records whose data is the row itself (settings, metadata, ...).
@@ -96,9 +97,14 @@ impl Strategy for DatabaseStrategy {
         not_a_record(&request.target()).map_err(|e| SyncFailure::new(e.to_string()))
     }
 
-    async fn remove(&self, site: &Site, target: &ResourceTarget<'_>) -> Result<(), ResourceError> {
+    async fn remove(
+        &self,
+        context: &StrategyContext,
+        target: &ResourceTarget<'_>,
+    ) -> Result<(), ResourceError> {
         not_a_record(target)?;
-        site.records()
+        context
+            .records()
             .delete(target.replicable_name, target.model_id)
             .await
             .map(|_| ())
@@ -107,7 +113,7 @@ impl Strategy for DatabaseStrategy {
 
     async fn checksum(
         &self,
-        _site: &Site,
+        _context: &StrategyContext,
         target: &ResourceTarget<'_>,
         record: Option<&StoredRecord>,
     ) -> Result<String, ResourceError> {
@@ -121,7 +127,7 @@ impl Strategy for DatabaseStrategy {
 
     async fn create_fixture(
         &self,
-        _site: &Site,
+        _context: &StrategyContext,
         target: &ResourceTarget<'_>,
         record: &serde_json::Value,
         _seed: u64,
@@ -140,9 +146,13 @@ impl Strategy for DatabaseStrategy {
         ))
     }
 
-    async fn corrupt(&self, site: &Site, target: &ResourceTarget<'_>) -> Result<(), ResourceError> {
+    async fn corrupt(
+        &self,
+        context: &StrategyContext,
+        target: &ResourceTarget<'_>,
+    ) -> Result<(), ResourceError> {
         not_a_record(target)?;
-        let records = site.records();
+        let records = context.records();
         let mut copy = records
             .get(target.replicable_name, target.model_id)
             .await

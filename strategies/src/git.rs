@@ -34,8 +34,8 @@ use replicable_core::blob_key::{RESERVED_PREFIX, parse_repository_path, resolve_
 use replicable_core::failure::shorten_name;
 use replicable_core::storage::StoredRecord;
 use replicable_core::{
-    DataType, LinkError, Resource, ResourceError, ResourceTarget, Site, Strategy, SyncFailure,
-    SyncRequest,
+    DataType, LinkError, Resource, ResourceError, ResourceTarget, Strategy, StrategyContext,
+    SyncFailure, SyncRequest,
 };
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
@@ -205,11 +205,14 @@ fn resource_name(target: &ResourceTarget<'_>) -> String {
 
 /// The repository's directory beneath the site's root, refused if any component below the root
 /// is a symbolic link.
-fn local_repository(site: &Site, target: &ResourceTarget<'_>) -> Result<PathBuf, ResourceError> {
+fn local_repository(
+    context: &StrategyContext,
+    target: &ResourceTarget<'_>,
+) -> Result<PathBuf, ResourceError> {
     let relative = repository_path(target)?;
-    let root = site.repository_root().ok_or_else(|| ResourceError::Io {
+    let root = context.repository_root().ok_or_else(|| ResourceError::Io {
         resource: resource_name(target),
-        reason: format!("site `{}` has no repository root", site.name()),
+        reason: format!("site `{}` has no repository root", context.site_name()),
     })?;
     resolve_beneath(root, &relative, &resource_name(target))
 }
@@ -491,12 +494,12 @@ impl GitRepositoryStrategy {
         local: &Path,
         remote: &str,
     ) -> Result<(), SyncFailure> {
-        let timeout = request.site.timeouts().command;
+        let timeout = request.context.command_timeout();
         let failure = |e: GitError| SyncFailure::new(e.to_string());
-        let root = request.site.repository_root().ok_or_else(|| {
+        let root = request.context.repository_root().ok_or_else(|| {
             SyncFailure::new(format!(
                 "site `{}` has no repository root",
-                request.site.name()
+                request.context.site_name()
             ))
         })?;
         let tmp = temporary_dir(root, request.replicable_name, request.model_id)?;
@@ -562,7 +565,7 @@ impl GitRepositoryStrategy {
         local: &Path,
         remote: &str,
     ) -> Result<(), SyncFailure> {
-        let timeout = request.site.timeouts().command;
+        let timeout = request.context.command_timeout();
         let failure = |e: GitError| SyncFailure::new(e.to_string());
         // The primary's HEAD, before its refs: a HEAD naming a ref the fetch then lacks only
         // leaves HEAD unchanged.
@@ -732,13 +735,17 @@ impl Strategy for GitRepositoryStrategy {
     }
 
     async fn sync(&self, request: SyncRequest<'_>) -> Result<(), SyncFailure> {
-        let local = local_repository(request.site, &request.target())
+        let local = local_repository(request.context, &request.target())
             .map_err(|e| SyncFailure::new(e.to_string()))?;
         self.sync_repository(&request, &local).await
     }
 
-    async fn remove(&self, site: &Site, target: &ResourceTarget<'_>) -> Result<(), ResourceError> {
-        let local = local_repository(site, target)?;
+    async fn remove(
+        &self,
+        context: &StrategyContext,
+        target: &ResourceTarget<'_>,
+    ) -> Result<(), ResourceError> {
+        let local = local_repository(context, target)?;
         match tokio::fs::remove_dir_all(&local).await {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -748,34 +755,34 @@ impl Strategy for GitRepositoryStrategy {
 
     async fn checksum(
         &self,
-        site: &Site,
+        context: &StrategyContext,
         target: &ResourceTarget<'_>,
         _record: Option<&StoredRecord>,
     ) -> Result<String, ResourceError> {
-        let local = local_repository(site, target)?;
+        let local = local_repository(context, target)?;
         if !local.exists() {
             return Err(ResourceError::Missing {
                 resource: target.resource.to_string(),
             });
         }
-        repository_checksum(&local, site.timeouts().command)
+        repository_checksum(&local, context.command_timeout())
             .await
             .map_err(|e| io_error(target, e))
     }
 
     async fn create_fixture(
         &self,
-        site: &Site,
+        context: &StrategyContext,
         target: &ResourceTarget<'_>,
         _record: &serde_json::Value,
         seed: u64,
     ) -> Result<String, ResourceError> {
-        let local = local_repository(site, target)?;
+        let local = local_repository(context, target)?;
         let content = format!(
             "fixture {seed} of {} {}\n",
             target.replicable_name, target.model_id
         );
-        let commit = write_commit(&local, &content, true, site.timeouts().command)
+        let commit = write_commit(&local, &content, true, context.command_timeout())
             .await
             .map_err(|e| io_error(target, e))?;
         // HEAD -> refs/heads/main is the only ref the fixture has.
@@ -785,13 +792,17 @@ impl Strategy for GitRepositoryStrategy {
         ]))
     }
 
-    async fn corrupt(&self, site: &Site, target: &ResourceTarget<'_>) -> Result<(), ResourceError> {
-        let local = local_repository(site, target)?;
+    async fn corrupt(
+        &self,
+        context: &StrategyContext,
+        target: &ResourceTarget<'_>,
+    ) -> Result<(), ResourceError> {
+        let local = local_repository(context, target)?;
         write_commit(
             &local,
             "changed behind the framework's back\n",
             false,
-            site.timeouts().command,
+            context.command_timeout(),
         )
         .await
         .map(|_| ())

@@ -260,7 +260,10 @@ fn removing_a_blob_that_is_already_gone_succeeds() {
             model_id: 8,
             resource: &resource,
         };
-        strategy.remove(&h.secondary, &target).await.unwrap();
+        strategy
+            .remove(h.secondary.strategy_context(), &target)
+            .await
+            .unwrap();
         h.secondary
             .blob_store()
             .put(
@@ -269,10 +272,13 @@ fn removing_a_blob_that_is_already_gone_succeeds() {
             )
             .await
             .unwrap();
-        strategy.remove(&h.secondary, &target).await.unwrap();
+        strategy
+            .remove(h.secondary.strategy_context(), &target)
+            .await
+            .unwrap();
         assert!(
             strategy
-                .checksum(&h.secondary, &target, None)
+                .checksum(h.secondary.strategy_context(), &target, None)
                 .await
                 .is_err()
         );
@@ -344,7 +350,7 @@ impl Dirs {
         };
         BlobStrategy
             .sync(SyncRequest {
-                site: &self.secondary,
+                context: self.secondary.strategy_context(),
                 primary: &link,
                 replicable_name: "upload",
                 model_id: 1,
@@ -448,7 +454,7 @@ fn a_deleted_event_does_not_remove_a_file_behind_a_link() {
             resource: &resource,
         };
         let err = BlobStrategy
-            .remove(&d.secondary, &target)
+            .remove(d.secondary.strategy_context(), &target)
             .await
             .unwrap_err();
         let ResourceError::Refused { reason, .. } = &err else {

@@ -453,7 +453,7 @@ async fn sync_with(s: &Sites, path: &str, guard: &dyn SyncGuard) -> Result<(), S
         resource: &resource,
     };
     let checksum = GitRepositoryStrategy
-        .checksum(&s.primary, &target, None)
+        .checksum(s.primary.strategy_context(), &target, None)
         .await
         .ok();
     let record = StoredRecord {
@@ -463,7 +463,7 @@ async fn sync_with(s: &Sites, path: &str, guard: &dyn SyncGuard) -> Result<(), S
     };
     GitRepositoryStrategy
         .sync(SyncRequest {
-            site: &s.secondary,
+            context: s.secondary.strategy_context(),
             primary: &link,
             replicable_name: "repo",
             model_id: 1,
@@ -591,7 +591,7 @@ async fn a_link_in_the_secondary_s_repository_root_is_refused_for_sync_and_remov
         resource: &resource,
     };
     let err = GitRepositoryStrategy
-        .remove(&s.secondary, &target)
+        .remove(s.secondary.strategy_context(), &target)
         .await
         .unwrap_err();
     let ResourceError::Refused { reason, .. } = &err else {
@@ -604,7 +604,7 @@ async fn a_link_in_the_secondary_s_repository_root_is_refused_for_sync_and_remov
     );
     assert!(
         GitRepositoryStrategy
-            .checksum(&s.secondary, &target, None)
+            .checksum(s.secondary.strategy_context(), &target, None)
             .await
             .is_err()
     );

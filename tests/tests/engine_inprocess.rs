@@ -16,8 +16,8 @@ use replicable_core::observer::SyncObserver;
 use replicable_core::prelude::*;
 use replicable_core::storage::{Backend, StoredRecord};
 use replicable_core::{
-    ReplicableDescriptor, ResourceError, ResourceTarget, Strategy, SyncFailure, SyncRequest,
-    find_replicable,
+    ReplicableDescriptor, ResourceError, ResourceTarget, Strategy, StrategyContext, SyncFailure,
+    SyncRequest, find_replicable,
 };
 use replicable_strategies::{BlobStrategy, DatabaseStrategy};
 use replicable_tests::{PostgresTarget, SqliteTarget};
@@ -53,12 +53,16 @@ impl Strategy for PanickingStrategy {
     async fn sync(&self, _: SyncRequest<'_>) -> Result<(), SyncFailure> {
         panic!("the strategy fell over")
     }
-    async fn remove(&self, _: &Site, _: &ResourceTarget<'_>) -> Result<(), ResourceError> {
+    async fn remove(
+        &self,
+        _: &StrategyContext,
+        _: &ResourceTarget<'_>,
+    ) -> Result<(), ResourceError> {
         Ok(())
     }
     async fn checksum(
         &self,
-        _: &Site,
+        _: &StrategyContext,
         _: &ResourceTarget<'_>,
         _: Option<&StoredRecord>,
     ) -> Result<String, ResourceError> {
@@ -66,14 +70,18 @@ impl Strategy for PanickingStrategy {
     }
     async fn create_fixture(
         &self,
-        _: &Site,
+        _: &StrategyContext,
         _: &ResourceTarget<'_>,
         _: &serde_json::Value,
         _: u64,
     ) -> Result<String, ResourceError> {
         Ok(String::new())
     }
-    async fn corrupt(&self, _: &Site, _: &ResourceTarget<'_>) -> Result<(), ResourceError> {
+    async fn corrupt(
+        &self,
+        _: &StrategyContext,
+        _: &ResourceTarget<'_>,
+    ) -> Result<(), ResourceError> {
         Ok(())
     }
 }

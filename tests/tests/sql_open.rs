@@ -172,3 +172,36 @@ fn a_newer_replicable_schema_is_refused_on_first_use() {
         );
     });
 }
+
+#[test]
+fn the_replicables_named_in_the_options_get_their_tables_at_open() {
+    block_on(async {
+        let target = SqliteTarget::new();
+        // The store knows no replicable by itself: opening creates no replicable's tables.
+        let plain = SqlStore::open(&target.url).await.unwrap();
+        assert_eq!(
+            plain.schema_version("replicable:early").await.unwrap(),
+            None
+        );
+        plain.close().await;
+        let options = SqlOptions {
+            replicables: vec!["early".into()],
+            ..SqlOptions::default()
+        };
+        let store = SqlStore::open_with(&target.url, options.clone())
+            .await
+            .unwrap();
+        assert_eq!(
+            store.schema_version("replicable:early").await.unwrap(),
+            Some(REPLICABLE_VERSION)
+        );
+        // A named replicable whose tables are newer than this build is refused at open.
+        bump(&store, "replicable:early", REPLICABLE_VERSION + 1).await;
+        store.close().await;
+        let err = open_error(SqlStore::open_with(&target.url, options).await);
+        assert!(
+            matches!(err, StoreError::SchemaTooNew { found, .. } if found == REPLICABLE_VERSION + 1),
+            "{err}"
+        );
+    });
+}

@@ -9,7 +9,6 @@ use object_store::ObjectStoreExt;
 use replicable_core::blob_key::object_path;
 use replicable_core::descriptor::ReplicableDescriptor;
 use replicable_core::engine::EngineHandle;
-use replicable_core::prelude::*;
 use replicable_core::replicator::ReplicationTarget;
 use replicable_core::{Site, SyncState, VerificationState, workers};
 use replicable_strategies::git::{git, write_commit};

@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 use object_store::{ObjectStoreExt, PutPayload};
 use replicable_core::Site;
 use replicable_core::blob_key::object_path;
-use replicable_core::prelude::*;
 use replicable_strategies::git::git;
 use serde::{Deserialize, Serialize};
 

@@ -12,9 +12,9 @@ use clap::{ArgGroup, Args};
 use super::progress::Progress;
 use super::{CliError, Context};
 use crate::descriptor::ReplicableDescriptor;
-use crate::registry::SyncState;
+use crate::domain::registry::SyncState;
+use crate::domain::verification::VerificationState;
 use crate::storage::RegistryFilter;
-use crate::verification::VerificationState;
 
 /// Arguments of `resync` and `reverify`.
 #[derive(Debug, Clone, Args)]
@@ -69,7 +69,9 @@ async fn in_batches<'a, F>(
     mut apply: F,
 ) -> Result<u64, CliError>
 where
-    F: FnMut(Vec<i64>) -> futures::future::BoxFuture<'a, Result<u64, crate::StoreError>>,
+    F: FnMut(
+        Vec<i64>,
+    ) -> futures::future::BoxFuture<'a, Result<u64, crate::domain::error::StoreError>>,
 {
     let batch = args.batch_size.max(1);
     let mut progress = Progress::new(cx.options.progress_bars, label, total);

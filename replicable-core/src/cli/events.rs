@@ -6,7 +6,7 @@ use std::time::Duration;
 use clap::Args;
 
 use super::{CliError, Context, time};
-use crate::event::{EventId, LogEntry};
+use crate::domain::event::{EventId, LogEntry};
 
 /// Arguments of `events`.
 #[derive(Debug, Clone, Args)]

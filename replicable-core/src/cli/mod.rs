@@ -46,7 +46,7 @@ pub use status::StatusArgs;
 pub use switch::SwitchArgs;
 
 use crate::descriptor::ReplicableDescriptor;
-use crate::error::{LinkError, StoreError};
+use crate::domain::error::{LinkError, StoreError};
 use crate::site::Site;
 use crate::status::ReportError;
 

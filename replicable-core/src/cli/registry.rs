@@ -5,9 +5,9 @@ use clap::{Args, Subcommand};
 use serde::Serialize;
 
 use super::{CliError, Context, time};
-use crate::registry::{RegistryRecord, SyncState};
+use crate::domain::registry::{RegistryRecord, SyncState};
+use crate::domain::verification::{VerificationRecord, VerificationState};
 use crate::storage::RegistryFilter;
-use crate::verification::{VerificationRecord, VerificationState};
 
 /// `registry` subcommands.
 #[derive(Debug, Clone, Subcommand)]

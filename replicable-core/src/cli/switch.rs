@@ -22,7 +22,7 @@ pub(super) async fn run(
     match &args.replicable {
         Some(name) => {
             let replicable = cx.replicable(name)?;
-            crate::workers::set_replication_enabled(cx.site, replicable, enabled).await?;
+            crate::engine::workers::set_replication_enabled(cx.site, replicable, enabled).await?;
             writeln!(
                 cx.out,
                 "replication of {} on site {} {done}",

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 
 use object_store::path::Path;
 
-use crate::error::ResourceError;
-use crate::failure::shorten_name;
+use crate::domain::error::ResourceError;
+use crate::domain::failure::shorten_name;
 
 /// Keys under this prefix belong to the framework (partial downloads); models cannot use them.
 pub const RESERVED_PREFIX: &str = ".replicable";
@@ -211,7 +211,7 @@ mod tests {
         let long = format!("k/{}", "a".repeat(MAX_KEY_BYTES - 1));
         let err = object_path(&long).unwrap_err();
         assert!(matches!(err, ResourceError::Refused { .. }));
-        let text = crate::failure::truncate_failure(&err.to_string());
+        let text = crate::domain::failure::truncate_failure(&err.to_string());
         assert!(text.contains("longer than 1024"), "{text}");
         // Non-ASCII counts in bytes.
         assert!(object_path(&"é".repeat(513)).is_err());

@@ -1,7 +1,7 @@
 //! The errors of the runtime.
 
-use crate::event::EventKind;
-use crate::transition::IllegalTransition;
+use crate::domain::event::EventKind;
+use crate::domain::transition::IllegalTransition;
 
 /// A storage backend failed.
 #[derive(Debug, thiserror::Error)]

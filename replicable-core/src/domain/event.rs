@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::model::Resource;
+use crate::domain::resource::Resource;
 
 /// An event's position in the event log. Ids strictly increase.
 pub type EventId = i64;

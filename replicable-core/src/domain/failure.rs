@@ -73,8 +73,8 @@ impl SyncFailure {
         }
     }
 
-    /// The sync was overtaken before its copy became visible (see
-    /// [`SyncRequest::ensure_current`](crate::strategy::SyncRequest::ensure_current)).
+    /// The sync was overtaken before its copy became visible (what a strategy's sync request
+    /// reports through `SyncRequest::ensure_current`).
     pub fn overtaken(message: impl Into<String>) -> Self {
         Self {
             message: message.into(),

@@ -8,6 +8,7 @@ pub mod error;
 pub mod event;
 pub mod failure;
 pub mod registry;
+pub mod resource;
 pub mod retry;
 pub mod selective_sync;
 pub mod transition;

@@ -19,10 +19,10 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::failure::{SyncFailure, truncate_failure};
-use crate::retry::RetryPolicy;
-use crate::transition::IllegalTransition;
-use crate::verification::{Verification, humanize};
+use crate::domain::failure::{SyncFailure, truncate_failure};
+use crate::domain::retry::RetryPolicy;
+use crate::domain::transition::IllegalTransition;
+use crate::domain::verification::{Verification, humanize};
 
 /// Where a record's sync stands. The numeric values are the ones stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -346,7 +346,7 @@ impl RegistryRecord {
             }
         }
         let v = &mut self.verification;
-        if v.verification_state == crate::verification::VerificationState::Started {
+        if v.verification_state == crate::domain::verification::VerificationState::Started {
             let last_sign = self.heartbeat_at.or(v.verification_started_at);
             if last_sign.is_none_or(|at| at < cutoffs.heartbeat_before) {
                 changed |= v
@@ -459,13 +459,13 @@ mod tests {
         r.mark_pending();
         assert_eq!(
             r.verification.verification_state,
-            crate::verification::VerificationState::Disabled
+            crate::domain::verification::VerificationState::Disabled
         );
         assert_eq!(
             RegistryRecord::new_pending(1, now())
                 .verification
                 .verification_state,
-            crate::verification::VerificationState::Disabled
+            crate::domain::verification::VerificationState::Disabled
         );
     }
 
@@ -527,7 +527,7 @@ mod tests {
 
     #[test]
     fn synced_puts_verification_back_to_pending_or_disabled_without_a_primary_checksum() {
-        use crate::verification::VerificationState;
+        use crate::domain::verification::VerificationState;
         for (known, expected) in [
             (true, VerificationState::Pending),
             (false, VerificationState::Disabled),
@@ -594,7 +594,7 @@ mod tests {
         assert_eq!(r.state, SyncState::Failed);
         assert_eq!(
             r.verification.verification_state,
-            crate::verification::VerificationState::Failed
+            crate::domain::verification::VerificationState::Failed
         );
         assert_eq!(
             r.last_sync_failure.as_deref(),
@@ -742,7 +742,7 @@ mod tests {
         assert_eq!(r.state, SyncState::Synced);
         assert_eq!(
             r.verification.verification_state,
-            crate::verification::VerificationState::Failed
+            crate::domain::verification::VerificationState::Failed
         );
         assert!(
             r.verification

@@ -1,9 +1,8 @@
-//! Selective sync: which records a secondary replicates.
+//! Selective sync: which records a secondary replicates. Rules are built from models with
+//! `SelectiveSync::only`, defined next to the `Replicable` trait (the layer that knows models).
 
 use std::collections::HashMap;
 use std::sync::Arc;
-
-use crate::model::Replicable;
 
 type Rule = Arc<dyn Fn(&serde_json::Value) -> bool + Send + Sync>;
 
@@ -34,16 +33,14 @@ impl SelectiveSync {
         Self::default()
     }
 
-    /// Replicate only the records of `M` for which `include` is true. A record that does not
-    /// decode as `M` is out of scope.
-    pub fn only<M: Replicable>(
+    /// Adds the rule of replicable `name` (what [`SelectiveSync::only`] builds from a typed
+    /// predicate).
+    pub(crate) fn with_rule(
         mut self,
-        include: impl Fn(&M) -> bool + Send + Sync + 'static,
+        name: &'static str,
+        include: impl Fn(&serde_json::Value) -> bool + Send + Sync + 'static,
     ) -> Self {
-        let rule: Rule = Arc::new(move |body| {
-            serde_json::from_value::<M>(body.clone()).is_ok_and(|record| include(&record))
-        });
-        self.rules.insert(M::REPLICABLE_NAME, rule);
+        self.rules.insert(name, Arc::new(include));
         self
     }
 

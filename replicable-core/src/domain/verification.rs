@@ -12,9 +12,9 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::failure::truncate_failure;
-use crate::retry::RetryPolicy;
-use crate::transition::IllegalTransition;
+use crate::domain::failure::truncate_failure;
+use crate::domain::retry::RetryPolicy;
+use crate::domain::transition::IllegalTransition;
 
 /// Where a record's verification stands. The numeric values are the ones stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -316,7 +316,7 @@ impl VerificationRecord {
     /// Returns whether it changed the row.
     pub fn fail_stuck_work(
         &mut self,
-        cutoffs: &crate::registry::StuckCutoffs,
+        cutoffs: &crate::domain::registry::StuckCutoffs,
         timeout: std::time::Duration,
         now: DateTime<Utc>,
         policy: &RetryPolicy,
@@ -328,7 +328,7 @@ impl VerificationRecord {
         }
         let last_sign = self.heartbeat_at.or(v.verification_started_at);
         if last_sign.is_none_or(|at| at < cutoffs.heartbeat_before) {
-            let message = crate::registry::abandoned_message("Verification", last_sign);
+            let message = crate::domain::registry::abandoned_message("Verification", last_sign);
             v.fail(&message, now, policy, jitter).is_ok()
         } else {
             v.fail_if_stuck(

@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::descriptor::ReplicableDescriptor;
-use crate::error::{LinkError, StoreError};
+use crate::domain::error::{LinkError, StoreError};
 use crate::site::Site;
 
 /// How many ids one step compares.
@@ -168,7 +168,7 @@ enum Waiting {
 /// pending when the primary's checksum succeeds" (the `checksum_succeeded` event is the other).
 async fn enable_checksummed(
     site: &Site,
-    link: &dyn crate::primary_link::PrimaryLink,
+    link: &dyn crate::link::PrimaryLink,
     name: &str,
     from: i64,
     end: i64,

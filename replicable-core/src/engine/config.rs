@@ -23,7 +23,7 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
-use crate::model::DataType;
+use crate::domain::resource::DataType;
 
 /// Every setting of an engine, with defaults for a production site (`geo-demo` shortens the
 /// idle backoff and the periods so that its proofs finish in seconds).
@@ -128,7 +128,7 @@ impl Default for VerificationSettings {
         Self {
             concurrency: 4,
             batch: 50,
-            reverification_interval: crate::workers::DEFAULT_REVERIFICATION_INTERVAL,
+            reverification_interval: crate::engine::workers::DEFAULT_REVERIFICATION_INTERVAL,
         }
     }
 }
@@ -144,7 +144,7 @@ pub struct CursorSettings {
 impl Default for CursorSettings {
     fn default() -> Self {
         Self {
-            batch_size: crate::log_cursor::DEFAULT_BATCH_SIZE,
+            batch_size: crate::engine::cursor::DEFAULT_BATCH_SIZE,
         }
     }
 }

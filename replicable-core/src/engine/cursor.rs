@@ -7,8 +7,8 @@ use tracing::warn;
 use std::collections::HashMap;
 
 use crate::descriptor::{ReplicableDescriptor, registered_replicables};
-use crate::error::ReplicatorError;
-use crate::event::{Event, EventId, LogEntry, SkippedEvent, StoredEvent};
+use crate::domain::error::ReplicatorError;
+use crate::domain::event::{Event, EventId, LogEntry, SkippedEvent, StoredEvent};
 use crate::site::Site;
 
 /// How many events one batch reads.
@@ -134,7 +134,7 @@ impl LogCursor {
     }
 
     /// Takes or renews the site's cursor lease for this holder.
-    async fn renew(&self) -> Result<bool, crate::error::StoreError> {
+    async fn renew(&self) -> Result<bool, crate::domain::error::StoreError> {
         let site = &self.site;
         site.registry_store()
             .acquire_lease(
@@ -147,7 +147,7 @@ impl LogCursor {
     }
 
     /// Gives up the lease so that another cursor can take over at once.
-    pub async fn release(&self) -> Result<(), crate::error::StoreError> {
+    pub async fn release(&self) -> Result<(), crate::domain::error::StoreError> {
         self.site
             .registry_store()
             .release_lease(CURSOR_LEASE, &self.holder)

@@ -29,6 +29,8 @@ pub mod cursor;
 mod idle;
 pub mod staging;
 mod sync;
+#[cfg(feature = "metrics")]
+pub mod timings;
 pub mod workers;
 
 use std::collections::HashMap;
@@ -43,16 +45,14 @@ use tracing::{debug, info, warn};
 pub use config::EngineConfig;
 
 use crate::descriptor::ReplicableDescriptor;
-use crate::error::StoreError;
-use crate::log_cursor::LogCursor;
-use crate::model::DataType;
+use crate::domain::error::StoreError;
+use crate::domain::resource::DataType;
+use crate::engine::cursor::LogCursor;
 use crate::site::Site;
 use idle::{Idle, Wake, sleep_or_stop};
 use sync::{Capacity, InFlightSyncs};
 
-/// The name the replication switch of a whole site is stored under (per-replicable switches use
-/// the replicable's name).
-pub const SITE_SWITCH: &str = "*";
+pub use crate::storage::SITE_SWITCH;
 
 /// The engine could not start.
 #[derive(Debug, thiserror::Error)]
@@ -107,8 +107,8 @@ impl Shared {
 
 impl Engine {
     /// An engine for `site` running `replicables` (find them with
-    /// [`find_replicable`](crate::find_replicable) or
-    /// [`registered_replicables`](crate::registered_replicables)), with default settings.
+    /// [`find_replicable`](crate::descriptor::find_replicable) or
+    /// [`registered_replicables`](crate::descriptor::registered_replicables)), with default settings.
     pub fn new(site: Site, replicables: Vec<&'static ReplicableDescriptor>) -> Self {
         Self {
             site,
@@ -173,7 +173,7 @@ impl Engine {
         if site.is_primary() {
             start_primary(&shared, &loops);
         } else {
-            match crate::staging::sweep_abandoned_staging(&site).await {
+            match crate::engine::staging::sweep_abandoned_staging(&site).await {
                 Ok(swept) => debug!(?swept, "swept abandoned staging at start-up"),
                 Err(e) => warn!(error = %e, "sweeping abandoned staging at start-up failed"),
             }
@@ -252,7 +252,7 @@ fn start_primary(shared: &Arc<Shared>, loops: &TaskTracker) {
         |c| c.periods.verification_maintenance,
         |shared| async move {
             for &replicable in &shared.replicables {
-                crate::backfill::backfill_primary_verification(
+                crate::engine::backfill::backfill_primary_verification(
                     &shared.site,
                     replicable,
                     shared.config.verification.batch.max(1) * 20,
@@ -331,7 +331,8 @@ async fn verification_loop(shared: Arc<Shared>, replicable: &'static ReplicableD
         // and be failed as abandoned. A pass is not dropped at shutdown: its rows would be left
         // `started`; the shutdown deadline bounds the wait.
         let running = settings.concurrency.max(1);
-        let pass = crate::workers::verify_due(&shared.site, replicable, running, running).await;
+        let pass =
+            crate::engine::workers::verify_due(&shared.site, replicable, running, running).await;
         match pass {
             Ok(report) if report.claimed > 0 => idle.busy(),
             Ok(_) => {
@@ -375,14 +376,14 @@ async fn periodic<F, Fut>(
 
 async fn sweep_stuck(shared: Arc<Shared>) -> Result<(), String> {
     if !shared.site.is_primary()
-        && let Err(e) = crate::staging::sweep_abandoned_staging(&shared.site).await
+        && let Err(e) = crate::engine::staging::sweep_abandoned_staging(&shared.site).await
     {
         // Partial downloads of syncs that were failed as abandoned, or whose process died;
         // a failure here must not keep stuck work from being failed below.
         warn!(error = %e, "sweeping abandoned staging failed");
     }
     for &replicable in &shared.replicables {
-        let failed = crate::workers::fail_stuck(&shared.site, replicable, 1_000)
+        let failed = crate::engine::workers::fail_stuck(&shared.site, replicable, 1_000)
             .await
             .map_err(|e| e.to_string())?;
         if failed > 0 {
@@ -395,10 +396,10 @@ async fn sweep_stuck(shared: Arc<Shared>) -> Result<(), String> {
 
 async fn backfill(shared: Arc<Shared>) -> Result<(), String> {
     for &replicable in &shared.replicables {
-        let report = crate::backfill::backfill(
+        let report = crate::engine::backfill::backfill(
             &shared.site,
             replicable,
-            crate::backfill::DEFAULT_RANGE_SIZE,
+            crate::engine::backfill::DEFAULT_RANGE_SIZE,
         )
         .await
         .map_err(|e| e.to_string())?;
@@ -413,7 +414,7 @@ async fn backfill(shared: Arc<Shared>) -> Result<(), String> {
 async fn reverify(shared: Arc<Shared>) -> Result<(), String> {
     let settings = shared.config.verification;
     for &replicable in &shared.replicables {
-        let n = crate::workers::reverify_stale(
+        let n = crate::engine::workers::reverify_stale(
             &shared.site,
             replicable,
             settings.reverification_interval,

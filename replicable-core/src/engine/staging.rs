@@ -21,9 +21,9 @@ use futures::TryStreamExt;
 use object_store::ObjectStoreExt;
 use object_store::path::Path;
 
-use crate::blob_key::{RESERVED_PREFIX, resolve_beneath};
-use crate::error::{ResourceError, StoreError};
-use crate::registry::SyncState;
+use crate::domain::blob_key::{RESERVED_PREFIX, resolve_beneath};
+use crate::domain::error::{ResourceError, StoreError};
+use crate::domain::registry::SyncState;
 use crate::site::Site;
 
 /// What one sweep removed and kept.

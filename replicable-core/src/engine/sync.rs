@@ -14,9 +14,9 @@ use tracing::{Instrument, debug, error, info_span, warn};
 use super::Shared;
 use super::idle::Idle;
 use crate::descriptor::ReplicableDescriptor;
-use crate::failure::SyncFailure;
-use crate::registry::RegistryRecord;
-use crate::verification::humanize;
+use crate::domain::failure::SyncFailure;
+use crate::domain::registry::RegistryRecord;
+use crate::domain::verification::humanize;
 
 /// A sync the engine started and has not seen end.
 #[derive(Debug)]
@@ -168,16 +168,11 @@ async fn run_one(shared: &Shared, replicable: &'static ReplicableDescriptor, row
     let started = chrono::Utc::now();
     let attempt =
         std::panic::AssertUnwindSafe(replicable.run_claimed_sync(site, row.clone())).catch_unwind();
-    // The time of the change this sync brings over, when an event noted it: the lag is
-    // measured only for syncs that made a copy visible.
-    #[cfg_attr(not(feature = "metrics"), allow(unused_variables, unused_mut))]
-    let mut change_published_at = None;
+    let mut made_visible = false;
     let failure = match tokio::time::timeout(timeout, attempt).await {
         Ok(Ok(Ok(outcome))) => {
             debug!(?outcome, "sync ended");
-            if matches!(outcome, crate::replicator::SyncOutcome::Synced { .. }) {
-                change_published_at = row.changed_at;
-            }
+            made_visible = matches!(outcome, crate::replicator::SyncOutcome::Synced { .. });
             None
         }
         Ok(Ok(Err(e))) => {
@@ -200,13 +195,17 @@ async fn run_one(shared: &Shared, replicable: &'static ReplicableDescriptor, row
             humanize(timeout)
         ))),
     };
+    // The lag runs from the change the sync brought over, when an event noted it; it is
+    // measured only for syncs that made a copy visible.
     #[cfg(feature = "metrics")]
-    crate::metrics::record_sync(
+    super::timings::record_sync(
         replicable.name,
         started,
         chrono::Utc::now(),
-        change_published_at,
+        row.changed_at.filter(|_| made_visible),
     );
+    #[cfg(not(feature = "metrics"))]
+    let _ = made_visible;
     if let Some(failure) = failure {
         fail_row(shared, replicable, &row, &failure).await;
     }
@@ -221,7 +220,7 @@ async fn fail_row(
     failure: &SyncFailure,
 ) {
     let site = &shared.site;
-    let jitter = fastrand::u32(0..crate::retry::JITTER_RANGE);
+    let jitter = fastrand::u32(0..crate::domain::retry::JITTER_RANGE);
     update_attempt_row(shared, replicable, attempt, |row| {
         row.mark_failed(failure, site.now(), site.retry_policy(), jitter)
             .is_ok()

@@ -6,7 +6,7 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
 use crate::descriptor::ReplicableDescriptor;
-use crate::error::{ReplicatorError, StoreError};
+use crate::domain::error::{ReplicatorError, StoreError};
 use crate::replicator::{SyncOutcome, VerifyOutcome};
 use crate::site::Site;
 
@@ -144,7 +144,7 @@ pub async fn fail_stuck(
     if site.is_primary() {
         let store = site.verification_store();
         for mut row in store.stuck(replicable.name, &cutoffs, limit).await? {
-            let jitter = fastrand::u32(0..crate::retry::JITTER_RANGE);
+            let jitter = fastrand::u32(0..crate::domain::retry::JITTER_RANGE);
             if row.fail_stuck_work(&cutoffs, timeouts.verification, now, &policy, jitter)
                 && store.update(replicable.name, &row).await?
             {
@@ -155,7 +155,7 @@ pub async fn fail_stuck(
         let store = site.registry_store();
         let limits = (timeouts.sync, timeouts.verification);
         for mut row in store.stuck(replicable.name, &cutoffs, limit).await? {
-            let jitter = fastrand::u32(0..crate::retry::JITTER_RANGE);
+            let jitter = fastrand::u32(0..crate::domain::retry::JITTER_RANGE);
             if row.fail_stuck_work(&cutoffs, limits, now, &policy, jitter)
                 && store.update(replicable.name, &row).await?
             {

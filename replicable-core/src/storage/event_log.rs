@@ -3,8 +3,8 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use crate::error::StoreError;
-use crate::event::{EventId, LogEntry, NewEvent};
+use crate::domain::error::StoreError;
+use crate::domain::event::{EventId, LogEntry, NewEvent};
 
 /// A record's write on the primary and the event announcing it, to be stored together.
 #[derive(Debug, Clone, PartialEq)]

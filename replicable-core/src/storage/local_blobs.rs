@@ -19,7 +19,7 @@
 //! components below the root is a symbolic link before it delegates to `LocalFileSystem`
 //! (reads, writes, multipart writes, deletes, renames, copies, listings); a listing leaves out
 //! what lies behind a link. Keys are mapped to files by
-//! [`object_path`](crate::blob_key::object_path): a file's name is its key.
+//! [`object_path`](crate::domain::blob_key::object_path): a file's name is its key.
 
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::Arc;
@@ -34,8 +34,8 @@ use object_store::{
     PutMultipartOptions, PutOptions, PutPayload, PutResult, RenameOptions, Result,
 };
 
-use crate::blob_key::resolve_beneath;
-use crate::error::ResourceError;
+use crate::domain::blob_key::resolve_beneath;
+use crate::domain::error::ResourceError;
 
 /// A local directory as a blob store that never reaches outside the directory: any key whose
 /// path goes through a symbolic link below the root is refused with an error that

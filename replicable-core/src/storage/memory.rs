@@ -12,10 +12,10 @@ use super::{
     EventLog, Publication, Published, RecordStore, RegistryCounts, RegistryFilter, RegistryStore,
     StoredRecord, VerificationCounts, VerificationStore,
 };
-use crate::error::StoreError;
-use crate::event::{EventId, EventKind, LogEntry, NewEvent, SkippedEvent, StoredEvent};
-use crate::registry::{RegistryRecord, StuckCutoffs, SyncState};
-use crate::verification::{VerificationRecord, VerificationState};
+use crate::domain::error::StoreError;
+use crate::domain::event::{EventId, EventKind, LogEntry, NewEvent, SkippedEvent, StoredEvent};
+use crate::domain::registry::{RegistryRecord, StuckCutoffs, SyncState};
+use crate::domain::verification::{VerificationRecord, VerificationState};
 
 type Key = (String, i64);
 
@@ -400,7 +400,7 @@ impl VerificationStore for MemoryStore {
 }
 
 /// Whether a verification succeeded before `before`.
-fn succeeded_before(v: &crate::verification::Verification, before: DateTime<Utc>) -> bool {
+fn succeeded_before(v: &crate::domain::verification::Verification, before: DateTime<Utc>) -> bool {
     v.verification_state == VerificationState::Succeeded
         && v.verified_at.is_some_and(|at| at < before)
 }
@@ -412,7 +412,7 @@ fn reverify_oldest<V>(
     name: &str,
     before: DateTime<Utc>,
     limit: usize,
-    columns: impl Fn(&mut V) -> (&mut crate::verification::Verification, &mut i64),
+    columns: impl Fn(&mut V) -> (&mut crate::domain::verification::Verification, &mut i64),
     eligible: impl Fn(&V) -> bool,
 ) -> u64 {
     let mut due: Vec<(Option<DateTime<Utc>>, Key)> = map

@@ -20,15 +20,15 @@ mod verification_store;
 
 pub use event_log::{EventLog, Publication, Published};
 pub use record_store::{RecordStore, StoredRecord};
-pub use registry_store::{RegistryCounts, RegistryFilter, RegistryStore};
+pub use registry_store::{RegistryCounts, RegistryFilter, RegistryStore, SITE_SWITCH};
 pub use verification_store::{VerificationCounts, VerificationStore};
 
 use std::sync::Arc;
 
-use crate::error::StoreError;
+use crate::domain::error::StoreError;
 
 /// A value that fills every storage role of a site: what [`open`] returns and
-/// [`SiteBuilder::database`](crate::site::SiteBuilder::database) takes.
+/// a site builder's `database` takes (`SiteBuilder::database`).
 pub trait Backend: EventLog + RecordStore + VerificationStore + RegistryStore {}
 
 impl<T: EventLog + RecordStore + VerificationStore + RegistryStore> Backend for T {}

@@ -6,7 +6,7 @@ use std::ops::Range;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use crate::error::StoreError;
+use crate::domain::error::StoreError;
 
 /// A serialized record with its generation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -6,10 +6,14 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::error::StoreError;
-use crate::event::{EventId, SkippedEvent};
-use crate::registry::{RegistryRecord, StuckCutoffs, SyncState};
-use crate::verification::VerificationState;
+use crate::domain::error::StoreError;
+use crate::domain::event::{EventId, SkippedEvent};
+use crate::domain::registry::{RegistryRecord, StuckCutoffs, SyncState};
+use crate::domain::verification::VerificationState;
+
+/// The name the replication switch of a whole site is stored under (per-replicable switches use
+/// the replicable's name).
+pub const SITE_SWITCH: &str = "*";
 
 /// Registry counts of one replicable on a secondary.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -187,7 +191,7 @@ pub trait RegistryStore: Send + Sync + std::fmt::Debug {
     /// An operator's re-verification of the rows among `model_ids` that are synced and whose
     /// verification is succeeded or failed (not already pending, running or disabled): their
     /// verification goes back to pending
-    /// (keeping its retry count, as [`crate::verification::Verification::mark_pending`]).
+    /// (keeping its retry count, as [`crate::domain::verification::Verification::mark_pending`]).
     /// Returns how many rows changed.
     async fn reverify_many(&self, name: &str, model_ids: &[i64]) -> Result<u64, StoreError>;
 

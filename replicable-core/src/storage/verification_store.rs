@@ -4,9 +4,9 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::error::StoreError;
-use crate::registry::StuckCutoffs;
-use crate::verification::VerificationRecord;
+use crate::domain::error::StoreError;
+use crate::domain::registry::StuckCutoffs;
+use crate::domain::verification::VerificationRecord;
 
 /// Verification counts of one replicable on the primary.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,19 +1,21 @@
 //! The shared checks. Each takes a [`Harness`] and panics with a message naming the record when
 //! the replicator misbehaves.
 
+use crate::descriptor::ReplicableDescriptor;
 use crate::descriptor::{find_replicable, registered_replicables};
-use crate::error::ReplicatorError;
-use crate::event::{Event, EventKind, EventPayload, NewEvent};
-use crate::log_cursor;
-use crate::model::{Replicable, Resource};
-use crate::registry::SyncState;
-use crate::replicator::{ConsumeOutcome, SyncOutcome, VerifyOutcome};
-use crate::selective_sync::SelectiveSync;
+use crate::domain::error::ReplicatorError;
+use crate::domain::event::{Event, EventKind, EventPayload, NewEvent};
+use crate::domain::registry::SyncState;
+use crate::domain::resource::Resource;
+use crate::domain::selective_sync::SelectiveSync;
+use crate::domain::verification::{CHECKSUM_MISMATCH, VerificationState};
+use crate::engine::backfill;
+use crate::engine::cursor;
+use crate::model::Replicable;
+use crate::replicator::{ConsumeOutcome, ReplicatorExt, SyncOutcome, VerifyOutcome};
 use crate::site::Site;
 use crate::status::{primary_status, secondary_status};
 use crate::strategy::Strategy;
-use crate::verification::{CHECKSUM_MISMATCH, VerificationState};
-use crate::{backfill, descriptor::ReplicableDescriptor};
 
 use super::Harness;
 
@@ -51,8 +53,8 @@ async fn secondary_checksum<M: Replicable>(
     record.replicator(site).calculate_checksum().await
 }
 
-async fn catch_up(site: &Site) -> log_cursor::CursorReport {
-    log_cursor::catch_up(site, log_cursor::DEFAULT_BATCH_SIZE)
+async fn catch_up(site: &Site) -> cursor::CursorReport {
+    cursor::catch_up(site, cursor::DEFAULT_BATCH_SIZE)
         .await
         .expect("the log cursor runs")
 }
@@ -435,7 +437,10 @@ pub async fn secondary_verification_detects_corruption_and_resyncs<M: Replicable
     let resource = fixture.record.resource();
     let target = crate::replicator::ReplicationTarget::<M>::new(&h.secondary, 131);
     M::Strategy::default()
-        .corrupt(&h.secondary, &target.resource_target(&resource))
+        .corrupt(
+            h.secondary.strategy_context(),
+            &target.resource_target(&resource),
+        )
         .await
         .expect("corrupting the copy");
     let replicator = fixture.record.replicator(&h.secondary);
@@ -505,7 +510,7 @@ pub async fn verification_waits_for_the_primary_checksum<M: Replicable>(h: &Harn
         VerificationState::Disabled
     );
     assert_eq!(row.state, SyncState::Synced);
-    let pass = crate::workers::verify_due(&h.secondary, descriptor::<M>(), 100, 4)
+    let pass = crate::engine::workers::verify_due(&h.secondary, descriptor::<M>(), 100, 4)
         .await
         .unwrap();
     assert_eq!(
@@ -530,7 +535,7 @@ pub async fn verification_waits_for_the_primary_checksum<M: Replicable>(h: &Harn
         row.verification.verification_state,
         VerificationState::Pending
     );
-    let pass = crate::workers::verify_due(&h.secondary, descriptor::<M>(), 100, 4)
+    let pass = crate::engine::workers::verify_due(&h.secondary, descriptor::<M>(), 100, 4)
         .await
         .unwrap();
     assert_eq!((pass.claimed, pass.succeeded), (1, 1), "{pass:?}");
@@ -673,7 +678,7 @@ pub async fn backfill_registers_records_without_events_and_removes_orphans<M: Re
             Some(SyncState::Pending)
         );
     }
-    let pass = crate::workers::sync_due(&h.secondary, d, 100, 4)
+    let pass = crate::engine::workers::sync_due(&h.secondary, d, 100, 4)
         .await
         .unwrap();
     assert_eq!((pass.claimed, pass.succeeded), (5, 5));
@@ -841,7 +846,7 @@ pub async fn a_sync_resumed_after_a_newer_one_finished_discards_its_copy<M: Repl
         let target = replicator.target();
         let mut row = target.registry_record().await.unwrap().unwrap();
         row.mark_failed(
-            &crate::failure::SyncFailure::new("Sync worker stopped responding"),
+            &crate::domain::failure::SyncFailure::new("Sync worker stopped responding"),
             secondary.now(),
             secondary.retry_policy(),
             0,
@@ -969,15 +974,15 @@ pub async fn old_checksums_are_verified_again<M: Replicable>(h: &Harness<M>) {
         "{first:?}"
     );
     let d = descriptor::<M>();
-    let week = crate::workers::DEFAULT_REVERIFICATION_INTERVAL;
+    let week = crate::engine::workers::DEFAULT_REVERIFICATION_INTERVAL;
     assert_eq!(
-        crate::workers::reverify_stale(&h.primary, d, week, 100)
+        crate::engine::workers::reverify_stale(&h.primary, d, week, 100)
             .await
             .unwrap(),
         0
     );
     assert_eq!(
-        crate::workers::reverify_stale(&h.secondary, d, week, 100)
+        crate::engine::workers::reverify_stale(&h.secondary, d, week, 100)
             .await
             .unwrap(),
         0
@@ -985,13 +990,13 @@ pub async fn old_checksums_are_verified_again<M: Replicable>(h: &Harness<M>) {
     tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     let now = std::time::Duration::ZERO;
     assert!(
-        crate::workers::reverify_stale(&h.primary, d, now, 100)
+        crate::engine::workers::reverify_stale(&h.primary, d, now, 100)
             .await
             .unwrap()
             >= 1
     );
     assert!(
-        crate::workers::reverify_stale(&h.secondary, d, now, 100)
+        crate::engine::workers::reverify_stale(&h.secondary, d, now, 100)
             .await
             .unwrap()
             >= 1
@@ -1048,11 +1053,11 @@ pub async fn records_without_a_verification_row_are_backfilled<M: Replicable>(h:
         .await
         .unwrap();
     let d = descriptor::<M>();
-    let created = crate::backfill::backfill_primary_verification(&h.primary, d, 2)
+    let created = crate::engine::backfill::backfill_primary_verification(&h.primary, d, 2)
         .await
         .unwrap();
     assert!(created >= 1, "{created}");
-    let pass = crate::workers::verify_due(&h.primary, d, 1000, 4)
+    let pass = crate::engine::workers::verify_due(&h.primary, d, 1000, 4)
         .await
         .unwrap();
     assert!(pass.succeeded >= 1, "{pass:?}");
@@ -1073,7 +1078,7 @@ pub async fn a_paused_replicable_records_events_and_syncs_after_resume<M: Replic
     h: &Harness<M>,
 ) {
     let d = descriptor::<M>();
-    crate::workers::set_replication_enabled(&h.secondary, d, false)
+    crate::engine::workers::set_replication_enabled(&h.secondary, d, false)
         .await
         .unwrap();
     h.create_and_publish(371).await;
@@ -1083,14 +1088,14 @@ pub async fn a_paused_replicable_records_events_and_syncs_after_resume<M: Replic
         registry_state::<M>(&h.secondary, 371).await,
         Some(SyncState::Pending)
     );
-    let pass = crate::workers::sync_due(&h.secondary, d, 10, 1)
+    let pass = crate::engine::workers::sync_due(&h.secondary, d, 10, 1)
         .await
         .unwrap();
     assert_eq!(pass.claimed, 0, "nothing is synced while paused");
-    crate::workers::set_replication_enabled(&h.secondary, d, true)
+    crate::engine::workers::set_replication_enabled(&h.secondary, d, true)
         .await
         .unwrap();
-    let pass = crate::workers::sync_due(&h.secondary, d, 10, 1)
+    let pass = crate::engine::workers::sync_due(&h.secondary, d, 10, 1)
         .await
         .unwrap();
     assert_eq!(pass.succeeded, 1, "{pass:?}");
@@ -1179,12 +1184,17 @@ pub async fn a_copy_already_equal_to_the_primary_is_not_downloaded<M: Replicable
     let resource = fixture.record.resource();
     let target = crate::replicator::ReplicationTarget::<M>::new(&secondary, 331);
     M::Strategy::default()
-        .create_fixture(&secondary, &target.resource_target(&resource), &body, 331)
+        .create_fixture(
+            secondary.strategy_context(),
+            &target.resource_target(&resource),
+            &body,
+            331,
+        )
         .await
         .unwrap();
     if let Ok(Some(stored)) = h.primary.records().get(name::<M>(), 331).await {
         // Strategies whose resource is the record hold it in the record store.
-        if M::Strategy::DATA_TYPE == crate::model::DataType::Database {
+        if M::Strategy::DATA_TYPE == crate::domain::resource::DataType::Database {
             secondary
                 .records()
                 .put_unless_older(name::<M>(), &stored)
@@ -1328,7 +1338,7 @@ pub async fn dataloss_lists_records_behind_and_by_how_much<M: Replicable>(h: &Ha
         .unwrap();
     assert_eq!(report, expected);
     catch_up(&h.secondary).await;
-    crate::workers::sync_due(&h.secondary, descriptor::<M>(), 10, 2)
+    crate::engine::workers::sync_due(&h.secondary, descriptor::<M>(), 10, 2)
         .await
         .unwrap();
     assert!(

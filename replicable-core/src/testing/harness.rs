@@ -2,11 +2,12 @@
 
 use std::sync::Arc;
 
-use crate::event::EventId;
+use crate::domain::event::EventId;
+use crate::domain::selective_sync::SelectiveSync;
+use crate::link::InProcessPrimary;
 use crate::model::Replicable;
 use crate::observer::SyncObserver;
-use crate::primary_link::InProcessPrimary;
-use crate::selective_sync::SelectiveSync;
+use crate::replicator::ReplicatorExt;
 use crate::site::{Site, SiteBuilder};
 use crate::strategy::Strategy;
 
@@ -184,7 +185,7 @@ impl<M: Replicable> Harness<M> {
         let target = crate::replicator::ReplicationTarget::<M>::new(&self.primary, id);
         let checksum = M::Strategy::default()
             .create_fixture(
-                &self.primary,
+                self.primary.strategy_context(),
                 &target.resource_target(&resource),
                 &body,
                 seed,

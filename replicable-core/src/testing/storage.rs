@@ -16,16 +16,18 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use crate::event::{EventKind, EventPayload, LogEntry, NewEvent, SkippedEvent, StoredEvent};
-use crate::failure::SyncFailure;
-use crate::model::Resource;
-use crate::registry::{RegistryRecord, StuckCutoffs, SyncState};
-use crate::retry::RetryPolicy;
+use crate::domain::event::{
+    EventKind, EventPayload, LogEntry, NewEvent, SkippedEvent, StoredEvent,
+};
+use crate::domain::failure::SyncFailure;
+use crate::domain::registry::{RegistryRecord, StuckCutoffs, SyncState};
+use crate::domain::resource::Resource;
+use crate::domain::retry::RetryPolicy;
+use crate::domain::verification::{VerificationRecord, VerificationState};
 use crate::storage::memory::MemoryStore;
 use crate::storage::{
     Backend, EventLog, Publication, RecordStore, RegistryStore, StoredRecord, VerificationStore,
 };
-use crate::verification::{VerificationRecord, VerificationState};
 
 /// A database under test.
 #[async_trait]

@@ -20,6 +20,11 @@ pub struct LfsObject {
     pub path: Box<str>,
 }
 
+/// Generic code reaches the replicator through `ReplicatorExt` (from the prelude).
+fn generic_replicator<'a, M: Replicable>(record: &'a M, site: &'a Site) -> Replicator<'a, M> {
+    record.replicator(site)
+}
+
 fn main() {
     use replicable_core::Replicable as _;
     assert_eq!(PackageFile::REPLICABLE_NAME, "package_file");
@@ -29,4 +34,16 @@ fn main() {
     let _typed: Option<LfsObjectRegistry> = None;
     let _typed: Option<PackageFileVerificationState> = None;
     let _alias: Option<PackageFileReplicator<'static>> = None;
+
+    // The derive's inherent `replicator` and the prelude's `ReplicatorExt::replicator` do not
+    // clash: the inherent method is chosen for a model, the trait one in generic code.
+    let site = Site::primary("p").in_memory().build().unwrap();
+    let file = PackageFile { id: 1, file_path: "a/b".into() };
+    let inherent: PackageFileReplicator<'_> = file.replicator(&site);
+    let by_ref = (&file).replicator(&site);
+    let generic = generic_replicator(&file, &site);
+    let by_trait = ReplicatorExt::replicator(&file, &site);
+    assert_eq!(inherent.model_record().id, 1);
+    assert_eq!(by_ref.model_record().id, generic.model_record().id);
+    assert_eq!(by_trait.site().name(), "p");
 }

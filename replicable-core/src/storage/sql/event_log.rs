@@ -6,8 +6,8 @@ use sqlx::any::AnyRow;
 use sqlx::{AssertSqlSafe, Row};
 
 use super::{APPEND_LOCK, Dialect, SqlStore, Tables, micros};
-use crate::error::StoreError;
-use crate::event::{DamagedEvent, EventId, EventKind, LogEntry, NewEvent, StoredEvent};
+use crate::domain::error::StoreError;
+use crate::domain::event::{DamagedEvent, EventId, EventKind, LogEntry, NewEvent, StoredEvent};
 use crate::storage::{EventLog, Publication, Published};
 
 /// Events per SQLite insert statement.
@@ -251,7 +251,7 @@ pub(super) fn upsert_record_sql(n: &str) -> String {
 }
 
 /// Creates a pending verification row or puts an existing one back to pending (`$1` id), as
-/// [`Verification::mark_pending`](crate::verification::Verification::mark_pending) does; with
+/// [`Verification::mark_pending`](crate::domain::verification::Verification::mark_pending) does; with
 /// `$2 = 1` a row whose checksum succeeded is kept as it is (and nothing is returned). A failed
 /// verification keeps its retry count (its backoff) and failure text until it succeeds.
 pub(super) fn verification_pending_sql(t: &Tables) -> String {

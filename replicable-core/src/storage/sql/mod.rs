@@ -21,7 +21,7 @@ use chrono::{DateTime, Utc};
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
 use sqlx::{AnyConnection, AnyPool, AssertSqlSafe, Connection, Executor, Row};
 
-use crate::error::StoreError;
+use crate::domain::error::StoreError;
 use schema::{
     CORE_COMPONENT, CORE_VERSION, REPLICABLE_VERSION, SCHEMA_TABLE, core_migrations,
     replicable_component, replicable_migrations, valid_name,
@@ -84,6 +84,11 @@ pub struct SqlOptions {
     pub schema: Option<String>,
     /// How long to wait for a connection (default 10 seconds).
     pub acquire_timeout: Duration,
+    /// Replicables whose tables are created (or migrated) when the store opens (default none).
+    /// Tables are otherwise created on a replicable's first write or by
+    /// [`RegistryStore::create_tables`](crate::storage::RegistryStore::create_tables), which is
+    /// what the engine does for its list when it starts; read paths never create them.
+    pub replicables: Vec<String>,
 }
 
 impl Default for SqlOptions {
@@ -92,6 +97,7 @@ impl Default for SqlOptions {
             max_connections: None,
             schema: None,
             acquire_timeout: Duration::from_secs(10),
+            replicables: Vec::new(),
         }
     }
 }
@@ -295,8 +301,8 @@ impl SqlStore {
             tables: Mutex::new(HashMap::new()),
         };
         store.migrate_core().await?;
-        for descriptor in crate::descriptor::registered_replicables().unwrap_or_default() {
-            store.tables(descriptor.name).await?;
+        for name in &options.replicables {
+            store.tables(name).await?;
         }
         Ok(Arc::new(store))
     }

@@ -7,7 +7,7 @@ use sqlx::AssertSqlSafe;
 
 use super::SqlStore;
 use super::event_log::upsert_record_sql;
-use crate::error::StoreError;
+use crate::domain::error::StoreError;
 use crate::storage::{RecordStore, StoredRecord};
 
 #[async_trait]

@@ -13,11 +13,11 @@ use super::verification::{
     VERIFICATION_ORDER, VERIFICATION_STUCK, bind_verification, verification_assignments,
 };
 use super::{SqlStore, micros, opt_micros};
-use crate::error::StoreError;
-use crate::event::{EventId, SkippedEvent};
-use crate::registry::{RegistryRecord, StuckCutoffs, SyncState};
+use crate::domain::error::StoreError;
+use crate::domain::event::{EventId, SkippedEvent};
+use crate::domain::registry::{RegistryRecord, StuckCutoffs, SyncState};
+use crate::domain::verification::VerificationState;
 use crate::storage::{RegistryCounts, RegistryFilter, RegistryStore};
-use crate::verification::VerificationState;
 
 /// Rows per multi-row insert of pending registry rows.
 const INSERT_CHUNK: usize = 1000;

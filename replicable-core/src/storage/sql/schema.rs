@@ -1,6 +1,7 @@
 //! The schema the framework manages: versioned migrations of the shared tables, and the tables
 //! of each replicable (`<name>_registry`, `<name>_verification`, `<name>_records`), created on
-//! first use or at open for every registered replicable.
+//! first write, by `RegistryStore::create_tables` (the engine, for its list), or at open for the
+//! names in `SqlOptions::replicables`.
 
 use super::Dialect;
 

@@ -7,10 +7,10 @@ use sqlx::{AssertSqlSafe, Row};
 
 use super::event_log::verification_pending_sql;
 use super::{SqlStore, micros, opt_micros};
-use crate::error::StoreError;
-use crate::registry::StuckCutoffs;
+use crate::domain::error::StoreError;
+use crate::domain::registry::StuckCutoffs;
+use crate::domain::verification::{Verification, VerificationRecord, VerificationState};
 use crate::storage::{VerificationCounts, VerificationStore};
-use crate::verification::{Verification, VerificationRecord, VerificationState};
 
 /// The `SET` list writing every verification column from `$first` on (10 parameters).
 pub(super) fn verification_assignments(first: usize) -> String {

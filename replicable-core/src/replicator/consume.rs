@@ -1,0 +1,223 @@
+//! Consuming events on a secondary: recording the intent in the registry, removing local copies
+//! of deleted records and orphans.
+
+use tracing::{Instrument, debug, info_span};
+
+use super::{CAS_ATTEMPTS, ConsumeOutcome, ReplicationTarget};
+use crate::domain::error::ReplicatorError;
+use crate::domain::event::{Event, EventKind, EventPayload};
+use crate::domain::registry::{RegistryRecord, SyncState};
+use crate::domain::resource::Resource;
+use crate::domain::verification::VerificationState;
+use crate::model::Replicable;
+use crate::strategy::Strategy;
+
+impl<'a, M: Replicable> ReplicationTarget<'a, M> {
+    /// Marks the registry row pending (creating it if needed), as a `created` / `updated` event
+    /// does.
+    pub async fn mark_pending(&self) -> Result<RegistryRecord, ReplicatorError> {
+        self.site
+            .registry_store()
+            .mark_pending(M::REPLICABLE_NAME, self.id, self.site.now())
+            .await
+            .map_err(|e| self.store_error(e))
+    }
+
+    /// Consumes an event about this record on a secondary.
+    ///
+    /// - `created` / `updated`: out-of-scope records are skipped (and a copy that was there is
+    ///   removed), stale generations are ignored, otherwise the row is marked pending and synced;
+    /// - `deleted`: the local copy and the registry row are removed, whether or not the record
+    ///   still exists anywhere;
+    /// - `checksum_succeeded`: a verified copy goes back to verification pending.
+    pub async fn consume(&self, event: &Event) -> Result<ConsumeOutcome, ReplicatorError> {
+        self.consume_with(event, true).await
+    }
+
+    /// Consumes an event as the engine's log cursor does: it records intent only. A `created`
+    /// / `updated` event marks the registry row pending ([`ConsumeOutcome::Pending`]) for the
+    /// sync workers, and never copies anything itself, so that one slow resource does not hold
+    /// up the events behind it. Other events act as in [`consume`](Self::consume).
+    pub async fn record_intent(&self, event: &Event) -> Result<ConsumeOutcome, ReplicatorError> {
+        self.consume_with(event, false).await
+    }
+
+    pub(super) async fn consume_with(
+        &self,
+        event: &Event,
+        sync_now: bool,
+    ) -> Result<ConsumeOutcome, ReplicatorError> {
+        if event.replicable_name != M::REPLICABLE_NAME || event.payload.model_id != self.id {
+            return Err(ReplicatorError::WrongEvent {
+                event_id: event.id,
+                event_replicable: event.replicable_name.clone(),
+                event_id_of: event.payload.model_id,
+                replicable: M::REPLICABLE_NAME,
+                id: self.id,
+            });
+        }
+        self.ensure_supported(event.kind)?;
+        self.secondary_link("consume")?;
+        let span = info_span!("consume", replicable = M::REPLICABLE_NAME, id = self.id, event_id = event.id, kind = %event.kind);
+        async {
+            match event.kind {
+                EventKind::Created | EventKind::Updated => {
+                    self.consume_change(&event.payload, event.created_at, sync_now)
+                        .await
+                }
+                EventKind::Deleted => {
+                    self.remove_local(&event.payload.resource).await?;
+                    Ok(ConsumeOutcome::Removed)
+                }
+                EventKind::ChecksumSucceeded => self.consume_checksum_succeeded().await,
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    pub(super) async fn consume_change(
+        &self,
+        payload: &EventPayload,
+        published_at: chrono::DateTime<chrono::Utc>,
+        sync_now: bool,
+    ) -> Result<ConsumeOutcome, ReplicatorError> {
+        let name = M::REPLICABLE_NAME;
+        if let Some(body) = &payload.record
+            && !self.site.selective_sync().includes(name, body)
+        {
+            self.remove_if_registered(&payload.resource).await?;
+            return Ok(ConsumeOutcome::OutOfScope);
+        }
+        let existing = self.registry_record().await?;
+        if let (Some(row), Some(generation)) = (&existing, payload.generation)
+            && row.synced_generation.is_some_and(|held| held >= generation)
+            && row.state == SyncState::Synced
+        {
+            debug!(
+                name,
+                id = self.id,
+                generation,
+                "stale event: a newer generation is held"
+            );
+            return Ok(ConsumeOutcome::AlreadyCurrent);
+        }
+        let row = self
+            .site
+            .registry_store()
+            .mark_changed(name, self.id, self.site.now(), published_at)
+            .await
+            .map_err(|e| self.store_error(e))?;
+        let enabled = self
+            .site
+            .registry_store()
+            .replication_enabled(name)
+            .await
+            .map_err(|e| self.store_error(e))?;
+        if !enabled {
+            debug!(
+                name,
+                id = self.id,
+                "replication is paused: the change is recorded"
+            );
+            return Ok(ConsumeOutcome::Pending);
+        }
+        if !sync_now {
+            return Ok(ConsumeOutcome::Pending);
+        }
+        if row.state == SyncState::Started {
+            debug!(
+                name,
+                id = self.id,
+                "a sync is in flight: the change waits for it"
+            );
+            return Ok(ConsumeOutcome::Pending);
+        }
+        match self.try_start_sync().await? {
+            Some(attempt) => Ok(ConsumeOutcome::Synced(attempt.run().await?)),
+            // A worker took the row between the two steps: its sync carries the change.
+            None => Ok(ConsumeOutcome::Pending),
+        }
+    }
+
+    pub(super) async fn consume_checksum_succeeded(
+        &self,
+    ) -> Result<ConsumeOutcome, ReplicatorError> {
+        for _ in 0..CAS_ATTEMPTS {
+            let Some(mut row) = self.registry_record().await? else {
+                return Ok(ConsumeOutcome::Ignored);
+            };
+            // A synced copy waiting for the primary's checksum (disabled) or verified against
+            // an older one (succeeded) is verified again. A copy being synced reads the
+            // checksum when it completes.
+            let waiting = matches!(
+                row.verification.verification_state,
+                VerificationState::Succeeded | VerificationState::Disabled
+            );
+            if row.state != SyncState::Synced || !waiting {
+                return Ok(ConsumeOutcome::Ignored);
+            }
+            row.verification.mark_pending();
+            if self.update_registry(&row).await? {
+                return Ok(ConsumeOutcome::VerificationReset);
+            }
+        }
+        Err(self.contention())
+    }
+
+    pub(super) async fn remove_local(&self, resource: &Resource) -> Result<(), ReplicatorError> {
+        // The copy first and the registry row last: if removing the copy fails, the row and
+        // the stored record still name it, so backfill can remove it later. A sync in flight
+        // that makes its copy visible after this removal finds the row gone when it completes
+        // and removes its copy itself.
+        M::Strategy::default()
+            .remove(
+                self.site.strategy_context(),
+                &self.resource_target(resource),
+            )
+            .await
+            .map_err(|e| self.resource_error(e))?;
+        self.site
+            .records()
+            .delete(M::REPLICABLE_NAME, self.id)
+            .await
+            .map_err(|e| self.store_error(e))?;
+        self.site
+            .registry_store()
+            .delete(M::REPLICABLE_NAME, self.id)
+            .await
+            .map_err(|e| self.store_error(e))?;
+        Ok(())
+    }
+
+    /// Removes the local copy and registry row of a record that no longer exists on the primary
+    /// (or left the selective sync), using the copy of the record kept at sync time to find the
+    /// resource. Returns whether there was anything to remove.
+    pub async fn remove_orphan(&self) -> Result<bool, ReplicatorError> {
+        let resource = match self.local_record().await? {
+            Some(stored) => Some(self.decode(&stored)?.resource()),
+            None => None,
+        };
+        match resource {
+            Some(resource) => self.remove_local(&resource).await?,
+            None => {
+                self.site
+                    .registry_store()
+                    .delete(M::REPLICABLE_NAME, self.id)
+                    .await
+                    .map_err(|e| self.store_error(e))?;
+            }
+        }
+        Ok(true)
+    }
+
+    pub(super) async fn remove_if_registered(
+        &self,
+        resource: &Resource,
+    ) -> Result<(), ReplicatorError> {
+        if self.registry_record().await?.is_some() {
+            self.remove_local(resource).await?;
+        }
+        Ok(())
+    }
+}

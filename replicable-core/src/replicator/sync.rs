@@ -1,0 +1,375 @@
+//! Syncing one record on a secondary: claiming its registry row ([`SyncAttempt`]), copying the
+//! resource through the strategy under a guard ([`AttemptGuard`]) and recording the outcome.
+
+use tracing::{Instrument, debug, info_span, warn};
+
+use super::{CAS_ATTEMPTS, ReplicationTarget, SyncOutcome, heartbeating};
+use crate::domain::error::ReplicatorError;
+use crate::domain::failure::SyncFailure;
+use crate::domain::registry::{RegistryRecord, SyncState};
+use crate::domain::resource::Resource;
+use crate::link::PrimaryLink;
+use crate::model::Replicable;
+use crate::site::Site;
+use crate::storage::StoredRecord;
+use crate::strategy::{Strategy, SyncGuard, SyncRequest};
+
+impl<'a, M: Replicable> ReplicationTarget<'a, M> {
+    /// Syncs the record now: starts the row (creating it if needed), copies the resource and
+    /// completes the row. A row already `started` by another worker is an error.
+    pub async fn sync(&self) -> Result<SyncOutcome, ReplicatorError> {
+        self.start_sync().await?.run().await
+    }
+
+    /// Moves the registry row to `started` (creating it pending first if there is none) and
+    /// returns the attempt, to be [run](SyncAttempt::run). A row already `started` (a sync of
+    /// the record is running) is an error: one sync per record at a time.
+    pub async fn start_sync(&self) -> Result<SyncAttempt<'a, M>, ReplicatorError> {
+        let now = self.site.now();
+        match self.try_start_sync().await? {
+            Some(attempt) => Ok(attempt),
+            None => {
+                let mut row = RegistryRecord::new_pending(self.id, now);
+                row.state = SyncState::Started;
+                Err(ReplicatorError::Transition {
+                    replicable: M::REPLICABLE_NAME,
+                    id: self.id,
+                    source: row.start(now).expect_err("a started row cannot start"),
+                })
+            }
+        }
+    }
+
+    /// Like [`start_sync`](Self::start_sync), but `None` when a sync of the record is already
+    /// running (the row is `started`).
+    pub async fn try_start_sync(&self) -> Result<Option<SyncAttempt<'a, M>>, ReplicatorError> {
+        self.secondary_link("sync")?;
+        let now = self.site.now();
+        for _ in 0..CAS_ATTEMPTS {
+            let mut row = match self.registry_record().await? {
+                Some(row) => row,
+                None => self.mark_pending().await?,
+            };
+            if row.start(now).is_err() {
+                return Ok(None);
+            }
+            if self.update_registry(&row).await? {
+                row.version += 1;
+                return Ok(Some(SyncAttempt {
+                    target: self.clone(),
+                    row,
+                }));
+            }
+        }
+        Err(self.contention())
+    }
+}
+
+/// A sync whose registry row is `started`, ready to copy the resource.
+pub struct SyncAttempt<'a, M: Replicable> {
+    target: ReplicationTarget<'a, M>,
+    row: RegistryRecord,
+}
+
+impl<M: Replicable> std::fmt::Debug for SyncAttempt<'_, M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SyncAttempt")
+            .field("replicable", &M::REPLICABLE_NAME)
+            .field("row", &self.row)
+            .finish()
+    }
+}
+
+impl<'a, M: Replicable> SyncAttempt<'a, M> {
+    /// An attempt for a row the caller already moved to `started` (claimed by a worker).
+    pub fn claimed(site: &'a Site, row: RegistryRecord) -> Self {
+        Self {
+            target: ReplicationTarget::new(site, row.model_id),
+            row,
+        }
+    }
+
+    /// The row as it was when the attempt started.
+    pub fn row(&self) -> &RegistryRecord {
+        &self.row
+    }
+
+    /// Copies the resource and completes the row: synced if it is still the row this attempt
+    /// started, failed with a retry time if the copy failed.
+    pub async fn run(self) -> Result<SyncOutcome, ReplicatorError> {
+        let span = info_span!("sync", replicable = M::REPLICABLE_NAME, id = self.target.id);
+        self.run_inner().instrument(span).await
+    }
+
+    async fn run_inner(self) -> Result<SyncOutcome, ReplicatorError> {
+        let target = &self.target;
+        let site = target.site;
+        let name = M::REPLICABLE_NAME;
+        let link = target.secondary_link("sync")?;
+        let mut resource = None;
+        let mut attempted = None;
+        let copied = match link.record(name, target.id).await {
+            Ok(Some(stored)) => {
+                let record = target.decode(&stored)?;
+                resource = Some(record.resource());
+                attempted = Some(stored.generation);
+                if !site.selective_sync().includes(name, &stored.body) {
+                    target.remove_local(&record.resource()).await?;
+                    return Ok(SyncOutcome::OutOfScope);
+                }
+                let version = self.row.version;
+                let copy = self.copy(link, &record, &stored);
+                let copied = heartbeating(site.timeouts().heartbeat_interval, copy, || {
+                    site.registry_store()
+                        .heartbeat(name, target.id, version, site.now())
+                })
+                .await;
+                match copied {
+                    Ok(primary_checksum) => {
+                        // The record as copied is the last thing made visible (for the database
+                        // strategy it is the resource itself): the same guard decides.
+                        match self.guard(stored.generation).ensure_current().await {
+                            Ok(()) => {
+                                site.records()
+                                    .put_unless_older(name, &stored)
+                                    .await
+                                    .map_err(|e| target.store_error(e))?;
+                                Ok((stored.generation, primary_checksum, record.resource()))
+                            }
+                            Err(overtaken) => Err(overtaken),
+                        }
+                    }
+                    Err(failure) => Err(failure),
+                }
+            }
+            Ok(None) => Err(SyncFailure::missing_on_primary(format!(
+                "{name} {} does not exist on the primary",
+                target.id
+            ))),
+            Err(e) => Err(SyncFailure::new(e.to_string())),
+        };
+        self.complete(copied, resource, attempted).await
+    }
+
+    /// Writes the attempt's end into the registry row, if the row is still this attempt's.
+    ///
+    /// The write is a compare-and-set on the version the attempt started at. When it is
+    /// refused, the row is read again: a row this attempt still holds (a change arrived, or the
+    /// primary's checksum reset its verification) is completed again from the fresh copy of the
+    /// row, a change making it pending rather than synced; a row another attempt took is left
+    /// alone; a row that was deleted while the copy became visible has that copy removed.
+    async fn complete(
+        mut self,
+        copied: Result<(i64, Option<String>, Resource), SyncFailure>,
+        resource: Option<Resource>,
+        attempted: Option<i64>,
+    ) -> Result<SyncOutcome, ReplicatorError> {
+        let target = &self.target;
+        let site = target.site;
+        let name = M::REPLICABLE_NAME;
+        let started_at = self.row.last_synced_at;
+        let (policy, now) = (*site.retry_policy(), site.now());
+        let jitter = fastrand::u32(0..crate::domain::retry::JITTER_RANGE);
+        for _ in 0..CAS_ATTEMPTS {
+            let mut row = self.row.clone();
+            // A change noted while the copy ran is already in the copy when the primary's
+            // record is still at the generation copied (the event was for the state this sync
+            // read, e.g. a `created` event arriving after backfill had started the sync).
+            let included = match &copied {
+                Ok((generation, _, _)) if row.change_pending => {
+                    target.change_included(*generation).await
+                }
+                _ => false,
+            };
+            let outcome = if row.change_pending && !included {
+                row.requeue().expect("attempt rows are started");
+                SyncOutcome::ChangedDuringSync
+            } else {
+                match &copied {
+                    Ok((generation, primary_checksum, _)) => {
+                        let verifiable = target.verifiable_now(primary_checksum).await;
+                        row.mark_synced(Some(*generation), verifiable)
+                            .expect("attempt rows are started");
+                        SyncOutcome::Synced {
+                            generation: *generation,
+                        }
+                    }
+                    Err(failure) if failure.overtaken => {
+                        let held = row
+                            .synced_generation
+                            .filter(|held| attempted.is_some_and(|g| *held > g));
+                        match held {
+                            // The copy already here is newer than what the primary has now (a
+                            // primary restored from a backup): it stays, and is not fetched
+                            // again in a loop.
+                            Some(held) => {
+                                let verifiable = target.verifiable_now(&None).await;
+                                row.mark_synced(None, verifiable)
+                                    .expect("attempt rows are started");
+                                SyncOutcome::Synced { generation: held }
+                            }
+                            None => {
+                                row.requeue().expect("attempt rows are started");
+                                SyncOutcome::ChangedDuringSync
+                            }
+                        }
+                    }
+                    Err(failure) => {
+                        row.mark_failed(failure, now, &policy, jitter)
+                            .expect("a row can always fail");
+                        warn!(name, id = target.id, failure = %failure.message, "sync failed");
+                        SyncOutcome::Failed(failure.clone())
+                    }
+                }
+            };
+            if target.update_registry(&row).await? {
+                return Ok(outcome);
+            }
+            match target.registry_record().await? {
+                Some(fresh) if fresh.held_by_attempt(started_at) => {
+                    self.row = fresh;
+                }
+                Some(_) => {
+                    debug!(
+                        name,
+                        id = target.id,
+                        "another attempt took the row; leaving it"
+                    );
+                    return Ok(SyncOutcome::ChangedDuringSync);
+                }
+                None => {
+                    // Deleted while the copy ran. Even an overtaken copy may have become visible
+                    // (the deletion can land between the strategy's check and its rename):
+                    // nothing may be left behind.
+                    if let Some(resource) = &resource {
+                        debug!(
+                            name,
+                            id = target.id,
+                            "deleted during sync: removing the copy"
+                        );
+                        target.remove_local(resource).await?;
+                    }
+                    return Ok(SyncOutcome::ChangedDuringSync);
+                }
+            }
+        }
+        Err(target.contention())
+    }
+
+    fn guard(&self, generation: i64) -> AttemptGuard<'_, 'a, M> {
+        AttemptGuard {
+            target: &self.target,
+            started_at: self.row.last_synced_at,
+            generation,
+        }
+    }
+
+    /// Copies the resource, unless the secondary already holds a copy whose checksum equals
+    /// the primary's (a secondary re-seeded from a backup): then nothing is transferred.
+    /// Returns the primary's checksum, if it has one.
+    async fn copy(
+        &self,
+        link: &dyn PrimaryLink,
+        record: &M,
+        stored: &StoredRecord,
+    ) -> Result<Option<String>, SyncFailure> {
+        let target = &self.target;
+        let primary_checksum = if M::Strategy::VERIFIABLE {
+            link.verification(M::REPLICABLE_NAME, target.id)
+                .await
+                .map_err(|e| SyncFailure::new(e.to_string()))?
+                .and_then(|v| v.succeeded_checksum().map(str::to_owned))
+        } else {
+            None
+        };
+        let resource = record.resource();
+        let strategy = M::Strategy::default();
+        if let Some(expected) = &primary_checksum {
+            let local = strategy
+                .checksum(
+                    target.site.strategy_context(),
+                    &target.resource_target(&resource),
+                    Some(stored),
+                )
+                .await;
+            if local.as_ref().is_ok_and(|local| local == expected) {
+                debug!(
+                    replicable = M::REPLICABLE_NAME,
+                    id = target.id,
+                    "the local copy already matches the primary: nothing to transfer"
+                );
+                return Ok(primary_checksum);
+            }
+        }
+        if let Some(observer) = target.site.sync_observer() {
+            observer
+                .before_transfer(M::REPLICABLE_NAME, target.id)
+                .await;
+        }
+        let guard = self.guard(stored.generation);
+        strategy
+            .sync(SyncRequest {
+                context: target.site.strategy_context(),
+                primary: link,
+                replicable_name: M::REPLICABLE_NAME,
+                model_id: target.id,
+                resource: &resource,
+                record: stored,
+                primary_checksum: primary_checksum.as_deref(),
+                guard: &guard,
+            })
+            .await?;
+        Ok(primary_checksum)
+    }
+}
+
+/// The guard of one sync attempt: the copy may become visible only while the registry row is
+/// still `started` by this attempt, no change arrived meanwhile, and the generation copied is not
+/// older than the one the row records.
+struct AttemptGuard<'t, 'a, M: Replicable> {
+    target: &'t ReplicationTarget<'a, M>,
+    started_at: Option<chrono::DateTime<chrono::Utc>>,
+    generation: i64,
+}
+
+#[async_trait::async_trait]
+impl<M: Replicable> SyncGuard for AttemptGuard<'_, '_, M> {
+    async fn ensure_current(&self) -> Result<(), SyncFailure> {
+        let (name, id) = (M::REPLICABLE_NAME, self.target.id);
+        if let Some(observer) = self.target.site.sync_observer() {
+            observer.before_visible(name, id).await;
+        }
+        let row = self
+            .target
+            .registry_record()
+            .await
+            .map_err(|e| SyncFailure::new(e.to_string()))?;
+        let reason = match row {
+            None => "it was deleted while the sync ran",
+            Some(row) if !row.held_by_attempt(self.started_at) => {
+                "another attempt took the registry row"
+            }
+            Some(row)
+                if row
+                    .synced_generation
+                    .is_some_and(|held| held > self.generation) =>
+            {
+                "a newer generation is already held"
+            }
+            Some(row) if row.change_pending => {
+                if self.target.change_included(self.generation).await {
+                    return Ok(());
+                }
+                "it changed while the sync ran"
+            }
+            Some(_) => return Ok(()),
+        };
+        debug!(
+            name,
+            id, reason, "sync overtaken: discarding the staged copy"
+        );
+        Err(SyncFailure::overtaken(format!(
+            "sync of {name} {id} overtaken: {reason}"
+        )))
+    }
+}

@@ -1,0 +1,262 @@
+//! Verifying a record: the primary's checksum and the secondary's comparison with it.
+
+use tracing::{Instrument, info_span, warn};
+
+use super::{ReplicationTarget, VerifyOutcome, heartbeating};
+use crate::domain::error::ReplicatorError;
+use crate::domain::event::{EventKind, EventPayload};
+use crate::domain::failure::SyncFailure;
+use crate::domain::registry::{RegistryRecord, SyncState};
+use crate::domain::verification::{CHECKSUM_MISMATCH, VerificationRecord, VerificationState};
+use crate::model::Replicable;
+use crate::strategy::Strategy;
+
+impl<'a, M: Replicable> ReplicationTarget<'a, M> {
+    /// Verifies the record: on the primary, computes and stores the checksum and publishes
+    /// `checksum_succeeded`; on a secondary, compares the local checksum with the primary's.
+    pub async fn verify(&self) -> Result<VerifyOutcome, ReplicatorError> {
+        if !M::Strategy::VERIFIABLE {
+            return Ok(VerifyOutcome::Disabled);
+        }
+        if self.site.is_primary() {
+            let row = match self.verification_record().await? {
+                Some(row) => row,
+                None => self
+                    .site
+                    .verification_store()
+                    .mark_pending(M::REPLICABLE_NAME, self.id)
+                    .await
+                    .map_err(|e| self.store_error(e))?,
+            };
+            let mut row = row;
+            row.verification.start(self.site.now()).map_err(|source| {
+                ReplicatorError::Transition {
+                    replicable: M::REPLICABLE_NAME,
+                    id: self.id,
+                    source,
+                }
+            })?;
+            if !self.update_verification(&row).await? {
+                return Ok(VerifyOutcome::ChangedDuringVerification);
+            }
+            row.version += 1;
+            self.verify_claimed_primary(row).await
+        } else {
+            let Some(mut row) = self.registry_record().await? else {
+                return Ok(VerifyOutcome::NotSynced);
+            };
+            if row.state != SyncState::Synced {
+                return Ok(VerifyOutcome::NotSynced);
+            }
+            if row.verification.verification_state == VerificationState::Disabled {
+                // Waiting for the primary's checksum: verify only once there is one.
+                if self.primary_checksum().await?.is_none() {
+                    return Ok(VerifyOutcome::WaitingForPrimary);
+                }
+                row.verification.mark_pending();
+            }
+            row.verification.start(self.site.now()).map_err(|source| {
+                ReplicatorError::Transition {
+                    replicable: M::REPLICABLE_NAME,
+                    id: self.id,
+                    source,
+                }
+            })?;
+            if !self.update_registry(&row).await? {
+                return Ok(VerifyOutcome::ChangedDuringVerification);
+            }
+            row.version += 1;
+            self.verify_claimed_secondary(row).await
+        }
+    }
+
+    /// Completes a verification row the caller moved to `started` (primary).
+    pub(crate) async fn verify_claimed_primary(
+        &self,
+        row: VerificationRecord,
+    ) -> Result<VerifyOutcome, ReplicatorError> {
+        let span = info_span!(
+            "verify",
+            replicable = M::REPLICABLE_NAME,
+            id = self.id,
+            side = "primary"
+        );
+        self.verify_claimed_primary_inner(row)
+            .instrument(span)
+            .await
+    }
+
+    pub(super) async fn verify_claimed_primary_inner(
+        &self,
+        mut row: VerificationRecord,
+    ) -> Result<VerifyOutcome, ReplicatorError> {
+        let site = self.site;
+        let (policy, now) = (*site.retry_policy(), site.now());
+        let jitter = fastrand::u32(0..crate::domain::retry::JITTER_RANGE);
+        let checksum = match self.local_record().await? {
+            None => Err(format!(
+                "{} {} is not in the primary's records",
+                M::REPLICABLE_NAME,
+                self.id
+            )),
+            Some(stored) => {
+                let record = self.decode(&stored)?;
+                let strategy = M::Strategy::default();
+                let resource = record.resource();
+                let resource_target = self.resource_target(&resource);
+                let work =
+                    strategy.checksum(site.strategy_context(), &resource_target, Some(&stored));
+                let version = row.version;
+                heartbeating(site.timeouts().heartbeat_interval, work, || {
+                    site.verification_store().heartbeat(
+                        M::REPLICABLE_NAME,
+                        self.id,
+                        version,
+                        site.now(),
+                    )
+                })
+                .await
+                .map_err(|e| e.to_string())
+            }
+        };
+        let outcome = match checksum {
+            Ok(checksum) => {
+                row.verification
+                    .succeed(checksum.clone(), now)
+                    .expect("row was started by the caller");
+                VerifyOutcome::Succeeded { checksum }
+            }
+            Err(reason) => {
+                row.verification
+                    .fail(&reason, now, &policy, jitter)
+                    .expect("row was started by the caller");
+                VerifyOutcome::Failed { reason }
+            }
+        };
+        if !self.update_verification(&row).await? {
+            return Ok(VerifyOutcome::ChangedDuringVerification);
+        }
+        if let VerifyOutcome::Succeeded { checksum } = &outcome {
+            let resource = match self.local_record().await? {
+                Some(stored) => self.decode(&stored)?.resource(),
+                None => return Ok(outcome),
+            };
+            self.append(
+                EventKind::ChecksumSucceeded,
+                EventPayload {
+                    model_id: self.id,
+                    resource,
+                    generation: None,
+                    record: None,
+                    checksum: Some(checksum.clone()),
+                },
+            )
+            .await?;
+        }
+        Ok(outcome)
+    }
+
+    /// Completes a registry row whose verification the caller moved to `started` (secondary).
+    pub(crate) async fn verify_claimed_secondary(
+        &self,
+        row: RegistryRecord,
+    ) -> Result<VerifyOutcome, ReplicatorError> {
+        let span = info_span!(
+            "verify",
+            replicable = M::REPLICABLE_NAME,
+            id = self.id,
+            side = "secondary"
+        );
+        self.verify_claimed_secondary_inner(row)
+            .instrument(span)
+            .await
+    }
+
+    pub(super) async fn verify_claimed_secondary_inner(
+        &self,
+        mut row: RegistryRecord,
+    ) -> Result<VerifyOutcome, ReplicatorError> {
+        let site = self.site;
+        let link = self.secondary_link("verify")?;
+        let (policy, now) = (*site.retry_policy(), site.now());
+        let jitter = fastrand::u32(0..crate::domain::retry::JITTER_RANGE);
+        let name = M::REPLICABLE_NAME;
+        let primary_checksum = link
+            .verification(name, self.id)
+            .await
+            .map_err(|e| self.link_error(e))?
+            .and_then(|v| v.succeeded_checksum().map(str::to_owned));
+        let Some(primary_checksum) = primary_checksum else {
+            // Nothing to compare with yet: disabled until the primary's checksum succeeds (its
+            // `checksum_succeeded` event, or backfill, turns it back on), so that copies waiting
+            // for the primary never fill a verification batch.
+            row.verification.disable();
+            self.update_registry(&row).await?;
+            return Ok(VerifyOutcome::WaitingForPrimary);
+        };
+        let stored = link
+            .record(name, self.id)
+            .await
+            .map_err(|e| self.link_error(e))?;
+        let local = match &stored {
+            None => Err(format!(
+                "{name} {} no longer exists on the primary",
+                self.id
+            )),
+            Some(stored) => {
+                let record = self.decode(stored)?;
+                let local_copy = self.local_record().await?;
+                let strategy = M::Strategy::default();
+                let resource = record.resource();
+                let resource_target = self.resource_target(&resource);
+                let work = strategy.checksum(
+                    site.strategy_context(),
+                    &resource_target,
+                    local_copy.as_ref(),
+                );
+                let version = row.version;
+                heartbeating(site.timeouts().heartbeat_interval, work, || {
+                    site.registry_store()
+                        .heartbeat(name, self.id, version, site.now())
+                })
+                .await
+                .map_err(|e| e.to_string())
+            }
+        };
+        let outcome = match local {
+            Ok(local) if local == primary_checksum => {
+                row.verification
+                    .succeed(local.clone(), now)
+                    .expect("row was started by the caller");
+                VerifyOutcome::Succeeded { checksum: local }
+            }
+            Ok(local) => {
+                row.verification
+                    .fail_mismatch(local.clone(), now, &policy, jitter)
+                    .expect("row was started by the caller");
+                let failure =
+                    SyncFailure::new(format!("Verification failed with: {CHECKSUM_MISMATCH}"));
+                row.mark_failed(&failure, now, &policy, jitter)
+                    .expect("a synced row can be failed");
+                warn!(name, id = self.id, primary = %primary_checksum, local = %local, "checksum mismatch: resyncing");
+                VerifyOutcome::Mismatch {
+                    primary: primary_checksum,
+                    local,
+                }
+            }
+            Err(reason) => {
+                row.verification
+                    .fail(&reason, now, &policy, jitter)
+                    .expect("row was started by the caller");
+                let failure = SyncFailure::new(format!("Verification failed with: {reason}"));
+                row.mark_failed(&failure, now, &policy, jitter)
+                    .expect("a synced row can be failed");
+                VerifyOutcome::Failed { reason }
+            }
+        };
+        if !self.update_registry(&row).await? {
+            return Ok(VerifyOutcome::ChangedDuringVerification);
+        }
+        Ok(outcome)
+    }
+}
