@@ -6,6 +6,7 @@
 //! replace the object under its real key. Blobs are immutable: `created` and `deleted` events
 //! only.
 
+use crate::checksum::StreamHasher;
 use async_trait::async_trait;
 use futures::StreamExt;
 use object_store::path::Path;
@@ -18,7 +19,6 @@ use replicable_core::{
     DataType, LinkError, ResourceError, ResourceTarget, Strategy, StrategyContext, SyncFailure,
     SyncRequest,
 };
-use sha2::{Digest, Sha256};
 
 /// Size of one part of a multipart upload (the S3 minimum is 5 MiB).
 pub const PART_SIZE: usize = 5 * 1024 * 1024;
@@ -84,8 +84,7 @@ async fn download(
         .await
         .map_err(|e| store_failure("cannot start writing the download", e))?;
     let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
-    let mut hasher = Sha256::new();
-    let mut size = 0u64;
+    let mut hasher = StreamHasher::new();
     while let Some(chunk) = source.next().await {
         let chunk = match chunk {
             Ok(chunk) => chunk,
@@ -99,15 +98,15 @@ async fn download(
             let _ = writer.abort().await;
             return Err(store_failure("writing the download failed", e));
         }
-        hasher.update(&chunk);
-        size += chunk.len() as u64;
+        hasher.update(chunk.clone()).await;
         writer.put(chunk);
     }
     writer
         .finish()
         .await
         .map_err(|e| store_failure("writing the download failed", e))?;
-    Ok((hex::encode(hasher.finalize()), size))
+    let size = hasher.len();
+    Ok((hasher.finish().await, size))
 }
 
 /// The SHA-256 of an object, streamed.
@@ -120,11 +119,11 @@ pub async fn object_sha256(store: &dyn ObjectStore, path: &Path) -> Result<Strin
         e => io_error(key, e),
     })?;
     let mut stream = result.into_stream();
-    let mut hasher = Sha256::new();
+    let mut hasher = StreamHasher::new();
     while let Some(chunk) = stream.next().await {
-        hasher.update(chunk.map_err(|e| io_error(key, e))?);
+        hasher.update(chunk.map_err(|e| io_error(key, e))?).await;
     }
-    Ok(hex::encode(hasher.finalize()))
+    Ok(hasher.finish().await)
 }
 
 /// The bytes of the fixture blob for `seed`: between 16 and 20 KiB of seeded pseudo-random

@@ -28,6 +28,6 @@ pub mod database;
 pub mod git;
 
 pub use blob::BlobStrategy;
-pub use checksum::sha256_hex;
+pub use checksum::{StreamHasher, sha256_hex};
 pub use database::DatabaseStrategy;
 pub use git::GitRepositoryStrategy;
