@@ -205,3 +205,25 @@ fn the_replicables_named_in_the_options_get_their_tables_at_open() {
         );
     });
 }
+
+#[test]
+fn a_look_only_open_of_a_missing_sqlite_file_is_refused_and_creates_nothing() {
+    block_on(async {
+        let target = SqliteTarget::new();
+        let path = target.dir.path().join("site.db");
+        let options = SqlOptions {
+            create_if_missing: false,
+            ..SqlOptions::default()
+        };
+        let err = open_error(SqlStore::open_with(&target.url, options.clone()).await);
+        let text = err.to_string();
+        assert!(matches!(err, StoreError::Open { .. }), "{text}");
+        assert!(text.contains("no database file at"), "{text}");
+        assert!(text.contains(&path.display().to_string()), "{text}");
+        assert!(!path.exists(), "nothing was created");
+        // A site that runs creates it; then a look-only open works.
+        drop(SqlStore::open(&target.url).await.unwrap());
+        assert!(path.exists());
+        SqlStore::open_with(&target.url, options).await.unwrap();
+    });
+}

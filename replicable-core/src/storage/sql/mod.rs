@@ -89,6 +89,10 @@ pub struct SqlOptions {
     /// [`RegistryStore::create_tables`](crate::storage::RegistryStore::create_tables), which is
     /// what the engine does for its list when it starts; read paths never create them.
     pub replicables: Vec<String>,
+    /// SQLite only: create the database file when it does not exist (default `true`). Tools
+    /// that only look at a site (status, an operator CLI) open with `false`, so that a misspelt
+    /// path is an error naming it instead of a new, empty site.
+    pub create_if_missing: bool,
 }
 
 impl Default for SqlOptions {
@@ -98,6 +102,7 @@ impl Default for SqlOptions {
             schema: None,
             acquire_timeout: Duration::from_secs(10),
             replicables: Vec::new(),
+            create_if_missing: true,
         }
     }
 }
@@ -205,6 +210,15 @@ async fn prepare_connection(
     Ok(())
 }
 
+/// The file of a SQLite URL (`sqlite://path`, `sqlite:path`, with or without `?options`);
+/// `None` for an in-memory database.
+fn sqlite_file(url: &str) -> Option<std::path::PathBuf> {
+    let rest = url.strip_prefix("sqlite:")?;
+    let rest = rest.strip_prefix("//").unwrap_or(rest);
+    let path = rest.split('?').next().unwrap_or(rest);
+    (!path.is_empty() && !path.starts_with(":memory:")).then(|| std::path::PathBuf::from(path))
+}
+
 impl SqlStore {
     /// Opens (creating if needed) the database at `url` (`sqlite://path` or `postgres://...`)
     /// and brings its schema up to date. A schema newer than this build is refused.
@@ -227,10 +241,25 @@ impl SqlStore {
         let connect_url = match dialect {
             Dialect::Sqlite if !url.contains("mode=") => {
                 let sep = if url.contains('?') { '&' } else { '?' };
-                format!("{url}{sep}mode=rwc")
+                let mode = if options.create_if_missing {
+                    "rwc"
+                } else {
+                    "rw"
+                };
+                format!("{url}{sep}mode={mode}")
             }
             _ => url.to_owned(),
         };
+        if dialect == Dialect::Sqlite
+            && !options.create_if_missing
+            && let Some(file) = sqlite_file(url)
+            && !file.exists()
+        {
+            return Err(open_error(format!(
+                "no database file at `{}` (it is created only by a site that runs)",
+                file.display()
+            )));
+        }
         if let Some(schema) = &options.schema
             && !valid_name(schema)
         {
