@@ -43,6 +43,8 @@ pub mod strategy;
 
 #[cfg(feature = "cli")]
 pub mod cli;
+#[cfg(feature = "http")]
+pub mod http;
 #[cfg(feature = "metrics")]
 pub mod metrics;
 
@@ -66,7 +68,7 @@ pub use error::{LinkError, ReplicatorError, ResourceError, StoreError};
 pub use event::{Event, EventId, EventKind, EventPayload};
 pub use failure::SyncFailure;
 pub use model::{DataType, Replicable, Resource};
-pub use primary_link::{InProcessPrimary, PrimaryLink};
+pub use primary_link::{InProcessPrimary, PrimaryLink, RepositoryRemote};
 pub use registry::{RegistryRecord, SyncState};
 pub use replicator::{
     ConsumeOutcome, ReplicationTarget, Replicator, SyncAttempt, SyncOutcome, VerifyOutcome,

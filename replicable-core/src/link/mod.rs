@@ -1,5 +1,11 @@
 //! The one interface through which a secondary reads its primary, and its in-process
-//! implementation.
+//! implementation (the HTTP one is [`http::HttpPrimary`], feature `http`).
+
+#[cfg(feature = "http")]
+pub mod http;
+mod remote;
+
+pub use remote::RepositoryRemote;
 
 use std::ops::Range;
 
@@ -74,13 +80,15 @@ pub trait PrimaryLink: Send + Sync + std::fmt::Debug {
         key: &str,
     ) -> Result<BlobDownload, LinkError>;
 
-    /// Where `git fetch` reads a repository of a record from (a URL or a local path).
+    /// Where `git fetch` reads a repository of a record from (a URL or a local path), with the
+    /// git settings of that one command. A repository that does not exist is
+    /// [`LinkError::NotFound`].
     async fn repository_remote(
         &self,
         name: &str,
         model_id: i64,
         path: &str,
-    ) -> Result<String, LinkError>;
+    ) -> Result<RepositoryRemote, LinkError>;
 }
 
 /// A primary in the same process: reads its stores directly. Serves tests, examples and the
@@ -209,7 +217,7 @@ impl PrimaryLink for InProcessPrimary {
         name: &str,
         model_id: i64,
         path: &str,
-    ) -> Result<String, LinkError> {
+    ) -> Result<RepositoryRemote, LinkError> {
         let what = format!("repository `{}` of {name} {model_id}", shorten_name(path));
         let relative = parse_repository_path(path).map_err(|e| LinkError::Refused {
             what: what.clone(),
@@ -235,10 +243,9 @@ impl PrimaryLink for InProcessPrimary {
         match std::fs::symlink_metadata(&full) {
             // git runs the fetch inside the secondary's repository: a relative root must not
             // be read relative to that.
-            Ok(_) => Ok(std::path::absolute(&full)
-                .unwrap_or(full)
-                .to_string_lossy()
-                .into_owned()),
+            Ok(_) => Ok(RepositoryRemote::plain(
+                std::path::absolute(&full).unwrap_or(full).to_string_lossy(),
+            )),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(LinkError::NotFound { what }),
             // Exists or not, it cannot be looked at: not "missing".
             Err(e) => Err(LinkError::Failed {

@@ -88,7 +88,7 @@ impl PrimaryLink for FaultLink {
         name: &str,
         id: i64,
         path: &str,
-    ) -> Result<String, LinkError> {
+    ) -> Result<replicable_core::RepositoryRemote, LinkError> {
         tokio::time::sleep(self.delay).await;
         self.check("a repository")?;
         self.inner.repository_remote(name, id, path).await
