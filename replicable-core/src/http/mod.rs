@@ -36,7 +36,7 @@ use crate::link::http::token::SharedSecret;
 use crate::site::Site;
 
 pub use error::ApiError;
-pub use server::{ApiServer, TlsFiles, serve};
+pub use server::{ApiServer, TlsFiles, serve, serve_on};
 pub use status::{Received, SecondaryHealth, SecondaryReports};
 
 /// Presigns URLs of the primary's object store. For S3, wrap the store's

@@ -154,7 +154,15 @@ pub async fn serve(
     router: Router,
     tls: Option<&TlsFiles>,
 ) -> std::io::Result<ApiServer> {
-    let listener = TcpListener::bind(addr).await?;
+    serve_on(TcpListener::bind(addr).await?, router, tls)
+}
+
+/// Serves `router` on a socket the caller bound, over TLS when `tls` is given.
+pub fn serve_on(
+    listener: TcpListener,
+    router: Router,
+    tls: Option<&TlsFiles>,
+) -> std::io::Result<ApiServer> {
     let local_addr = listener.local_addr()?;
     let stop = CancellationToken::new();
     let task = match tls {
