@@ -10,6 +10,9 @@ pub struct RepositoryRemote {
     pub url: String,
     /// Git settings (`key`, `value`) for the one command.
     pub git_config: Vec<(String, String)>,
+    /// Further environment variables of the one command (for settings an inherited variable
+    /// would override, such as `GIT_SSL_CAINFO`).
+    pub env: Vec<(String, String)>,
 }
 
 impl std::fmt::Debug for RepositoryRemote {
@@ -18,6 +21,7 @@ impl std::fmt::Debug for RepositoryRemote {
         f.debug_struct("RepositoryRemote")
             .field("url", &self.url)
             .field("git_config", &keys)
+            .field("env", &self.env)
             .finish()
     }
 }
@@ -28,18 +32,20 @@ impl RepositoryRemote {
         Self {
             url: url.into(),
             git_config: Vec::new(),
+            env: Vec::new(),
         }
     }
 
-    /// The environment variables that give git [`Self::git_config`].
+    /// The environment variables that give git [`Self::git_config`] and [`Self::env`].
     pub fn git_env(&self) -> Vec<(String, String)> {
+        let mut env = self.env.clone();
         if self.git_config.is_empty() {
-            return Vec::new();
+            return env;
         }
-        let mut env = vec![(
+        env.push((
             "GIT_CONFIG_COUNT".to_owned(),
             self.git_config.len().to_string(),
-        )];
+        ));
         for (i, (key, value)) in self.git_config.iter().enumerate() {
             env.push((format!("GIT_CONFIG_KEY_{i}"), key.clone()));
             env.push((format!("GIT_CONFIG_VALUE_{i}"), value.clone()));
@@ -63,8 +69,10 @@ mod tests {
                 ),
                 ("http.followRedirects".into(), "false".into()),
             ],
+            env: Vec::new(),
         };
         let env = remote.git_env();
+        assert_eq!(env.len(), 5);
         assert_eq!(env[0], ("GIT_CONFIG_COUNT".into(), "2".into()));
         assert_eq!(
             env[1],

@@ -746,13 +746,20 @@ impl PrimaryLink for HttpPrimary {
             ),
             ("http.lowSpeedLimit".to_owned(), "1".to_owned()),
         ];
+        let mut env = Vec::new();
         if let Some(ca) = &self.inner.config.ca_file {
-            let ca = std::path::absolute(ca).unwrap_or_else(|_| ca.clone());
-            git_config.push(("http.sslCAInfo".to_owned(), ca.to_string_lossy().into()));
+            let ca: String = std::path::absolute(ca)
+                .unwrap_or_else(|_| ca.clone())
+                .to_string_lossy()
+                .into();
+            git_config.push(("http.sslCAInfo".to_owned(), ca.clone()));
+            // An inherited GIT_SSL_CAINFO would win over the setting.
+            env.push(("GIT_SSL_CAINFO".to_owned(), ca));
         }
         Ok(RepositoryRemote {
             url: remote.to_string(),
             git_config,
+            env,
         })
     }
 }
