@@ -676,3 +676,112 @@ async fn git_is_refused_without_a_token_and_push_is_not_served() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("refs/heads/"));
 }
+
+/// Presigned GET URLs of an S3 bucket under a prefix (the primary's blob store is that prefix).
+#[derive(Debug)]
+struct S3Urls {
+    s3: Arc<object_store::aws::AmazonS3>,
+    prefix: String,
+    signed: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl PresignGet for S3Urls {
+    async fn presigned_get(
+        &self,
+        path: &object_store::path::Path,
+        expires_in: Duration,
+    ) -> Result<String, String> {
+        use object_store::signer::Signer;
+        self.signed
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let full = object_store::path::Path::parse(format!("{}/{}", self.prefix, path.as_ref()))
+            .map_err(|e| e.to_string())?;
+        self.s3
+            .signed_url(object_store::signer::Method::GET, &full, expires_in)
+            .await
+            .map(|url| url.to_string())
+            .map_err(|e| e.to_string())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blobs_in_s3_are_fetched_from_presigned_urls() {
+    let Some((endpoint, bucket)) = replicable_tests::s3_lane() else {
+        return;
+    };
+    let s3 = Arc::new(
+        object_store::aws::AmazonS3Builder::new()
+            .with_endpoint(endpoint)
+            .with_allow_http(true)
+            .with_bucket_name(bucket)
+            .with_region("us-east-1")
+            .with_access_key_id("replicable")
+            .with_secret_access_key("replicable")
+            .build()
+            .unwrap(),
+    );
+    let prefix = format!("http-link-{}-{}", std::process::id(), now());
+    let urls = Arc::new(S3Urls {
+        s3: s3.clone(),
+        prefix: prefix.clone(),
+        signed: Default::default(),
+    });
+    let site = Site::primary("primary")
+        .blob_store(Arc::new(object_store::prefix::PrefixStore::new(
+            s3.clone(),
+            prefix.as_str(),
+        )))
+        .in_memory()
+        .build()
+        .unwrap();
+    let api = PrimaryApi::new(site.clone())
+        .secondary("eu", secret('a'))
+        .redirect_blobs(urls.clone(), Duration::from_secs(300));
+    let server = replicable_core::http::serve("127.0.0.1:0".parse().unwrap(), api.router(), None)
+        .await
+        .unwrap();
+    let url = format!("http://127.0.0.1:{}/", server.local_addr().port());
+    let link: Arc<dyn PrimaryLink> = Arc::new(link(&url, secret('a')));
+    let dir = tempfile::tempdir().unwrap();
+    let secondary = Site::secondary("eu", link.clone())
+        .blob_directory(dir.path())
+        .in_memory()
+        .build()
+        .unwrap();
+    let bytes = pattern(6 * 1024 * 1024 + 3);
+    put_blob(&site, &upload(4).key, bytes.clone()).await;
+    upload(4)
+        .replicator(&site)
+        .publish_created_event()
+        .await
+        .unwrap();
+    upload(4).replicator(&site).verify().await.unwrap();
+    let outcome = upload(4).replicator(&secondary).sync().await.unwrap();
+    assert!(matches!(outcome, SyncOutcome::Synced { .. }), "{outcome:?}");
+    assert!(
+        urls.signed.load(std::sync::atomic::Ordering::SeqCst) >= 1,
+        "the primary redirected to the object store"
+    );
+    let copy = std::fs::read(
+        secondary
+            .blob_directory()
+            .unwrap()
+            .join("uploads/4/file name é.bin"),
+    );
+    assert!(
+        copy.is_ok_and(|c| c == bytes),
+        "the copy has the primary's bytes"
+    );
+    let verified = upload(4).replicator(&secondary).verify().await.unwrap();
+    assert!(
+        matches!(verified, VerifyOutcome::Succeeded { .. }),
+        "{verified:?}"
+    );
+    // A blob missing from the bucket is "missing on primary", not a failed redirect.
+    let err = link
+        .open_blob("http_upload", 5, "missing/blob")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, LinkError::NotFound { .. }), "{err}");
+}
