@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use clap::{Args, Parser, Subcommand};
 use replicable_core::engine::{Engine, EngineConfig, EngineHandle};
-use replicable_core::observer::SyncObserver;
 use replicable_core::link::http::token::SharedSecret;
 use replicable_core::link::http::{HttpPrimary, HttpPrimaryConfig};
+use replicable_core::observer::SyncObserver;
 use replicable_core::{PrimaryLink, Site};
 
 use proofs::{Demo, deliberately_missing};
