@@ -59,6 +59,7 @@ fn clean_env(command: &mut Command) {
         .env("REPLICABLE_PERIODS__BACKFILL", "5s")
         .env("REPLICABLE_PERIODS__VERIFICATION_MAINTENANCE", "5s")
         .env("REPLICABLE_SHUTDOWN_DEADLINE", "2s")
+        .env("REPLICABLE_PERIODS__STATUS_REPORT", "500ms")
         .stdin(Stdio::null());
 }
 
@@ -164,6 +165,29 @@ async fn replicate_over_http(lane: Lane) {
     }
     assert_eq!(rows.len(), 3, "blobs, repositories and rows");
     e2e_support::assert_running(&mut secondary_process);
+    // The secondary reports its status to the primary, which shows it healthy.
+    let last = primary.event_log().last_event_id().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let reported = primary.registry_store().secondary_statuses().await.unwrap();
+        if reported
+            .iter()
+            .any(|r| r.secondary == "secondary" && r.cursor == last)
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no status report reached the primary: {reported:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let status = replicable_core::status::site_status(&primary, &e2e_support::replicables())
+        .await
+        .unwrap();
+    assert_eq!(status.secondaries.len(), 1);
+    assert!(status.secondaries[0].healthy, "{:?}", status.secondaries);
+    assert!(status.secondaries[0].report["synced"].as_u64().unwrap() > 0);
 
     // The primary goes away; records are published meanwhile (its database is still there).
     stop(&mut primary_process);

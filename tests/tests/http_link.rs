@@ -785,3 +785,122 @@ async fn blobs_in_s3_are_fetched_from_presigned_urls() {
         .unwrap_err();
     assert!(matches!(err, LinkError::NotFound { .. }), "{err}");
 }
+
+fn report(cursor: i64) -> replicable_core::link::SiteStatusReport {
+    replicable_core::link::SiteStatusReport {
+        cursor: Some(cursor),
+        pending: 1,
+        started: 0,
+        synced: 7,
+        failed: 2,
+        verified: 6,
+        events_behind: Some(0),
+        lag_seconds: Some(0.5),
+        version: "test".into(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_reports_are_stored_under_the_token_name_and_age() {
+    let p = primary().await;
+    let link = link(&p.url, secret('a'));
+    // The name in the call is ignored: the token names the secondary.
+    link.report_status("someone-else", &report(42))
+        .await
+        .unwrap();
+    let rows = p.site.registry_store().secondary_statuses().await.unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].secondary, "eu");
+    assert_eq!(rows[0].cursor, Some(42));
+    assert_eq!(rows[0].report["synced"], 7);
+    let silent = replicable_core::status::DEFAULT_SILENT_AFTER;
+    let now = replicable_core::status::secondaries(&p.site, p.site.now(), silent)
+        .await
+        .unwrap();
+    assert!(now[0].healthy, "{now:?}");
+    let later = p.site.now() + chrono::Duration::from_std(silent * 2).unwrap();
+    let then = replicable_core::status::secondaries(&p.site, later, silent)
+        .await
+        .unwrap();
+    assert!(
+        !then[0].healthy,
+        "a secondary silent past the threshold is unhealthy"
+    );
+    assert!(then[0].age_seconds >= (silent * 2).as_secs_f64() - 1.0);
+    // A wrong secret reports nothing.
+    let err = self::link(&p.url, secret('z'))
+        .report_status("eu", &report(99))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, LinkError::Refused { .. }), "{err}");
+    let rows = p.site.registry_store().secondary_statuses().await.unwrap();
+    assert_eq!(rows[0].cursor, Some(42));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_deletes_what_every_reporting_secondary_processed() {
+    let p = primary().await;
+    for id in 1..=6 {
+        put_blob(&p.site, &upload(id).key, pattern(10)).await;
+        upload(id)
+            .replicator(&p.site)
+            .publish_created_event()
+            .await
+            .unwrap();
+    }
+    let ids: Vec<i64> = p
+        .site
+        .event_log()
+        .read_after(0, 100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.id())
+        .collect();
+    assert_eq!(ids.len(), 6);
+    let store = p.site.registry_store();
+    for (name, cursor) in [("eu", ids[4]), ("us", ids[2])] {
+        store
+            .put_secondary_status(&replicable_core::storage::SecondaryStatusRow {
+                secondary: name.into(),
+                cursor: Some(cursor),
+                report: serde_json::json!({}),
+                received_at: p.site.now(),
+            })
+            .await
+            .unwrap();
+    }
+    let mut config = replicable_core::engine::EngineConfig::default();
+    config.periods.retention = Duration::from_millis(50);
+    let engine = replicable_core::engine::Engine::new(
+        p.site.clone(),
+        vec![
+            replicable_core::find_replicable("http_upload")
+                .unwrap()
+                .unwrap(),
+        ],
+    )
+    .config(config)
+    .start()
+    .await
+    .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let left = loop {
+        let left: Vec<i64> = p
+            .site
+            .event_log()
+            .read_after(0, 100)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.id())
+            .collect();
+        if left.len() < 6 || std::time::Instant::now() > deadline {
+            break left;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    engine.shutdown().await;
+    // The slowest secondary ("us") processed up to the third event: the rest is kept.
+    assert_eq!(left, ids[3..].to_vec());
+}

@@ -37,7 +37,6 @@ use crate::site::Site;
 
 pub use error::ApiError;
 pub use server::{ApiServer, TlsFiles, serve, serve_on};
-pub use status::{Received, SecondaryHealth, SecondaryReports};
 
 /// Presigns URLs of the primary's object store. For S3, wrap the store's
 /// `object_store::signer::Signer` (feature `aws` of object_store):
@@ -81,7 +80,6 @@ pub struct PrimaryApi {
     leeway: Duration,
     git_timeout: Duration,
     redirect: Option<BlobRedirect>,
-    reports: SecondaryReports,
 }
 
 pub(crate) type State = Arc<PrimaryApi>;
@@ -95,7 +93,6 @@ impl PrimaryApi {
             leeway: Duration::from_secs(30),
             git_timeout: Duration::from_secs(3600),
             redirect: None,
-            reports: SecondaryReports::default(),
         }
     }
 
@@ -123,12 +120,6 @@ impl PrimaryApi {
     pub fn redirect_blobs(mut self, signer: Arc<dyn PresignGet>, expires_in: Duration) -> Self {
         self.redirect = Some(BlobRedirect { signer, expires_in });
         self
-    }
-
-    /// The status reports of the secondaries (a handle: it sees reports arriving after the
-    /// router was built).
-    pub fn reports(&self) -> SecondaryReports {
-        self.reports.clone()
     }
 
     /// The site served.

@@ -4,8 +4,10 @@
 #[cfg(feature = "http")]
 pub mod http;
 mod remote;
+mod report;
 
 pub use remote::RepositoryRemote;
+pub use report::SiteStatusReport;
 
 use std::ops::Range;
 
@@ -89,6 +91,17 @@ pub trait PrimaryLink: Send + Sync + std::fmt::Debug {
         model_id: i64,
         path: &str,
     ) -> Result<RepositoryRemote, LinkError>;
+
+    /// Reports the status of secondary `secondary` to the primary. A link with nowhere to
+    /// report to does nothing (the default).
+    async fn report_status(
+        &self,
+        secondary: &str,
+        report: &SiteStatusReport,
+    ) -> Result<(), LinkError> {
+        let _ = (secondary, report);
+        Ok(())
+    }
 }
 
 /// A primary in the same process: reads its stores directly. Serves tests, examples and the
@@ -253,5 +266,27 @@ impl PrimaryLink for InProcessPrimary {
                 reason: e.to_string(),
             }),
         }
+    }
+
+    /// Stores the report in the primary's tracking database, as the HTTP API does.
+    async fn report_status(
+        &self,
+        secondary: &str,
+        report: &SiteStatusReport,
+    ) -> Result<(), LinkError> {
+        let row = crate::storage::SecondaryStatusRow {
+            secondary: secondary.to_owned(),
+            cursor: report.cursor,
+            report: serde_json::to_value(report).map_err(|e| LinkError::Failed {
+                what: "the status report".into(),
+                reason: e.to_string(),
+            })?,
+            received_at: self.primary.now(),
+        };
+        self.primary
+            .registry_store()
+            .put_secondary_status(&row)
+            .await
+            .map_err(failed("the status report"))
     }
 }

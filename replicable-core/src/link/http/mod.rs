@@ -350,8 +350,8 @@ impl HttpPrimary {
         }
     }
 
-    /// Reports this secondary's status to the primary.
-    pub async fn report_status(&self, report: &wire::StatusReport) -> Result<(), LinkError> {
+    /// Reports this secondary's status to the primary (the token names the secondary).
+    async fn post_status(&self, report: &wire::StatusReport) -> Result<(), LinkError> {
         let what = "the status report";
         let url = self.url("v1/status")?;
         let body = serde_json::to_vec(report).map_err(|e| failed(what, e))?;
@@ -638,6 +638,14 @@ impl PrimaryLink for HttpPrimary {
         )
         .await?
         .ok_or_else(|| failed(&what, "the primary answered 404"))
+    }
+
+    async fn report_status(
+        &self,
+        _secondary: &str,
+        report: &super::SiteStatusReport,
+    ) -> Result<(), LinkError> {
+        self.post_status(report).await
     }
 
     async fn verification(

@@ -82,23 +82,7 @@ pub struct BlobQuery {
 }
 
 /// A secondary's status report (`POST v1/status`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct StatusReport {
-    /// The event the secondary's cursor is at.
-    pub cursor: Option<EventId>,
-    /// Registry rows by state, all replicables together.
-    pub pending: u64,
-    /// Rows `started`.
-    pub started: u64,
-    /// Rows `synced`.
-    pub synced: u64,
-    /// Rows `failed`.
-    pub failed: u64,
-    /// Seconds between the newest event on the primary and the cursor's event, if known.
-    pub lag_seconds: Option<f64>,
-    /// The secondary's software version.
-    pub version: String,
-}
+pub use crate::link::SiteStatusReport as StatusReport;
 
 /// Path segments percent-encoded so that any name, key or path stays one segment (a
 /// repository path keeps its `/`s).

@@ -93,4 +93,11 @@ impl PrimaryLink for FaultLink {
         self.check("a repository")?;
         self.inner.repository_remote(name, id, path).await
     }
+    async fn report_status(
+        &self,
+        secondary: &str,
+        report: &replicable_core::link::SiteStatusReport,
+    ) -> Result<(), LinkError> {
+        self.inner.report_status(secondary, report).await
+    }
 }
