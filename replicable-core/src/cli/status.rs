@@ -138,8 +138,8 @@ fn write_secondaries(out: &mut dyn std::io::Write, status: &SiteStatus) -> std::
     writeln!(out)?;
     writeln!(
         out,
-        "{:<24} {:>9} {:>10} {:>12} {:>10} {:>8} {:>8}  {}",
-        "secondary", "health", "report age", "cursor", "lag", "synced", "failed", "version"
+        "{:<24} {:>9} {:>10} {:>12} {:>10} {:>8} {:>8}  version",
+        "secondary", "health", "report age", "cursor", "lag", "synced", "failed"
     )?;
     for s in &status.secondaries {
         let field = |name: &str| s.report.get(name).cloned().unwrap_or_default();

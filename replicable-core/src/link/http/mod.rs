@@ -229,9 +229,10 @@ impl HttpPrimary {
         scope: Scope,
         headers: HeaderMap,
         body: Option<Vec<u8>>,
-        whole_timeout: bool,
         what: &str,
     ) -> Result<reqwest::Response, LinkError> {
+        // A blob's body streams for as long as it takes: only its reads time out.
+        let whole_timeout = !matches!(scope, Scope::Blob { .. });
         let idempotent = method == Method::GET || method == Method::HEAD;
         let attempts = if idempotent {
             self.inner.config.retries + 1
@@ -333,7 +334,7 @@ impl HttpPrimary {
     ) -> Result<Option<T>, LinkError> {
         let url = self.url(path)?;
         let response = self
-            .send(Method::GET, url, scope, HeaderMap::new(), None, true, what)
+            .send(Method::GET, url, scope, HeaderMap::new(), None, what)
             .await?;
         match check(response, what).await {
             Ok(response) => {
@@ -361,15 +362,7 @@ impl HttpPrimary {
             HeaderValue::from_static("application/json"),
         );
         let response = self
-            .send(
-                Method::POST,
-                url,
-                Scope::Status,
-                headers,
-                Some(body),
-                true,
-                what,
-            )
+            .send(Method::POST, url, Scope::Status, headers, Some(body), what)
             .await?;
         check(response, what).await.map(|_| ())
     }
@@ -404,7 +397,7 @@ impl HttpPrimary {
             key: key.to_owned(),
         };
         let response = self
-            .send(Method::GET, url, scope, headers, None, false, what)
+            .send(Method::GET, url, scope, headers, None, what)
             .await?;
         check(response, what).await
     }
@@ -730,7 +723,6 @@ impl PrimaryLink for HttpPrimary {
                 scope.clone(),
                 HeaderMap::new(),
                 None,
-                true,
                 &what,
             )
             .await?;
