@@ -25,7 +25,9 @@
 //! [`log_cursor`], [`workers`], [`backfill`], [`status`], [`engine`] (runs a site by itself),
 //! [`local_blobs`] and [`blob_key`] (local blob directories and keys), [`staging`] (sweeping
 //! what crashed syncs left), [`observer`], `cli` and `metrics` (behind the features of those
-//! names), and `testing` (the shared suite, behind the `testing` feature).
+//! names), `http` (the primary's API) and `link::http` (`HttpPrimary`, the secondary's link over
+//! HTTP), behind the `http` feature, and `testing` (the shared suite, behind the `testing`
+//! feature).
 
 #![deny(missing_docs)]
 

@@ -36,6 +36,32 @@ fn fastrand_char() -> char {
     b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"[(x % 62) as usize] as char
 }
 
+/// A site process, killed if the test ends without stopping it (a failed assertion must not
+/// leave it running).
+struct Process(Child);
+
+impl std::ops::Deref for Process {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Process {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if self.0.try_wait().ok().flatten().is_none() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 fn site_args(command: &mut Command, at: &SiteLocation) {
     command.arg("--data").arg(&at.data);
     if let Some(url) = &at.database {
@@ -70,7 +96,7 @@ fn spawn_primary(
     listen: &str,
     secret: &str,
     log: &std::path::Path,
-) -> (Child, String) {
+) -> (Process, String) {
     let mut command = Command::new(env!("CARGO_BIN_EXE_e2e_site"));
     command.arg("primary");
     site_args(&mut command, at);
@@ -88,7 +114,7 @@ fn spawn_primary(
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(log).unwrap());
-    let mut child = command.spawn().expect("spawning the primary");
+    let mut child = Process(command.spawn().expect("spawning the primary"));
     let stdout = child.stdout.take().unwrap();
     let mut lines = BufReader::new(stdout).lines();
     let url = loop {
@@ -105,7 +131,7 @@ fn spawn_primary(
     (child, url)
 }
 
-fn spawn_secondary(at: &SiteLocation, url: &str, secret: &str, log: &std::path::Path) -> Child {
+fn spawn_secondary(at: &SiteLocation, url: &str, secret: &str, log: &std::path::Path) -> Process {
     let mut command = Command::new(env!("CARGO_BIN_EXE_e2e_site"));
     command.arg("secondary");
     site_args(&mut command, at);
@@ -125,10 +151,10 @@ fn spawn_secondary(at: &SiteLocation, url: &str, secret: &str, log: &std::path::
         .env("E2E_LINK_DELAY_MS", "0")
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(log).unwrap());
-    command.spawn().expect("spawning the secondary")
+    Process(command.spawn().expect("spawning the secondary"))
 }
 
-fn stop(child: &mut Child) {
+fn stop(child: &mut Process) {
     e2e_support::terminate(child);
     assert!(
         e2e_support::wait_exit(child, Duration::from_secs(15)).is_some(),
@@ -280,4 +306,107 @@ async fn e2e_http_processes_sqlite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn e2e_http_processes_postgres() {
     replicate_over_http(Lane::Postgres).await;
+}
+
+/// Peak resident memory of a process (`VmHWM`), in bytes.
+fn peak_memory(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .expect("VmHWM in /proc/PID/status");
+    let kib: u64 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    kib * 1024
+}
+
+/// A 1 GiB blob crosses the link with the secondary's peak memory under 64 MiB: the bytes
+/// stream from the primary's store through HTTP into the secondary's store, never whole in
+/// memory. Ignored by default: a debug build hashes 1 GiB three times (the primary's checksum,
+/// the download, the secondary's verification), which takes minutes. Run it with
+/// `cargo test -p replicable-tests --test e2e_http -- --ignored`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "slow: streams 1 GiB between two processes"]
+async fn e2e_http_one_gib_blob_streams_in_bounded_memory() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let primary_at = SiteLocation::embedded(dir.path().join("primary"));
+    let secondary_at = SiteLocation::embedded(dir.path().join("secondary"));
+    let primary =
+        replicable_examples::geo_demo::sites::open_primary(&primary_at, e2e_support::timeouts())
+            .await
+            .unwrap();
+    let record = replicable_examples::PackageFile::new(1, "huge.bin");
+    let file = primary_at.blob_file(&record.file_path);
+    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+    let mut out = std::io::BufWriter::new(std::fs::File::create(&file).unwrap());
+    let chunk: Vec<u8> = (0..1024 * 1024).map(|i| (i * 31 % 251) as u8).collect();
+    for i in 0..1024u32 {
+        out.write_all(&i.to_le_bytes()).unwrap();
+        out.write_all(&chunk[4..]).unwrap();
+    }
+    out.flush().unwrap();
+    drop(out);
+    record
+        .replicator(&primary)
+        .publish_created_event()
+        .await
+        .unwrap();
+
+    let secret = new_secret();
+    let (mut primary_process, url) = spawn_primary(
+        &primary_at,
+        "127.0.0.1:0",
+        &secret,
+        &dir.path().join("primary.log"),
+    );
+    let mut secondary_process = spawn_secondary(
+        &secondary_at,
+        &url,
+        &secret,
+        &dir.path().join("secondary.log"),
+    );
+    let view = e2e_support::secondary(
+        &secondary_at,
+        &primary,
+        SecondaryOptions::new(e2e_support::timeouts()),
+    )
+    .await;
+    let started = Instant::now();
+    loop {
+        e2e_support::assert_running(&mut secondary_process);
+        let row = view.registry_store().get("package_file", 1).await.unwrap();
+        if row.as_ref().is_some_and(|r| {
+            r.state == SyncState::Synced
+                && r.verification.verification_state == VerificationState::Succeeded
+        }) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(1800),
+            "1 GiB did not sync: {row:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let took = started.elapsed();
+    let peak = peak_memory(secondary_process.id());
+    eprintln!(
+        "1 GiB synced and verified over HTTP in {took:.1?}; secondary peak memory {:.1} MiB",
+        peak as f64 / (1024.0 * 1024.0)
+    );
+    assert_eq!(
+        std::fs::metadata(secondary_at.blob_file(&record.file_path))
+            .unwrap()
+            .len(),
+        1024 * 1024 * 1024
+    );
+    assert!(
+        peak < 64 * 1024 * 1024,
+        "the secondary's peak memory was {peak} bytes"
+    );
+    stop(&mut secondary_process);
+    stop(&mut primary_process);
 }

@@ -903,3 +903,43 @@ async fn retention_deletes_what_every_reporting_secondary_processed() {
     // The slowest secondary ("us") processed up to the third event: the rest is kept.
     assert_eq!(left, ids[3..].to_vec());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_git_upload_pack_past_its_timeout_is_killed() {
+    let p = primary_with(|api| api.git_timeout(Duration::from_millis(300)), None).await;
+    let repos = Harness::<Repo>::with_sites(
+        p.site.clone(),
+        p.site.clone(),
+        |b| b.in_memory().build().unwrap(),
+        repo,
+    );
+    repos.create(4).await;
+    let scope = Scope::Repository {
+        replicable: "http_repo".into(),
+        id: 4,
+        path: "group/4.git".into(),
+    };
+    let token = token::sign("eu", &secret('a'), scope).unwrap();
+    // A request that never ends: upload-pack waits for it until the API kills it.
+    let (_sender, never) =
+        futures::channel::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(1);
+    let response = reqwest::Client::new()
+        .post(format!(
+            "{}v1/git/http_repo/4/group/4.git/git-upload-pack",
+            p.url
+        ))
+        .bearer_auth(token)
+        .header("content-type", "application/x-git-upload-pack-request")
+        .body(reqwest::Body::wrap_stream(never))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    // The answer ends (git was killed) although the request never did; the generous outer
+    // limit only turns a hang into a failure.
+    let ended = tokio::time::timeout(Duration::from_secs(120), response.bytes()).await;
+    assert!(
+        ended.is_ok(),
+        "upload-pack was not killed after its timeout"
+    );
+}
