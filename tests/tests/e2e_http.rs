@@ -132,6 +132,17 @@ fn spawn_primary(
 }
 
 fn spawn_secondary(at: &SiteLocation, url: &str, secret: &str, log: &std::path::Path) -> Process {
+    spawn_secondary_with(at, url, secret, log, "2")
+}
+
+/// A secondary process whose claims go stale after `claim_timeout` seconds.
+fn spawn_secondary_with(
+    at: &SiteLocation,
+    url: &str,
+    secret: &str,
+    log: &std::path::Path,
+    claim_timeout: &str,
+) -> Process {
     let mut command = Command::new(env!("CARGO_BIN_EXE_e2e_site"));
     command.arg("secondary");
     site_args(&mut command, at);
@@ -141,7 +152,7 @@ fn spawn_secondary(at: &SiteLocation, url: &str, secret: &str, log: &std::path::
         "--cursor-lease",
         "2",
         "--claim-timeout",
-        "2",
+        claim_timeout,
         "--progress",
         "0",
     ]);
@@ -363,11 +374,13 @@ async fn e2e_http_one_gib_blob_streams_in_bounded_memory() {
         &secret,
         &dir.path().join("primary.log"),
     );
-    let mut secondary_process = spawn_secondary(
+    // A claim timeout of a minute: a loaded machine must not take a long transfer for dead.
+    let mut secondary_process = spawn_secondary_with(
         &secondary_at,
         &url,
         &secret,
         &dir.path().join("secondary.log"),
+        "60",
     );
     let view = e2e_support::secondary(
         &secondary_at,
