@@ -121,6 +121,7 @@ async fn main() -> Result<(), Error> {
     let mut curl = Command::new("curl");
     curl.args([
         "--silent",
+        "--no-progress-meter",
         "--fail",
         "--parallel",
         "--parallel-max",
