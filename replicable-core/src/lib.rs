@@ -30,7 +30,8 @@
 //! 2. [`storage`]: one trait per storage role, the SQL and memory backends, and
 //!    [`local_blobs`] (confined local blob directories);
 //! 3. [`link`]: how a secondary reads its primary ([`PrimaryLink`]; [`InProcessPrimary`],
-//!    built from the primary's store handles);
+//!    built from the primary's store handles; `link::http::HttpPrimary` over HTTP, feature
+//!    `http`);
 //! 4. [`strategy`] (with the [`StrategyContext`] a strategy works in), [`model`] (the
 //!    [`Replicable`] trait, which binds a model to its strategy) and [`observer`];
 //! 5. [`site`], [`descriptor`] (the catalogue of replicables) and [`replicator`] (publish,
@@ -38,7 +39,7 @@
 //!    model, and [`ReplicatorExt`] serves generic code);
 //! 6. [`engine`] (runs a site by itself: the [`log_cursor`], [`workers`], [`backfill`],
 //!    [`staging`] sweeps) and [`status`];
-//! 7. `cli` and `metrics` (behind the features of those names);
+//! 7. `cli`, `metrics` and `http` (the primary's API), behind the features of those names;
 //!
 //! and `testing` (the shared suite, behind the `testing` feature) uses them all. The paths the
 //! modules had before the layers got folders (`replicable_core::event`, `::primary_link`,
@@ -60,6 +61,8 @@ pub mod strategy;
 
 #[cfg(feature = "cli")]
 pub mod cli;
+#[cfg(feature = "http")]
+pub mod http;
 #[cfg(feature = "metrics")]
 pub mod metrics;
 
@@ -86,7 +89,7 @@ pub use domain::registry::{RegistryRecord, SyncState};
 pub use domain::resource::{DataType, Resource};
 pub use domain::selective_sync::SelectiveSync;
 pub use domain::verification::{Verification, VerificationRecord, VerificationState};
-pub use link::{InProcessPrimary, PrimaryLink, PrimaryStores};
+pub use link::{InProcessPrimary, PrimaryLink, PrimaryStores, RepositoryRemote};
 pub use model::Replicable;
 pub use replicator::{
     ConsumeOutcome, ReplicationTarget, Replicator, ReplicatorExt, SyncAttempt, SyncOutcome,

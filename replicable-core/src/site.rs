@@ -227,6 +227,7 @@ impl From<&Site> for PrimaryStores {
             verification: inner.verification.clone(),
             blobs: inner.blobs.clone(),
             repository_root: inner.repository_root.clone(),
+            registry: inner.registry.clone(),
         }
     }
 }

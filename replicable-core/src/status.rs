@@ -255,6 +255,9 @@ pub struct SiteStatus {
     pub events: EventPosition,
     /// One entry per replicable, in the order given.
     pub replicables: Vec<ReplicableStatus>,
+    /// Primary: every secondary that reported its status, with the age of its report.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secondaries: Vec<SecondaryHealth>,
 }
 
 /// The event log's and (on a secondary) the cursor's position. A secondary reads the log
@@ -341,5 +344,55 @@ pub async fn site_status(
         replication_enabled,
         events: event_position(site).await?,
         replicables: statuses,
+        secondaries: if site.is_primary() {
+            secondaries(site, site.now(), DEFAULT_SILENT_AFTER).await?
+        } else {
+            Vec::new()
+        },
     })
+}
+
+/// A secondary as its primary sees it: its last status report and how old it is.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SecondaryHealth {
+    /// The secondary's name.
+    pub name: String,
+    /// The event its cursor was at.
+    pub cursor: Option<EventId>,
+    /// Its report (counts, lag, version).
+    pub report: serde_json::Value,
+    /// When the primary received it.
+    pub reported_at: DateTime<Utc>,
+    /// How old the report is, in seconds.
+    pub age_seconds: f64,
+    /// Whether it reported within the threshold; a secondary silent for longer is unhealthy.
+    pub healthy: bool,
+}
+
+/// How long a secondary may stay silent before its primary shows it unhealthy (default of
+/// [`secondaries`]' callers: five report periods of the engine's default).
+pub const DEFAULT_SILENT_AFTER: std::time::Duration = std::time::Duration::from_secs(150);
+
+/// Primary: every secondary that reported its status, with the age of its last report at
+/// `now`; one silent for longer than `silent_after` is unhealthy.
+pub async fn secondaries(
+    site: &Site,
+    now: DateTime<Utc>,
+    silent_after: std::time::Duration,
+) -> Result<Vec<SecondaryHealth>, StoreError> {
+    let rows = site.registry_store().secondary_statuses().await?;
+    Ok(rows
+        .into_iter()
+        .map(|row| {
+            let age = (now - row.received_at).to_std().unwrap_or_default();
+            SecondaryHealth {
+                name: row.secondary,
+                cursor: row.cursor,
+                report: row.report,
+                reported_at: row.received_at,
+                age_seconds: age.as_secs_f64(),
+                healthy: age <= silent_after,
+            }
+        })
+        .collect())
 }

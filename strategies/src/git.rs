@@ -34,8 +34,8 @@ use replicable_core::blob_key::{RESERVED_PREFIX, parse_repository_path, resolve_
 use replicable_core::failure::shorten_name;
 use replicable_core::storage::StoredRecord;
 use replicable_core::{
-    DataType, LinkError, Resource, ResourceError, ResourceTarget, Strategy, StrategyContext,
-    SyncFailure, SyncRequest,
+    DataType, LinkError, RepositoryRemote, Resource, ResourceError, ResourceTarget, Strategy,
+    StrategyContext, SyncFailure, SyncRequest,
 };
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
@@ -492,8 +492,16 @@ impl GitRepositoryStrategy {
         &self,
         request: &SyncRequest<'_>,
         local: &Path,
-        remote: &str,
+        remote: &RepositoryRemote,
     ) -> Result<(), SyncFailure> {
+        // The remote's settings (an authorization header) reach git through its environment,
+        // for these commands only.
+        let remote_env = remote.git_env();
+        let remote_env: Vec<(&str, &str)> = remote_env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let remote = remote.url.as_str();
         let timeout = request.context.command_timeout();
         let failure = |e: GitError| SyncFailure::new(e.to_string());
         let root = request.context.repository_root().ok_or_else(|| {
@@ -516,7 +524,7 @@ impl GitRepositoryStrategy {
             None,
             &["clone", "--mirror", "--quiet", "--", remote, &tmp_text],
             None,
-            &[],
+            &remote_env,
             timeout,
         )
         .await
@@ -563,8 +571,16 @@ impl GitRepositoryStrategy {
         &self,
         request: &SyncRequest<'_>,
         local: &Path,
-        remote: &str,
+        remote: &RepositoryRemote,
     ) -> Result<(), SyncFailure> {
+        // The remote's settings (an authorization header) reach git through its environment,
+        // for these commands only.
+        let remote_env = remote.git_env();
+        let remote_env: Vec<(&str, &str)> = remote_env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let remote = remote.url.as_str();
         let timeout = request.context.command_timeout();
         let failure = |e: GitError| SyncFailure::new(e.to_string());
         // The primary's HEAD, before its refs: a HEAD naming a ref the fetch then lacks only
@@ -573,7 +589,7 @@ impl GitRepositoryStrategy {
             None,
             &["ls-remote", "--symref", "--", remote, "HEAD"],
             None,
-            &[],
+            &remote_env,
             timeout,
         )
         .await
@@ -598,7 +614,7 @@ impl GitRepositoryStrategy {
                 &refspec,
             ],
             None,
-            &[],
+            &remote_env,
             timeout,
         )
         .await;

@@ -170,7 +170,7 @@ impl PrimaryLink for Tampered {
         name: &str,
         id: i64,
         path: &str,
-    ) -> Result<String, LinkError> {
+    ) -> Result<replicable_core::RepositoryRemote, LinkError> {
         self.inner.repository_remote(name, id, path).await
     }
 }

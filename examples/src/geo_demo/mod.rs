@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use clap::{Args, Parser, Subcommand};
 use replicable_core::engine::{Engine, EngineConfig, EngineHandle};
+use replicable_core::link::http::token::SharedSecret;
+use replicable_core::link::http::{HttpPrimary, HttpPrimaryConfig};
 use replicable_core::observer::SyncObserver;
 use replicable_core::{PrimaryLink, Site};
 
@@ -41,8 +43,8 @@ pub enum Command {
     Run(RunArgs),
     /// Runs the primary's engine until SIGINT / SIGTERM.
     Primary(PrimaryArgs),
-    /// Runs a secondary's engine until SIGINT / SIGTERM. It reads the primary's stores directly
-    /// (the network link between sites is not there yet).
+    /// Runs a secondary's engine until SIGINT / SIGTERM. It reads its primary over the HTTP link
+    /// (`--primary-url`), or the primary's stores directly (`--primary-data`).
     Secondary(SecondaryArgs),
     /// Prints the status table of a primary and a secondary; exits 0 only if the secondary
     /// holds every record of the primary, synced and verified.
@@ -200,10 +202,73 @@ pub struct PrimaryArgs {
     /// Engine settings.
     #[command(flatten)]
     pub engine: EngineArgs,
+    /// The primary's API.
+    #[command(flatten)]
+    pub api: PrimaryApiArgs,
 }
 
-/// Where a secondary finds its primary (its stores are read directly until the network link
-/// between sites lands).
+/// The primary's API: the HTTP link its secondaries read it through.
+#[derive(Debug, Clone, Args)]
+pub struct PrimaryApiArgs {
+    /// Serves the primary's API on ADDR (e.g. `127.0.0.1:7070`; port 0 picks a free port) and
+    /// prints `api: URL`.
+    #[arg(long)]
+    pub listen: Option<std::net::SocketAddr>,
+    /// The name of the secondary allowed to read the API.
+    #[arg(long, default_value = "secondary")]
+    pub secondary_name: String,
+    /// A file holding the secret shared with that secondary (default: the
+    /// `GEO_DEMO_LINK_SECRET` environment variable). At least 32 bytes.
+    #[arg(long)]
+    pub link_secret_file: Option<PathBuf>,
+    /// Serves TLS with this certificate chain (PEM; with `--tls-key`).
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of `--tls-cert` (PEM).
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+}
+
+/// The environment variable holding the link's secret when no file is given.
+pub const LINK_SECRET_VAR: &str = "GEO_DEMO_LINK_SECRET";
+
+fn link_secret(file: Option<&std::path::Path>) -> Result<SharedSecret, Error> {
+    Ok(match file {
+        Some(file) => SharedSecret::from_file(file)?,
+        None => SharedSecret::from_env(LINK_SECRET_VAR)?,
+    })
+}
+
+/// Where a secondary process finds its primary: its API, or its stores.
+#[derive(Debug, Clone, Args)]
+pub struct SecondaryLinkArgs {
+    /// The primary's API (`http://HOST:PORT/` or `https://...`): the secondary reads the
+    /// primary over the HTTP link, sharing nothing with it but this URL and a secret.
+    #[arg(long, conflicts_with_all = ["primary_data", "primary_database", "primary_schema"])]
+    pub primary_url: Option<String>,
+    /// The primary's data directory, read directly (without `--primary-url`).
+    #[arg(long, required_unless_present = "primary_url")]
+    pub primary_data: Option<PathBuf>,
+    /// The primary's database (default: `PRIMARY_DATA/site.db`).
+    #[arg(long)]
+    pub primary_database: Option<String>,
+    /// PostgreSQL: the schema holding the primary's tables.
+    #[arg(long)]
+    pub primary_schema: Option<String>,
+    /// This secondary's name, as the primary's API knows it.
+    #[arg(long, default_value = "secondary")]
+    pub link_name: String,
+    /// A file holding the secret shared with the primary (default: the `GEO_DEMO_LINK_SECRET`
+    /// environment variable).
+    #[arg(long)]
+    pub link_secret_file: Option<PathBuf>,
+    /// The certificate authority (PEM) of a primary whose certificate the system does not
+    /// trust.
+    #[arg(long)]
+    pub link_ca_file: Option<PathBuf>,
+}
+
+/// Where a secondary finds its primary's stores, to read them directly.
 #[derive(Debug, Clone, Args)]
 pub struct PrimaryLocationArgs {
     /// The primary's data directory.
@@ -236,7 +301,7 @@ pub struct SecondaryArgs {
     pub site: SiteArgs,
     /// Where the primary is.
     #[command(flatten)]
-    pub primary: PrimaryLocationArgs,
+    pub primary: SecondaryLinkArgs,
     /// Appends `<replicable> <id> <pid> <unix ms>` to this file each time a sync transfers a
     /// resource.
     #[arg(long)]
@@ -247,9 +312,25 @@ pub struct SecondaryArgs {
 }
 
 impl SecondaryArgs {
-    /// The primary's location.
-    pub fn primary_location(&self) -> SiteLocation {
-        self.primary.location()
+    /// The primary's location, when its stores are read directly.
+    pub fn primary_location(&self) -> Option<SiteLocation> {
+        let data = self.primary.primary_data.as_ref()?;
+        Some(SiteLocation::new(
+            data,
+            self.primary.primary_database.clone(),
+            self.primary.primary_schema.clone(),
+        ))
+    }
+
+    /// The HTTP link to the primary, when `--primary-url` is given.
+    pub fn http_link(&self) -> Result<Option<HttpPrimary>, Error> {
+        let Some(url) = &self.primary.primary_url else {
+            return Ok(None);
+        };
+        let secret = link_secret(self.primary.link_secret_file.as_deref())?;
+        let mut config = HttpPrimaryConfig::new(url, &self.primary.link_name, secret);
+        config.ca_file = self.primary.link_ca_file.clone();
+        Ok(Some(HttpPrimary::new(config)?))
     }
 }
 
@@ -550,6 +631,31 @@ fn print_verdict(verdict: Option<&proofs::Verdict>) {
     }
 }
 
+/// Serves the primary's API when `--listen` asks for it.
+async fn serve_api(
+    args: &PrimaryApiArgs,
+    primary: &Site,
+) -> Result<Option<replicable_core::http::ApiServer>, Error> {
+    let Some(addr) = args.listen else {
+        return Ok(None);
+    };
+    let secret = link_secret(args.link_secret_file.as_deref())?;
+    let router = replicable_core::http::PrimaryApi::new(primary.clone())
+        .secondary(args.secondary_name.clone(), secret)
+        .router();
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(replicable_core::http::TlsFiles {
+            certificate_chain: cert.clone(),
+            private_key: key.clone(),
+        }),
+        _ => None,
+    };
+    let server = replicable_core::http::serve(addr, router, tls.as_ref()).await?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    println!("api: {scheme}://{}/", server.local_addr());
+    Ok(Some(server))
+}
+
 async fn run_primary(args: PrimaryArgs) -> Result<ExitCode, Error> {
     let location = args.site.location();
     let primary = sites::open_primary(&location, args.engine.timeouts()).await?;
@@ -568,12 +674,16 @@ async fn run_primary(args: PrimaryArgs) -> Result<ExitCode, Error> {
         .start()
         .await?;
     let _metrics = serve_metrics(&args.engine, &primary).await?;
+    let api = serve_api(&args.api, &primary).await?;
     println!(
         "primary: engine running on {} (pid {}); SIGINT or SIGTERM stops it",
         location.database_url().split('@').next_back().unwrap_or(""),
         std::process::id()
     );
     let report = engine.run_until_signal().await;
+    if let Some(api) = api {
+        api.shutdown().await?;
+    }
     println!("primary: stopped ({report:?})");
     Ok(ExitCode::SUCCESS)
 }
@@ -596,13 +706,24 @@ impl SyncObserver for SyncLog {
     }
 }
 
-/// Opens the secondary of `args` and starts its engine.
+/// Opens the secondary of `args` and starts its engine. Returns the primary's site too when
+/// its stores are read directly.
 pub async fn start_secondary(
     args: &SecondaryArgs,
     hooks: &Hooks,
-) -> Result<(Site, Site, EngineHandle), Error> {
+) -> Result<(Option<Site>, Site, EngineHandle), Error> {
     let timeouts = args.engine.timeouts();
-    let primary = sites::open_primary(&args.primary_location(), timeouts).await?;
+    let (primary, link): (Option<Site>, Arc<dyn PrimaryLink>) = match args.http_link()? {
+        Some(link) => (None, Arc::new(link)),
+        None => {
+            let location = args
+                .primary_location()
+                .ok_or("give --primary-url or --primary-data")?;
+            let primary = sites::open_primary(&location, timeouts).await?;
+            let link = Arc::new(replicable_core::InProcessPrimary::new(primary.clone()));
+            (Some(primary), link)
+        }
+    };
     let mut options = SecondaryOptions::new(timeouts);
     let wrap = hooks.wrap_link;
     options.wrap_link = Box::new(wrap);
@@ -615,7 +736,7 @@ pub async fn start_secondary(
             file: std::sync::Mutex::new(file),
         }));
     }
-    let secondary = sites::open_secondary(&args.site.location(), &primary, options).await?;
+    let secondary = sites::open_linked_secondary(&args.site.location(), link, options).await?;
     let engine = Engine::new(secondary.clone(), sites::replicables()?)
         .config(args.engine.config()?)
         .start()
@@ -627,20 +748,30 @@ async fn run_secondary(args: SecondaryArgs, hooks: Hooks) -> Result<ExitCode, Er
     let started = Instant::now();
     let (primary, secondary, engine) = start_secondary(&args, &hooks).await?;
     let _metrics = serve_metrics(&args.engine, &secondary).await?;
+    let reading = match (&args.primary.primary_url, &args.primary.primary_data) {
+        (Some(url), _) => format!("at {url}"),
+        (None, Some(data)) => format!("in {}", data.display()),
+        (None, None) => String::new(),
+    };
     println!(
-        "secondary: engine running (pid {}), reading the primary in {}; SIGINT or SIGTERM stops it",
+        "secondary: engine running (pid {}), reading the primary {reading}; SIGINT or SIGTERM stops it",
         std::process::id(),
-        args.primary.primary_data.display()
     );
-    let printer = progress_printer(
-        primary,
-        secondary,
-        sites::replicables()?,
-        Duration::from_secs(args.engine.progress),
-        started,
-    );
+    // The progress line compares with the primary's own counts: only when its stores are here.
+    let replicables = sites::replicables()?;
+    let printer = primary.map(|primary| {
+        progress_printer(
+            primary,
+            secondary,
+            replicables,
+            Duration::from_secs(args.engine.progress),
+            started,
+        )
+    });
     replicable_core::engine::wait_for_signal().await;
-    printer.abort();
+    if let Some(printer) = printer {
+        printer.abort();
+    }
     let stopping = Instant::now();
     let report = engine.shutdown().await;
     println!(

@@ -187,16 +187,31 @@ impl SecondaryOptions {
     }
 }
 
-/// Opens a secondary at `location` that reads `primary` through an [`InProcessPrimary`] (the
-/// network link is not there yet: the secondary reads the primary's stores directly).
+/// Opens a secondary at `location` that reads `primary` through an [`InProcessPrimary`] (its
+/// stores, directly).
 pub async fn open_secondary(
     location: &SiteLocation,
     primary: &Site,
     options: SecondaryOptions,
 ) -> Result<Site, Error> {
+    open_linked_secondary(
+        location,
+        Arc::new(InProcessPrimary::new(primary.clone())),
+        options,
+    )
+    .await
+}
+
+/// Opens a secondary at `location` that reads its primary through `link` (the HTTP link of a
+/// primary on another machine, for example).
+pub async fn open_linked_secondary(
+    location: &SiteLocation,
+    link: Arc<dyn PrimaryLink>,
+    options: SecondaryOptions,
+) -> Result<Site, Error> {
     let database = location.open_database().await?;
     std::fs::create_dir_all(location.repositories())?;
-    let link = (options.wrap_link)(Arc::new(InProcessPrimary::new(primary.clone())));
+    let link = (options.wrap_link)(link);
     let mut builder = Site::secondary("secondary", link)
         .database(database)
         .blob_directory(location.blobs())

@@ -80,6 +80,7 @@ fn write_table(out: &mut dyn std::io::Write, status: &SiteStatus) -> std::io::Re
                 )?;
             }
         }
+        write_secondaries(out, status)?;
         return Ok(());
     }
     writeln!(
@@ -125,6 +126,38 @@ fn write_table(out: &mut dyn std::io::Write, status: &SiteStatus) -> std::io::Re
                 queue_depth
             )?;
         }
+    }
+    Ok(())
+}
+
+/// The primary's secondaries, by their last status report.
+fn write_secondaries(out: &mut dyn std::io::Write, status: &SiteStatus) -> std::io::Result<()> {
+    if status.secondaries.is_empty() {
+        return Ok(());
+    }
+    writeln!(out)?;
+    writeln!(
+        out,
+        "{:<24} {:>9} {:>10} {:>12} {:>10} {:>8} {:>8}  version",
+        "secondary", "health", "report age", "cursor", "lag", "synced", "failed"
+    )?;
+    for s in &status.secondaries {
+        let field = |name: &str| s.report.get(name).cloned().unwrap_or_default();
+        let lag = field("lag_seconds")
+            .as_f64()
+            .map_or_else(|| "?".to_owned(), human_seconds);
+        writeln!(
+            out,
+            "{:<24} {:>9} {:>10} {:>12} {:>10} {:>8} {:>8}  {}",
+            s.name,
+            if s.healthy { "healthy" } else { "SILENT" },
+            human_seconds(s.age_seconds),
+            s.cursor.map_or_else(|| "-".to_owned(), |c| c.to_string()),
+            lag,
+            field("synced"),
+            field("failed"),
+            field("version").as_str().unwrap_or("?"),
+        )?;
     }
     Ok(())
 }

@@ -165,6 +165,9 @@ pub struct Periods {
     /// Event-log retention (default 5 minutes, as Geo).
     #[serde(with = "humantime_serde")]
     pub retention: Duration,
+    /// A secondary's status report to its primary (default 30 s).
+    #[serde(with = "humantime_serde")]
+    pub status_report: Duration,
 }
 
 impl Default for Periods {
@@ -174,6 +177,7 @@ impl Default for Periods {
             backfill: Duration::from_secs(60),
             verification_maintenance: Duration::from_secs(60),
             retention: Duration::from_secs(300),
+            status_report: Duration::from_secs(30),
         }
     }
 }
@@ -183,7 +187,8 @@ impl Default for Periods {
 #[serde(default, deny_unknown_fields)]
 pub struct Retention {
     /// Events older than this are deleted whether or not every secondary consumed them: a
-    /// secondary that far behind catches up through backfill (default 30 days).
+    /// secondary that far behind catches up through backfill (default 30 days). Younger events
+    /// are deleted once every secondary that reports its status has processed them.
     #[serde(with = "humantime_serde")]
     pub max_age: Duration,
     /// Events per delete statement (default 10,000).

@@ -28,6 +28,7 @@ pub mod config;
 pub mod cursor;
 mod idle;
 pub mod staging;
+mod status_report;
 mod sync;
 #[cfg(feature = "metrics")]
 pub mod timings;
@@ -233,6 +234,12 @@ fn start_secondary(shared: &Arc<Shared>, loops: &TaskTracker, cursor: LogCursor)
         "re-verification",
         |c| c.periods.verification_maintenance,
         reverify,
+    ));
+    loops.spawn(periodic(
+        shared.clone(),
+        "status report",
+        |c| c.periods.status_report,
+        status_report::report,
     ));
 }
 
@@ -444,9 +451,10 @@ async fn retention(shared: Arc<Shared>) -> Result<(), String> {
             info!(deleted, "deleted events past the retention age");
         }
         if deleted < settings.batch.max(1) as u64 {
-            return Ok(());
+            break;
         }
     }
+    status_report::delete_consumed(&shared).await
 }
 
 /// A running engine.

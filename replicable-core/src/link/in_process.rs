@@ -8,14 +8,16 @@ use async_trait::async_trait;
 use futures::StreamExt;
 use object_store::{ObjectStore, ObjectStoreExt};
 
-use super::{BlobDownload, PrimaryLink};
+use super::{BlobDownload, PrimaryLink, RepositoryRemote, SiteStatusReport};
 use crate::domain::blob_key::{object_path, parse_repository_path, resolve_beneath};
 use crate::domain::error::{LinkError, StoreError};
 use crate::domain::event::{EventId, LogEntry};
 use crate::domain::failure::shorten_name;
 use crate::domain::verification::VerificationRecord;
 use crate::storage::local_blobs;
-use crate::storage::{EventLog, RecordStore, StoredRecord, VerificationStore};
+use crate::storage::{
+    EventLog, RecordStore, RegistryStore, SecondaryStatusRow, StoredRecord, VerificationStore,
+};
 
 /// The stores of a primary that an [`InProcessPrimary`] reads: shared handles, cheap to clone.
 /// A `Site` converts into them (`PrimaryStores::from(&primary)`).
@@ -31,6 +33,8 @@ pub struct PrimaryStores {
     pub blobs: Arc<dyn ObjectStore>,
     /// The directory holding the primary's git repositories, if it has one.
     pub repository_root: Option<PathBuf>,
+    /// The primary's tracking database, where secondaries' status reports are kept.
+    pub registry: Arc<dyn RegistryStore>,
 }
 
 impl std::fmt::Debug for PrimaryStores {
@@ -170,7 +174,7 @@ impl PrimaryLink for InProcessPrimary {
         name: &str,
         model_id: i64,
         path: &str,
-    ) -> Result<String, LinkError> {
+    ) -> Result<RepositoryRemote, LinkError> {
         let what = format!("repository `{}` of {name} {model_id}", shorten_name(path));
         let relative = parse_repository_path(path).map_err(|e| LinkError::Refused {
             what: what.clone(),
@@ -197,10 +201,9 @@ impl PrimaryLink for InProcessPrimary {
         match std::fs::symlink_metadata(&full) {
             // git runs the fetch inside the secondary's repository: a relative root must not
             // be read relative to that.
-            Ok(_) => Ok(std::path::absolute(&full)
-                .unwrap_or(full)
-                .to_string_lossy()
-                .into_owned()),
+            Ok(_) => Ok(RepositoryRemote::plain(
+                std::path::absolute(&full).unwrap_or(full).to_string_lossy(),
+            )),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(LinkError::NotFound { what }),
             // Exists or not, it cannot be looked at: not "missing".
             Err(e) => Err(LinkError::Failed {
@@ -208,5 +211,31 @@ impl PrimaryLink for InProcessPrimary {
                 reason: e.to_string(),
             }),
         }
+    }
+
+    /// Stores the report in the primary's tracking database, as the HTTP API does.
+    async fn report_status(
+        &self,
+        secondary: &str,
+        report: &SiteStatusReport,
+    ) -> Result<(), LinkError> {
+        let registry = &self.primary.registry;
+        let received_at = registry
+            .now(chrono::Utc::now())
+            .await
+            .map_err(failed("the primary's clock"))?;
+        let row = SecondaryStatusRow {
+            secondary: secondary.to_owned(),
+            cursor: report.cursor,
+            report: serde_json::to_value(report).map_err(|e| LinkError::Failed {
+                what: "the status report".into(),
+                reason: e.to_string(),
+            })?,
+            received_at,
+        };
+        registry
+            .put_secondary_status(&row)
+            .await
+            .map_err(failed("the status report"))
     }
 }

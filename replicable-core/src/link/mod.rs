@@ -1,5 +1,14 @@
-//! The one interface through which a secondary reads its primary ([`PrimaryLink`]), and its
-//! in-process implementation ([`InProcessPrimary`], built from the primary's store handles).
+//! The one interface through which a secondary reads its primary ([`PrimaryLink`]), its
+//! in-process implementation ([`InProcessPrimary`], built from the primary's store handles),
+//! and the HTTP one (`http::HttpPrimary`, feature `http`).
+
+#[cfg(feature = "http")]
+pub mod http;
+mod remote;
+mod report;
+
+pub use remote::RepositoryRemote;
+pub use report::SiteStatusReport;
 
 use std::ops::Range;
 
@@ -73,11 +82,24 @@ pub trait PrimaryLink: Send + Sync + std::fmt::Debug {
         key: &str,
     ) -> Result<BlobDownload, LinkError>;
 
-    /// Where `git fetch` reads a repository of a record from (a URL or a local path).
+    /// Where `git fetch` reads a repository of a record from (a URL or a local path), with the
+    /// git settings of that one command. A repository that does not exist is
+    /// [`LinkError::NotFound`].
     async fn repository_remote(
         &self,
         name: &str,
         model_id: i64,
         path: &str,
-    ) -> Result<String, LinkError>;
+    ) -> Result<RepositoryRemote, LinkError>;
+
+    /// Reports the status of secondary `secondary` to the primary. A link with nowhere to
+    /// report to does nothing (the default).
+    async fn report_status(
+        &self,
+        secondary: &str,
+        report: &SiteStatusReport,
+    ) -> Result<(), LinkError> {
+        let _ = (secondary, report);
+        Ok(())
+    }
 }

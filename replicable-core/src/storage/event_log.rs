@@ -54,6 +54,14 @@ pub trait EventLog: Send + Sync + std::fmt::Debug {
         limit: usize,
     ) -> Result<u64, StoreError>;
 
+    /// Retention by consumption: deletes up to `limit` of the oldest events with
+    /// `id <= up_to` (every secondary has processed them). Returns how many were deleted. A log
+    /// that cannot do it deletes nothing (the default), which is always safe.
+    async fn delete_up_to(&self, up_to: EventId, limit: usize) -> Result<u64, StoreError> {
+        let _ = (up_to, limit);
+        Ok(0)
+    }
+
     /// Stores a record's write, its verification row and its event in one transaction, for a
     /// log that shares its database with the site's record and verification stores (see
     /// [`same_database`](crate::storage::same_database)):

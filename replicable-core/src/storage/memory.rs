@@ -29,6 +29,7 @@ struct State {
     skipped: Vec<SkippedEvent>,
     leases: std::collections::HashMap<String, (String, DateTime<Utc>)>,
     replication_disabled: std::collections::HashSet<String>,
+    secondaries: BTreeMap<String, crate::storage::SecondaryStatusRow>,
 }
 
 impl State {
@@ -148,6 +149,18 @@ impl EventLog for MemoryStore {
             .iter()
             .take(limit)
             .take_while(|e| e.created_at < before)
+            .count();
+        state.events.drain(..old);
+        Ok(old as u64)
+    }
+
+    async fn delete_up_to(&self, up_to: EventId, limit: usize) -> Result<u64, StoreError> {
+        let mut state = self.lock();
+        let old = state
+            .events
+            .iter()
+            .take(limit)
+            .take_while(|e| e.id <= up_to)
             .count();
         state.events.drain(..old);
         Ok(old as u64)
@@ -805,6 +818,22 @@ impl RegistryStore for MemoryStore {
     async fn save_cursor(&self, event_id: EventId) -> Result<(), StoreError> {
         self.lock().cursor = event_id;
         Ok(())
+    }
+
+    async fn put_secondary_status(
+        &self,
+        status: &crate::storage::SecondaryStatusRow,
+    ) -> Result<(), StoreError> {
+        self.lock()
+            .secondaries
+            .insert(status.secondary.clone(), status.clone());
+        Ok(())
+    }
+
+    async fn secondary_statuses(
+        &self,
+    ) -> Result<Vec<crate::storage::SecondaryStatusRow>, StoreError> {
+        Ok(self.lock().secondaries.values().cloned().collect())
     }
 
     async fn acquire_lease(

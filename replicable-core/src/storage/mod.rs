@@ -14,6 +14,7 @@ pub mod local_blobs;
 pub mod memory;
 mod record_store;
 mod registry_store;
+mod secondary_status;
 #[cfg(feature = "sql")]
 pub mod sql;
 mod verification_store;
@@ -21,6 +22,7 @@ mod verification_store;
 pub use event_log::{EventLog, Publication, Published};
 pub use record_store::{RecordStore, StoredRecord};
 pub use registry_store::{RegistryCounts, RegistryFilter, RegistryStore, SITE_SWITCH};
+pub use secondary_status::SecondaryStatusRow;
 pub use verification_store::{VerificationCounts, VerificationStore};
 
 use std::sync::Arc;

@@ -263,4 +263,15 @@ pub trait RegistryStore: Send + Sync + std::fmt::Debug {
 
     /// The skipped events, oldest first, at most `limit`.
     async fn skipped_events(&self, limit: usize) -> Result<Vec<SkippedEvent>, StoreError>;
+
+    /// Primary: stores the last status report of a secondary, replacing its previous one.
+    async fn put_secondary_status(
+        &self,
+        status: &crate::storage::SecondaryStatusRow,
+    ) -> Result<(), StoreError>;
+
+    /// Primary: the last status report of every secondary that reported, by name.
+    async fn secondary_statuses(
+        &self,
+    ) -> Result<Vec<crate::storage::SecondaryStatusRow>, StoreError>;
 }

@@ -87,6 +87,45 @@ impl SyncObserver for HoldBeforeVisible {
 impl<M: Replicable> Harness<M> {
     /// Sites on in-memory stores, in-memory object stores, and temporary repository roots.
     pub fn in_memory(factory: impl Fn(i64) -> M + Send + Sync + 'static) -> Self {
+        Self::in_memory_linked(factory, |primary| {
+            Arc::new(InProcessPrimary::new(primary.clone()))
+        })
+    }
+
+    /// [`Harness::in_memory`], with the secondaries reading the primary over the HTTP link: the
+    /// primary's API served on a loopback port of the current tokio runtime, and
+    /// [`HttpPrimary`](crate::link::http::HttpPrimary) with a secret made for the run (feature
+    /// `http`). Call it inside a runtime.
+    #[cfg(feature = "http")]
+    pub fn over_http(factory: impl Fn(i64) -> M + Send + Sync + 'static) -> Self {
+        use crate::link::http::token::SharedSecret;
+        use crate::link::http::{HttpPrimary, HttpPrimaryConfig};
+        Self::in_memory_linked(factory, |primary| {
+            let secret: Vec<u8> = (0..32).map(|_| fastrand::alphanumeric() as u8).collect();
+            let secret = SharedSecret::new(secret, "the harness").expect("32 bytes");
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a loopback port");
+            listener
+                .set_nonblocking(true)
+                .expect("a non-blocking socket");
+            let listener =
+                tokio::net::TcpListener::from_std(listener).expect("inside a tokio runtime");
+            let router = crate::http::PrimaryApi::new(primary.clone())
+                .secondary("secondary", secret.clone())
+                .router();
+            let server = crate::http::serve_on(listener, router, None).expect("serving the API");
+            let url = format!("http://{}/", server.local_addr());
+            // The server runs as long as the runtime.
+            std::mem::forget(server);
+            let link = HttpPrimary::new(HttpPrimaryConfig::new(url, "secondary", secret))
+                .expect("an HTTP link");
+            Arc::new(link)
+        })
+    }
+
+    fn in_memory_linked(
+        factory: impl Fn(i64) -> M + Send + Sync + 'static,
+        make_link: impl FnOnce(&Site) -> Arc<dyn crate::link::PrimaryLink>,
+    ) -> Self {
         let dir = |label: &str| {
             tempfile::Builder::new()
                 .prefix(&format!("replicable-{label}-"))
@@ -99,8 +138,13 @@ impl<M: Replicable> Harness<M> {
             .in_memory()
             .build()
             .expect("an in-memory site");
-        let link = Arc::new(InProcessPrimary::new(primary.clone()));
+        let link = make_link(&primary);
         let secondary_dir = dir("secondary");
+        let secondary = Site::secondary("secondary", link.clone())
+            .repository_root(secondary_dir.path())
+            .in_memory()
+            .build()
+            .expect("an in-memory site");
         let secondary_root = secondary_dir.path().to_path_buf();
         let make_secondary =
             move |scope: SelectiveSync, observer: Option<Arc<dyn SyncObserver>>| {
@@ -116,14 +160,6 @@ impl<M: Replicable> Harness<M> {
                 .build()
                 .expect("an in-memory site")
             };
-        let secondary = Site::secondary(
-            "secondary",
-            Arc::new(InProcessPrimary::new(primary.clone())),
-        )
-        .repository_root(secondary_dir.path())
-        .in_memory()
-        .build()
-        .expect("an in-memory site");
         Self {
             primary,
             secondary,

@@ -17,7 +17,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use crate::domain::event::{
-    EventKind, EventPayload, LogEntry, NewEvent, SkippedEvent, StoredEvent,
+    EventId, EventKind, EventPayload, LogEntry, NewEvent, SkippedEvent, StoredEvent,
 };
 use crate::domain::failure::SyncFailure;
 use crate::domain::registry::{RegistryRecord, StuckCutoffs, SyncState};
@@ -26,7 +26,8 @@ use crate::domain::retry::RetryPolicy;
 use crate::domain::verification::{VerificationRecord, VerificationState};
 use crate::storage::memory::MemoryStore;
 use crate::storage::{
-    Backend, EventLog, Publication, RecordStore, RegistryStore, StoredRecord, VerificationStore,
+    Backend, EventLog, Publication, RecordStore, RegistryStore, SecondaryStatusRow, StoredRecord,
+    VerificationStore,
 };
 
 /// A database under test.
@@ -892,6 +893,64 @@ pub async fn cursor_and_skipped_events_persist(target: &dyn ConformanceTarget) {
     assert_eq!(db.registry.skipped_events(10).await.unwrap(), vec![skipped]);
 }
 
+/// The primary keeps the last status report of each secondary (a newer one replaces it, and it
+/// survives reopening), and deletes exactly the events up to a given id.
+pub async fn secondary_status_persists_and_consumed_events_are_deleted(
+    target: &dyn ConformanceTarget,
+) {
+    let db = open(target).await;
+    assert_eq!(db.registry.secondary_statuses().await.unwrap(), vec![]);
+    let row = |name: &str, cursor: Option<EventId>, synced: u64| SecondaryStatusRow {
+        secondary: name.into(),
+        cursor,
+        report: serde_json::json!({"synced": synced, "version": "ünïcode ✓"}),
+        received_at: t0(),
+    };
+    db.registry
+        .put_secondary_status(&row("eu", Some(3), 1))
+        .await
+        .unwrap();
+    db.registry
+        .put_secondary_status(&row("us", None, 2))
+        .await
+        .unwrap();
+    db.registry
+        .put_secondary_status(&row("eu", Some(5), 9))
+        .await
+        .unwrap();
+    let reopened = open(target).await;
+    let mut rows = reopened.registry.secondary_statuses().await.unwrap();
+    rows.sort_by(|a, b| a.secondary.cmp(&b.secondary));
+    assert_eq!(rows, vec![row("eu", Some(5), 9), row("us", None, 2)]);
+
+    let ids = db
+        .events
+        .append(
+            &(1..=5)
+                .map(|i| event(i, EventKind::Created))
+                .collect::<Vec<_>>(),
+            t0(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        db.events.delete_up_to(ids[2], 2).await.unwrap(),
+        2,
+        "the limit holds"
+    );
+    assert_eq!(db.events.delete_up_to(ids[2], 10).await.unwrap(), 1);
+    assert_eq!(db.events.delete_up_to(ids[2], 10).await.unwrap(), 0);
+    let left: Vec<EventId> = db
+        .events
+        .read_after(0, 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(LogEntry::id)
+        .collect();
+    assert_eq!(left, ids[3..].to_vec());
+}
+
 /// A registry row taken through a sync to `synced`, with verification left as the sync leaves
 /// it (pending) or `disabled` when `disabled`.
 async fn synced_row(db: &Db, id: i64, disabled: bool) -> RegistryRecord {
@@ -1371,6 +1430,7 @@ macro_rules! storage_conformance_suite {
             a_resync_is_scheduled_behind_new_changes,
             a_failed_verification_sent_back_to_pending_keeps_its_retry_count,
             publishing_writes_record_verification_and_event_together,
+            secondary_status_persists_and_consumed_events_are_deleted,
         );
     };
     (@module $module:ident, $make:expr, $($check:ident),* $(,)?) => {

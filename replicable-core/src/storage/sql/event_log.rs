@@ -87,6 +87,19 @@ impl EventLog for SqlStore {
         Ok(done.rows_affected())
     }
 
+    async fn delete_up_to(&self, up_to: EventId, limit: usize) -> Result<u64, StoreError> {
+        let done = sqlx::query(
+            "DELETE FROM replicable_events WHERE id IN (SELECT id FROM replicable_events \
+             WHERE id <= $1 ORDER BY id LIMIT $2)",
+        )
+        .bind(up_to)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .execute(&self.pool)
+        .await
+        .map_err(self.backend("delete consumed events"))?;
+        Ok(done.rows_affected())
+    }
+
     async fn publish(
         &self,
         publication: &Publication,

@@ -624,6 +624,50 @@ impl RegistryStore for SqlStore {
         Ok(())
     }
 
+    async fn put_secondary_status(
+        &self,
+        status: &crate::storage::SecondaryStatusRow,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO replicable_secondary_status (secondary, cursor, report, received_at) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT (secondary) DO UPDATE SET \
+             cursor = excluded.cursor, report = excluded.report, \
+             received_at = excluded.received_at",
+        )
+        .bind(&status.secondary)
+        .bind(status.cursor)
+        .bind(status.report.to_string())
+        .bind(super::micros(status.received_at))
+        .execute(&self.pool)
+        .await
+        .map_err(self.backend("store a secondary's status"))?;
+        Ok(())
+    }
+
+    async fn secondary_statuses(
+        &self,
+    ) -> Result<Vec<crate::storage::SecondaryStatusRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT secondary, cursor, report, received_at FROM replicable_secondary_status \
+             ORDER BY secondary",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(self.backend("read the secondaries' status"))?;
+        rows.iter()
+            .map(|row| {
+                let report: String = self.get(row, "report")?;
+                Ok(crate::storage::SecondaryStatusRow {
+                    secondary: self.get(row, "secondary")?,
+                    cursor: self.get(row, "cursor")?,
+                    report: serde_json::from_str(&report)
+                        .map_err(|e| self.corrupt(format!("a secondary's status report: {e}")))?,
+                    received_at: self.time(self.get(row, "received_at")?)?,
+                })
+            })
+            .collect()
+    }
+
     async fn acquire_lease(
         &self,
         lease: &str,

@@ -6,7 +6,7 @@
 use super::Dialect;
 
 /// The newest version of the shared tables this build knows.
-pub const CORE_VERSION: i64 = 2;
+pub const CORE_VERSION: i64 = 3;
 
 /// The newest version of a replicable's tables this build knows.
 pub const REPLICABLE_VERSION: i64 = 3;
@@ -68,6 +68,17 @@ pub fn core_migrations(dialect: Dialect, from: i64) -> Vec<String> {
             "CREATE TABLE replicable_settings (\
              replicable_name TEXT PRIMARY KEY, \
              replication_enabled SMALLINT NOT NULL DEFAULT 1)"
+                .into(),
+        );
+    }
+    if from < 3 {
+        // The primary's record of its secondaries: the last status report of each.
+        steps.push(
+            "CREATE TABLE replicable_secondary_status (\
+             secondary TEXT PRIMARY KEY, \
+             cursor BIGINT, \
+             report TEXT NOT NULL, \
+             received_at BIGINT NOT NULL)"
                 .into(),
         );
     }

@@ -88,9 +88,16 @@ impl PrimaryLink for FaultLink {
         name: &str,
         id: i64,
         path: &str,
-    ) -> Result<String, LinkError> {
+    ) -> Result<replicable_core::RepositoryRemote, LinkError> {
         tokio::time::sleep(self.delay).await;
         self.check("a repository")?;
         self.inner.repository_remote(name, id, path).await
+    }
+    async fn report_status(
+        &self,
+        secondary: &str,
+        report: &replicable_core::link::SiteStatusReport,
+    ) -> Result<(), LinkError> {
+        self.inner.report_status(secondary, report).await
     }
 }

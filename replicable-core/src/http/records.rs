@@ -1,0 +1,78 @@
+//! Records: one by id, ids in a range, and a record's verification row.
+
+use axum::Json;
+use axum::extract::{Path, Query, State as Extract};
+use axum::http::HeaderMap;
+
+use super::auth::authorize;
+use super::{ApiError, State};
+use crate::domain::verification::VerificationRecord;
+use crate::link::http::token::Scope;
+use crate::link::http::wire::{IdsQuery, MAX_IDS_PER_REQUEST};
+use crate::storage::StoredRecord;
+
+/// `GET v1/records/{name}/{id}`.
+pub(crate) async fn record(
+    Extract(state): Extract<State>,
+    headers: HeaderMap,
+    Path((name, id)): Path<(String, i64)>,
+) -> Result<Json<StoredRecord>, ApiError> {
+    let scope = Scope::Record {
+        replicable: name.clone(),
+        id,
+    };
+    authorize(&state, &headers, &scope)?;
+    let what = format!("{name} {id}");
+    state
+        .site
+        .records()
+        .get(&name, id)
+        .await
+        .map_err(ApiError::store(&what))?
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(what))
+}
+
+/// `GET v1/records/{name}?from=A&to=B&limit=M`.
+pub(crate) async fn ids(
+    Extract(state): Extract<State>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    Query(query): Query<IdsQuery>,
+) -> Result<Json<Vec<i64>>, ApiError> {
+    let scope = Scope::Ids {
+        replicable: name.clone(),
+    };
+    authorize(&state, &headers, &scope)?;
+    let limit = query.limit.clamp(1, MAX_IDS_PER_REQUEST);
+    let range = query.from..query.to;
+    let ids = state
+        .site
+        .records()
+        .ids(&name, range.clone(), limit)
+        .await
+        .map_err(ApiError::store(format!("{name} ids in {range:?}")))?;
+    Ok(Json(ids))
+}
+
+/// `GET v1/verification/{name}/{id}`.
+pub(crate) async fn verification(
+    Extract(state): Extract<State>,
+    headers: HeaderMap,
+    Path((name, id)): Path<(String, i64)>,
+) -> Result<Json<VerificationRecord>, ApiError> {
+    let scope = Scope::Verification {
+        replicable: name.clone(),
+        id,
+    };
+    authorize(&state, &headers, &scope)?;
+    let what = format!("the verification row of {name} {id}");
+    state
+        .site
+        .verification_store()
+        .get(&name, id)
+        .await
+        .map_err(ApiError::store(&what))?
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(what))
+}

@@ -1,0 +1,102 @@
+//! What the primary's HTTP API and [`HttpPrimary`](super::HttpPrimary) agree on: paths, query
+//! parameters, error bodies and headers.
+//!
+//! Every path is relative to the API's base URL (where the application nested
+//! [`replicable_core::http::router`](../../../http/fn.router.html)):
+//!
+//! | request | path | token scope |
+//! |---|---|---|
+//! | events after a cursor | `GET v1/events?after=N&limit=M` | `events` |
+//! | the newest event id | `GET v1/events/last` | `events` |
+//! | a record | `GET v1/records/{name}/{id}` | `record` |
+//! | record ids in a range | `GET v1/records/{name}?from=A&to=B&limit=M` | `ids` |
+//! | a verification row | `GET v1/verification/{name}/{id}` | `verification` |
+//! | a blob's bytes (`Range` honoured) | `GET v1/blobs/{name}/{id}?key=K` | `blob` |
+//! | a repository (git smart HTTP) | `v1/git/{name}/{id}/{path}/info/refs`, `.../git-upload-pack` | `repository` |
+//! | a secondary's status | `POST v1/status` | `status` |
+
+use serde::{Deserialize, Serialize};
+
+use crate::domain::event::EventId;
+
+/// The most events one request returns (a larger `limit` is capped).
+pub const MAX_EVENTS_PER_REQUEST: usize = 1000;
+
+/// The most ids one request returns (a larger `limit` is capped).
+pub const MAX_IDS_PER_REQUEST: usize = 10_000;
+
+/// The body of every error answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// Machine-readable: one of the `CODE_*` constants.
+    pub code: String,
+    /// For people.
+    pub message: String,
+}
+
+/// 404: the primary has no such record, row, blob or repository.
+pub const CODE_NOT_FOUND: &str = "not_found";
+/// 401: no token, an invalid one, or an expired one.
+pub const CODE_UNAUTHORIZED: &str = "unauthorized";
+/// 403: a valid token for something else.
+pub const CODE_FORBIDDEN: &str = "forbidden";
+/// 400 / 422: the request names something the primary refuses (a key escaping its root...).
+pub const CODE_REFUSED: &str = "refused";
+/// 500 / 503: the primary failed reading its stores.
+pub const CODE_FAILED: &str = "failed";
+/// 412: the blob changed since the transfer began (resuming with `If-Match`).
+pub const CODE_CHANGED: &str = "changed";
+
+/// `GET v1/events` query.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EventsQuery {
+    /// Events with ids greater than this.
+    pub after: EventId,
+    /// At most this many (capped at [`MAX_EVENTS_PER_REQUEST`]).
+    pub limit: usize,
+}
+
+/// `GET v1/events/last` answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LastEvent {
+    /// The newest event's id.
+    pub last: Option<EventId>,
+}
+
+/// `GET v1/records/{name}` query.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct IdsQuery {
+    /// First id of the range (inclusive).
+    pub from: i64,
+    /// End of the range (exclusive).
+    pub to: i64,
+    /// At most this many (capped at [`MAX_IDS_PER_REQUEST`]).
+    pub limit: usize,
+}
+
+/// `GET v1/blobs/{name}/{id}` query.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BlobQuery {
+    /// The blob's key.
+    pub key: String,
+}
+
+/// A secondary's status report (`POST v1/status`).
+pub use crate::link::SiteStatusReport as StatusReport;
+
+/// Path segments percent-encoded so that any name, key or path stays one segment (a
+/// repository path keeps its `/`s).
+pub(crate) fn encode_segment(text: &str, keep_slash: bool) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        let keep = b.is_ascii_alphanumeric()
+            || matches!(b, b'-' | b'.' | b'_' | b'~')
+            || (keep_slash && b == b'/');
+        if keep {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
