@@ -2,13 +2,13 @@
 //! records. The primary's catalogue holds N package files; one `backfill::backfill` pass (what
 //! the engine's backfill loop runs) on a fresh secondary creates their N pending registry rows.
 //! Measured at 100,000 and 1,000,000 records to show how the time grows, against `sqlite3`
-//! copying the same ids into a plain table (the ceiling: one `INSERT ... SELECT`, no indexes).
+//! (or `psql`) copying the same ids into a plain table (the ceiling: one `INSERT ... SELECT`, no
+//! indexes).
 //!
 //! The primary's catalogue is filled with one SQL statement in the framework's table layout:
 //! publishing a million records one by one would take longer than the measurement, and there
 //! is no batch publish API yet.
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use replicable_core::backfill::{DEFAULT_RANGE_SIZE, backfill};
@@ -75,10 +75,13 @@ async fn run_size(
         format!("framework backfill, {} records", thousands(n as f64)),
         work,
     );
-    let use_sqlite3 = bench.settings.postgres.is_none() && bench.tools.have(&["sqlite3"]);
-    let mut plain = use_sqlite3.then(|| {
+    let tool = match &bench.settings.postgres {
+        Some(_) => bench.tools.have(&["psql"]).then_some("psql"),
+        None => bench.tools.have(&["sqlite3"]).then_some("sqlite3"),
+    };
+    let mut plain = tool.map(|tool| {
         Timings::tool(
-            format!("sqlite3 INSERT ... SELECT, {} ids", thousands(n as f64)),
+            format!("{tool} INSERT ... SELECT, {} ids", thousands(n as f64)),
             work,
         )
     });
@@ -91,12 +94,12 @@ async fn run_size(
             } else if let Some(plain) = plain.as_mut() {
                 plain
                     .samples
-                    .push(sqlite3_run(bench, &primary_location.data.join("site.db")).await?);
+                    .push(plain_run(bench, &primary_location).await?);
             }
         }
     }
-    if !use_sqlite3 {
-        report.note("skipped the sqlite3 reference (PostgreSQL, or sqlite3 not found)");
+    if tool.is_none() {
+        report.note("skipped the plain-SQL reference: sqlite3 / psql not found");
     }
     drop(primary);
     bench.drop_database(&primary_location).await?;
@@ -161,17 +164,45 @@ async fn framework_run(bench: &Bench, primary: &Site, n: u64) -> Result<Duration
     Ok(took)
 }
 
-async fn sqlite3_run(bench: &Bench, primary_db: &Path) -> Result<Duration, Error> {
-    let dir = bench.fresh_dir("backfill-sqlite3")?;
-    let db = dir.join("plain.db").display().to_string();
-    let script = format!(
-        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
-         CREATE TABLE registry (id BIGINT PRIMARY KEY, state SMALLINT NOT NULL DEFAULT 0, created_at BIGINT NOT NULL); \
-         ATTACH '{}' AS p; \
-         INSERT INTO registry (id, created_at) SELECT package_file_id, 0 FROM p.package_file_records;",
-        primary_db.display()
-    );
-    let took = bench.time_command("sqlite3", &[&db, &script]).await?;
+/// The ceiling: the same ids copied into a plain table of a fresh database (SQLite file, or
+/// PostgreSQL schema) by the database's command-line client, in one statement.
+async fn plain_run(bench: &Bench, primary: &SiteLocation) -> Result<Duration, Error> {
+    const TABLE: &str =
+        "(id BIGINT PRIMARY KEY, state SMALLINT NOT NULL DEFAULT 0, created_at BIGINT NOT NULL)";
+    let dir = bench.fresh_dir("backfill-plain")?;
+    let took = match (&bench.settings.postgres, &primary.schema) {
+        (Some(url), Some(primary_schema)) => {
+            let schema = format!("{primary_schema}_plain");
+            let script = format!(
+                "CREATE SCHEMA {schema}; CREATE TABLE {schema}.registry {TABLE}; \
+                 INSERT INTO {schema}.registry (id, created_at) \
+                 SELECT package_file_id, 0 FROM {primary_schema}.package_file_records;"
+            );
+            let took = bench
+                .time_command(
+                    "psql",
+                    &[url, "-qAt", "-v", "ON_ERROR_STOP=1", "-c", &script],
+                )
+                .await?;
+            bench
+                .time_command(
+                    "psql",
+                    &[url, "-qAtc", &format!("DROP SCHEMA {schema} CASCADE")],
+                )
+                .await?;
+            took
+        }
+        _ => {
+            let db = dir.join("plain.db").display().to_string();
+            let script = format!(
+                "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+                 CREATE TABLE registry {TABLE}; ATTACH '{}' AS p; \
+                 INSERT INTO registry (id, created_at) SELECT package_file_id, 0 FROM p.package_file_records;",
+                primary.data.join("site.db").display()
+            );
+            bench.time_command("sqlite3", &[&db, &script]).await?
+        }
+    };
     bench.discard(&dir).await?;
     Ok(took)
 }

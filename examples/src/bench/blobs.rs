@@ -82,7 +82,8 @@ impl Contender {
 struct FrameworkRun {
     took: Duration,
     publishing: Duration,
-    peak_rss: Option<u64>,
+    /// The process's resident memory before the run, and its peak during it.
+    rss: Option<(u64, u64)>,
 }
 
 /// Runs the scenario `name` on `set`.
@@ -122,7 +123,12 @@ pub async fn run(bench: &Bench, name: &str, set: BlobSet) -> Result<Report, Erro
         duration(prepared.elapsed())
     ));
 
-    let work = Some(Work::Bytes(set.count * set.size));
+    // Large files are a matter of bytes a second, small ones of files a second.
+    let work = Some(if set.size >= 1024 * 1024 {
+        Work::Bytes(set.count * set.size)
+    } else {
+        Work::Items(set.count, "files")
+    });
     let all = [
         Contender::Framework,
         Contender::Cp,
@@ -180,10 +186,13 @@ pub async fn run(bench: &Bench, name: &str, set: BlobSet) -> Result<Report, Erro
         ));
     }
     if set.peak_memory {
-        match runs.iter().filter_map(|r| r.peak_rss).max() {
-            Some(peak) => report.note(format!(
-                "framework: peak resident memory of the bench process during a run: {:.1} MiB (max over runs; includes the bench's own baseline)",
-                peak as f64 / (1024.0 * 1024.0)
+        let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+        match runs.iter().filter_map(|r| r.rss).max_by_key(|(peak, _)| *peak) {
+            Some((peak, baseline)) => report.note(format!(
+                "framework: peak resident memory of the bench process during a run: {:.1} MiB \
+                 (max over runs), {:.1} MiB of it there before the run (sites open, engines started)",
+                mib(peak),
+                mib(baseline)
             )),
             None => report.note("framework: peak memory not available (/proc/self/clear_refs refused)"),
         }
@@ -215,6 +224,7 @@ async fn framework_run(bench: &Bench, source: &Path, set: BlobSet) -> Result<Fra
     )
     .await?;
     let engines = sites.start_engines().await?;
+    let baseline = env::current_rss();
     let peak_reset = set.peak_memory && env::reset_peak_rss();
     let started = Instant::now();
     for id in 1..=set.count as i64 {
@@ -233,7 +243,7 @@ async fn framework_run(bench: &Bench, source: &Path, set: BlobSet) -> Result<Fra
     )
     .await;
     let took = started.elapsed();
-    let peak_rss = peak_reset.then(env::peak_rss).flatten();
+    let rss = peak_reset.then(env::peak_rss).flatten().zip(baseline);
     engines.shutdown().await;
     waited?;
     let copies = env::count_files(&sites.secondary_location.blobs())?;
@@ -246,7 +256,7 @@ async fn framework_run(bench: &Bench, source: &Path, set: BlobSet) -> Result<Fra
     Ok(FrameworkRun {
         took,
         publishing,
-        peak_rss,
+        rss,
     })
 }
 

@@ -124,9 +124,12 @@ impl Bench {
     /// A bench with a fresh work directory under `settings.dir`.
     pub fn new(settings: Settings) -> Result<Self, Error> {
         std::fs::create_dir_all(&settings.dir)?;
+        // Absolute: git runs in the secondary's repositories, where a relative path to the
+        // primary's would not resolve.
+        let parent = std::path::absolute(&settings.dir)?;
         let work = tempfile::Builder::new()
             .prefix("replicable-bench-")
-            .tempdir_in(&settings.dir)?;
+            .tempdir_in(parent)?;
         Ok(Self {
             settings,
             work,

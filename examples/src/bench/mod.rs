@@ -210,10 +210,28 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(run(cli))
+    let (code, bench) = runtime.block_on(run(cli));
+    // The runtime first: tasks of an interrupted scenario may still write into the work
+    // directory, which goes with the bench.
+    drop(runtime);
+    drop(bench);
+    code
 }
 
-async fn run(cli: Cli) -> ExitCode {
+/// The first three fields of `/proc/loadavg`.
+fn load_average() -> Option<String> {
+    let text = std::fs::read_to_string("/proc/loadavg").ok()?;
+    Some(
+        text.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" "),
+    )
+}
+
+/// Runs the scenarios the command line names. Returns the bench too, so that its work
+/// directory is removed after the runtime stopped.
+async fn run(cli: Cli) -> (ExitCode, Option<Bench>) {
     let settings = Settings {
         reps: cli.reps.max(1),
         postgres: cli.postgres,
@@ -225,7 +243,7 @@ async fn run(cli: Cli) -> ExitCode {
         Ok(bench) => bench,
         Err(e) => {
             eprintln!("replicable-bench: {e}");
-            return ExitCode::FAILURE;
+            return (ExitCode::FAILURE, None);
         }
     };
     let scenarios = expand(&cli.scenarios);
@@ -243,10 +261,32 @@ async fn run(cli: Cli) -> ExitCode {
         bench.work().display()
     );
     println!("{}", bench.tools.summary());
+    let code = tokio::select! {
+        code = run_all(&bench, &scenarios) => code,
+        () = replicable_core::engine::wait_for_signal() => {
+            eprintln!(
+                "replicable-bench: interrupted; removing {} (PostgreSQL schemas rbench_* of the \
+                 interrupted run are left)",
+                bench.work().display()
+            );
+            ExitCode::from(130)
+        }
+    };
+    (code, Some(bench))
+}
+
+async fn run_all(bench: &Bench, scenarios: &[Scenario]) -> ExitCode {
     let mut failed = 0;
-    for scenario in scenarios {
-        match run_scenario(&bench, scenario).await {
-            Ok(report) => println!("\n{}", report.render()),
+    for &scenario in scenarios {
+        match run_scenario(bench, scenario).await {
+            Ok(mut report) => {
+                if let Some(load) = load_average() {
+                    report.note(format!(
+                        "load average at the end (1, 5, 15 min): {load} (other work on the machine shows here)"
+                    ));
+                }
+                println!("\n{}", report.render());
+            }
             Err(e) => {
                 failed += 1;
                 println!("\n== {}: FAILED: {e}", scenario.name());
