@@ -54,4 +54,5 @@ pub struct Project {
     pub disk_path: String,
 }
 
+pub mod bench;
 pub mod geo_demo;

@@ -1,0 +1,167 @@
+//! `status`: the operator's status and the metrics at 1,000,000 registry rows on a secondary.
+//! Measures `status::site_status` (what the `status` command and each metrics refresh run),
+//! `Metrics::refresh`, and one HTTP scrape of `/metrics` (which encodes the last refreshed
+//! values), against the same grouped count run by `sqlite3` / `psql` on the registry table.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use replicable_core::metrics::{self, Metrics};
+use replicable_core::status::site_status;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::env::{Bench, Error, Sites};
+use super::report::{Report, Timings, duration, thousands};
+use crate::geo_demo::sites;
+
+/// Registry rows at scale 1.
+pub const ROWS: u64 = 1_000_000;
+
+const COUNT_SQL: &str = "SELECT state, verification_state, checksum_mismatch, COUNT(*) \
+                         FROM package_file_registry GROUP BY state, verification_state, checksum_mismatch";
+
+/// Runs the scenario.
+pub async fn run(bench: &Bench) -> Result<Report, Error> {
+    let rows = bench.scaled(ROWS, 1);
+    let mut report = Report::new(
+        "status",
+        format!(
+            "status and metrics of a secondary with {} registry rows ({})",
+            thousands(rows as f64),
+            bench.database_kind()
+        ),
+    );
+    let dir = bench.fresh_dir("status")?;
+    let sites = Sites::open(
+        bench.location(&dir.join("primary"), "primary"),
+        bench.location(&dir.join("secondary"), "secondary"),
+        None,
+    )
+    .await?;
+    let replicables = sites::replicables()?;
+    let store = sites.secondary.registry_store();
+    store.create_tables("package_file").await?;
+    let filled = Instant::now();
+    let now = sites.secondary.now();
+    let ids: Vec<i64> = (1..=rows as i64).collect();
+    for chunk in ids.chunks(10_000) {
+        store.insert_pending("package_file", chunk, now).await?;
+    }
+    report.note(format!(
+        "filled the registry with insert_pending in chunks of 10,000 in {} (not measured)",
+        duration(filled.elapsed())
+    ));
+
+    let metrics = Arc::new(Metrics::new(sites.secondary.role(), &replicables));
+    let server = metrics::serve("127.0.0.1:0".parse()?, metrics.clone()).await?;
+    let addr = server.local_addr();
+    let mut status = Timings::framework("framework status::site_status", None);
+    let mut refresh = Timings::extra("framework Metrics::refresh", None);
+    let mut scrape = Timings::extra("framework GET /metrics (after a refresh)", None);
+    let tool = reference_tool(bench, &sites);
+    let mut plain = tool
+        .as_ref()
+        .map(|(label, _, _)| Timings::tool(label.clone(), None));
+    if tool.is_none() {
+        report.note("skipped the reference count: sqlite3 / psql not found");
+    }
+    for rep in 0..bench.settings.reps.max(3) {
+        for k in 0..4 {
+            match (k + rep) % 4 {
+                0 => {
+                    let started = Instant::now();
+                    let s = site_status(&sites.secondary, &replicables).await?;
+                    status.samples.push(started.elapsed());
+                    let registry = s
+                        .replicables
+                        .iter()
+                        .find(|r| r.name() == "package_file")
+                        .map(|r| match r {
+                            replicable_core::status::ReplicableStatus::Secondary {
+                                status, ..
+                            } => status.registry_count,
+                            _ => 0,
+                        });
+                    if registry != Some(rows) {
+                        return Err(
+                            format!("status counted {registry:?} rows, {rows} expected").into()
+                        );
+                    }
+                }
+                1 => {
+                    let started = Instant::now();
+                    metrics.refresh(&sites.secondary).await?;
+                    refresh.samples.push(started.elapsed());
+                }
+                2 => scrape.samples.push(scrape_once(addr).await?),
+                _ => {
+                    if let (Some((_, program, args)), Some(plain)) = (&tool, plain.as_mut()) {
+                        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                        plain
+                            .samples
+                            .push(bench.time_command(program, &args).await?);
+                    }
+                }
+            }
+        }
+    }
+    let mut all = vec![status, refresh, scrape];
+    all.extend(plain);
+    report.timings(&all);
+    report.note("target: status at 1,000,000 registry rows under 50 ms");
+    server.shutdown().await?;
+    sites.drop_databases(bench).await?;
+    drop(sites);
+    bench.discard(&dir).await?;
+    Ok(report)
+}
+
+/// The plain grouped count by the database's command-line client: label, program, arguments.
+fn reference_tool(bench: &Bench, sites: &Sites) -> Option<(String, String, Vec<String>)> {
+    match (&bench.settings.postgres, &sites.secondary_location.schema) {
+        (Some(url), Some(schema)) if bench.tools.have(&["psql"]) => Some((
+            "psql, the same grouped count".into(),
+            "psql".into(),
+            vec![
+                url.clone(),
+                "-qAtc".into(),
+                format!("SET search_path TO {schema}; {COUNT_SQL}"),
+            ],
+        )),
+        (None, _) if bench.tools.have(&["sqlite3"]) => Some((
+            "sqlite3, the same grouped count".into(),
+            "sqlite3".into(),
+            vec![
+                sites
+                    .secondary_location
+                    .data
+                    .join("site.db")
+                    .display()
+                    .to_string(),
+                COUNT_SQL.into(),
+            ],
+        )),
+        _ => None,
+    }
+}
+
+/// One `GET /metrics` over a fresh loopback connection, read to the end.
+async fn scrape_once(addr: std::net::SocketAddr) -> Result<Duration, Error> {
+    let started = Instant::now();
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await?;
+    let mut body = Vec::new();
+    stream.read_to_end(&mut body).await?;
+    let took = started.elapsed();
+    let text = String::from_utf8_lossy(&body);
+    if !text.starts_with("HTTP/1.1 200") || !text.contains("replicable_package_files_registry") {
+        return Err(format!(
+            "unexpected /metrics answer: {}",
+            text.lines().next().unwrap_or("")
+        )
+        .into());
+    }
+    Ok(took)
+}
