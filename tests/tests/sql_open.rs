@@ -227,3 +227,39 @@ fn a_look_only_open_of_a_missing_sqlite_file_is_refused_and_creates_nothing() {
         SqlStore::open_with(&target.url, options).await.unwrap();
     });
 }
+
+#[test]
+fn only_event_log_appends_wait_for_the_disk_unless_every_commit_is_asked_to() {
+    use sqlx::Row;
+    block_on(async {
+        let target = SqliteTarget::new();
+        let synchronous = |store: std::sync::Arc<SqlStore>| async move {
+            let row = sqlx::query("PRAGMA synchronous")
+                .fetch_one(store.pool())
+                .await
+                .unwrap();
+            row.try_get::<i64, _>(0).unwrap()
+        };
+        // 1 = NORMAL, 2 = FULL.
+        assert_eq!(
+            synchronous(SqlStore::open(&target.url).await.unwrap()).await,
+            1
+        );
+        let every = SqlOptions {
+            sync_every_commit: true,
+            ..SqlOptions::default()
+        };
+        assert_eq!(
+            synchronous(SqlStore::open_with(&target.url, every).await.unwrap()).await,
+            2
+        );
+        if let Some(pg) = PostgresTarget::new() {
+            let store = pg.open().await;
+            let row = sqlx::query("SHOW synchronous_commit")
+                .fetch_one(store.pool())
+                .await
+                .unwrap();
+            assert_eq!(row.try_get::<String, _>(0).unwrap(), "off");
+        }
+    });
+}

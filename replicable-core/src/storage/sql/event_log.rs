@@ -109,7 +109,7 @@ impl EventLog for SqlStore {
         let t = self.tables(&event.replicable_name).await?;
         let id = event.payload.model_id;
         let err = self.backend("publish");
-        let mut tx = self.begin_write().await.map_err(&err)?;
+        let mut tx = self.begin_durable_write().await.map_err(&err)?;
         let mut generation = None;
         match event.kind {
             EventKind::Created | EventKind::Updated => {
@@ -369,11 +369,7 @@ impl SqlStore {
         now: DateTime<Utc>,
     ) -> Result<Vec<EventId>, StoreError> {
         let err = self.backend("append events");
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(&err)?;
+        let mut tx = self.begin_durable_write().await.map_err(&err)?;
         let at = micros(now);
         let mut ids = Vec::with_capacity(events.len());
         for chunk in events.chunks(APPEND_CHUNK) {
@@ -425,7 +421,7 @@ impl SqlStore {
         now: DateTime<Utc>,
     ) -> Result<Vec<EventId>, StoreError> {
         let err = self.backend("append events");
-        let mut tx = self.pool.begin().await.map_err(&err)?;
+        let mut tx = self.begin_durable_write().await.map_err(&err)?;
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
             .bind(APPEND_LOCK)
             .execute(&mut *tx)

@@ -93,6 +93,9 @@ pub struct SqlOptions {
     /// that only look at a site (status, an operator CLI) open with `false`, so that a misspelt
     /// path is an error naming it instead of a new, empty site.
     pub create_if_missing: bool,
+    /// Wait for the disk on every commit (default `false`: only on the event log's appends).
+    /// See [`SqlStore`] for what each setting keeps across a power loss.
+    pub sync_every_commit: bool,
 }
 
 impl Default for SqlOptions {
@@ -103,6 +106,7 @@ impl Default for SqlOptions {
             acquire_timeout: Duration::from_secs(10),
             replicables: Vec::new(),
             create_if_missing: true,
+            sync_every_commit: false,
         }
     }
 }
@@ -116,9 +120,32 @@ struct Tables {
 }
 
 /// A SQLite or PostgreSQL database holding every storage role of a site.
+///
+/// # Durability
+///
+/// Every commit is atomic and survives the process crashing (a `kill -9`, a panic). What
+/// survives the *machine* crashing or losing power depends on what was written:
+/// - appends to the event log (a publish, with the record and verification rows it writes in
+///   the same transaction; `checksum_succeeded` events) wait for the disk before the caller is
+///   told they happened: SQLite commits them on a connection with `synchronous = FULL`,
+///   PostgreSQL with `synchronous_commit` on;
+/// - everything else (registry rows, verification progress, the cursor, status reports) commits
+///   without waiting for the disk (SQLite `synchronous = NORMAL` in WAL mode, PostgreSQL
+///   `synchronous_commit = off`): a power loss can take back the last moments of it, never
+///   partly and never out of order. That work is redone: a registry row that goes back to
+///   `pending` or `started` is synced again (a copy is never visible before it is complete), a
+///   cursor that goes back consumes its events again, a verification runs again.
+///
+/// [`SqlOptions::sync_every_commit`] makes every commit wait for the disk (slower: one sync per
+/// commit).
 #[derive(Debug)]
 pub struct SqlStore {
     pool: AnyPool,
+    /// SQLite: the connections of the event log's appends, each commit synced to disk (the
+    /// main pool's commits are not, unless `sync_every_commit`).
+    durable_pool: AnyPool,
+    /// Whether every commit of the main pool waits for the disk.
+    sync_every_commit: bool,
     /// PostgreSQL: a native pool for `COPY`, which the `Any` driver cannot do.
     #[cfg(feature = "postgres")]
     copy_pool: Option<sqlx::PgPool>,
@@ -175,6 +202,7 @@ async fn prepare_connection(
     conn: &mut AnyConnection,
     dialect: Dialect,
     schema: Option<&str>,
+    sync_commits: bool,
 ) -> Result<(), sqlx::Error> {
     match dialect {
         Dialect::Sqlite => {
@@ -195,7 +223,12 @@ async fn prepare_connection(
                     Err(e) => return Err(e),
                 }
             }
-            conn.execute("PRAGMA synchronous = FULL").await?;
+            // In WAL mode NORMAL syncs at checkpoints only: a commit survives the process
+            // crashing, not the machine losing power. A FULL connection's commit syncs the log
+            // up to itself, earlier NORMAL commits included.
+            let synchronous = if sync_commits { "FULL" } else { "NORMAL" };
+            conn.execute(AssertSqlSafe(format!("PRAGMA synchronous = {synchronous}")))
+                .await?;
         }
         Dialect::Postgres => {
             // The schema itself is created by the first migration, under the migration lock:
@@ -204,6 +237,11 @@ async fn prepare_connection(
             if let Some(schema) = schema {
                 conn.execute(AssertSqlSafe(format!("SET search_path TO {schema}")))
                     .await?;
+            }
+            // A commit returns before the server flushed it (it survives this process, not a
+            // server crash); appends to the event log turn it back on for their transaction.
+            if !sync_commits {
+                conn.execute("SET synchronous_commit TO off").await?;
             }
         }
     }
@@ -276,24 +314,37 @@ impl SqlStore {
         let mut probe = AnyConnection::connect_with(&connect_options)
             .await
             .map_err(|e| open_error(e.to_string()))?;
-        prepare_connection(&mut probe, dialect, options.schema.as_deref())
+        prepare_connection(&mut probe, dialect, options.schema.as_deref(), true)
             .await
             .map_err(|e| open_error(e.to_string()))?;
         let _ = probe.close().await;
-        let schema = options.schema.clone();
-        let pool = AnyPoolOptions::new()
+        let pool_options = |sync_commits: bool| {
+            let schema = options.schema.clone();
+            AnyPoolOptions::new()
+                .acquire_timeout(options.acquire_timeout)
+                .after_connect(move |conn, _meta| {
+                    let schema = schema.clone();
+                    Box::pin(async move {
+                        prepare_connection(conn, dialect, schema.as_deref(), sync_commits).await
+                    })
+                })
+        };
+        let sync_every_commit = options.sync_every_commit;
+        let pool = pool_options(sync_every_commit)
             .max_connections(options.max_connections.unwrap_or(match dialect {
                 Dialect::Sqlite => 4,
                 Dialect::Postgres => 8,
             }))
-            .acquire_timeout(options.acquire_timeout)
-            .after_connect(move |conn, _meta| {
-                let schema = schema.clone();
-                Box::pin(async move { prepare_connection(conn, dialect, schema.as_deref()).await })
-            })
-            .connect_with(connect_options)
+            .connect_with(connect_options.clone())
             .await
             .map_err(|e| open_error(e.to_string()))?;
+        let durable_pool = match dialect {
+            // Appends take SQLite's one write lock anyway: two connections are plenty.
+            Dialect::Sqlite if !sync_every_commit => pool_options(true)
+                .max_connections(2)
+                .connect_lazy_with(connect_options),
+            _ => pool.clone(),
+        };
         #[cfg(feature = "postgres")]
         let copy_pool = match dialect {
             Dialect::Postgres => {
@@ -322,6 +373,8 @@ impl SqlStore {
         };
         let store = Self {
             pool,
+            durable_pool,
+            sync_every_commit,
             #[cfg(feature = "postgres")]
             copy_pool,
             dialect,
@@ -360,6 +413,22 @@ impl SqlStore {
         }
     }
 
+    /// Begins a transaction that appends to the event log: its commit waits for the disk
+    /// (SQLite: on a connection with `synchronous = FULL`; PostgreSQL: `synchronous_commit`
+    /// on for this transaction), so an event the caller was told about survives a power loss.
+    async fn begin_durable_write(&self) -> Result<sqlx::Transaction<'_, sqlx::Any>, sqlx::Error> {
+        match self.dialect {
+            Dialect::Sqlite => self.durable_pool.begin_with("BEGIN IMMEDIATE").await,
+            Dialect::Postgres => {
+                let mut tx = self.pool.begin().await?;
+                if !self.sync_every_commit {
+                    tx.execute("SET LOCAL synchronous_commit TO on").await?;
+                }
+                Ok(tx)
+            }
+        }
+    }
+
     /// The database's current time.
     pub async fn database_now(&self) -> Result<DateTime<Utc>, StoreError> {
         let sql = format!("SELECT {} AS now", self.dialect.now_micros());
@@ -372,6 +441,7 @@ impl SqlStore {
 
     /// Closes every connection.
     pub async fn close(&self) {
+        self.durable_pool.close().await;
         self.pool.close().await;
     }
 
