@@ -103,27 +103,25 @@ fn upload_pack_command(dir: &std::path::Path, advertise: bool, protocol: Option<
 /// logs its stderr when it fails.
 fn watch(mut child: Child, timeout: Duration, what: String) {
     let stderr = child.stderr.take();
+    // Read concurrently: a git that fills its stderr pipe would otherwise block.
+    let errors = tokio::spawn(async move {
+        let mut text = String::new();
+        if let Some(stderr) = stderr {
+            use tokio::io::AsyncReadExt;
+            let _ = stderr.take(64 * 1024).read_to_string(&mut text).await;
+        }
+        text
+    });
     tokio::spawn(async move {
-        let errors = async {
-            let mut text = String::new();
-            if let Some(mut stderr) = stderr {
-                use tokio::io::AsyncReadExt;
-                let _ = (&mut stderr)
-                    .take(64 * 1024)
-                    .read_to_string(&mut text)
-                    .await;
-            }
-            text
-        };
-        let (status, errors) = tokio::join!(tokio::time::timeout(timeout, child.wait()), errors);
-        match status {
+        match tokio::time::timeout(timeout, child.wait()).await {
             Ok(Ok(status)) if status.success() => {}
             Ok(Ok(status)) => {
+                let errors = errors.await.unwrap_or_default();
                 tracing::warn!(what = %what, %status, stderr = %errors.trim(), "git upload-pack failed");
             }
             Ok(Err(e)) => tracing::warn!(what = %what, error = %e, "waiting for git upload-pack"),
             Err(_) => {
-                tracing::warn!(what = %what, timeout_s = timeout.as_secs(), "git upload-pack timed out; killed");
+                tracing::warn!(what = %what, timeout_s = timeout.as_secs_f64(), "git upload-pack timed out; killed");
                 let _ = child.kill().await;
             }
         }
