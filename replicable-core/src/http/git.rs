@@ -103,20 +103,16 @@ fn upload_pack_command(dir: &std::path::Path, advertise: bool, protocol: Option<
 /// logs its stderr when it fails.
 fn watch(mut child: Child, timeout: Duration, what: String) {
     let stderr = child.stderr.take();
+    // Read concurrently: a git that fills its stderr pipe would otherwise block.
+    let errors = tokio::spawn(async move {
+        let mut text = String::new();
+        if let Some(stderr) = stderr {
+            use tokio::io::AsyncReadExt;
+            let _ = stderr.take(64 * 1024).read_to_string(&mut text).await;
+        }
+        text
+    });
     tokio::spawn(async move {
-        // stderr is read beside the wait: a git that hangs keeps it open, and the kill must
-        // not wait for it.
-        let errors = tokio::spawn(async move {
-            let mut text = String::new();
-            if let Some(mut stderr) = stderr {
-                use tokio::io::AsyncReadExt;
-                let _ = (&mut stderr)
-                    .take(64 * 1024)
-                    .read_to_string(&mut text)
-                    .await;
-            }
-            text
-        });
         match tokio::time::timeout(timeout, child.wait()).await {
             Ok(Ok(status)) if status.success() => {}
             Ok(Ok(status)) => {
@@ -125,7 +121,7 @@ fn watch(mut child: Child, timeout: Duration, what: String) {
             }
             Ok(Err(e)) => tracing::warn!(what = %what, error = %e, "waiting for git upload-pack"),
             Err(_) => {
-                tracing::warn!(what = %what, timeout_s = timeout.as_secs(), "git upload-pack timed out; killed");
+                tracing::warn!(what = %what, timeout_s = timeout.as_secs_f64(), "git upload-pack timed out; killed");
                 let _ = child.kill().await;
             }
         }

@@ -201,6 +201,6 @@ mod tests {
     fn migrations_are_empty_when_up_to_date() {
         assert!(core_migrations(Dialect::Sqlite, CORE_VERSION).is_empty());
         assert!(replicable_migrations("x", REPLICABLE_VERSION).is_empty());
-        assert_eq!(core_migrations(Dialect::Postgres, 0).len(), 5);
+        assert_eq!(core_migrations(Dialect::Postgres, 0).len(), 6);
     }
 }
