@@ -1245,6 +1245,7 @@ fn publication(id: i64, kind: EventKind, mutable: bool, note: &str) -> Publicati
         event,
         verifiable: true,
         mutable,
+        in_catalogue: true,
     }
 }
 

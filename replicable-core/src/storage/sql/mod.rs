@@ -8,10 +8,15 @@
 //! Timestamps are stored as microseconds since the Unix epoch (`BIGINT`), flags as `SMALLINT`.
 
 mod event_log;
+mod in_transaction;
 mod records;
 mod registry;
 pub mod schema;
+mod table;
 mod verification;
+
+pub use in_transaction::AppConnection;
+pub use table::SqlTable;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Once};
