@@ -55,3 +55,4 @@ pub struct Project {
 }
 
 pub mod geo_demo;
+pub mod own_database;

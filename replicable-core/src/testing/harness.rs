@@ -194,9 +194,10 @@ impl<M: Replicable> Harness<M> {
             .unwrap_or_else(|e| panic!("changing the fixture of {} {id}: {e}", M::REPLICABLE_NAME));
         // A model read from the application's own table: the app's write is the row.
         if let Some(source) = self.primary.record_source(M::REPLICABLE_NAME) {
-            source.write(id, &body).await.unwrap_or_else(|e| {
-                panic!("writing the row of {} {id}: {e}", M::REPLICABLE_NAME)
-            });
+            source
+                .write(id, &body)
+                .await
+                .unwrap_or_else(|e| panic!("writing the row of {} {id}: {e}", M::REPLICABLE_NAME));
         }
         Fixture { record, checksum }
     }

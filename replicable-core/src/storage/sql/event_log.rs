@@ -194,9 +194,7 @@ impl EventLog for SqlStore {
         publication: &Publication,
         now: DateTime<Utc>,
     ) -> Result<Option<Published>, StoreError> {
-        let t = self
-            .tables(&publication.event.replicable_name)
-            .await?;
+        let t = self.tables(&publication.event.replicable_name).await?;
         let err = self.backend("publish");
         let mut tx = self.begin_write().await.map_err(&err)?;
         let published = publish_on!(self, &mut *tx, "", &t, publication, now)?;
@@ -209,7 +207,6 @@ impl EventLog for SqlStore {
         Some(self)
     }
 }
-
 
 impl SqlStore {
     /// One row of the event log: an event, or a damaged entry naming what could not be read.

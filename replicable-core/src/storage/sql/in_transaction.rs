@@ -6,8 +6,9 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::AssertSqlSafe;
 
-use super::event_log::{bump_generation_sql, publish_on, serialize_error, upsert_record_sql,
-    verification_pending_sql};
+use super::event_log::{
+    bump_generation_sql, publish_on, serialize_error, upsert_record_sql, verification_pending_sql,
+};
 use super::{APPEND_LOCK, Dialect, SqlStore, Tables, micros};
 use crate::domain::error::StoreError;
 use crate::domain::event::EventKind;
@@ -19,10 +20,12 @@ mod sealed {
     impl Sealed for sqlx::PgConnection {}
     #[cfg(feature = "sqlite")]
     impl Sealed for sqlx::SqliteConnection {}
+    impl Sealed for sqlx::AnyConnection {}
 }
 
 /// A connection of the application's own sqlx pool that a publication can be written on:
-/// `sqlx::PgConnection` (feature `postgres`) or `sqlx::SqliteConnection` (feature `sqlite`).
+/// `sqlx::PgConnection` (feature `postgres`), `sqlx::SqliteConnection` (feature `sqlite`), or
+/// `sqlx::AnyConnection` on either engine.
 /// Pass `&mut *tx` for a transaction `tx`, or a plain connection (then each statement commits
 /// by itself: only a transaction makes the application's change and the event one).
 #[async_trait]
@@ -41,7 +44,11 @@ impl SqlStore {
     /// The tables of a replicable for a write on an application's connection: they must exist
     /// already (creating them there would take the schema lock inside the application's
     /// transaction, behind its own writes).
-    async fn tables_for_app(&self, name: &str, expected: Dialect) -> Result<std::sync::Arc<Tables>, StoreError> {
+    async fn tables_for_app(
+        &self,
+        name: &str,
+        expected: Dialect,
+    ) -> Result<std::sync::Arc<Tables>, StoreError> {
         if self.dialect != expected {
             return Err(StoreError::Backend {
                 store: self.url.clone(),
@@ -52,14 +59,16 @@ impl SqlStore {
                 ),
             });
         }
-        self.existing_tables(name).await?.ok_or_else(|| StoreError::Backend {
-            store: self.url.clone(),
-            operation: "publish in the application's transaction",
-            reason: format!(
-                "the tables of replicable `{name}` do not exist yet: name it in \
+        self.existing_tables(name)
+            .await?
+            .ok_or_else(|| StoreError::Backend {
+                store: self.url.clone(),
+                operation: "publish in the application's transaction",
+                reason: format!(
+                    "the tables of replicable `{name}` do not exist yet: name it in \
                  `SqlOptions::replicables` when opening the site's database"
-            ),
-        })
+                ),
+            })
     }
 
     /// The prefix that qualifies the framework's tables on a connection whose search path is
@@ -102,5 +111,25 @@ impl AppConnection for sqlx::SqliteConnection {
             .tables_for_app(&publication.event.replicable_name, Dialect::Sqlite)
             .await?;
         publish_on!(store, &mut *self, "", &t, publication, now)
+    }
+}
+
+#[async_trait]
+impl AppConnection for sqlx::AnyConnection {
+    async fn write_publication(
+        &mut self,
+        store: &SqlStore,
+        publication: &Publication,
+        now: DateTime<Utc>,
+    ) -> Result<Published, StoreError> {
+        let dialect = match self.backend_name() {
+            "PostgreSQL" => Dialect::Postgres,
+            _ => Dialect::Sqlite,
+        };
+        let t = store
+            .tables_for_app(&publication.event.replicable_name, dialect)
+            .await?;
+        let prefix = store.app_prefix();
+        publish_on!(store, &mut *self, &prefix, &t, publication, now)
     }
 }

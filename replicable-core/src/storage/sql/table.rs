@@ -46,7 +46,9 @@ pub struct SqlTable {
 
 fn identifier(s: &str) -> bool {
     let mut chars = s.chars();
-    chars.next().is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
         && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
         && s.len() <= 63
 }
@@ -119,8 +121,10 @@ impl SqlTable {
             .get_or_try_init(|| async {
                 self.store.create_replicable_tables(&self.name).await?;
                 let sql = match self.store.dialect {
-                    Dialect::Sqlite => "SELECT name, lower(type) AS kind \
-                                        FROM pragma_table_info($1) ORDER BY cid",
+                    Dialect::Sqlite => {
+                        "SELECT name, lower(type) AS kind \
+                                        FROM pragma_table_info($1) ORDER BY cid"
+                    }
                     Dialect::Postgres => {
                         "SELECT CAST(attname AS TEXT) AS name, \
                          lower(format_type(atttypid, atttypmod)) AS kind FROM pg_attribute \
