@@ -161,7 +161,19 @@ impl Strategy for DatabaseStrategy {
                 resource: format!("{} {}", target.replicable_name, target.model_id),
             })?;
         if let serde_json::Value::Object(map) = &mut copy.body {
-            map.insert("tampered".into(), serde_json::Value::Bool(true));
+            // A field the record has (a copy kept in a table has no column for a new one): the
+            // first text field gets a suffix; a record without one gets a field added.
+            let text = map
+                .iter_mut()
+                .filter(|(_, v)| v.is_string())
+                .min_by(|a, b| a.0.cmp(b.0))
+                .map(|(_, v)| v);
+            match text {
+                Some(serde_json::Value::String(value)) => value.push_str(" (tampered)"),
+                _ => {
+                    map.insert("tampered".into(), serde_json::Value::Bool(true));
+                }
+            }
         }
         records
             .put_unless_older(target.replicable_name, &copy)

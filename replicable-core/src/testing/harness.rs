@@ -202,6 +202,18 @@ impl<M: Replicable> Harness<M> {
         Fixture { record, checksum }
     }
 
+    /// Deletes the record's row on the primary as the application would, when `M` has a record
+    /// source there (its own table); for a model in the catalogue it does nothing, since
+    /// publishing `deleted` removes the catalogue's row.
+    pub async fn delete_row(&self, id: i64) {
+        if let Some(source) = self.primary.record_source(M::REPLICABLE_NAME) {
+            source
+                .delete(id)
+                .await
+                .unwrap_or_else(|e| panic!("deleting the row of {} {id}: {e}", M::REPLICABLE_NAME));
+        }
+    }
+
     /// Makes the record's resource on the primary and publishes `created`.
     pub async fn create_and_publish(&self, id: i64) -> (Fixture<M>, EventId) {
         let fixture = self.create(id).await;
@@ -241,5 +253,90 @@ impl<M: Replicable> Harness<M> {
             .expect("publishing the change")
             .expect("the primary publishes");
         fixture
+    }
+}
+
+#[cfg(feature = "sqlite")]
+impl<M: Replicable> Harness<M> {
+    /// Sites on SQLite files in a temporary directory where the records of `M` live in the
+    /// application's own table rather than the catalogue: every site's database gets the table
+    /// `table` (keyed by `id_column`) from the statement `create_table`, and a
+    /// [`SqlTable`](crate::storage::sql::SqlTable) over it as the record source of `M`. The
+    /// primary reads it ([`Harness::create`] writes the row, as the application would), the
+    /// secondaries write their copies into it. Call it inside a multi-threaded runtime (the
+    /// suite's tests are).
+    ///
+    /// ```ignore
+    /// replicable_core::replicator_test_suite!(own_table: Note, note, harness = |f| {
+    ///     Harness::in_own_table("CREATE TABLE notes (id BIGINT PRIMARY KEY, title TEXT)", "notes", "id", f)
+    /// });
+    /// ```
+    pub fn in_own_table(
+        create_table: &str,
+        table: &str,
+        id_column: &str,
+        factory: impl Fn(i64) -> M + Send + Sync + 'static,
+    ) -> Self {
+        use crate::storage::sql::{SqlStore, SqlTable};
+        use sqlx::Executor;
+
+        fn block<F: std::future::Future>(f: F) -> F::Output {
+            tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f))
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("replicable-own-table-")
+            .tempdir()
+            .expect("a temporary directory");
+        let root = dir.path().to_path_buf();
+        let (create_table, table, id_column) = (
+            create_table.to_owned(),
+            table.to_owned(),
+            id_column.to_owned(),
+        );
+        let open = move |file: &str| {
+            let url = format!("sqlite://{}", root.join(file).display());
+            block(async {
+                let store = SqlStore::open(&url).await.expect("a SQLite site database");
+                store
+                    .pool()
+                    .execute(sqlx::AssertSqlSafe(create_table.clone()))
+                    .await
+                    .expect("creating the application's table");
+                let source = SqlTable::new(&store, M::REPLICABLE_NAME, &table, &id_column)
+                    .expect("the application's table");
+                (store, source)
+            })
+        };
+        let (store, source) = open("primary.db");
+        let primary = Site::primary("primary")
+            .database(store)
+            .record_source(M::REPLICABLE_NAME, source)
+            .build()
+            .expect("a site");
+        let (store, source) = open("secondary.db");
+        let secondary = Site::secondary(
+            "secondary",
+            Arc::new(InProcessPrimary::new(primary.clone())),
+        )
+        .database(store)
+        .record_source(M::REPLICABLE_NAME, source)
+        .build()
+        .expect("a site");
+        let counter = std::sync::atomic::AtomicU64::new(0);
+        Self::with_sites(
+            primary,
+            secondary,
+            move |builder| {
+                let n = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let (store, source) = open(&format!("secondary-{n}.db"));
+                builder
+                    .database(store)
+                    .record_source(M::REPLICABLE_NAME, source)
+                    .build()
+                    .expect("a site")
+            },
+            factory,
+        )
+        .holding(dir)
     }
 }

@@ -35,13 +35,22 @@ struct Column {
 ///
 /// `table` may be schema-qualified (`app.notes`) on PostgreSQL, where the store's search path
 /// is the framework's schema; a view works for reading on a primary.
-#[derive(Debug)]
 pub struct SqlTable {
     store: Arc<SqlStore>,
     name: String,
     table: String,
     id: String,
     columns: OnceCell<Vec<Column>>,
+}
+
+impl std::fmt::Debug for SqlTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "table `{}` of {} in {}",
+            self.table, self.name, self.store.url
+        )
+    }
 }
 
 fn identifier(s: &str) -> bool {
