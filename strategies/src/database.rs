@@ -1,9 +1,12 @@
 //! The database strategy: the record itself is the resource.
 //!
 //! A completed sync stores the primary's record (serialized with serde, with its generation) in
-//! the secondary's record store: the site's database by default, or a user's table through their own
-//! [`RecordStore`](replicable_core::storage::RecordStore). A copy is never replaced by an older
-//! generation. The checksum is the SHA-256 of the record's canonical JSON (object keys sorted,
+//! the secondary's record store: the framework's catalogue by default, or, for a replicable
+//! given a [`RecordSource`](replicable_core::storage::RecordSource) on the secondary's site
+//! builder (`SiteBuilder::record_source`), a row of the application's own table
+//! (`replicable_core::storage::sql::SqlTable`: the columns are the record's serde
+//! fields, the generation is in a framework side table). A copy is never replaced by an older
+//! generation, and removing it deletes the row. The checksum is the SHA-256 of the record's canonical JSON (object keys sorted,
 //! no insignificant white space), equal on both sides for equal records.
 
 use async_trait::async_trait;
