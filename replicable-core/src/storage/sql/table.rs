@@ -186,6 +186,8 @@ impl SqlTable {
 
     /// The expression that reads row `t` as JSON text.
     async fn body_expression(&self) -> Result<String, StoreError> {
+        // Also makes sure the side table exists (a registered source may create it).
+        self.columns().await?;
         Ok(match self.store.dialect {
             Dialect::Postgres => "CAST(row_to_json(t) AS TEXT)".to_owned(),
             Dialect::Sqlite => {
