@@ -433,3 +433,81 @@ async fn secondary_copies_are_rows_of_its_table_on_postgres() {
     };
     copies_are_rows(postgres(&target, "p"), postgres(&target, "s")).await;
 }
+
+// ---- a model kept in the catalogue publishes in the application's transaction too ----
+
+#[derive(Debug, Clone, Serialize, Deserialize, Replicable)]
+#[replicator(replicable_strategies::DatabaseStrategy)]
+pub struct AuditEntry {
+    #[replicable(id)]
+    pub id: i64,
+    pub what: String,
+}
+
+async fn catalogue_in_transaction(location: Location, mut conn: sqlx::AnyConnection) {
+    use replicable_core::storage::sql::{SqlOptions, SqlStore};
+    let store = SqlStore::open_with(
+        &location.url,
+        SqlOptions {
+            schema: location.schema.as_ref().map(|s| format!("{s}_replication")),
+            replicables: vec!["audit_entry".into()],
+            ..SqlOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    let site = Site::primary("primary").database(store).build().unwrap();
+    for commit in [false, true] {
+        let mut tx = sqlx::Connection::begin(&mut conn).await.unwrap();
+        let entry = AuditEntry {
+            id: 9,
+            what: format!("commit {commit}"),
+        };
+        entry
+            .replicator(&site)
+            .publish_created_event_in(&mut *tx)
+            .await
+            .unwrap();
+        if commit {
+            tx.commit().await.unwrap();
+        } else {
+            tx.rollback().await.unwrap();
+        }
+        let stored = site.records().get("audit_entry", 9).await.unwrap();
+        if commit {
+            let stored = stored.expect("the catalogue row committed with the event");
+            assert_eq!(stored.body["what"], "commit true");
+            assert_eq!(events(&site).await, vec![("created".to_owned(), 9)]);
+        } else {
+            assert!(stored.is_none());
+            assert!(events(&site).await.is_empty());
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_catalogue_model_publishes_in_the_transaction_on_sqlite() {
+    sqlx::any::install_default_drivers();
+    let target = SqliteTarget::new();
+    let location = sqlite(&target.dir, "app.db");
+    App::open(&location).await.unwrap();
+    let conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&location.url)
+        .await
+        .unwrap();
+    catalogue_in_transaction(location, conn).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_catalogue_model_publishes_in_the_transaction_on_postgres() {
+    sqlx::any::install_default_drivers();
+    let Some(target) = PostgresTarget::new() else {
+        return;
+    };
+    let location = postgres(&target, "app");
+    App::open(&location).await.unwrap();
+    // The application's connection: its own search path, not the framework's schema.
+    let conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&location.url)
+        .await
+        .unwrap();
+    catalogue_in_transaction(location, conn).await;
+}
