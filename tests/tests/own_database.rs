@@ -511,3 +511,33 @@ async fn a_catalogue_model_publishes_in_the_transaction_on_postgres() {
         .unwrap();
     catalogue_in_transaction(location, conn).await;
 }
+
+/// A model read from the application's table needs its site's event log in the database that
+/// holds the table (the generation is kept there): elsewhere, publishing is refused by name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_source_without_its_sql_event_log_is_refused() {
+    let target = SqliteTarget::new();
+    let location = sqlite(&target.dir, "app.db");
+    App::open(&location).await.unwrap();
+    let store = replicable_examples::own_database::replication_store(&location)
+        .await
+        .unwrap();
+    let notes =
+        replicable_core::storage::sql::SqlTable::new(&store, "note", "notes", "id").unwrap();
+    let site = Site::primary("primary")
+        .in_memory()
+        .record_source("note", notes)
+        .build()
+        .unwrap();
+    let err = note(4, "t")
+        .replicator(&site)
+        .publish_created_event()
+        .await
+        .expect_err("no SQL event log");
+    let text = err.to_string();
+    assert!(
+        text.contains("note 4") && text.contains("record source"),
+        "{text}"
+    );
+    assert_eq!(site.event_log().last_event_id().await.unwrap(), None);
+}

@@ -78,11 +78,16 @@ impl<'a, M: Replicable> Replicator<'a, M> {
             return Ok(Some(published.event_id));
         }
         if !publication.in_catalogue {
-            // `RoutedRecords::upsert` refuses, naming the remedy.
-            site.records()
-                .upsert(name, id, &serde_json::Value::Null)
-                .await
-                .map_err(|e| target.store_error(e))?;
+            // The generation of a row in the application's table is kept next to the event log.
+            return Err(target.store_error(StoreError::Backend {
+                store: "event log".into(),
+                operation: "publish",
+                reason: format!(
+                    "{name} {id} lives in the application's table (a record source): its site \
+                     needs one SQL database for the event log, catalogue and verification rows, \
+                     the one holding the table"
+                ),
+            }));
         }
         let mut payload = publication.event.payload;
         match kind {

@@ -63,8 +63,10 @@ fn identifier(s: &str) -> bool {
 }
 
 impl SqlTable {
-    /// The records of replicable `name` in `table`, keyed by `id_column`. Names must be plain
-    /// lower-case SQL identifiers (`table` may be `schema.table` on PostgreSQL).
+    /// The records of replicable `name` in `table`, keyed by `id_column`. `store` must be the
+    /// site's own store (the database its event log is in): publishing bumps generations there.
+    /// Names must be plain lower-case SQL identifiers (`table` may be `schema.table` on
+    /// PostgreSQL). The table's columns are read once, at first use.
     pub fn new(
         store: &Arc<SqlStore>,
         name: &str,
