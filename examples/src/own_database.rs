@@ -351,7 +351,9 @@ pub async fn run_demo(
         .start()
         .await?;
     let expected = primary_app.notes().await?.len() as u64;
-    let deadline = tokio::time::Instant::now() + timeout;
+    let started = tokio::time::Instant::now();
+    let deadline = started + timeout;
+    let mut last_report = started;
     let counts = loop {
         let counts = secondary_site
             .registry_store()
@@ -360,7 +362,24 @@ pub async fn run_demo(
         let done =
             counts.registry == expected && counts.synced == expected && counts.verified == expected;
         if done || tokio::time::Instant::now() >= deadline {
+            tracing::info!(
+                synced = counts.synced,
+                verified = counts.verified,
+                expected,
+                seconds = started.elapsed().as_secs_f64(),
+                "secondary caught up"
+            );
             break counts;
+        }
+        if last_report.elapsed() >= std::time::Duration::from_secs(5) {
+            last_report = tokio::time::Instant::now();
+            tracing::info!(
+                synced = counts.synced,
+                verified = counts.verified,
+                expected,
+                seconds = started.elapsed().as_secs_f64(),
+                "progress"
+            );
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     };

@@ -34,6 +34,12 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "own_database=info,replicable_examples=info,warn".into()),
+        )
+        .init();
     let args = Args::parse();
     let dir = tempfile::tempdir()?;
     let sqlite = |name: &str| format!("sqlite://{}", dir.path().join(name).display());
