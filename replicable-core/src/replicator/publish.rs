@@ -134,7 +134,8 @@ impl<'a, M: Replicable> Replicator<'a, M> {
     /// generation (or its catalogue row) and its verification row are written on `conn`, so
     /// they commit with the application's change or not at all. Pass `&mut *tx` for a sqlx
     /// transaction `tx` on the site's database (a `PgConnection` with feature `postgres`, a
-    /// `SqliteConnection` with feature `sqlite`).
+    /// `SqliteConnection` with feature `sqlite`, or an `AnyConnection`; see
+    /// [`AppConnection`](crate::storage::sql::AppConnection)).
     ///
     /// The framework's tables must live in the application's database (the site's
     /// [`SqlStore`](crate::storage::sql::SqlStore) opened on the same database, its tables in
