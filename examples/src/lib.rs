@@ -56,3 +56,4 @@ pub struct Project {
 
 pub mod bench;
 pub mod geo_demo;
+pub mod own_database;

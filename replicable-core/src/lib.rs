@@ -19,6 +19,12 @@
 //! replicator.publish_created_event().await?;
 //! ```
 //!
+//! An application that keeps its records in its own sqlx database publishes in its own
+//! transaction (`replicator.publish_created_event_in(&mut *tx)`, features `postgres` /
+//! `sqlite`), and gives each such model a record source (`SiteBuilder::record_source` with a
+//! [`storage::sql::SqlTable`] over its table) so that the primary reads, backfills and checksums
+//! the rows where they are and a secondary writes its copies into a table of the same shape.
+//!
 //! # Where things live: layers
 //!
 //! The modules form layers; each imports only its own layer and those before it (the test

@@ -1,5 +1,6 @@
 //! Sites: the primary, where records are written, and secondaries, which replicate it.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,7 +15,9 @@ use crate::domain::selective_sync::SelectiveSync;
 use crate::link::{PrimaryLink, PrimaryStores};
 use crate::observer::SyncObserver;
 use crate::storage::memory::MemoryStore;
-use crate::storage::{Backend, EventLog, RecordStore, RegistryStore, VerificationStore};
+use crate::storage::{
+    Backend, EventLog, RecordSource, RecordStore, RegistryStore, RoutedRecords, VerificationStore,
+};
 use crate::strategy::StrategyContext;
 
 /// Whether a site is the primary or a secondary.
@@ -86,6 +89,8 @@ struct Inner {
     role: SiteRole,
     event_log: Arc<dyn EventLog>,
     records: Arc<dyn RecordStore>,
+    catalogue: Arc<dyn RecordStore>,
+    sources: HashMap<String, Arc<dyn RecordSource>>,
     verification: Arc<dyn VerificationStore>,
     registry: Arc<dyn RegistryStore>,
     blobs: Arc<dyn ObjectStore>,
@@ -149,9 +154,20 @@ impl Site {
     }
 
     /// The record store (the primary's catalogue; the database strategy's copies on a
-    /// secondary).
+    /// secondary), which sends the replicables given a [`RecordSource`] to it
+    /// ([`SiteBuilder::record_source`]).
     pub fn records(&self) -> &dyn RecordStore {
         &*self.inner.records
+    }
+
+    /// The catalogue alone: the record store given to the builder, without the sources.
+    pub fn catalogue(&self) -> &dyn RecordStore {
+        &*self.inner.catalogue
+    }
+
+    /// The record source of replicable `name`, if it was given one.
+    pub fn record_source(&self, name: &str) -> Option<&Arc<dyn RecordSource>> {
+        self.inner.sources.get(name)
     }
 
     /// The primary's verification rows.
@@ -277,6 +293,7 @@ pub struct SiteBuilder {
     primary: Option<Arc<dyn PrimaryLink>>,
     event_log: Option<Arc<dyn EventLog>>,
     records: Option<Arc<dyn RecordStore>>,
+    sources: HashMap<String, Arc<dyn RecordSource>>,
     verification: Option<Arc<dyn VerificationStore>>,
     registry: Option<Arc<dyn RegistryStore>>,
     blobs: Option<Arc<dyn ObjectStore>>,
@@ -297,6 +314,7 @@ impl SiteBuilder {
             primary,
             event_log: None,
             records: None,
+            sources: HashMap::new(),
             verification: None,
             registry: None,
             blobs: None,
@@ -342,6 +360,17 @@ impl SiteBuilder {
     /// The record store.
     pub fn records(mut self, store: Arc<dyn RecordStore>) -> Self {
         self.records = Some(store);
+        self
+    }
+
+    /// Reads (and on a secondary, writes) the records of replicable `name` in the application's
+    /// own table instead of the catalogue: on a primary, the links, backfill and verification
+    /// find every row of the table, published or not, and a publish bumps the row's generation
+    /// rather than storing its body; on a secondary, synced copies land in the table. See
+    /// [`RecordSource`] and the ready
+    /// [`SqlTable`](crate::storage::sql::SqlTable) (feature `sqlite` or `postgres`).
+    pub fn record_source(mut self, name: &str, source: impl Into<Arc<dyn RecordSource>>) -> Self {
+        self.sources.insert(name.to_owned(), source.into());
         self
     }
 
@@ -447,6 +476,12 @@ impl SiteBuilder {
             blobs = Some(Arc::new(confined));
         }
         let blobs = blobs.unwrap_or_else(|| Arc::new(InMemory::new()));
+        let catalogue = records.clone();
+        let records: Arc<dyn RecordStore> = if self.sources.is_empty() {
+            records
+        } else {
+            Arc::new(RoutedRecords::new(records, self.sources.clone()))
+        };
         let strategy = StrategyContext::new(self.name.clone(), records.clone(), blobs.clone())
             .with_repository_root(self.repository_root.clone())
             .with_command_timeout(self.timeouts.command);
@@ -456,6 +491,8 @@ impl SiteBuilder {
                 role: self.role,
                 event_log,
                 records,
+                catalogue,
+                sources: self.sources,
                 verification,
                 registry,
                 blobs,

@@ -1,9 +1,12 @@
 //! The database strategy: the record itself is the resource.
 //!
 //! A completed sync stores the primary's record (serialized with serde, with its generation) in
-//! the secondary's record store: the site's database by default, or a user's table through their own
-//! [`RecordStore`](replicable_core::storage::RecordStore). A copy is never replaced by an older
-//! generation. The checksum is the SHA-256 of the record's canonical JSON (object keys sorted,
+//! the secondary's record store: the framework's catalogue by default, or, for a replicable
+//! given a [`RecordSource`](replicable_core::storage::RecordSource) on the secondary's site
+//! builder (`SiteBuilder::record_source`), a row of the application's own table
+//! (`replicable_core::storage::sql::SqlTable`: the columns are the record's serde
+//! fields, the generation is in a framework side table). A copy is never replaced by an older
+//! generation, and removing it deletes the row. The checksum is the SHA-256 of the record's canonical JSON (object keys sorted,
 //! no insignificant white space), equal on both sides for equal records.
 
 use async_trait::async_trait;
@@ -161,7 +164,19 @@ impl Strategy for DatabaseStrategy {
                 resource: format!("{} {}", target.replicable_name, target.model_id),
             })?;
         if let serde_json::Value::Object(map) = &mut copy.body {
-            map.insert("tampered".into(), serde_json::Value::Bool(true));
+            // A field the record has (a copy kept in a table has no column for a new one): the
+            // first text field gets a suffix; a record without one gets a field added.
+            let text = map
+                .iter_mut()
+                .filter(|(_, v)| v.is_string())
+                .min_by(|a, b| a.0.cmp(b.0))
+                .map(|(_, v)| v);
+            match text {
+                Some(serde_json::Value::String(value)) => value.push_str(" (tampered)"),
+                _ => {
+                    map.insert("tampered".into(), serde_json::Value::Bool(true));
+                }
+            }
         }
         records
             .put_unless_older(target.replicable_name, &copy)

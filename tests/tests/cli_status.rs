@@ -140,12 +140,13 @@ fn a_misspelt_name_is_refused_and_creates_no_table() {
         assert_eq!(
             tables_named(&s.secondary_store, "artifact_").await,
             [
+                "artifact_generations",
                 "artifact_records",
                 "artifact_registry",
                 "artifact_verification"
             ]
         );
         store.create_tables("newcomer").await.unwrap();
-        assert_eq!(tables_named(&s.secondary_store, "newcomer").await.len(), 3);
+        assert_eq!(tables_named(&s.secondary_store, "newcomer").await.len(), 4);
     });
 }

@@ -225,8 +225,9 @@ async fn collect_registry_ids(
     }
 }
 
-/// Primary verification backfill: every record in the primary's catalogue without a
-/// verification row gets a pending one, `batch` rows per statement, until none is left (records
+/// Primary verification backfill: every record in the primary's catalogue (or, for a replicable
+/// with a record source, every row of the application's table) without a verification row gets
+/// a pending one, `batch` rows per statement, until none is left (records
 /// from before replication was turned on, or written behind the framework's back, are otherwise
 /// never checksummed). Returns how many rows were created.
 pub async fn backfill_primary_verification(
@@ -239,6 +240,24 @@ pub async fn backfill_primary_verification(
     }
     let batch = batch.max(1);
     let mut created = 0;
+    if site.record_source(replicable.name).is_some() {
+        // Rows of the application's table: walk its ids (the catalogue join sees none of them).
+        let mut from = i64::MIN;
+        loop {
+            let ids = site
+                .records()
+                .ids(replicable.name, from..i64::MAX, batch)
+                .await?;
+            created += site
+                .verification_store()
+                .insert_missing(replicable.name, &ids)
+                .await?;
+            match ids.last() {
+                Some(&last) if ids.len() == batch && last < i64::MAX => from = last + 1,
+                _ => return Ok(created),
+            }
+        }
+    }
     loop {
         let n = site
             .verification_store()

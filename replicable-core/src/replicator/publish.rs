@@ -1,5 +1,6 @@
-//! Publishing a record's events on the primary: the event, the catalogue row and the
-//! verification row in one transaction.
+//! Publishing a record's events on the primary: the event, the catalogue row (or the generation
+//! of the application's own row) and the verification row in one transaction: the site's own,
+//! or the application's (`publish_*_event_in`).
 
 use tracing::debug;
 
@@ -7,20 +8,19 @@ use super::{ReplicationTarget, Replicator};
 use crate::domain::error::{ReplicatorError, StoreError};
 use crate::domain::event::{EventId, EventKind, EventPayload, NewEvent};
 use crate::model::Replicable;
+use crate::storage::Publication;
 use crate::strategy::Strategy;
 
 impl<'a, M: Replicable> Replicator<'a, M> {
-    pub(super) async fn publish(
-        &self,
-        kind: EventKind,
-    ) -> Result<Option<EventId>, ReplicatorError> {
+    /// What publishing `kind` writes, or `None` on a secondary (which publishes nothing).
+    fn publication(&self, kind: EventKind) -> Result<Option<Publication>, ReplicatorError> {
         let target = &self.target;
         target.ensure_supported(kind)?;
         if !target.site.is_primary() {
             debug!(replicable = M::REPLICABLE_NAME, id = target.id, %kind, "not publishing on a secondary");
             return Ok(None);
         }
-        let (name, id, site) = (M::REPLICABLE_NAME, target.id, target.site);
+        let (name, id) = (M::REPLICABLE_NAME, target.id);
         let resource = self.record.resource();
         M::Strategy::validate(&resource).map_err(|e| target.resource_error(e))?;
         let mut payload = EventPayload {
@@ -40,9 +40,7 @@ impl<'a, M: Replicable> Replicator<'a, M> {
                     })?,
                 );
         }
-        // One database for the log, the catalogue and the verification rows: the three writes
-        // are one transaction, and an event that cannot be written leaves nothing behind.
-        let publication = crate::storage::Publication {
+        Ok(Some(Publication {
             event: NewEvent {
                 replicable_name: name.to_owned(),
                 kind,
@@ -50,10 +48,25 @@ impl<'a, M: Replicable> Replicator<'a, M> {
             },
             verifiable: M::Strategy::VERIFIABLE,
             mutable: M::Strategy::MUTABLE,
+            in_catalogue: target.site.record_source(name).is_none(),
+        }))
+    }
+
+    pub(super) async fn publish(
+        &self,
+        kind: EventKind,
+    ) -> Result<Option<EventId>, ReplicatorError> {
+        let Some(publication) = self.publication(kind)? else {
+            return Ok(None);
         };
+        let target = &self.target;
+        let (name, id, site) = (M::REPLICABLE_NAME, target.id, target.site);
+        // One database for the log, the catalogue (or the generations of the application's
+        // table) and the verification rows: the writes are one transaction, and an event that
+        // cannot be written leaves nothing behind.
         if crate::storage::same_database(
             site.event_log(),
-            site.records(),
+            site.catalogue(),
             site.verification_store(),
         ) && let Some(published) = site
             .event_log()
@@ -63,6 +76,18 @@ impl<'a, M: Replicable> Replicator<'a, M> {
         {
             debug!(replicable = name, id, %kind, event_id = published.event_id, "published");
             return Ok(Some(published.event_id));
+        }
+        if !publication.in_catalogue {
+            // The generation of a row in the application's table is kept next to the event log.
+            return Err(target.store_error(StoreError::Backend {
+                store: "event log".into(),
+                operation: "publish",
+                reason: format!(
+                    "{name} {id} lives in the application's table (a record source): its site \
+                     needs one SQL database for the event log, catalogue and verification rows, \
+                     the one holding the table"
+                ),
+            }));
         }
         let mut payload = publication.event.payload;
         match kind {
@@ -103,6 +128,93 @@ impl<'a, M: Replicable> Replicator<'a, M> {
             EventKind::ChecksumSucceeded => unreachable!("published by verification only"),
         }
         target.append(kind, payload).await.map(Some)
+    }
+
+    /// Publishes `created` in the application's own transaction: the event, the record's
+    /// generation (or its catalogue row) and its verification row are written on `conn`, so
+    /// they commit with the application's change or not at all. Pass `&mut *tx` for a sqlx
+    /// transaction `tx` on the site's database (a `PgConnection` with feature `postgres`, a
+    /// `SqliteConnection` with feature `sqlite`, or an `AnyConnection`; see
+    /// [`AppConnection`](crate::storage::sql::AppConnection)).
+    ///
+    /// The framework's tables must live in the application's database (the site's
+    /// [`SqlStore`](crate::storage::sql::SqlStore) opened on the same database, its tables in
+    /// the schema named by `SqlOptions::schema` on PostgreSQL, in the same file on SQLite) and
+    /// exist already (name the replicable in `SqlOptions::replicables`). Returns `None` on a
+    /// secondary, which publishes nothing. Any failed write is an error, and the caller's
+    /// transaction should then be rolled back.
+    ///
+    /// On PostgreSQL the event is written last, under the event log's advisory lock, which the
+    /// application's transaction then holds until it commits or rolls back: that keeps event
+    /// ids visible in order (a log cursor never steps over an event that commits late), and it
+    /// serialises publishing transactions from their event to their commit. Publish last in
+    /// the transaction, just before committing.
+    #[cfg(any(feature = "postgres", feature = "sqlite"))]
+    pub async fn publish_created_event_in<C>(
+        &self,
+        conn: &mut C,
+    ) -> Result<Option<EventId>, ReplicatorError>
+    where
+        C: crate::storage::sql::AppConnection,
+    {
+        self.publish_in(EventKind::Created, conn).await
+    }
+
+    /// Publishes `updated` in the application's own transaction: see
+    /// [`publish_created_event_in`](Self::publish_created_event_in).
+    #[cfg(any(feature = "postgres", feature = "sqlite"))]
+    pub async fn publish_updated_event_in<C>(
+        &self,
+        conn: &mut C,
+    ) -> Result<Option<EventId>, ReplicatorError>
+    where
+        C: crate::storage::sql::AppConnection,
+    {
+        self.publish_in(EventKind::Updated, conn).await
+    }
+
+    /// Publishes `deleted` in the application's own transaction (the one deleting the row):
+    /// see [`publish_created_event_in`](Self::publish_created_event_in).
+    #[cfg(any(feature = "postgres", feature = "sqlite"))]
+    pub async fn publish_deleted_event_in<C>(
+        &self,
+        conn: &mut C,
+    ) -> Result<Option<EventId>, ReplicatorError>
+    where
+        C: crate::storage::sql::AppConnection,
+    {
+        self.publish_in(EventKind::Deleted, conn).await
+    }
+
+    #[cfg(any(feature = "postgres", feature = "sqlite"))]
+    async fn publish_in<C>(
+        &self,
+        kind: EventKind,
+        conn: &mut C,
+    ) -> Result<Option<EventId>, ReplicatorError>
+    where
+        C: crate::storage::sql::AppConnection,
+    {
+        let Some(publication) = self.publication(kind)? else {
+            return Ok(None);
+        };
+        let target = &self.target;
+        let site = target.site;
+        let store = site.event_log().sql_store().ok_or_else(|| {
+            target.store_error(StoreError::Backend {
+                store: "event log".into(),
+                operation: "publish in the application's transaction",
+                reason: "the site's event log is not a SQL database: open it with \
+                         `storage::sql::SqlStore` on the application's database"
+                    .into(),
+            })
+        })?;
+        let published = conn
+            .write_publication(store, &publication, site.now())
+            .await
+            .map_err(|e| target.store_error(e))?;
+        debug!(replicable = M::REPLICABLE_NAME, id = target.id, %kind, event_id = published.event_id, "published in the application's transaction");
+        Ok(Some(published.event_id))
     }
 }
 

@@ -17,6 +17,12 @@ pub struct Publication {
     /// Whether the replicable's resource may change after it was created. Re-publishing
     /// `created` for an immutable resource whose checksum succeeded keeps that checksum.
     pub mutable: bool,
+    /// Whether the record's body goes into the catalogue (`<name>_records`). `false` for a
+    /// replicable read from the application's own table (a
+    /// [`RecordSource`](crate::storage::RecordSource)): the row is the application's, and only
+    /// its generation is kept (`<name>_generations`, bumped on `created` / `updated`, kept on
+    /// `deleted` so that a re-used id never starts below what a secondary may hold).
+    pub in_catalogue: bool,
 }
 
 /// What a [`Publication`] stored.
@@ -80,5 +86,12 @@ pub trait EventLog: Send + Sync + std::fmt::Debug {
     ) -> Result<Option<Published>, StoreError> {
         let _ = (publication, now);
         Ok(None)
+    }
+
+    /// The SQL store behind this log, if it is one: what publishing in the application's own
+    /// transaction needs (its engine, schema and tables).
+    #[cfg(feature = "sql")]
+    fn sql_store(&self) -> Option<&crate::storage::sql::SqlStore> {
+        None
     }
 }

@@ -171,6 +171,11 @@ impl EventLog for MemoryStore {
         publication: &Publication,
         now: DateTime<Utc>,
     ) -> Result<Option<Published>, StoreError> {
+        if !publication.in_catalogue {
+            // Generations of rows in an application's own table live with that table's SQL
+            // database (`SqlTable`), not here.
+            return Ok(None);
+        }
         // One lock held throughout: nobody sees the record without its event.
         let mut state = self.lock();
         let mut event = publication.event.clone();

@@ -2,6 +2,8 @@
 //!
 //! - [`EventLog`]: the primary's append-only event log;
 //! - [`RecordStore`]: the primary's record catalogue (and the database strategy's copies);
+//! - [`RecordSource`]: one replicable's records in the application's own table, which a
+//!   site's [`RoutedRecords`] reads instead of the catalogue;
 //! - [`VerificationStore`]: the primary's verification rows;
 //! - [`RegistryStore`]: a secondary's tracking database (registries, log cursor, skipped events).
 //!
@@ -12,6 +14,7 @@
 mod event_log;
 pub mod local_blobs;
 pub mod memory;
+mod record_source;
 mod record_store;
 mod registry_store;
 mod secondary_status;
@@ -20,6 +23,7 @@ pub mod sql;
 mod verification_store;
 
 pub use event_log::{EventLog, Publication, Published};
+pub use record_source::{RecordSource, RoutedRecords};
 pub use record_store::{RecordStore, StoredRecord};
 pub use registry_store::{RegistryCounts, RegistryFilter, RegistryStore, SITE_SWITCH};
 pub use secondary_status::SecondaryStatusRow;

@@ -105,4 +105,19 @@ pub trait VerificationStore: Send + Sync + std::fmt::Debug {
     /// replication was turned on, or through another record store, are checksummed too.
     /// Returns how many rows were created.
     async fn backfill_missing(&self, name: &str, limit: usize) -> Result<u64, StoreError>;
+
+    /// Gives each of `model_ids` that has no verification row a pending one (the records of a
+    /// [`RecordSource`](crate::storage::RecordSource), which the catalogue join of
+    /// [`backfill_missing`](Self::backfill_missing) does not see). Returns how many rows were
+    /// created. The default reads and writes one row at a time.
+    async fn insert_missing(&self, name: &str, model_ids: &[i64]) -> Result<u64, StoreError> {
+        let mut created = 0;
+        for &id in model_ids {
+            if self.get(name, id).await?.is_none() {
+                self.mark_pending(name, id).await?;
+                created += 1;
+            }
+        }
+        Ok(created)
+    }
 }

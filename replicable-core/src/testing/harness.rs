@@ -228,7 +228,26 @@ impl<M: Replicable> Harness<M> {
             )
             .await
             .unwrap_or_else(|e| panic!("changing the fixture of {} {id}: {e}", M::REPLICABLE_NAME));
+        // A model read from the application's own table: the app's write is the row.
+        if let Some(source) = self.primary.record_source(M::REPLICABLE_NAME) {
+            source
+                .write(id, &body)
+                .await
+                .unwrap_or_else(|e| panic!("writing the row of {} {id}: {e}", M::REPLICABLE_NAME));
+        }
         Fixture { record, checksum }
+    }
+
+    /// Deletes the record's row on the primary as the application would, when `M` has a record
+    /// source there (its own table); for a model in the catalogue it does nothing, since
+    /// publishing `deleted` removes the catalogue's row.
+    pub async fn delete_row(&self, id: i64) {
+        if let Some(source) = self.primary.record_source(M::REPLICABLE_NAME) {
+            source
+                .delete(id)
+                .await
+                .unwrap_or_else(|e| panic!("deleting the row of {} {id}: {e}", M::REPLICABLE_NAME));
+        }
     }
 
     /// Makes the record's resource on the primary and publishes `created`.
@@ -270,5 +289,114 @@ impl<M: Replicable> Harness<M> {
             .expect("publishing the change")
             .expect("the primary publishes");
         fixture
+    }
+}
+
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+impl<M: Replicable> Harness<M> {
+    /// Sites on SQLite files in a temporary directory where the records of `M` live in the
+    /// application's own table rather than the catalogue: see [`Harness::with_own_table`].
+    /// Call it inside a multi-threaded runtime (the suite's tests are).
+    ///
+    /// ```ignore
+    /// replicable_core::replicator_test_suite!(own_table: Note, note, harness = |f| {
+    ///     Harness::in_own_table("CREATE TABLE notes (id BIGINT PRIMARY KEY, title TEXT)", "notes", "id", f)
+    /// });
+    /// ```
+    #[cfg(feature = "sqlite")]
+    pub fn in_own_table(
+        create_table: &str,
+        table: &str,
+        id_column: &str,
+        factory: impl Fn(i64) -> M + Send + Sync + 'static,
+    ) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("replicable-own-table-")
+            .tempdir()
+            .expect("a temporary directory");
+        let root = dir.path().to_path_buf();
+        let counter = std::sync::atomic::AtomicU64::new(0);
+        let databases = move || {
+            let n = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let url = format!("sqlite://{}", root.join(format!("site-{n}.db")).display());
+            async move {
+                crate::storage::sql::SqlStore::open(&url)
+                    .await
+                    .expect("a SQLite site database")
+            }
+        };
+        Self::with_own_table(databases, create_table, table, id_column, factory).holding(dir)
+    }
+
+    /// Sites where the records of `M` live in the application's own table rather than the
+    /// catalogue: `databases` opens a fresh empty database for each site (the primary, the
+    /// secondary, and each further secondary), where the table `table` (keyed by `id_column`) is
+    /// made with the statement `create_table`, and a
+    /// [`SqlTable`](crate::storage::sql::SqlTable) over it is the record source of `M`. The
+    /// primary reads it ([`Harness::create`] writes the row, as the application would), the
+    /// secondaries write their copies into it. Call it inside a multi-threaded runtime.
+    pub fn with_own_table<F, Fut>(
+        databases: F,
+        create_table: &str,
+        table: &str,
+        id_column: &str,
+        factory: impl Fn(i64) -> M + Send + Sync + 'static,
+    ) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Arc<crate::storage::sql::SqlStore>>,
+    {
+        use crate::storage::sql::SqlTable;
+        use sqlx::Executor;
+
+        fn block<F: std::future::Future>(f: F) -> F::Output {
+            tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f))
+        }
+        let (create_table, table, id_column) = (
+            create_table.to_owned(),
+            table.to_owned(),
+            id_column.to_owned(),
+        );
+        let open = move || {
+            block(async {
+                let store = databases().await;
+                store
+                    .pool()
+                    .execute(sqlx::AssertSqlSafe(create_table.clone()))
+                    .await
+                    .expect("creating the application's table");
+                let source = SqlTable::new(&store, M::REPLICABLE_NAME, &table, &id_column)
+                    .expect("the application's table");
+                (store, source)
+            })
+        };
+        let (store, source) = open();
+        let primary = Site::primary("primary")
+            .database(store)
+            .record_source(M::REPLICABLE_NAME, source)
+            .build()
+            .expect("a site");
+        let (store, source) = open();
+        let secondary = Site::secondary(
+            "secondary",
+            Arc::new(InProcessPrimary::new(primary.clone())),
+        )
+        .database(store)
+        .record_source(M::REPLICABLE_NAME, source)
+        .build()
+        .expect("a site");
+        Self::with_sites(
+            primary,
+            secondary,
+            move |builder| {
+                let (store, source) = open();
+                builder
+                    .database(store)
+                    .record_source(M::REPLICABLE_NAME, source)
+                    .build()
+                    .expect("a site")
+            },
+            factory,
+        )
     }
 }

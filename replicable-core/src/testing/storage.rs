@@ -1304,6 +1304,7 @@ fn publication(id: i64, kind: EventKind, mutable: bool, note: &str) -> Publicati
         event,
         verifiable: true,
         mutable,
+        in_catalogue: true,
     }
 }
 

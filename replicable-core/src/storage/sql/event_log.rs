@@ -18,6 +18,108 @@ const APPEND_CHUNK: usize = 5_000;
 #[cfg(feature = "postgres")]
 const COPY_FROM: usize = 32;
 
+/// The writes of a [`Publication`] on one connection inside a transaction the caller commits:
+/// the store's own (`EventLog::publish`) or the application's (`publish_*_event_in`). `$p` is
+/// the prefix that qualifies the framework's tables (`"schema."`, or empty where the search
+/// path finds them). Evaluates to `Result<Published, StoreError>`.
+macro_rules! publish_on {
+    ($store:expr, $conn:expr, $p:expr, $t:expr, $publication:expr, $now:expr) => {{
+        async {
+            let store: &SqlStore = $store;
+            let p: &str = $p;
+            let t: &Tables = $t;
+            let publication: &Publication = $publication;
+            let mut event = publication.event.clone();
+            let id = event.payload.model_id;
+            let err = store.backend("publish");
+            let mut generation = None;
+            match event.kind {
+                EventKind::Created | EventKind::Updated => {
+                    let g: i64 = if publication.in_catalogue {
+                        let body = event
+                            .payload
+                            .record
+                            .as_ref()
+                            .unwrap_or(&serde_json::Value::Null)
+                            .to_string();
+                        sqlx::query_scalar(AssertSqlSafe(upsert_record_sql(p, &t.name)))
+                            .bind(id)
+                            .bind(body)
+                            .fetch_one($conn)
+                            .await
+                            .map_err(&err)?
+                    } else {
+                        sqlx::query_scalar(AssertSqlSafe(bump_generation_sql(p, &t.name)))
+                            .bind(id)
+                            .fetch_one($conn)
+                            .await
+                            .map_err(&err)?
+                    };
+                    event.payload.generation = Some(g);
+                    generation = Some(g);
+                    if publication.verifiable {
+                        let keep = event.kind == EventKind::Created && !publication.mutable;
+                        sqlx::query(AssertSqlSafe(verification_pending_sql(p, t)))
+                            .bind(id)
+                            .bind(i16::from(keep))
+                            .execute($conn)
+                            .await
+                            .map_err(&err)?;
+                    }
+                }
+                EventKind::Deleted => {
+                    // The generation of a row in the application's table is kept: a re-used id
+                    // goes on counting from it.
+                    let kinds: &[&str] = if publication.in_catalogue {
+                        &["records", "verification"]
+                    } else {
+                        &["verification"]
+                    };
+                    for kind in kinds {
+                        let n = &t.name;
+                        let sql = format!("DELETE FROM {p}{n}_{kind} WHERE {n}_id = $1");
+                        sqlx::query(AssertSqlSafe(sql))
+                            .bind(id)
+                            .execute($conn)
+                            .await
+                            .map_err(&err)?;
+                    }
+                }
+                EventKind::ChecksumSucceeded => {}
+            }
+            if store.dialect == Dialect::Postgres {
+                // Taken last and held until commit: the event's id becomes visible in order,
+                // and the record writes above do not wait behind other appends.
+                sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                    .bind(APPEND_LOCK)
+                    .execute($conn)
+                    .await
+                    .map_err(&err)?;
+            }
+            let payload =
+                serde_json::to_string(&event.payload).map_err(|e| serialize_error(store, e))?;
+            let sql = format!(
+                "INSERT INTO {p}replicable_events (replicable_name, event_name, payload, \
+                 created_at) VALUES ($1, $2, $3, $4) RETURNING id"
+            );
+            let event_id: i64 = sqlx::query_scalar(AssertSqlSafe(sql))
+                .bind(event.replicable_name.clone())
+                .bind(event.kind.name())
+                .bind(payload)
+                .bind(micros($now))
+                .fetch_one($conn)
+                .await
+                .map_err(&err)?;
+            Ok::<_, StoreError>(Published {
+                event_id,
+                generation,
+            })
+        }
+        .await
+    }};
+}
+pub(super) use publish_on;
+
 #[async_trait]
 impl EventLog for SqlStore {
     async fn append(
@@ -105,80 +207,17 @@ impl EventLog for SqlStore {
         publication: &Publication,
         now: DateTime<Utc>,
     ) -> Result<Option<Published>, StoreError> {
-        let mut event = publication.event.clone();
-        let t = self.tables(&event.replicable_name).await?;
-        let id = event.payload.model_id;
+        let t = self.tables(&publication.event.replicable_name).await?;
         let err = self.backend("publish");
         let mut tx = self.begin_durable_write().await.map_err(&err)?;
-        let mut generation = None;
-        match event.kind {
-            EventKind::Created | EventKind::Updated => {
-                let body = event
-                    .payload
-                    .record
-                    .as_ref()
-                    .unwrap_or(&serde_json::Value::Null)
-                    .to_string();
-                let row = sqlx::query(AssertSqlSafe(upsert_record_sql(&t.name)))
-                    .bind(id)
-                    .bind(body)
-                    .fetch_one(&mut *tx)
-                    .await
-                    .map_err(&err)?;
-                let g: i64 = self.get(&row, "generation")?;
-                event.payload.generation = Some(g);
-                generation = Some(g);
-                if publication.verifiable {
-                    let keep = event.kind == EventKind::Created && !publication.mutable;
-                    sqlx::query(AssertSqlSafe(verification_pending_sql(&t)))
-                        .bind(id)
-                        .bind(i16::from(keep))
-                        .fetch_optional(&mut *tx)
-                        .await
-                        .map_err(&err)?;
-                }
-            }
-            EventKind::Deleted => {
-                for kind in ["records", "verification"] {
-                    let n = &t.name;
-                    let sql = format!("DELETE FROM {n}_{kind} WHERE {n}_id = $1");
-                    sqlx::query(AssertSqlSafe(sql))
-                        .bind(id)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(&err)?;
-                }
-            }
-            EventKind::ChecksumSucceeded => {}
-        }
-        if self.dialect == Dialect::Postgres {
-            // Taken last and held until commit: the event's id becomes visible in order, and
-            // the record writes above do not wait behind other appends.
-            sqlx::query("SELECT pg_advisory_xact_lock($1)")
-                .bind(APPEND_LOCK)
-                .execute(&mut *tx)
-                .await
-                .map_err(&err)?;
-        }
-        let payload =
-            serde_json::to_string(&event.payload).map_err(|e| serialize_error(self, e))?;
-        let row = sqlx::query(
-            "INSERT INTO replicable_events (replicable_name, event_name, payload, created_at) \
-             VALUES ($1, $2, $3, $4) RETURNING id",
-        )
-        .bind(event.replicable_name.clone())
-        .bind(event.kind.name())
-        .bind(payload)
-        .bind(micros(now))
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(&err)?;
-        let event_id: i64 = self.get(&row, "id")?;
+        let published = publish_on!(self, &mut *tx, "", &t, publication, now)?;
         tx.commit().await.map_err(&err)?;
-        Ok(Some(Published {
-            event_id,
-            generation,
-        }))
+        Ok(Some(published))
+    }
+
+    #[cfg(feature = "sql")]
+    fn sql_store(&self) -> Option<&SqlStore> {
+        Some(self)
     }
 }
 
@@ -255,11 +294,22 @@ impl SqlStore {
 
 /// Inserts or replaces a record in the catalogue, bumping its generation (`$1` id, `$2`
 /// body); returns `generation`.
-pub(super) fn upsert_record_sql(n: &str) -> String {
+/// `p` qualifies the table (see [`publish_on`]).
+pub(super) fn upsert_record_sql(p: &str, n: &str) -> String {
     format!(
-        "INSERT INTO {n}_records ({n}_id, generation, body) VALUES ($1, 1, $2) \
-         ON CONFLICT ({n}_id) DO UPDATE SET generation = {n}_records.generation + 1, \
+        "INSERT INTO {p}{n}_records AS r ({n}_id, generation, body) VALUES ($1, 1, $2) \
+         ON CONFLICT ({n}_id) DO UPDATE SET generation = r.generation + 1, \
          body = excluded.body RETURNING generation"
+    )
+}
+
+/// Bumps the generation of a row in an application's own table (`$1` id): 1 for a row never
+/// published (whose implicit generation is 0), else one more; returns `generation`.
+pub(super) fn bump_generation_sql(p: &str, n: &str) -> String {
+    format!(
+        "INSERT INTO {p}{n}_generations AS g ({n}_id, generation) VALUES ($1, 1) \
+         ON CONFLICT ({n}_id) DO UPDATE SET generation = g.generation + 1 \
+         RETURNING generation"
     )
 }
 
@@ -267,14 +317,14 @@ pub(super) fn upsert_record_sql(n: &str) -> String {
 /// [`Verification::mark_pending`](crate::domain::verification::Verification::mark_pending) does; with
 /// `$2 = 1` a row whose checksum succeeded is kept as it is (and nothing is returned). A failed
 /// verification keeps its retry count (its backoff) and failure text until it succeeds.
-pub(super) fn verification_pending_sql(t: &Tables) -> String {
+pub(super) fn verification_pending_sql(p: &str, t: &Tables) -> String {
     let n = &t.name;
     format!(
-        "INSERT INTO {n}_verification ({n}_id, verification_state) VALUES ($1, 0) \
+        "INSERT INTO {p}{n}_verification AS v ({n}_id, verification_state) VALUES ($1, 0) \
          ON CONFLICT ({n}_id) DO UPDATE SET verification_state = 0, \
          verification_retry_at = NULL, verification_started_at = NULL, \
-         version = {n}_verification.version + 1 \
-         WHERE NOT ($2 = 1 AND {n}_verification.verification_state = 2) RETURNING {}",
+         version = v.version + 1 \
+         WHERE NOT ($2 = 1 AND v.verification_state = 2) RETURNING {}",
         t.verification_columns
     )
 }
@@ -350,7 +400,7 @@ impl SqlStore {
     }
 }
 
-fn serialize_error(store: &SqlStore, e: serde_json::Error) -> StoreError {
+pub(super) fn serialize_error(store: &SqlStore, e: serde_json::Error) -> StoreError {
     StoreError::Backend {
         store: store.url.clone(),
         operation: "append events",

@@ -6,12 +6,21 @@
 //! single writer, which gives both for free.
 //!
 //! Timestamps are stored as microseconds since the Unix epoch (`BIGINT`), flags as `SMALLINT`.
+//!
+//! The store may live in the application's own database: [`SqlTable`] reads (and on a
+//! secondary writes) one replicable's records in the application's table, and
+//! [`AppConnection`] lets a publication be written in the application's transaction.
 
 mod event_log;
+mod in_transaction;
 mod records;
 mod registry;
 pub mod schema;
+mod table;
 mod verification;
+
+pub use in_transaction::AppConnection;
+pub use table::SqlTable;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Once};

@@ -19,7 +19,7 @@ impl RecordStore for SqlStore {
         body: &serde_json::Value,
     ) -> Result<i64, StoreError> {
         let t = self.tables(name).await?;
-        let row = sqlx::query(AssertSqlSafe(upsert_record_sql(&t.name)))
+        let row = sqlx::query(AssertSqlSafe(upsert_record_sql("", &t.name)))
             .bind(model_id)
             .bind(body.to_string())
             .fetch_one(&self.pool)

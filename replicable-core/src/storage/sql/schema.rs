@@ -1,5 +1,6 @@
 //! The schema the framework manages: versioned migrations of the shared tables, and the tables
-//! of each replicable (`<name>_registry`, `<name>_verification`, `<name>_records`), created on
+//! of each replicable (`<name>_registry`, `<name>_verification`, `<name>_records`,
+//! `<name>_generations`), created on
 //! first write, by `RegistryStore::create_tables` (the engine, for its list), or at open for the
 //! names in `SqlOptions::replicables`.
 
@@ -9,7 +10,7 @@ use super::Dialect;
 pub const CORE_VERSION: i64 = 3;
 
 /// The newest version of a replicable's tables this build knows.
-pub const REPLICABLE_VERSION: i64 = 3;
+pub const REPLICABLE_VERSION: i64 = 4;
 
 /// The component name of the shared tables in `replicable_schema`.
 pub const CORE_COMPONENT: &str = "core";
@@ -163,6 +164,16 @@ pub fn replicable_migrations(name: &str, from: i64) -> Vec<String> {
         // for the replication lag.
         steps.push(format!(
             "ALTER TABLE {name}_registry ADD COLUMN changed_at BIGINT"
+        ));
+    }
+    if from < 4 {
+        // The generation of each record read from (or copied into) a user's own table
+        // (`SqlTable`): the primary's publish bumps it in the application's transaction, a
+        // secondary's copy notes the generation it holds. A row without one is generation 0.
+        steps.push(format!(
+            "CREATE TABLE {name}_generations (\
+             {name}_id BIGINT PRIMARY KEY, \
+             generation BIGINT NOT NULL)"
         ));
     }
     steps

@@ -129,7 +129,7 @@ impl VerificationStore for SqlStore {
         model_id: i64,
     ) -> Result<VerificationRecord, StoreError> {
         let t = self.tables(name).await?;
-        let row = sqlx::query(AssertSqlSafe(verification_pending_sql(&t)))
+        let row = sqlx::query(AssertSqlSafe(verification_pending_sql("", &t)))
             .bind(model_id)
             .bind(0_i16)
             .fetch_one(&self.pool)
@@ -301,6 +301,32 @@ impl VerificationStore for SqlStore {
             .await
             .map_err(self.backend("backfill verification rows"))?;
         Ok(done.rows_affected())
+    }
+
+    async fn insert_missing(&self, name: &str, model_ids: &[i64]) -> Result<u64, StoreError> {
+        let t = self.tables(name).await?;
+        let n = &t.name;
+        let mut created = 0;
+        for chunk in model_ids.chunks(1_000) {
+            let values = (1..=chunk.len())
+                .map(|i| format!("(${i}, 0)"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let sql = format!(
+                "INSERT INTO {n}_verification ({n}_id, verification_state) VALUES {values} \
+                 ON CONFLICT ({n}_id) DO NOTHING"
+            );
+            let mut query = sqlx::query(AssertSqlSafe(sql));
+            for id in chunk {
+                query = query.bind(*id);
+            }
+            created += query
+                .execute(&self.pool)
+                .await
+                .map_err(self.backend("backfill verification rows"))?
+                .rows_affected();
+        }
+        Ok(created)
     }
 }
 

@@ -1,0 +1,135 @@
+//! Publishing in the application's own transaction: the framework's writes of a publication
+//! (the generation or catalogue row, the verification row, the event) on the connection the
+//! application's change is written on, so that both commit together or not at all.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::AssertSqlSafe;
+
+use super::event_log::{
+    bump_generation_sql, publish_on, serialize_error, upsert_record_sql, verification_pending_sql,
+};
+use super::{APPEND_LOCK, Dialect, SqlStore, Tables, micros};
+use crate::domain::error::StoreError;
+use crate::domain::event::EventKind;
+use crate::storage::{Publication, Published};
+
+mod sealed {
+    pub trait Sealed {}
+    #[cfg(feature = "postgres")]
+    impl Sealed for sqlx::PgConnection {}
+    #[cfg(feature = "sqlite")]
+    impl Sealed for sqlx::SqliteConnection {}
+    impl Sealed for sqlx::AnyConnection {}
+}
+
+/// A connection of the application's own sqlx pool that a publication can be written on:
+/// `sqlx::PgConnection` (feature `postgres`), `sqlx::SqliteConnection` (feature `sqlite`), or
+/// `sqlx::AnyConnection` on either engine.
+/// Pass `&mut *tx` for a transaction `tx`, or a plain connection (then each statement commits
+/// by itself: only a transaction makes the application's change and the event one).
+#[async_trait]
+pub trait AppConnection: Send + sealed::Sealed {
+    /// Writes `publication` on this connection for the site whose event log is `store`.
+    #[doc(hidden)]
+    async fn write_publication(
+        &mut self,
+        store: &SqlStore,
+        publication: &Publication,
+        now: DateTime<Utc>,
+    ) -> Result<Published, StoreError>;
+}
+
+impl SqlStore {
+    /// The tables of a replicable for a write on an application's connection: they must exist
+    /// already (creating them there would take the schema lock inside the application's
+    /// transaction, behind its own writes).
+    async fn tables_for_app(
+        &self,
+        name: &str,
+        expected: Dialect,
+    ) -> Result<std::sync::Arc<Tables>, StoreError> {
+        if self.dialect != expected {
+            return Err(StoreError::Backend {
+                store: self.url.clone(),
+                operation: "publish in the application's transaction",
+                reason: format!(
+                    "the site's database is {:?} but the application's connection is {expected:?}",
+                    self.dialect
+                ),
+            });
+        }
+        self.existing_tables(name)
+            .await?
+            .ok_or_else(|| StoreError::Backend {
+                store: self.url.clone(),
+                operation: "publish in the application's transaction",
+                reason: format!(
+                    "the tables of replicable `{name}` do not exist yet: name it in \
+                 `SqlOptions::replicables` when opening the site's database"
+                ),
+            })
+    }
+
+    /// The prefix that qualifies the framework's tables on a connection whose search path is
+    /// the application's.
+    fn app_prefix(&self) -> String {
+        match (&self.schema, self.dialect) {
+            (Some(schema), Dialect::Postgres) => format!("{schema}."),
+            _ => String::new(),
+        }
+    }
+}
+
+#[cfg(feature = "postgres")]
+#[async_trait]
+impl AppConnection for sqlx::PgConnection {
+    async fn write_publication(
+        &mut self,
+        store: &SqlStore,
+        publication: &Publication,
+        now: DateTime<Utc>,
+    ) -> Result<Published, StoreError> {
+        let t = store
+            .tables_for_app(&publication.event.replicable_name, Dialect::Postgres)
+            .await?;
+        let prefix = store.app_prefix();
+        publish_on!(store, &mut *self, &prefix, &t, publication, now)
+    }
+}
+
+#[cfg(feature = "sqlite")]
+#[async_trait]
+impl AppConnection for sqlx::SqliteConnection {
+    async fn write_publication(
+        &mut self,
+        store: &SqlStore,
+        publication: &Publication,
+        now: DateTime<Utc>,
+    ) -> Result<Published, StoreError> {
+        let t = store
+            .tables_for_app(&publication.event.replicable_name, Dialect::Sqlite)
+            .await?;
+        publish_on!(store, &mut *self, "", &t, publication, now)
+    }
+}
+
+#[async_trait]
+impl AppConnection for sqlx::AnyConnection {
+    async fn write_publication(
+        &mut self,
+        store: &SqlStore,
+        publication: &Publication,
+        now: DateTime<Utc>,
+    ) -> Result<Published, StoreError> {
+        let dialect = match self.backend_name() {
+            "PostgreSQL" => Dialect::Postgres,
+            _ => Dialect::Sqlite,
+        };
+        let t = store
+            .tables_for_app(&publication.event.replicable_name, dialect)
+            .await?;
+        let prefix = store.app_prefix();
+        publish_on!(store, &mut *self, &prefix, &t, publication, now)
+    }
+}
