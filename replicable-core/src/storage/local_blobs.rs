@@ -95,7 +95,7 @@ impl ConfinedLocalFileSystem {
 const STORE: &str = "ConfinedLocalFileSystem";
 
 /// The largest chunk a read of a local blob yields.
-pub const READ_CHUNK: usize = 1024 * 1024;
+pub const READ_CHUNK: usize = 256 * 1024;
 
 /// Chunks a reader may run ahead of its consumer.
 const READ_AHEAD: usize = 2;
