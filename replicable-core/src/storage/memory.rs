@@ -453,6 +453,31 @@ fn reverify_oldest<V>(
     due.len() as u64
 }
 
+impl MemoryStore {
+    /// Creates the row in `pending` or puts it back there, noting `changed_at` if given.
+    fn upsert_pending(
+        &self,
+        name: &str,
+        model_id: i64,
+        now: DateTime<Utc>,
+        changed_at: Option<DateTime<Utc>>,
+    ) -> RegistryRecord {
+        let mut state = self.lock();
+        let row = state
+            .registry
+            .entry(key(name, model_id))
+            .and_modify(|row| {
+                row.mark_pending();
+                row.version += 1;
+            })
+            .or_insert_with(|| RegistryRecord::new_pending(model_id, now));
+        if let Some(at) = changed_at {
+            row.note_change(at);
+        }
+        row.clone()
+    }
+}
+
 #[async_trait]
 impl RegistryStore for MemoryStore {
     async fn get(&self, name: &str, model_id: i64) -> Result<Option<RegistryRecord>, StoreError> {
@@ -465,16 +490,7 @@ impl RegistryStore for MemoryStore {
         model_id: i64,
         now: DateTime<Utc>,
     ) -> Result<RegistryRecord, StoreError> {
-        let mut state = self.lock();
-        let row = state
-            .registry
-            .entry(key(name, model_id))
-            .and_modify(|row| {
-                row.mark_pending();
-                row.version += 1;
-            })
-            .or_insert_with(|| RegistryRecord::new_pending(model_id, now));
-        Ok(row.clone())
+        Ok(self.upsert_pending(name, model_id, now, None))
     }
 
     async fn mark_changed(
@@ -484,17 +500,7 @@ impl RegistryStore for MemoryStore {
         now: DateTime<Utc>,
         published_at: DateTime<Utc>,
     ) -> Result<RegistryRecord, StoreError> {
-        let mut state = self.lock();
-        let row = state
-            .registry
-            .entry(key(name, model_id))
-            .and_modify(|row| {
-                row.mark_pending();
-                row.version += 1;
-            })
-            .or_insert_with(|| RegistryRecord::new_pending(model_id, now));
-        row.note_change(published_at);
-        Ok(row.clone())
+        Ok(self.upsert_pending(name, model_id, now, Some(published_at)))
     }
 
     async fn insert_pending(
