@@ -11,7 +11,7 @@ use futures::future::BoxFuture;
 use crate::domain::error::ReplicatorError;
 use crate::domain::event::Event;
 use crate::domain::registry::RegistryRecord;
-use crate::domain::resource::DataType;
+use crate::domain::resource::{DataType, Resource};
 use crate::domain::verification::VerificationRecord;
 use crate::model::Replicable;
 use crate::replicator::{
@@ -57,6 +57,16 @@ pub struct ReplicableDescriptor {
     run_claimed_primary_verification: RunClaimedPrimaryFn,
     run_claimed_secondary_verification: RunClaimedSecondaryFn,
     remove_orphan: RemoveOrphanFn,
+    resource_of: ResourceOfFn,
+}
+
+/// Where the resource of a record (as its stored JSON body) lives.
+type ResourceOfFn = fn(&serde_json::Value) -> Result<Resource, String>;
+
+fn resource_of<M: Replicable>(body: &serde_json::Value) -> Result<Resource, String> {
+    M::deserialize(body)
+        .map(|record| record.resource())
+        .map_err(|e| e.to_string())
 }
 
 impl std::fmt::Debug for ReplicableDescriptor {
@@ -164,6 +174,7 @@ impl ReplicableDescriptor {
             run_claimed_primary_verification: run_claimed_primary::<M>,
             run_claimed_secondary_verification: run_claimed_secondary::<M>,
             remove_orphan: remove_orphan::<M>,
+            resource_of: resource_of::<M>,
         }
     }
 
@@ -234,6 +245,13 @@ impl ReplicableDescriptor {
         row: RegistryRecord,
     ) -> BoxFuture<'a, Result<VerifyOutcome, ReplicatorError>> {
         (self.run_claimed_secondary_verification)(site, row)
+    }
+
+    /// Where the resource of a record lives, from the record's stored body (the primary's API
+    /// checks that a requested blob key or repository path is the record's own). An error
+    /// says why the body is not a record of this replicable.
+    pub fn resource_of(&self, body: &serde_json::Value) -> Result<Resource, String> {
+        (self.resource_of)(body)
     }
 
     /// Removes the local copy and registry row of a record that is gone from the primary.

@@ -103,6 +103,20 @@ fn link(url: &str, secret: SharedSecret) -> HttpPrimary {
     HttpPrimary::new(HttpPrimaryConfig::new(url, "eu", secret)).unwrap()
 }
 
+/// Puts a blob and publishes record `id` of `http_upload` naming it (the API serves a record's
+/// own blob only).
+async fn put_upload(site: &Site, id: i64, key: &str, bytes: Vec<u8>) {
+    put_blob(site, key, bytes).await;
+    Upload {
+        id,
+        key: key.into(),
+    }
+    .replicator(site)
+    .publish_created_event()
+    .await
+    .unwrap();
+}
+
 async fn put_blob(site: &Site, key: &str, bytes: Vec<u8>) {
     let path = replicable_core::blob_key::object_path(key).unwrap();
     site.blob_store().put(&path, bytes.into()).await.unwrap();
@@ -151,6 +165,15 @@ fn now() -> u64 {
 async fn every_kind_of_bad_token_is_refused() {
     let p = primary().await;
     put_blob(&p.site, "a/b.bin", b"hello".to_vec()).await;
+    put_blob(&p.site, "a/c.bin", b"another record's".to_vec()).await;
+    let own = Upload {
+        id: 1,
+        key: "a/b.bin".into(),
+    };
+    own.replicator(&p.site)
+        .publish_created_event()
+        .await
+        .unwrap();
     let url = format!("{}v1/blobs/http_upload/1?key=a%2Fb.bin", p.url);
     let scope = Scope::Blob {
         replicable: "http_upload".into(),
@@ -223,6 +246,26 @@ async fn every_kind_of_bad_token_is_refused() {
         raw_get(&url, Some(&other_key)).await,
         (403, Some("forbidden".into())),
         "another key"
+    );
+    // A token scoped exactly to a key that is not the record's own is refused too.
+    let not_its_own = token::sign(
+        "eu",
+        &secret('a'),
+        Scope::Blob {
+            replicable: "http_upload".into(),
+            id: 1,
+            key: "a/c.bin".into(),
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        raw_get(
+            &format!("{}v1/blobs/http_upload/1?key=a%2Fc.bin", p.url),
+            Some(&not_its_own)
+        )
+        .await,
+        (403, Some("forbidden".into())),
+        "a key the record does not name"
     );
     let events = token::sign("eu", &secret('a'), Scope::Events).unwrap();
     assert_eq!(
@@ -372,7 +415,7 @@ async fn a_redirect_never_carries_the_token() {
         None,
     )
     .await;
-    put_blob(&p.site, "a/b.bin", bytes.clone()).await;
+    put_upload(&p.site, 1, "a/b.bin", bytes.clone()).await;
     let link = link(&p.url, secret('a'));
     let got = read_all(link.open_blob("http_upload", 1, "a/b.bin").await.unwrap())
         .await
@@ -387,8 +430,16 @@ async fn a_redirect_never_carries_the_token() {
     );
     assert!(seen.iter().all(|h| !format!("{h:?}").contains("Bearer")));
     // A missing blob is the API's own 404, not a redirect to a missing object.
+    Upload {
+        id: 2,
+        key: "missing.bin".into(),
+    }
+    .replicator(&p.site)
+    .publish_created_event()
+    .await
+    .unwrap();
     let err = link
-        .open_blob("http_upload", 1, "missing.bin")
+        .open_blob("http_upload", 2, "missing.bin")
         .await
         .unwrap_err();
     assert!(matches!(err, LinkError::NotFound { .. }), "{err}");
@@ -467,7 +518,7 @@ async fn cutting_proxy(
 async fn a_transfer_cut_mid_way_resumes_where_it_stopped() {
     let p = primary().await;
     let bytes = pattern(3 * 1024 * 1024 + 17);
-    put_blob(&p.site, "big/blob.bin", bytes.clone()).await;
+    put_upload(&p.site, 1, "big/blob.bin", bytes.clone()).await;
     let upstream: std::net::SocketAddr = p
         .url
         .trim_start_matches("http://localhost:")
@@ -633,7 +684,7 @@ async fn git_is_refused_without_a_token_and_push_is_not_served() {
         |b| b.in_memory().build().unwrap(),
         repo,
     );
-    repos.create(3).await;
+    repos.create_and_publish(3).await;
     let base = format!("{}v1/git/http_repo/3/group/3.git", p.url);
     let (status, code) = raw_get(&format!("{base}/info/refs?service=git-upload-pack"), None).await;
     assert_eq!((status, code.as_deref()), (401, Some("unauthorized")));
@@ -916,7 +967,7 @@ async fn a_git_upload_pack_past_its_timeout_is_killed() {
         |b| b.in_memory().build().unwrap(),
         repo,
     );
-    repos.create(4).await;
+    repos.create_and_publish(4).await;
     let scope = Scope::Repository {
         replicable: "http_repo".into(),
         id: 4,

@@ -13,6 +13,7 @@ use super::auth::authorize;
 use super::{ApiError, State};
 use crate::domain::blob_key::object_path;
 use crate::domain::failure::shorten_name;
+use crate::domain::resource::Resource;
 use crate::link::http::token::Scope;
 use crate::link::http::wire::{self, BlobQuery};
 
@@ -70,6 +71,10 @@ pub(crate) async fn blob(
     authorize(&state, &headers, &scope)?;
     let what = format!("blob `{}` of {name} {id}", shorten_name(&query.key));
     let path = object_path(&query.key).map_err(ApiError::refused)?;
+    let resource = Resource::Blob {
+        key: query.key.clone(),
+    };
+    super::records::ensure_record_owns(&state, &name, id, &resource).await?;
     let store = state.site.blob_store();
 
     if let Some(redirect) = &state.redirect {

@@ -22,6 +22,7 @@ use super::auth::authorize;
 use super::{ApiError, State};
 use crate::domain::blob_key::{parse_repository_path, resolve_beneath};
 use crate::domain::failure::shorten_name;
+use crate::domain::resource::Resource;
 use crate::link::http::token::Scope;
 
 const INFO_REFS: &str = "/info/refs";
@@ -155,6 +156,10 @@ pub(crate) async fn info_refs(
 ) -> Result<Response, ApiError> {
     let path = split(&rest, INFO_REFS)?;
     let dir = repository(&state, &headers, &name, id, path)?;
+    let resource = Resource::Repository {
+        path: path.to_owned(),
+    };
+    super::records::ensure_record_owns(&state, &name, id, &resource).await?;
     match query.service.as_deref() {
         None => return Ok(StatusCode::NO_CONTENT.into_response()),
         Some("git-upload-pack") => {}
@@ -203,6 +208,10 @@ pub(crate) async fn upload_pack_rpc(
 ) -> Result<Response, ApiError> {
     let path = split(&rest, UPLOAD_PACK)?;
     let dir = repository(&state, &headers, &name, id, path)?;
+    let resource = Resource::Repository {
+        path: path.to_owned(),
+    };
+    super::records::ensure_record_owns(&state, &name, id, &resource).await?;
     let gzip = match headers
         .get(header::CONTENT_ENCODING)
         .and_then(|v| v.to_str().ok())

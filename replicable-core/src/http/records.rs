@@ -6,6 +6,7 @@ use axum::http::HeaderMap;
 
 use super::auth::authorize;
 use super::{ApiError, State};
+use crate::domain::resource::Resource;
 use crate::domain::verification::VerificationRecord;
 use crate::link::http::token::Scope;
 use crate::link::http::wire::{IdsQuery, MAX_IDS_PER_REQUEST};
@@ -75,4 +76,40 @@ pub(crate) async fn verification(
         .map_err(ApiError::store(&what))?
         .map(Json)
         .ok_or_else(|| ApiError::not_found(what))
+}
+
+/// Refuses a resource request for anything but the record's own resource: the blob key or
+/// repository path a secondary asks for must be the one the record names (a token scoped to
+/// one record cannot read another record's files). A record that does not exist is the API's
+/// 404, so the secondary records it as missing on the primary.
+pub(crate) async fn ensure_record_owns(
+    state: &State,
+    name: &str,
+    id: i64,
+    requested: &Resource,
+) -> Result<(), ApiError> {
+    let descriptor = match crate::descriptor::find_replicable(name) {
+        Ok(Some(descriptor)) => descriptor,
+        Ok(None) => return Err(ApiError::not_found(format!("replicable `{name}`"))),
+        Err(e) => return Err(ApiError::failed(format!("replicable `{name}`"), e)),
+    };
+    let what = format!("{name} {id}");
+    let record = state
+        .site
+        .records()
+        .get(name, id)
+        .await
+        .map_err(ApiError::store(&what))?
+        .ok_or_else(|| ApiError::not_found(&what))?;
+    let own = descriptor
+        .resource_of(&record.body)
+        .map_err(|reason| ApiError::failed(&what, reason))?;
+    if &own != requested {
+        return Err(ApiError {
+            status: axum::http::StatusCode::FORBIDDEN,
+            code: crate::link::http::wire::CODE_FORBIDDEN,
+            message: format!("{requested} is not the resource of {what}"),
+        });
+    }
+    Ok(())
 }
