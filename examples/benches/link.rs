@@ -20,6 +20,17 @@ use replicable_core::prelude::*;
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
+/// The records whose blobs the link reads (the API serves a record's own blob only).
+#[derive(Debug, Clone, Serialize, Deserialize, Replicable)]
+#[replicator(replicable_strategies::BlobStrategy)]
+#[replicable(name = "bench_file")]
+struct BenchFile {
+    #[replicable(id)]
+    id: i64,
+    #[replicable(blob)]
+    key: String,
+}
+
 fn setting(name: &str, default: usize) -> usize {
     std::env::var(name)
         .ok()
@@ -64,6 +75,13 @@ async fn main() -> Result<(), Error> {
         (0..32).map(|_| fastrand_byte()).collect::<Vec<u8>>(),
         "the bench",
     )?;
+    for i in 0..files {
+        let file = BenchFile {
+            id: i as i64,
+            key: format!("bench/f{i}.bin"),
+        };
+        file.replicator(&primary).publish_created_event().await?;
+    }
     let api = PrimaryApi::new(primary).secondary("bench", secret.clone());
     let server = replicable_core::http::serve("127.0.0.1:0".parse()?, api.router(), None).await?;
     let link = Arc::new(HttpPrimary::new(HttpPrimaryConfig::new(
@@ -77,7 +95,7 @@ async fn main() -> Result<(), Error> {
             let link = link.clone();
             async move {
                 let download = link
-                    .open_blob("bench", i as i64, &format!("bench/f{i}.bin"))
+                    .open_blob("bench_file", i as i64, &format!("bench/f{i}.bin"))
                     .await?;
                 let mut stream = download.stream;
                 let mut n = 0u64;
