@@ -785,9 +785,9 @@ async fn run_secondary(args: SecondaryArgs, hooks: Hooks) -> Result<ExitCode, Er
 
 async fn status(args: StatusArgs) -> Result<ExitCode, Error> {
     let timeouts = replicable_core::site::Timeouts::default();
-    let primary = sites::open_primary(&args.primary.location(), timeouts).await?;
+    let primary = sites::open_primary(&args.primary.location().existing(), timeouts).await?;
     let secondary = sites::open_secondary(
-        &args.site.location(),
+        &args.site.location().existing(),
         &primary,
         SecondaryOptions::new(timeouts),
     )
@@ -815,16 +815,17 @@ async fn admin(args: AdminArgs) -> Result<ExitCode, Error> {
                 primary_data,
                 args.primary_database.clone(),
                 args.primary_schema.clone(),
-            );
+            )
+            .existing();
             let primary = sites::open_primary(&location, timeouts).await?;
             sites::open_secondary(
-                &args.site.location(),
+                &args.site.location().existing(),
                 &primary,
                 SecondaryOptions::new(timeouts),
             )
             .await?
         }
-        None => sites::open_primary(&args.site.location(), timeouts).await?,
+        None => sites::open_primary(&args.site.location().existing(), timeouts).await?,
     };
     let replicables = sites::replicables()?;
     let mut out = std::io::stdout();

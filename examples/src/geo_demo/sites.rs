@@ -35,6 +35,9 @@ pub struct SiteLocation {
     pub database: Option<String>,
     /// PostgreSQL only: the schema holding the site's tables.
     pub schema: Option<String>,
+    /// Only open a site that exists (for commands that look at it: `status`, `admin`): a
+    /// misspelt data directory is an error, not a new empty site.
+    pub existing_only: bool,
 }
 
 impl SiteLocation {
@@ -52,7 +55,14 @@ impl SiteLocation {
             data: std::path::absolute(&data).unwrap_or(data),
             database,
             schema,
+            existing_only: false,
         }
+    }
+
+    /// The same location, opened only if its database exists.
+    pub fn existing(mut self) -> Self {
+        self.existing_only = true;
+        self
     }
 
     /// The blob directory.
@@ -72,18 +82,18 @@ impl SiteLocation {
             .unwrap_or_else(|| format!("sqlite://{}", self.data.join("site.db").display()))
     }
 
-    /// Opens (creating and migrating) the site's database.
+    /// Opens (creating, unless [`existing_only`](Self::existing_only), and migrating) the
+    /// site's database.
     pub async fn open_database(&self) -> Result<Arc<dyn Backend>, Error> {
-        std::fs::create_dir_all(&self.data)?;
-        let url = self.database_url();
-        if self.schema.is_some() {
-            let options = SqlOptions {
-                schema: self.schema.clone(),
-                ..SqlOptions::default()
-            };
-            return Ok(SqlStore::open_with(&url, options).await?);
+        if !self.existing_only {
+            std::fs::create_dir_all(&self.data)?;
         }
-        Ok(replicable_core::storage::open(&url).await?)
+        let options = SqlOptions {
+            schema: self.schema.clone(),
+            create_if_missing: !self.existing_only,
+            ..SqlOptions::default()
+        };
+        Ok(SqlStore::open_with(&self.database_url(), options).await?)
     }
 
     /// The blob store (created if missing).

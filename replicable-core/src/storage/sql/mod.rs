@@ -205,8 +205,9 @@ fn from_micros(store: &str, v: i64) -> Result<DateTime<Utc>, StoreError> {
     })
 }
 
-/// Per-connection settings: WAL, full fsync and a busy timeout on SQLite; the search path on
-/// PostgreSQL.
+/// Per-connection settings: WAL, a busy timeout and the commit durability (`sync_commits`:
+/// wait for the disk on every commit, or only at checkpoints) on SQLite; the search path and
+/// the commit durability on PostgreSQL.
 async fn prepare_connection(
     conn: &mut AnyConnection,
     dialect: Dialect,
