@@ -22,6 +22,10 @@
 //! - secondary: `replicable_package_files_registry`, `_pending`, `_started`, `_synced`,
 //!   `_failed`, `_verification_total`, `_verified`, `_verification_failed`, `_queue_depth`
 //!   (pending plus failed rows whose retry is due);
+//! - primary, labelled `secondary="<name>"` for every secondary that reported its status:
+//!   `replicable_secondary_report_age_seconds`, `replicable_secondary_healthy` (1 while its
+//!   last report is younger than the silence threshold, [`Metrics::silent_after`]),
+//!   `replicable_secondary_cursor_event_id`;
 //! - both: `replicable_last_event_id`, `replicable_last_event_timestamp_seconds`; secondary:
 //!   `replicable_cursor_event_id`, `replicable_cursor_event_timestamp_seconds`,
 //!   `replicable_cursor_events_behind`, `replicable_cursor_lag_seconds`;
@@ -44,6 +48,8 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use chrono::{DateTime, Utc};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::task::JoinHandle;
@@ -54,7 +60,7 @@ use crate::descriptor::ReplicableDescriptor;
 use crate::engine::timings::HISTOGRAMS;
 pub use crate::engine::timings::{ReplicableLabel, record_sync};
 use crate::site::{Site, SiteRole};
-use crate::status::{ReplicableStatus, ReportError, SiteStatus, site_status};
+use crate::status::{ReplicableStatus, ReportError, SiteStatus, StatusOptions, site_status_with};
 
 /// How often [`spawn_refresh`] reads the stores by default.
 pub const DEFAULT_REFRESH: Duration = Duration::from_secs(15);
@@ -63,6 +69,20 @@ pub const DEFAULT_REFRESH: Duration = Duration::from_secs(15);
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 type FloatGauge = Gauge<f64, AtomicU64>;
+
+/// The `secondary` label of a primary's per-secondary gauges.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SecondaryLabel {
+    secondary: String,
+}
+
+/// A primary's gauges of its secondaries, one series per secondary.
+#[derive(Debug, Default)]
+struct SecondaryGauges {
+    report_age: Family<SecondaryLabel, FloatGauge>,
+    healthy: Family<SecondaryLabel, Gauge>,
+    cursor_event_id: Family<SecondaryLabel, Gauge>,
+}
 
 /// The gauges of one replicable.
 #[derive(Debug, Default)]
@@ -103,6 +123,8 @@ pub struct Metrics {
     cursor_events_behind: Gauge,
     cursor_lag: FloatGauge,
     refreshed: FloatGauge,
+    secondaries: SecondaryGauges,
+    silent_after: Duration,
 }
 
 impl Metrics {
@@ -178,7 +200,26 @@ impl Metrics {
             cursor_events_behind: Gauge::default(),
             cursor_lag: FloatGauge::default(),
             refreshed: FloatGauge::default(),
+            secondaries: SecondaryGauges::default(),
+            silent_after: crate::status::DEFAULT_SILENT_AFTER,
         };
+        if primary {
+            registry.register(
+                "replicable_secondary_report_age_seconds",
+                "Age of the last status report of a secondary",
+                metrics.secondaries.report_age.clone(),
+            );
+            registry.register(
+                "replicable_secondary_healthy",
+                "1 while a secondary's last status report is younger than the silence threshold",
+                metrics.secondaries.healthy.clone(),
+            );
+            registry.register(
+                "replicable_secondary_cursor_event_id",
+                "The last event a secondary's log cursor processed, as it reported",
+                metrics.secondaries.cursor_event_id.clone(),
+            );
+        }
         registry.register(
             "replicable_last_event_id",
             "The newest event's id in the primary's log",
@@ -238,6 +279,13 @@ impl Metrics {
         }
     }
 
+    /// A primary shows a secondary unhealthy (`replicable_secondary_healthy` 0) once its last
+    /// status report is older than `after` (default [`DEFAULT_SILENT_AFTER`](crate::status::DEFAULT_SILENT_AFTER)).
+    pub fn silent_after(mut self, after: Duration) -> Self {
+        self.silent_after = after;
+        self
+    }
+
     /// The replicables these metrics cover.
     pub fn replicables(&self) -> &[&'static ReplicableDescriptor] {
         &self.replicables
@@ -246,7 +294,8 @@ impl Metrics {
     /// Reads the stores (one grouped count per replicable table, the queue depth, the log's and
     /// cursor's ends) and sets the gauges. Returns the status it read.
     pub async fn refresh(&self, site: &Site) -> Result<SiteStatus, ReportError> {
-        let status = site_status(site, &self.replicables).await?;
+        let options = StatusOptions::default().silent_after(self.silent_after);
+        let status = site_status_with(site, &self.replicables, options).await?;
         self.set(&status);
         self.refreshed
             .set(site.now().timestamp_micros() as f64 / 1e6);
@@ -300,6 +349,17 @@ impl Metrics {
         }
         if let Some(lag) = e.lag_seconds {
             self.cursor_lag.set(lag);
+        }
+        for s in &status.secondaries {
+            let label = SecondaryLabel {
+                secondary: s.name.clone(),
+            };
+            let g = &self.secondaries;
+            g.report_age.get_or_create(&label).set(s.age_seconds);
+            g.healthy.get_or_create(&label).set(i64::from(s.healthy));
+            if let Some(cursor) = s.cursor {
+                g.cursor_event_id.get_or_create(&label).set(cursor);
+            }
         }
     }
 

@@ -313,11 +313,47 @@ pub async fn event_position(site: &Site) -> Result<EventPosition, ReportError> {
 }
 
 /// The status of `site` for `replicables`: per replicable counts (on a secondary with the
-/// queue depth and the replication switch), and the event position. Each count is one query
-/// per table: run it on a period (metrics) or on demand (CLI), not per scrape.
+/// queue depth and the replication switch), the event position, and on a primary its
+/// secondaries (unhealthy after [`DEFAULT_SILENT_AFTER`] without a report). Each count is one
+/// query per table: run it on a period (metrics) or on demand (CLI), not per scrape.
 pub async fn site_status(
     site: &Site,
     replicables: &[&'static ReplicableDescriptor],
+) -> Result<SiteStatus, ReportError> {
+    site_status_with(site, replicables, StatusOptions::default()).await
+}
+
+/// How [`site_status_with`] judges what it reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StatusOptions {
+    /// How long a secondary may go without reporting before its primary shows it unhealthy
+    /// (default [`DEFAULT_SILENT_AFTER`]). Keep it a few times the secondaries' report period
+    /// (`EngineConfig::periods.status_report`, 30 s by default).
+    pub silent_after: std::time::Duration,
+}
+
+impl Default for StatusOptions {
+    fn default() -> Self {
+        Self {
+            silent_after: DEFAULT_SILENT_AFTER,
+        }
+    }
+}
+
+impl StatusOptions {
+    /// A secondary silent for longer than `after` is unhealthy.
+    pub fn silent_after(mut self, after: std::time::Duration) -> Self {
+        self.silent_after = after;
+        self
+    }
+}
+
+/// [`site_status`] with options.
+pub async fn site_status_with(
+    site: &Site,
+    replicables: &[&'static ReplicableDescriptor],
+    options: StatusOptions,
 ) -> Result<SiteStatus, ReportError> {
     let mut statuses = Vec::with_capacity(replicables.len());
     for replicable in replicables {
@@ -345,7 +381,7 @@ pub async fn site_status(
         events: event_position(site).await?,
         replicables: statuses,
         secondaries: if site.is_primary() {
-            secondaries(site, site.now(), DEFAULT_SILENT_AFTER).await?
+            secondaries(site, site.now(), options.silent_after).await?
         } else {
             Vec::new()
         },
@@ -369,8 +405,9 @@ pub struct SecondaryHealth {
     pub healthy: bool,
 }
 
-/// How long a secondary may stay silent before its primary shows it unhealthy (default of
-/// [`secondaries`]' callers: five report periods of the engine's default).
+/// How long a secondary may stay silent before its primary shows it unhealthy, unless
+/// [`StatusOptions::silent_after`] says otherwise: five report periods of the engine's
+/// default.
 pub const DEFAULT_SILENT_AFTER: std::time::Duration = std::time::Duration::from_secs(150);
 
 /// Primary: every secondary that reported its status, with the age of its last report at

@@ -150,3 +150,68 @@ fn a_misspelt_name_is_refused_and_creates_no_table() {
         assert_eq!(tables_named(&s.secondary_store, "newcomer").await.len(), 4);
     });
 }
+
+/// A primary's `status` lists the secondaries that reported, healthy while their report is
+/// recent, SILENT once it is older than `--silent-after` (150 s by default).
+#[test]
+fn a_secondary_silent_for_longer_than_the_threshold_is_shown_silent() {
+    lanes(|lane| {
+        Box::pin(async move {
+            use replicable_core::PrimaryLink;
+            let Some(s) = seeded(lane).await else { return };
+            let link = replicable_core::InProcessPrimary::new(s.primary.clone());
+            let report = replicable_core::link::SiteStatusReport {
+                cursor: Some(5),
+                pending: 0,
+                started: 0,
+                synced: 4,
+                failed: 1,
+                verified: 4,
+                events_behind: Some(0),
+                lag_seconds: Some(0.0),
+                version: "test".into(),
+            };
+            link.report_status("eu-west", &report).await.unwrap();
+            let table = run(&s.primary, &["status"]).await.unwrap();
+            let line = table
+                .lines()
+                .find(|l| l.starts_with("eu-west"))
+                .unwrap_or_else(|| panic!("the secondary is listed: {table}"));
+            assert!(line.contains("healthy"), "{table}");
+
+            tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+            let table = run(&s.primary, &["status", "--silent-after", "1s"])
+                .await
+                .unwrap();
+            let line = table.lines().find(|l| l.starts_with("eu-west")).unwrap();
+            assert!(line.contains("SILENT"), "{table}");
+            let json: serde_json::Value = serde_json::from_str(
+                &run(&s.primary, &["status", "--json", "--silent-after", "1s"])
+                    .await
+                    .unwrap(),
+            )
+            .unwrap();
+            assert_eq!(json["secondaries"][0]["name"], "eu-west", "{json}");
+            assert_eq!(json["secondaries"][0]["healthy"], false, "{json}");
+            // The default threshold still calls it healthy.
+            let json: serde_json::Value =
+                serde_json::from_str(&run(&s.primary, &["status", "--json"]).await.unwrap())
+                    .unwrap();
+            assert_eq!(json["secondaries"][0]["healthy"], true, "{json}");
+        })
+    });
+}
+
+#[test]
+fn the_silence_threshold_option_defaults_to_the_documented_value() {
+    use replicable_core::cli::{Cli, Command, clap::Parser};
+    let cli = Cli::try_parse_from(["replicable", "status"]).unwrap();
+    let Command::Status(args) = cli.command else {
+        panic!("not status")
+    };
+    assert_eq!(
+        args.silent_after,
+        replicable_core::status::DEFAULT_SILENT_AFTER
+    );
+    assert!(Cli::try_parse_from(["replicable", "status", "--silent-after", "soon"]).is_err());
+}

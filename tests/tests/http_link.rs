@@ -4,8 +4,10 @@
 //! blob transfer cut mid-way that resumes, TLS on a certificate made here (blobs and git), and
 //! a redirect to presigned S3 URLs (moto lane).
 
+mod http_support;
+
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -17,7 +19,8 @@ use replicable_core::prelude::*;
 use replicable_core::testing::Harness;
 use replicable_core::{LinkError, PrimaryLink};
 use replicable_strategies::{BlobStrategy, GitRepositoryStrategy};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use http_support::{cutting_proxy, now, range_requests, raw_get, recording_server};
 
 #[derive(Debug, Clone, Serialize, Deserialize, Replicable)]
 #[replicator(BlobStrategy)]
@@ -135,30 +138,6 @@ async fn read_all(
 
 fn pattern(len: usize) -> Vec<u8> {
     (0..len).map(|i| (i * 7 % 251) as u8).collect()
-}
-
-/// Raw GET with an optional bearer token: (status, error code).
-async fn raw_get(url: &str, bearer: Option<&str>) -> (u16, Option<String>) {
-    let client = reqwest::Client::new();
-    let mut request = client.get(url);
-    if let Some(token) = bearer {
-        request = request.bearer_auth(token);
-    }
-    let response = request.send().await.unwrap();
-    let status = response.status().as_u16();
-    let body: Option<serde_json::Value> =
-        serde_json::from_slice(&response.bytes().await.unwrap()).ok();
-    (
-        status,
-        body.and_then(|b| b.get("code").and_then(|c| c.as_str()).map(str::to_owned)),
-    )
-}
-
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -369,24 +348,6 @@ async fn the_log_records_ids_and_checksums_cross_the_link() {
     assert_eq!(bytes, pattern(103));
 }
 
-/// A server that records the headers of every request and serves `bytes`.
-async fn recording_server(bytes: Vec<u8>) -> (String, Arc<Mutex<Vec<axum::http::HeaderMap>>>) {
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let recorded = seen.clone();
-    let app = axum::Router::new().fallback(move |headers: axum::http::HeaderMap| {
-        let recorded = recorded.clone();
-        let bytes = bytes.clone();
-        async move {
-            recorded.lock().unwrap().push(headers);
-            bytes
-        }
-    });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    (format!("http://{addr}"), seen)
-}
-
 #[derive(Debug)]
 struct PointAt(String);
 
@@ -445,75 +406,6 @@ async fn a_redirect_never_carries_the_token() {
     assert!(matches!(err, LinkError::NotFound { .. }), "{err}");
 }
 
-/// A TCP proxy to `upstream` that cuts its first connection after `cut_after` bytes of the
-/// answer; it records the requests' heads.
-async fn cutting_proxy(
-    upstream: std::net::SocketAddr,
-    cut_after: usize,
-) -> (String, Arc<Mutex<Vec<String>>>) {
-    let heads = Arc::new(Mutex::new(Vec::new()));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let recorded = heads.clone();
-    tokio::spawn(async move {
-        let mut first = true;
-        loop {
-            let (mut client, _) = listener.accept().await.unwrap();
-            let cut = first.then_some(cut_after);
-            first = false;
-            let recorded = recorded.clone();
-            tokio::spawn(async move {
-                let mut server = tokio::net::TcpStream::connect(upstream).await.unwrap();
-                let (mut client_read, mut client_write) = client.split();
-                let (mut server_read, mut server_write) = server.split();
-                let up = async {
-                    let mut buf = vec![0u8; 16 * 1024];
-                    loop {
-                        let n = client_read.read(&mut buf).await.unwrap_or(0);
-                        if n == 0 {
-                            break;
-                        }
-                        recorded
-                            .lock()
-                            .unwrap()
-                            .push(String::from_utf8_lossy(&buf[..n]).into_owned());
-                        if server_write.write_all(&buf[..n]).await.is_err() {
-                            break;
-                        }
-                    }
-                };
-                let down = async {
-                    let mut buf = vec![0u8; 16 * 1024];
-                    let mut sent = 0usize;
-                    loop {
-                        let n = server_read.read(&mut buf).await.unwrap_or(0);
-                        if n == 0 {
-                            break;
-                        }
-                        let n = match cut {
-                            Some(limit) if sent + n >= limit => {
-                                let _ = client_write.write_all(&buf[..limit - sent]).await;
-                                return;
-                            }
-                            _ => n,
-                        };
-                        sent += n;
-                        if client_write.write_all(&buf[..n]).await.is_err() {
-                            break;
-                        }
-                    }
-                };
-                // The cut side ends the connection: dropping both halves closes it.
-                tokio::select! {
-                    () = down => {}
-                    () = async { up.await; std::future::pending::<()>().await } => {}
-                }
-            });
-        }
-    });
-    (format!("http://localhost:{}/", addr.port()), heads)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_transfer_cut_mid_way_resumes_where_it_stopped() {
     let p = primary().await;
@@ -526,7 +418,7 @@ async fn a_transfer_cut_mid_way_resumes_where_it_stopped() {
         .parse::<u16>()
         .map(|port| std::net::SocketAddr::from(([127, 0, 0, 1], port)))
         .unwrap();
-    let (proxy, heads) = cutting_proxy(upstream, 1024 * 1024).await;
+    let (proxy, heads) = cutting_proxy(upstream, 1024 * 1024, None).await;
     let link = link(&proxy, secret('a'));
     let download = link
         .open_blob("http_upload", 1, "big/blob.bin")
@@ -536,30 +428,14 @@ async fn a_transfer_cut_mid_way_resumes_where_it_stopped() {
     let got = read_all(download).await.unwrap();
     assert_eq!(got.len(), bytes.len());
     assert!(got == bytes, "the resumed transfer has the primary's bytes");
-    let heads = heads.lock().unwrap();
-    let resumed: Vec<&String> = heads
-        .iter()
-        .filter(|h| h.to_ascii_lowercase().contains("range: bytes="))
-        .collect();
-    assert_eq!(resumed.len(), 1, "one resumed request: {heads:?}");
-    let offset: u64 = resumed[0]
-        .to_ascii_lowercase()
-        .split("range: bytes=")
-        .nth(1)
-        .unwrap()
-        .split('-')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let resumed = range_requests(&heads.lock().unwrap());
+    assert_eq!(resumed.len(), 1, "one resumed request: {resumed:?}");
+    let (offset, conditional) = resumed[0];
     assert!(
         offset > 0 && offset < 1024 * 1024,
         "resumed at byte {offset}, not from the start"
     );
-    assert!(
-        resumed[0].to_ascii_lowercase().contains("if-match:"),
-        "the resume is conditional"
-    );
+    assert!(conditional, "the resume is conditional");
 }
 
 /// A CA and a certificate for `localhost` signed by it, as PEM files in `dir`.

@@ -165,3 +165,69 @@ fn gauges_match_the_stores_after_a_refresh() {
         primary_server.shutdown().await.unwrap();
     });
 }
+
+/// A primary's metrics carry a series per secondary that reported its status: the report's
+/// age, its health against the silence threshold, and its cursor.
+#[test]
+fn a_primary_exports_the_health_of_its_secondaries() {
+    replicable_core::testing::block_on(async {
+        use replicable_core::PrimaryLink;
+        let s = seeded(Lane::Sqlite).await.unwrap();
+        let link = replicable_core::InProcessPrimary::new(s.primary.clone());
+        let report = replicable_core::link::SiteStatusReport {
+            cursor: Some(7),
+            pending: 0,
+            started: 0,
+            synced: 4,
+            failed: 1,
+            verified: 4,
+            events_behind: Some(0),
+            lag_seconds: Some(0.0),
+            version: "test".into(),
+        };
+        link.report_status("eu-west", &report).await.unwrap();
+        let fresh = Metrics::new(s.primary.role(), &replicables());
+        fresh.refresh(&s.primary).await.unwrap();
+        let text = fresh.encode();
+        let label = "{secondary=\"eu-west\"}";
+        assert_eq!(
+            value(&text, &format!("replicable_secondary_healthy{label}")),
+            1.0,
+            "{text}"
+        );
+        assert_eq!(
+            value(
+                &text,
+                &format!("replicable_secondary_cursor_event_id{label}")
+            ),
+            7.0
+        );
+        assert!(
+            value(
+                &text,
+                &format!("replicable_secondary_report_age_seconds{label}")
+            ) < 60.0
+        );
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let strict =
+            Metrics::new(s.primary.role(), &replicables()).silent_after(Duration::from_secs(1));
+        strict.refresh(&s.primary).await.unwrap();
+        let text = strict.encode();
+        assert_eq!(
+            value(&text, &format!("replicable_secondary_healthy{label}")),
+            0.0,
+            "{text}"
+        );
+        assert!(
+            value(
+                &text,
+                &format!("replicable_secondary_report_age_seconds{label}")
+            ) >= 1.0,
+            "{text}"
+        );
+        // A secondary's metrics have no such series.
+        let secondary = Metrics::new(s.secondary.role(), &replicables());
+        secondary.refresh(&s.secondary).await.unwrap();
+        assert!(!secondary.encode().contains("replicable_secondary_"));
+    });
+}

@@ -349,12 +349,15 @@ pub struct StatusArgs {
 pub struct Hooks {
     /// Wraps the secondary's link to the primary.
     pub wrap_link: fn(Arc<dyn PrimaryLink>) -> Arc<dyn PrimaryLink>,
+    /// Configures the primary's API further (e.g. redirects of blob requests).
+    pub configure_api: fn(replicable_core::http::PrimaryApi) -> replicable_core::http::PrimaryApi,
 }
 
 impl Default for Hooks {
     fn default() -> Self {
         Self {
             wrap_link: |link| link,
+            configure_api: |api| api,
         }
     }
 }
@@ -387,7 +390,7 @@ pub fn main_with(hooks: Hooks) -> ExitCode {
     let result = runtime.block_on(async move {
         match cli.command.unwrap_or(Command::Run(RunArgs::default())) {
             Command::Run(args) => run(args).await,
-            Command::Primary(args) => run_primary(args).await,
+            Command::Primary(args) => run_primary(args, &hooks).await,
             Command::Secondary(args) => run_secondary(args, hooks).await,
             Command::Status(args) => status(args).await,
             Command::Admin(args) => admin(args).await,
@@ -635,14 +638,17 @@ fn print_verdict(verdict: Option<&proofs::Verdict>) {
 async fn serve_api(
     args: &PrimaryApiArgs,
     primary: &Site,
+    hooks: &Hooks,
 ) -> Result<Option<replicable_core::http::ApiServer>, Error> {
     let Some(addr) = args.listen else {
         return Ok(None);
     };
     let secret = link_secret(args.link_secret_file.as_deref())?;
-    let router = replicable_core::http::PrimaryApi::new(primary.clone())
-        .secondary(args.secondary_name.clone(), secret)
-        .router();
+    let router = (hooks.configure_api)(
+        replicable_core::http::PrimaryApi::new(primary.clone())
+            .secondary(args.secondary_name.clone(), secret),
+    )
+    .router();
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => Some(replicable_core::http::TlsFiles {
             certificate_chain: cert.clone(),
@@ -656,7 +662,7 @@ async fn serve_api(
     Ok(Some(server))
 }
 
-async fn run_primary(args: PrimaryArgs) -> Result<ExitCode, Error> {
+async fn run_primary(args: PrimaryArgs, hooks: &Hooks) -> Result<ExitCode, Error> {
     let location = args.site.location();
     let primary = sites::open_primary(&location, args.engine.timeouts()).await?;
     let replicables = sites::replicables()?;
@@ -674,7 +680,7 @@ async fn run_primary(args: PrimaryArgs) -> Result<ExitCode, Error> {
         .start()
         .await?;
     let _metrics = serve_metrics(&args.engine, &primary).await?;
-    let api = serve_api(&args.api, &primary).await?;
+    let api = serve_api(&args.api, &primary, hooks).await?;
     println!(
         "primary: engine running on {} (pid {}); SIGINT or SIGTERM stops it",
         location.database_url().split('@').next_back().unwrap_or(""),

@@ -3,21 +3,40 @@
 use clap::Args;
 
 use super::{CliError, Context, human_seconds, time};
-use crate::status::{ReplicableStatus, SiteStatus, site_status};
+use crate::status::{ReplicableStatus, SiteStatus, StatusOptions, site_status_with};
 
 /// Arguments of `status`.
-#[derive(Debug, Clone, Default, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct StatusArgs {
     /// Only these replicables (default: every one the application runs).
     pub replicables: Vec<String>,
     /// Print the status as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Primary: show a secondary SILENT (unhealthy) when its last status report is older than
+    /// this (e.g. `90s`, `10m`).
+    #[arg(long, value_name = "DURATION", default_value = "150s", value_parser = parse_duration)]
+    pub silent_after: std::time::Duration,
+}
+
+impl Default for StatusArgs {
+    fn default() -> Self {
+        Self {
+            replicables: Vec::new(),
+            json: false,
+            silent_after: crate::status::DEFAULT_SILENT_AFTER,
+        }
+    }
+}
+
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    humantime_serde::re::humantime::parse_duration(text).map_err(|e| e.to_string())
 }
 
 pub(super) async fn run(cx: &mut Context<'_>, args: &StatusArgs) -> Result<(), CliError> {
     let selected = cx.selected(&args.replicables)?;
-    let status = site_status(cx.site, &selected).await?;
+    let options = StatusOptions::default().silent_after(args.silent_after);
+    let status = site_status_with(cx.site, &selected, options).await?;
     if args.json {
         serde_json::to_writer_pretty(&mut *cx.out, &status)?;
         writeln!(cx.out)?;

@@ -105,6 +105,11 @@ pub(crate) async fn ensure_record_owns(
         .resource_of(&record.body)
         .map_err(|reason| ApiError::failed(&what, reason))?;
     if &own != requested {
+        tracing::warn!(
+            asked = %requested,
+            reason = %format_args!("not the resource of {what}"),
+            "refused a request to the primary's API"
+        );
         return Err(ApiError {
             status: axum::http::StatusCode::FORBIDDEN,
             code: crate::link::http::wire::CODE_FORBIDDEN,

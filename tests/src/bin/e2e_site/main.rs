@@ -1,6 +1,8 @@
 //! `geo-demo` as the end-to-end tests run it: the same commands, with each resource transfer of
 //! a secondary delayed by `E2E_LINK_DELAY_MS` milliseconds, so that a test can stop the process
-//! while syncs are in flight.
+//! while syncs are in flight; and, when `E2E_REDIRECT_BLOBS_TO` names a base URL, a primary
+//! whose API answers blob requests with a redirect to `<base>/signed/<key>?signature=x` (a
+//! test's server standing in for an object store's presigned URLs).
 
 #![allow(dead_code)]
 
@@ -10,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use replicable_core::PrimaryLink;
+use replicable_core::http::PrimaryApi;
 use replicable_examples::geo_demo::{Hooks, main_with};
 
 fn delayed(link: Arc<dyn PrimaryLink>) -> Arc<dyn PrimaryLink> {
@@ -23,6 +26,34 @@ fn delayed(link: Arc<dyn PrimaryLink>) -> Arc<dyn PrimaryLink> {
     ))
 }
 
+/// "Presigns" URLs under a test server's base URL.
+#[derive(Debug)]
+struct PointAt(String);
+
+#[async_trait::async_trait]
+impl replicable_core::http::PresignGet for PointAt {
+    async fn presigned_get(
+        &self,
+        path: &object_store::path::Path,
+        _expires_in: Duration,
+    ) -> Result<String, String> {
+        Ok(format!("{}/signed/{path}?signature=x", self.0))
+    }
+}
+
+fn redirecting(api: PrimaryApi) -> PrimaryApi {
+    match std::env::var("E2E_REDIRECT_BLOBS_TO") {
+        Ok(base) if !base.is_empty() => api.redirect_blobs(
+            Arc::new(PointAt(base.trim_end_matches('/').to_owned())),
+            Duration::from_secs(60),
+        ),
+        _ => api,
+    }
+}
+
 fn main() -> std::process::ExitCode {
-    main_with(Hooks { wrap_link: delayed })
+    main_with(Hooks {
+        wrap_link: delayed,
+        configure_api: redirecting,
+    })
 }
