@@ -380,3 +380,41 @@ async fn a_paused_site_records_events_and_syncs_nothing_until_resumed() {
     .await;
     secondary.shutdown().await;
 }
+
+/// Idle engines pick up a new record as soon as it is published, not after their idle backoff:
+/// the secondary's log cursor waits on the link for the next event, and the primary's engine
+/// wakes its verification when its log grows. With a two-minute backoff, the record is synced
+/// and verified well within the wait below.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_engines_pick_up_a_new_event_without_waiting_out_their_backoff() {
+    let (a, b) = (SqliteTarget::new(), SqliteTarget::new());
+    let p = pair(
+        replicable_core::storage::open(&a.url).await.unwrap(),
+        replicable_core::storage::open(&b.url).await.unwrap(),
+        None,
+    );
+    let slow = EngineConfig {
+        idle: IdleBackoff {
+            min: Duration::from_secs(120),
+            max: Duration::from_secs(120),
+        },
+        ..EngineConfig::default()
+    };
+    let run = |site: &Site| {
+        Engine::new(site.clone(), vec![descriptor("engine_file")])
+            .config(slow.clone())
+            .start()
+    };
+    let primary = run(&p.primary).await.unwrap();
+    let secondary = run(&p.secondary).await.unwrap();
+    // Let both go idle (their first passes find nothing).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    publish_files_and_rows(&p.primary, 1).await;
+    wait_until("the new file is synced and verified", async || {
+        let s = counts(&p.secondary, "engine_file").await;
+        s.synced == 1 && s.verified == 1
+    })
+    .await;
+    secondary.shutdown().await;
+    primary.shutdown().await;
+}

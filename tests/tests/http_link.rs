@@ -873,3 +873,40 @@ async fn a_git_upload_pack_past_its_timeout_is_killed() {
         "upload-pack was not killed after its timeout"
     );
 }
+
+/// A caught-up secondary's wait for the next event ends when one is published, over HTTP (the
+/// primary waits on its side) and in-process (polling the log); with nothing new it runs out
+/// and answers the newest id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_for_events_ends_when_one_is_published() {
+    let p = primary().await;
+    put_upload(&p.site, 1, "w/1.bin", b"one".to_vec()).await;
+    let http: Arc<dyn PrimaryLink> = Arc::new(link(&p.url, secret('a')));
+    let local: Arc<dyn PrimaryLink> =
+        Arc::new(replicable_core::InProcessPrimary::new(p.site.clone()));
+    for (kind, link) in [("http", http), ("in-process", local)] {
+        let last = link.last_event_id().await.unwrap().unwrap();
+        let ran_out = link
+            .wait_for_events(last, Duration::from_millis(300))
+            .await
+            .unwrap();
+        assert_eq!(ran_out, Some(last), "{kind}: nothing new");
+        let site = p.site.clone();
+        let id = last + 100;
+        let publisher = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            put_upload(&site, id, &format!("w/{id}.bin"), b"new".to_vec()).await;
+        });
+        // The wait would run for a minute (the primary caps it at a few seconds); it ends with
+        // the new event.
+        let woke = link
+            .wait_for_events(last, Duration::from_secs(60))
+            .await
+            .unwrap();
+        publisher.await.unwrap();
+        assert!(
+            woke.is_some_and(|id| id > last),
+            "{kind}: the wait saw the new event: {woke:?} after {last}"
+        );
+    }
+}

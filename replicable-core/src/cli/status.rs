@@ -173,8 +173,8 @@ fn write_secondaries(out: &mut dyn std::io::Write, status: &SiteStatus) -> std::
             human_seconds(s.age_seconds),
             s.cursor.map_or_else(|| "-".to_owned(), |c| c.to_string()),
             lag,
-            field("synced"),
-            field("failed"),
+            field("synced").to_string(),
+            field("failed").to_string(),
             field("version").as_str().unwrap_or("?"),
         )?;
     }

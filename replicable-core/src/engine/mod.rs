@@ -47,6 +47,7 @@ pub use config::EngineConfig;
 
 use crate::descriptor::ReplicableDescriptor;
 use crate::domain::error::StoreError;
+use crate::domain::event::EventId;
 use crate::domain::resource::DataType;
 use crate::engine::cursor::LogCursor;
 use crate::site::Site;
@@ -247,6 +248,7 @@ fn start_primary(shared: &Arc<Shared>, loops: &TaskTracker) {
     for &replicable in &shared.replicables {
         loops.spawn(verification_loop(shared.clone(), replicable));
     }
+    loops.spawn(publish_watch(shared.clone()));
     loops.spawn(periodic(
         shared.clone(),
         "stuck sweep",
@@ -278,9 +280,16 @@ fn start_primary(shared: &Arc<Shared>, loops: &TaskTracker) {
     ));
 }
 
-/// The log cursor: reads batches and records intent, waking the sync workers.
+/// The log cursor: reads batches and records intent, waking the sync workers. Caught up, it
+/// waits on the link for the next event ([`PrimaryLink::wait_for_events`]): a new event is
+/// read as soon as the primary has it, not after an idle backoff.
+///
+/// [`PrimaryLink::wait_for_events`]: crate::link::PrimaryLink::wait_for_events
 async fn cursor_loop(shared: Arc<Shared>, cursor: LogCursor) {
     let mut idle = Idle::new(shared.config.idle);
+    // Whether the last wait said there were new events: if the batch after it reads none,
+    // back off instead of asking again at once.
+    let mut promised = false;
     loop {
         if shared.cancel.is_cancelled() {
             return;
@@ -290,19 +299,27 @@ async fn cursor_loop(shared: Arc<Shared>, cursor: LogCursor) {
             batch = cursor.process_batch() => batch,
         };
         match batch {
-            Ok(report) if report.read > 0 => {
+            Ok(report) if report.read >= shared.config.cursor.batch_size => {
                 shared.sync_wake.notify();
                 shared.verification_wake.notify();
                 idle.busy();
-                if report.read < shared.config.cursor.batch_size
-                    && !idle.wait(None, &shared.cancel).await
-                {
-                    return;
-                }
+                promised = false;
             }
-            Ok(_) => {
-                if !idle.wait(None, &shared.cancel).await {
-                    return;
+            Ok(report) => {
+                if report.read > 0 {
+                    shared.sync_wake.notify();
+                    shared.verification_wake.notify();
+                    idle.busy();
+                } else if promised {
+                    promised = false;
+                    if !idle.wait(None, &shared.cancel).await {
+                        return;
+                    }
+                    continue;
+                }
+                match wait_for_events(&shared, report.cursor, &mut idle).await {
+                    Some(news) => promised = news,
+                    None => return,
                 }
             }
             Err(e) if e.lease_held => {
@@ -321,6 +338,70 @@ async fn cursor_loop(shared: Arc<Shared>, cursor: LogCursor) {
         }
     }
 }
+
+/// A caught-up cursor's wait for an event after `after`: `Some(true)` when the primary has
+/// one, `Some(false)` when the wait ran out (or failed, after a backoff), `None` when the
+/// engine stops.
+async fn wait_for_events(shared: &Shared, after: EventId, idle: &mut Idle) -> Option<bool> {
+    let Some(link) = shared.site.primary_link() else {
+        return idle.wait(None, &shared.cancel).await.then_some(false);
+    };
+    // Within a third of the lease, as between batches: the lease is renewed by the next batch.
+    let max_wait = shared
+        .config
+        .idle
+        .max
+        .min(shared.site.timeouts().cursor_lease / 3);
+    let waited = tokio::select! {
+        _ = shared.cancel.cancelled() => return None,
+        waited = link.wait_for_events(after, max_wait) => waited,
+    };
+    match waited {
+        Ok(newest) => Some(newest.is_some_and(|id| id > after)),
+        Err(e) => {
+            debug!(error = %e, "waiting for events failed; backing off");
+            idle.wait(None, &shared.cancel).await.then_some(false)
+        }
+    }
+}
+
+/// Primary: wakes the verification loops as soon as the log grows (a publish makes a
+/// verification row pending), whichever process published; without it a new record would
+/// wait for an idle backoff before its checksum.
+async fn publish_watch(shared: Arc<Shared>) {
+    let log = shared.site.event_log();
+    let mut seen = log.last_event_id().await.ok().flatten().unwrap_or(0);
+    loop {
+        let waited = tokio::select! {
+            _ = shared.cancel.cancelled() => return,
+            waited = crate::link::poll_for_events(
+                || log.last_event_id(),
+                seen,
+                shared.config.idle.max,
+                PUBLISH_POLL,
+            ) => waited,
+        };
+        match waited {
+            Ok(newest) => {
+                let newest = newest.unwrap_or(0);
+                if newest > seen {
+                    shared.verification_wake.notify();
+                }
+                // Retention may have emptied the log: follow its newest id down too.
+                seen = newest;
+            }
+            Err(e) => {
+                debug!(error = %e, "reading the log's newest id failed");
+                if !sleep_or_stop(shared.config.idle.max, &shared.cancel).await {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// How often a primary's engine looks for new events to checksum.
+const PUBLISH_POLL: Duration = Duration::from_millis(100);
 
 /// Verification of one replicable (primary or secondary).
 async fn verification_loop(shared: Arc<Shared>, replicable: &'static ReplicableDescriptor) {

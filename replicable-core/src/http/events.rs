@@ -1,4 +1,5 @@
-//! The event log: events after a cursor (batched, the batch capped), and the newest id.
+//! The event log: events after a cursor (batched, the batch capped), and the newest id (at
+//! once, or once there is an event after a cursor).
 
 use axum::Json;
 use axum::extract::{Query, State as Extract};
@@ -8,7 +9,10 @@ use super::auth::authorize;
 use super::{ApiError, State};
 use crate::domain::event::LogEntry;
 use crate::link::http::token::Scope;
-use crate::link::http::wire::{EventsQuery, LastEvent, MAX_EVENTS_PER_REQUEST};
+use crate::link::http::wire::{
+    EventsQuery, LastEvent, LastEventQuery, MAX_EVENT_WAIT, MAX_EVENTS_PER_REQUEST,
+};
+use crate::link::{EVENT_POLL, poll_for_events};
 
 /// `GET v1/events?after=N&limit=M`.
 pub(crate) async fn after(
@@ -27,17 +31,22 @@ pub(crate) async fn after(
     Ok(Json(entries))
 }
 
-/// `GET v1/events/last`.
+/// `GET v1/events/last[?after=N&wait_ms=M]`: at once, or as soon as the log holds an event
+/// after `N` (at most `M` ms later, capped at [`MAX_EVENT_WAIT`]).
 pub(crate) async fn last(
     Extract(state): Extract<State>,
     headers: HeaderMap,
+    Query(query): Query<LastEventQuery>,
 ) -> Result<Json<LastEvent>, ApiError> {
     authorize(&state, &headers, &Scope::Events)?;
-    let last = state
-        .site
-        .event_log()
-        .last_event_id()
-        .await
-        .map_err(ApiError::store("the last event id"))?;
+    let log = state.site.event_log();
+    let last = match (query.after, query.wait_ms) {
+        (Some(after), Some(wait_ms)) => {
+            let wait = std::time::Duration::from_millis(wait_ms).min(MAX_EVENT_WAIT);
+            poll_for_events(|| log.last_event_id(), after, wait, EVENT_POLL).await
+        }
+        _ => log.last_event_id().await,
+    }
+    .map_err(ApiError::store("the last event id"))?;
     Ok(Json(LastEvent { last }))
 }

@@ -11,6 +11,7 @@ pub use remote::RepositoryRemote;
 pub use report::SiteStatusReport;
 
 use std::ops::Range;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -101,5 +102,49 @@ pub trait PrimaryLink: Send + Sync + std::fmt::Debug {
     ) -> Result<(), LinkError> {
         let _ = (secondary, report);
         Ok(())
+    }
+
+    /// Waits until the primary's log holds an event with `id > after`, or `max_wait` passed,
+    /// and returns the newest id it saw. The log cursor calls it when it has caught up, so that
+    /// a new event is read as soon as it is published rather than after an idle backoff.
+    ///
+    /// The default asks [`last_event_id`](Self::last_event_id) every [`EVENT_POLL`]; a link
+    /// whose primary can wait on its side (the HTTP link) overrides it.
+    async fn wait_for_events(
+        &self,
+        after: EventId,
+        max_wait: Duration,
+    ) -> Result<Option<EventId>, LinkError> {
+        poll_for_events(|| self.last_event_id(), after, max_wait, EVENT_POLL).await
+    }
+}
+
+/// How often [`PrimaryLink::wait_for_events`] looks at the log by default: the longest a
+/// caught-up cursor takes to notice a new event, for one cheap query (the log's largest id).
+pub const EVENT_POLL: Duration = Duration::from_millis(50);
+
+/// Asks `last` every `every` until it names an event after `after` or `max_wait` passed;
+/// returns the last answer.
+pub async fn poll_for_events<E, F, Fut>(
+    mut last: F,
+    after: EventId,
+    max_wait: Duration,
+    every: Duration,
+) -> Result<Option<EventId>, E>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<EventId>, E>>,
+{
+    let deadline = tokio::time::Instant::now() + max_wait;
+    loop {
+        let newest = last().await?;
+        if newest.is_some_and(|id| id > after) {
+            return Ok(newest);
+        }
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            return Ok(newest);
+        }
+        tokio::time::sleep(every.min(deadline - now)).await;
     }
 }

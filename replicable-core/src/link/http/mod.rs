@@ -597,6 +597,36 @@ impl PrimaryLink for HttpPrimary {
         Ok(last.last)
     }
 
+    async fn wait_for_events(
+        &self,
+        after: EventId,
+        max_wait: Duration,
+    ) -> Result<Option<EventId>, LinkError> {
+        // The primary waits on its side (up to `wire::MAX_EVENT_WAIT` per request): one
+        // request instead of a poll per `EVENT_POLL`.
+        let what = "the last event id";
+        let started = tokio::time::Instant::now();
+        let wait_ms = max_wait.as_millis().min(u128::from(u64::MAX)) as u64;
+        let last: wire::LastEvent = self
+            .get_json(
+                &format!("v1/events/last?after={after}&wait_ms={wait_ms}"),
+                Scope::Events,
+                what,
+            )
+            .await?
+            .ok_or_else(|| failed(what, "the primary answered 404"))?;
+        if last.last.is_none_or(|id| id <= after) {
+            // A primary that answers at once (one that does not wait): wait here instead, so
+            // that a caught-up cursor does not ask in a tight loop.
+            let floor = max_wait.min(wire::MAX_EVENT_WAIT) / 2;
+            let elapsed = started.elapsed();
+            if elapsed < floor {
+                tokio::time::sleep(floor - elapsed).await;
+            }
+        }
+        Ok(last.last)
+    }
+
     async fn record(&self, name: &str, model_id: i64) -> Result<Option<StoredRecord>, LinkError> {
         self.get_json(
             &format!("v1/records/{}/{model_id}", encode_segment(name, false)),

@@ -8,6 +8,7 @@
 //! |---|---|---|
 //! | events after a cursor | `GET v1/events?after=N&limit=M` | `events` |
 //! | the newest event id | `GET v1/events/last` | `events` |
+//! | ... once the log holds an event after N | `GET v1/events/last?after=N&wait_ms=M` | `events` |
 //! | a record | `GET v1/records/{name}/{id}` | `record` |
 //! | record ids in a range | `GET v1/records/{name}?from=A&to=B&limit=M` | `ids` |
 //! | a verification row | `GET v1/verification/{name}/{id}` | `verification` |
@@ -55,6 +56,21 @@ pub struct EventsQuery {
     /// At most this many (capped at [`MAX_EVENTS_PER_REQUEST`]).
     pub limit: usize,
 }
+
+/// `GET v1/events/last` query: with both fields, the primary answers as soon as its log holds
+/// an event with `id > after`, or after `wait_ms` milliseconds (capped at [`MAX_EVENT_WAIT`]);
+/// without them, at once.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct LastEventQuery {
+    /// Wait for an event after this id.
+    pub after: Option<EventId>,
+    /// For at most this many milliseconds.
+    pub wait_ms: Option<u64>,
+}
+
+/// The longest the primary holds a `GET v1/events/last` waiting for an event: short enough
+/// that a stopping server's graceful shutdown does not wait long for it.
+pub const MAX_EVENT_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// `GET v1/events/last` answer.
 #[derive(Debug, Clone, Serialize, Deserialize)]
