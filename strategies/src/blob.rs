@@ -3,8 +3,10 @@
 //! A secondary streams the object from the primary into a temporary object under
 //! `.replicable/tmp/` (multipart, so a blob of any size needs only a few parts of memory),
 //! hashing it on the way. Only when the size and the SHA-256 match the primary's does the copy
-//! replace the object under its real key. Blobs are immutable: `created` and `deleted` events
-//! only.
+//! replace the object under its real key. A small blob (up to [`SMALL_BLOB`]) is read whole
+//! into memory, hashed and checked first, then written to its temporary object with one `put`
+//! (instead of a multipart upload) and renamed into place. Blobs are immutable: `created` and
+//! `deleted` events only.
 
 use crate::checksum::StreamHasher;
 use async_trait::async_trait;
@@ -25,6 +27,11 @@ pub const PART_SIZE: usize = 5 * 1024 * 1024;
 
 /// Parts uploaded at once; with [`PART_SIZE`] this bounds the memory of one download.
 pub const PART_CONCURRENCY: usize = 2;
+
+/// Blobs up to this size are read whole, hashed and checked before one `put` of their
+/// temporary object; larger ones stream into it in parts. With the engine's default of 8 blob syncs at
+/// once, at most 8 MiB of small blobs are in memory.
+pub const SMALL_BLOB: u64 = 1024 * 1024;
 
 /// Replicates blobs: objects in the site's object store, keyed by the model's
 /// `#[replicable(blob)]` field.
@@ -109,6 +116,25 @@ async fn download(
     Ok((hasher.finish().await, size))
 }
 
+/// Reads a small blob whole (refusing more bytes than announced), returning it and its SHA-256.
+async fn read_small(
+    mut source: futures::stream::BoxStream<'static, Result<bytes::Bytes, LinkError>>,
+    expected_size: u64,
+) -> Result<(PutPayload, String, u64), SyncFailure> {
+    let mut parts = Vec::new();
+    let mut hasher = StreamHasher::new();
+    while let Some(chunk) = source.next().await {
+        let chunk = chunk.map_err(|e| SyncFailure::new(e.to_string()))?;
+        hasher.update(chunk.clone()).await;
+        parts.push(chunk);
+        if hasher.len() > expected_size {
+            break;
+        }
+    }
+    let size = hasher.len();
+    Ok((PutPayload::from_iter(parts), hasher.finish().await, size))
+}
+
 /// The SHA-256 of an object, streamed.
 pub async fn object_sha256(store: &dyn ObjectStore, path: &Path) -> Result<String, ResourceError> {
     let key = path.as_ref();
@@ -140,6 +166,29 @@ pub fn fixture_bytes(seed: u64) -> Vec<u8> {
             (state >> 24) as u8
         })
         .collect()
+}
+
+/// A copy is complete when it has the announced size and, where the primary has a checksum,
+/// that checksum.
+fn check_copy(
+    expected_size: u64,
+    size: u64,
+    primary_checksum: Option<&str>,
+    checksum: &str,
+) -> Result<(), SyncFailure> {
+    if size != expected_size {
+        return Err(SyncFailure::new(format!(
+            "Downloaded file size mismatch: expected {expected_size} bytes, got {size}"
+        )));
+    }
+    if let Some(expected) = primary_checksum
+        && expected != checksum
+    {
+        return Err(SyncFailure::new(format!(
+            "Downloaded file checksum mismatch: expected {expected}, got {checksum}"
+        )));
+    }
+    Ok(())
 }
 
 #[async_trait]
@@ -176,24 +225,24 @@ impl Strategy for BlobStrategy {
         let expected_size = download_source.size;
         let store = request.context.blob_store();
         let tmp = temporary_path(request.replicable_name, request.model_id);
-        let (checksum, size) = download(&**store, &tmp, download_source.stream).await?;
         let discard = |failure: SyncFailure| async {
             let _ = store.delete(&tmp).await;
             Err(failure)
         };
-        if size != expected_size {
-            return discard(SyncFailure::new(format!(
-                "Downloaded file size mismatch: expected {expected_size} bytes, got {size}"
-            )))
-            .await;
-        }
-        if let Some(expected) = request.primary_checksum
-            && expected != checksum
-        {
-            return discard(SyncFailure::new(format!(
-                "Downloaded file checksum mismatch: expected {expected}, got {checksum}"
-            )))
-            .await;
+        if expected_size <= SMALL_BLOB {
+            let (bytes, checksum, size) = read_small(download_source.stream, expected_size).await?;
+            check_copy(expected_size, size, request.primary_checksum, &checksum)?;
+            store
+                .put(&tmp, bytes)
+                .await
+                .map_err(|e| store_failure("cannot write the download", e))?;
+        } else {
+            let (checksum, size) = download(&**store, &tmp, download_source.stream).await?;
+            if let Err(failure) =
+                check_copy(expected_size, size, request.primary_checksum, &checksum)
+            {
+                return discard(failure).await;
+            }
         }
         // Complete and verified: visible only if the sync is still current.
         if let Err(overtaken) = request.ensure_current().await {
