@@ -131,3 +131,35 @@ pub fn s3_lane() -> Option<(String, String)> {
         }
     }
 }
+
+/// "Presigns" URLs of blobs under a test server's base URL:
+/// `<base>/signed/<key>?signature=x`, standing in for an object store's presigned URLs.
+#[derive(Debug)]
+pub struct PointAt(pub String);
+
+#[async_trait]
+impl replicable_core::http::PresignGet for PointAt {
+    async fn presigned_get(
+        &self,
+        path: &object_store::path::Path,
+        _expires_in: std::time::Duration,
+    ) -> Result<String, String> {
+        Ok(format!("{}/signed/{path}?signature=x", self.0))
+    }
+}
+
+/// A secondary's status report as a test sends it: cursor `cursor`, 4 synced and verified, 1
+/// failed.
+pub fn status_report(cursor: i64) -> replicable_core::link::SiteStatusReport {
+    replicable_core::link::SiteStatusReport {
+        cursor: Some(cursor),
+        pending: 0,
+        started: 0,
+        synced: 4,
+        failed: 1,
+        verified: 4,
+        events_behind: Some(0),
+        lag_seconds: Some(0.0),
+        version: "test".into(),
+    }
+}

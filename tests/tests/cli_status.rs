@@ -160,17 +160,7 @@ fn a_secondary_silent_for_longer_than_the_threshold_is_shown_silent() {
             use replicable_core::PrimaryLink;
             let Some(s) = seeded(lane).await else { return };
             let link = replicable_core::InProcessPrimary::new(s.primary.clone());
-            let report = replicable_core::link::SiteStatusReport {
-                cursor: Some(5),
-                pending: 0,
-                started: 0,
-                synced: 4,
-                failed: 1,
-                verified: 4,
-                events_behind: Some(0),
-                lag_seconds: Some(0.0),
-                version: "test".into(),
-            };
+            let report = replicable_tests::status_report(5);
             link.report_status("eu-west", &report).await.unwrap();
             let table = run(&s.primary, &["status"]).await.unwrap();
             let line = table

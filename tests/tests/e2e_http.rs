@@ -514,6 +514,46 @@ async fn e2e_http_every_kind_of_bad_token_is_refused_by_the_primary_process() {
     assert!(!log.contains("Bearer"), "a token reached the log: {log}");
 }
 
+/// A primary process (with `env`) and a secondary process reading it at `url_of(primary's URL)`,
+/// run until everything is synced and verified; then both are stopped and the secondary is
+/// checked complete. Returns the rows of the last count.
+async fn run_pair_until_settled(
+    dir: &std::path::Path,
+    primary: &Site,
+    primary_at: &SiteLocation,
+    secondary_at: &SiteLocation,
+    env: &[(&str, &str)],
+    url_of: impl AsyncFnOnce(&str) -> String,
+) -> Vec<replicable_examples::geo_demo::report::Row> {
+    let secret = new_secret();
+    let (mut primary_process, url) = spawn_primary_with(
+        primary_at,
+        "127.0.0.1:0",
+        &secret,
+        &dir.join("primary.log"),
+        env,
+    );
+    let secondary_url = url_of(&url).await;
+    let mut secondary_process = spawn_secondary(
+        secondary_at,
+        &secondary_url,
+        &secret,
+        &dir.join("secondary.log"),
+    );
+    let view = e2e_support::secondary(
+        secondary_at,
+        primary,
+        SecondaryOptions::new(e2e_support::timeouts()),
+    )
+    .await;
+    let rows = e2e_support::wait_settled(primary, &view, Duration::from_secs(180)).await;
+    e2e_support::assert_running(&mut secondary_process);
+    stop(&mut secondary_process);
+    stop(&mut primary_process);
+    e2e_support::assert_complete(primary, &view, secondary_at).await;
+    rows
+}
+
 /// A primary whose API redirects blob requests to another server (as to an object store's
 /// presigned URLs): the secondary's process follows each redirect without its token, and
 /// everything replicates and verifies.
@@ -524,37 +564,21 @@ async fn redirect_without_the_token(lane: Lane) {
     };
     let primary = e2e_support::seeded_primary(&primary_at, SeedPlan::records(60)).await;
     let (store_url, seen) = http_support::recording_file_server(primary_at.blobs()).await;
-    let secret = new_secret();
-    let (mut primary_process, url) = spawn_primary_with(
-        &primary_at,
-        "127.0.0.1:0",
-        &secret,
-        &dir.path().join("primary.log"),
-        &[("E2E_REDIRECT_BLOBS_TO", &store_url)],
-    );
-    let mut secondary_process = spawn_secondary(
-        &secondary_at,
-        &url,
-        &secret,
-        &dir.path().join("secondary.log"),
-    );
-    let view = e2e_support::secondary(
-        &secondary_at,
+    let rows = run_pair_until_settled(
+        dir.path(),
         &primary,
-        SecondaryOptions::new(e2e_support::timeouts()),
+        &primary_at,
+        &secondary_at,
+        &[("E2E_REDIRECT_BLOBS_TO", &store_url)],
+        async |url| url.to_owned(),
     )
     .await;
-    let rows = e2e_support::wait_settled(&primary, &view, Duration::from_secs(180)).await;
     let blobs = rows
         .iter()
         .find(|r| r.name == "package_file")
         .expect("blobs")
         .synced;
     assert!(blobs > 0, "no blob synced");
-    e2e_support::assert_running(&mut secondary_process);
-    stop(&mut secondary_process);
-    stop(&mut primary_process);
-    e2e_support::assert_complete(&primary, &view, &secondary_at).await;
     let seen = seen.lock().unwrap().clone();
     assert!(
         seen.len() as u64 >= blobs,
@@ -593,48 +617,39 @@ async fn cut_transfer_resumes(lane: Lane) {
         .map(|i: usize| (i * 7 % 251) as u8)
         .collect();
     publish_blob(&primary, &primary_at, 900_001, "big.bin", &big).await;
-    let secret = new_secret();
-    let (mut primary_process, url) = spawn_primary(
-        &primary_at,
-        "127.0.0.1:0",
-        &secret,
-        &dir.path().join("primary.log"),
-    );
-    let port: u16 = url
-        .trim_start_matches("http://127.0.0.1:")
-        .trim_end_matches('/')
-        .parse()
-        .unwrap();
     // Cut in the transfer of the big blob (its URL names its id), 1 MiB in.
-    let (proxy, heads) = http_support::cutting_proxy(
-        std::net::SocketAddr::from(([127, 0, 0, 1], port)),
-        1024 * 1024,
-        Some("/v1/blobs/package_file/900001"),
-    )
-    .await;
-    let mut secondary_process = spawn_secondary(
-        &secondary_at,
-        &proxy,
-        &secret,
-        &dir.path().join("secondary.log"),
-    );
-    let view = e2e_support::secondary(
-        &secondary_at,
+    let heads = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let recorded = heads.clone();
+    run_pair_until_settled(
+        dir.path(),
         &primary,
-        SecondaryOptions::new(e2e_support::timeouts()),
+        &primary_at,
+        &secondary_at,
+        &[],
+        async move |url| {
+            let port: u16 = url
+                .trim_start_matches("http://127.0.0.1:")
+                .trim_end_matches('/')
+                .parse()
+                .unwrap();
+            let (proxy, heads) = http_support::cutting_proxy(
+                std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+                1024 * 1024,
+                Some("/v1/blobs/package_file/900001"),
+            )
+            .await;
+            *recorded.lock().unwrap() = Some(heads);
+            proxy
+        },
     )
     .await;
-    e2e_support::wait_settled(&primary, &view, Duration::from_secs(180)).await;
-    e2e_support::assert_running(&mut secondary_process);
-    stop(&mut secondary_process);
-    stop(&mut primary_process);
-    e2e_support::assert_complete(&primary, &view, &secondary_at).await;
     let copy = std::fs::read(
         secondary_at
             .blob_file(&replicable_examples::PackageFile::new(900_001, "big.bin").file_path),
     )
     .unwrap();
     assert!(copy == big, "the copy is the primary's bytes");
+    let heads = heads.lock().unwrap().clone().expect("the proxy ran");
     let resumed = http_support::range_requests(&heads.lock().unwrap());
     assert_eq!(resumed.len(), 1, "one resumed request: {resumed:?}");
     let (offset, conditional) = resumed[0];

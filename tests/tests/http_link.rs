@@ -348,20 +348,6 @@ async fn the_log_records_ids_and_checksums_cross_the_link() {
     assert_eq!(bytes, pattern(103));
 }
 
-#[derive(Debug)]
-struct PointAt(String);
-
-#[async_trait::async_trait]
-impl PresignGet for PointAt {
-    async fn presigned_get(
-        &self,
-        path: &object_store::path::Path,
-        _expires_in: Duration,
-    ) -> Result<String, String> {
-        Ok(format!("{}/signed/{path}?signature=x", self.0))
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redirect_never_carries_the_token() {
     let bytes = pattern(70_000);
@@ -369,7 +355,7 @@ async fn a_redirect_never_carries_the_token() {
     let p = primary_with(
         |api| {
             api.redirect_blobs(
-                Arc::new(PointAt(store_url.clone())),
+                Arc::new(replicable_tests::PointAt(store_url.clone())),
                 Duration::from_secs(60),
             )
         },

@@ -174,17 +174,7 @@ fn a_primary_exports_the_health_of_its_secondaries() {
         use replicable_core::PrimaryLink;
         let s = seeded(Lane::Sqlite).await.unwrap();
         let link = replicable_core::InProcessPrimary::new(s.primary.clone());
-        let report = replicable_core::link::SiteStatusReport {
-            cursor: Some(7),
-            pending: 0,
-            started: 0,
-            synced: 4,
-            failed: 1,
-            verified: 4,
-            events_behind: Some(0),
-            lag_seconds: Some(0.0),
-            version: "test".into(),
-        };
+        let report = replicable_tests::status_report(7);
         link.report_status("eu-west", &report).await.unwrap();
         let fresh = Metrics::new(s.primary.role(), &replicables());
         fresh.refresh(&s.primary).await.unwrap();

@@ -26,25 +26,12 @@ fn delayed(link: Arc<dyn PrimaryLink>) -> Arc<dyn PrimaryLink> {
     ))
 }
 
-/// "Presigns" URLs under a test server's base URL.
-#[derive(Debug)]
-struct PointAt(String);
-
-#[async_trait::async_trait]
-impl replicable_core::http::PresignGet for PointAt {
-    async fn presigned_get(
-        &self,
-        path: &object_store::path::Path,
-        _expires_in: Duration,
-    ) -> Result<String, String> {
-        Ok(format!("{}/signed/{path}?signature=x", self.0))
-    }
-}
-
 fn redirecting(api: PrimaryApi) -> PrimaryApi {
     match std::env::var("E2E_REDIRECT_BLOBS_TO") {
         Ok(base) if !base.is_empty() => api.redirect_blobs(
-            Arc::new(PointAt(base.trim_end_matches('/').to_owned())),
+            Arc::new(replicable_tests::PointAt(
+                base.trim_end_matches('/').to_owned(),
+            )),
             Duration::from_secs(60),
         ),
         _ => api,
