@@ -139,7 +139,9 @@ async fn populate(store: &SqlStore, name: &str) {
     let claimed = store.claim_for_sync(name, now, 300).await.unwrap();
     assert_eq!(claimed.len(), 300);
     for id in 1..=200 {
-        store.mark_pending(name, 1000 + id, now).await.unwrap();
+        RegistryStore::mark_pending(store, name, 1000 + id, now)
+            .await
+            .unwrap();
     }
     for id in 1..=300 {
         VerificationStore::mark_pending(store, name, id).await.unwrap();
@@ -184,6 +186,14 @@ fn counts_follow_writes_the_framework_did_not_make() {
             execute(
                 store,
                 &format!("UPDATE {r} SET retry_count = retry_count + 1, heartbeat_at = 5"),
+            )
+            .await;
+            execute(
+                store,
+                &format!(
+                    "UPDATE {r} SET checksum_mismatch = 1 - checksum_mismatch \
+                     WHERE {name}_id % 4 = 0"
+                ),
             )
             .await;
             execute(
@@ -385,7 +395,7 @@ fn postgres_sessions_count_without_waiting_for_each_other() {
                         } else {
                             row.mark_synced(Some(1), true).unwrap();
                         }
-                        assert!(handle.update(name, &row).await.unwrap());
+                        assert!(RegistryStore::update(&*handle, name, &row).await.unwrap());
                         done += 1;
                     }
                 }

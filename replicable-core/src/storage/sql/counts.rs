@@ -305,15 +305,17 @@ pub(super) fn fold_sql(n: &str) -> String {
         "WITH folded AS (DELETE FROM {n}_counts WHERE slot IN \
            (SELECT slot FROM {n}_counts WHERE slot <> 0 FOR UPDATE SKIP LOCKED) \
            RETURNING *) \
-         UPDATE {n}_counts c SET {} FROM (SELECT {} FROM folded) f WHERE c.slot = 0",
+         INSERT INTO {n}_counts AS c (slot, {}) SELECT 0, {} FROM folded \
+         ON CONFLICT (slot) DO UPDATE SET {}",
+        columns.join(", "),
         columns
             .iter()
-            .map(|c| format!("{c} = c.{c} + f.{c}"))
+            .map(|c| format!("COALESCE(SUM({c}), 0)"))
             .collect::<Vec<_>>()
             .join(", "),
         columns
             .iter()
-            .map(|c| format!("COALESCE(SUM({c}), 0) AS {c}"))
+            .map(|c| format!("{c} = c.{c} + excluded.{c}"))
             .collect::<Vec<_>>()
             .join(", ")
     )

@@ -16,7 +16,6 @@ use super::{SqlStore, micros, opt_micros};
 use crate::domain::error::StoreError;
 use crate::domain::event::{EventId, SkippedEvent};
 use crate::domain::registry::{RegistryRecord, StuckCutoffs, SyncState};
-use crate::domain::verification::VerificationState;
 use crate::storage::{RegistryCounts, RegistryFilter, RegistryStore};
 
 /// Rows per multi-row insert of pending registry rows.

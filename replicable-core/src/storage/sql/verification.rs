@@ -3,7 +3,7 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::any::AnyRow;
-use sqlx::{AssertSqlSafe, Row};
+use sqlx::AssertSqlSafe;
 
 use super::event_log::verification_pending_sql;
 use super::{SqlStore, micros, opt_micros};
@@ -327,11 +327,15 @@ impl SqlStore {
         verified_before: DateTime<Utc>,
         limit: usize,
     ) -> Result<u64, StoreError> {
+        // The batch is chosen once, in a CTE: as an `IN (subquery)` PostgreSQL may scan the
+        // subquery again for each row, skip the rows the statement itself just changed, and
+        // take more than `limit`.
         let sql = format!(
-            "UPDATE {table} SET verification_state = 0, version = version + 1 \
-             WHERE {name}_id IN (SELECT {name}_id FROM {table} \
+            "WITH batch AS (SELECT {name}_id FROM {table} \
                WHERE verification_state = 2 AND verified_at < $1{extra} \
                ORDER BY verified_at, {name}_id LIMIT $2{}) \
+             UPDATE {table} SET verification_state = 0, version = version + 1 \
+             WHERE {name}_id IN (SELECT {name}_id FROM batch) \
              AND verification_state = 2{extra}",
             self.dialect.skip_locked()
         );
