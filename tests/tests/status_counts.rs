@@ -44,7 +44,8 @@ async fn recount_registry(store: &SqlStore, name: &str) -> RegistryCounts {
     let mut c = RegistryCounts::default();
     for row in &rows {
         let state = SyncState::from_value(row.try_get("state").unwrap());
-        let verification = VerificationState::from_value(row.try_get("verification_state").unwrap());
+        let verification =
+            VerificationState::from_value(row.try_get("verification_state").unwrap());
         let mismatch: i16 = row.try_get("checksum_mismatch").unwrap();
         let n = row.try_get::<i64, _>("n").unwrap() as u64;
         c.registry += n;
@@ -144,7 +145,9 @@ async fn populate(store: &SqlStore, name: &str) {
             .unwrap();
     }
     for id in 1..=300 {
-        VerificationStore::mark_pending(store, name, id).await.unwrap();
+        VerificationStore::mark_pending(store, name, id)
+            .await
+            .unwrap();
         store
             .upsert(name, id, &serde_json::json!({ "id": id }))
             .await
@@ -280,7 +283,9 @@ fn an_upgraded_site_counts_the_rows_it_had() {
                 .join(", ");
             execute(
                 &store,
-                &format!("INSERT INTO {n}_verification ({n}_id, verification_state) VALUES {values}"),
+                &format!(
+                    "INSERT INTO {n}_verification ({n}_id, verification_state) VALUES {values}"
+                ),
             )
             .await;
             let values = (1..=250)
@@ -313,7 +318,10 @@ fn an_upgraded_site_counts_the_rows_it_had() {
                 Some(REPLICABLE_VERSION),
                 "the read migrated the tables"
             );
-            assert_eq!((counts.registry, counts.pending, counts.failed), (500, 125, 125));
+            assert_eq!(
+                (counts.registry, counts.pending, counts.failed),
+                (500, 125, 125)
+            );
             assert_exact(&reopened, name, "the upgrade").await;
             // And they are kept from then on.
             populate(&reopened, name).await;
@@ -408,7 +416,10 @@ fn postgres_sessions_count_without_waiting_for_each_other() {
         assert_eq!(done, 2000);
         assert_exact(&store, name, "six workers").await;
         let c = RegistryStore::counts(&*store, name).await.unwrap();
-        assert_eq!((c.registry, c.synced + c.failed, c.pending), (2000, 2000, 0));
+        assert_eq!(
+            (c.registry, c.synced + c.failed, c.pending),
+            (2000, 2000, 0)
+        );
 
         // An open transaction that changed counted rows...
         let url = &target.url;
@@ -461,9 +472,7 @@ fn postgres_sessions_count_without_waiting_for_each_other() {
             .unwrap();
             sqlx::Connection::close(conn).await.unwrap();
         }
-        let rows = || async {
-            count_where(&store, &format!("{name}_counts"), "1 = 1").await
-        };
+        let rows = || async { count_where(&store, &format!("{name}_counts"), "1 = 1").await };
         assert!(rows().await > 64, "a row per session");
         assert_exact(&store, name, "eighty sessions").await;
         assert!(rows().await < 16, "folded: {}", rows().await);

@@ -1572,7 +1572,10 @@ pub async fn counts_stay_exact_through_every_transition(target: &dyn Conformance
     counts_exact(&db, "a verified copy and a mismatch", now).await;
     // The copy waiting for the primary's checksum gets one; re-verification in batches.
     assert_eq!(
-        db.registry.enable_verification(NAME, &synced).await.unwrap(),
+        db.registry
+            .enable_verification(NAME, &synced)
+            .await
+            .unwrap(),
         1
     );
     counts_exact(&db, "verification enabled", now).await;
@@ -1591,10 +1594,7 @@ pub async fn counts_stay_exact_through_every_transition(target: &dyn Conformance
     }
     counts_exact(&db, "every copy verified", now).await;
     assert_eq!(
-        db.registry
-            .reverify_older_than(NAME, now, 2)
-            .await
-            .unwrap(),
+        db.registry.reverify_older_than(NAME, now, 2).await.unwrap(),
         2
     );
     counts_exact(&db, "re-verification of old checksums", now).await;
@@ -1607,12 +1607,7 @@ pub async fn counts_stay_exact_through_every_transition(target: &dyn Conformance
     }
     assert!(db.registry.delete(NAME, 1).await.unwrap());
     assert!(!db.registry.delete(NAME, 1).await.unwrap());
-    assert!(
-        db.registry
-            .delete(NAME, running.model_id)
-            .await
-            .unwrap()
-    );
+    assert!(db.registry.delete(NAME, running.model_id).await.unwrap());
     counts_exact(&db, "deletes", now).await;
     for id in all {
         db.registry.delete(NAME, id).await.unwrap();
@@ -1625,14 +1620,19 @@ pub async fn counts_stay_exact_through_every_transition(target: &dyn Conformance
     }
     counts_exact(&db, "verification rows", now).await;
     let mut v = db.verification.claim(NAME, now, 3).await.unwrap();
-    v[0].verification.succeed("ab".repeat(32), now - hour).unwrap();
+    v[0].verification
+        .succeed("ab".repeat(32), now - hour)
+        .unwrap();
     v[1].verification.fail("boom", now, &policy, 0).unwrap();
     v[2].verification.succeed("ab".repeat(32), now).unwrap();
     for row in &v {
         assert!(db.verification.update(NAME, row).await.unwrap());
     }
     counts_exact(&db, "checksums", now).await;
-    db.verification.mark_pending(NAME, v[2].model_id).await.unwrap();
+    db.verification
+        .mark_pending(NAME, v[2].model_id)
+        .await
+        .unwrap();
     db.verification
         .reverify_older_than(NAME, now - secs(60), 10)
         .await
@@ -1653,8 +1653,18 @@ pub async fn counts_stay_exact_through_every_transition(target: &dyn Conformance
         generation,
         body: serde_json::json!({ "id": id }),
     };
-    assert!(db.records.put_unless_older(NAME, &copy(13, 4)).await.unwrap());
-    assert!(!db.records.put_unless_older(NAME, &copy(10, 1)).await.unwrap());
+    assert!(
+        db.records
+            .put_unless_older(NAME, &copy(13, 4))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !db.records
+            .put_unless_older(NAME, &copy(10, 1))
+            .await
+            .unwrap()
+    );
     counts_exact(&db, "records", now).await;
     assert_eq!(db.verification.backfill_missing(NAME, 2).await.unwrap(), 2);
     assert_eq!(

@@ -268,8 +268,16 @@ fn postgres_triggers(n: &str, q: &str, c: &Counted) -> Vec<String> {
              FOR EACH STATEMENT EXECUTE FUNCTION {q}{n}_counts_{tag}()"
         )
     };
-    steps.push(trigger("ins", "INSERT", "REFERENCING NEW TABLE AS new_rows"));
-    steps.push(trigger("del", "DELETE", "REFERENCING OLD TABLE AS old_rows"));
+    steps.push(trigger(
+        "ins",
+        "INSERT",
+        "REFERENCING NEW TABLE AS new_rows",
+    ));
+    steps.push(trigger(
+        "del",
+        "DELETE",
+        "REFERENCING OLD TABLE AS old_rows",
+    ));
     if !c.watched.is_empty() {
         steps.push(trigger(
             "upd",

@@ -233,7 +233,13 @@ mod tests {
             // Each version's steps, run one after the other, are the steps of all of them.
             let mut stepwise = Vec::new();
             for version in 0..REPLICABLE_VERSION {
-                stepwise.extend(replicable_migrations(dialect, "x", "", version, version + 1));
+                stepwise.extend(replicable_migrations(
+                    dialect,
+                    "x",
+                    "",
+                    version,
+                    version + 1,
+                ));
             }
             assert_eq!(
                 stepwise,
