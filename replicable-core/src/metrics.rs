@@ -244,7 +244,7 @@ impl Metrics {
         &self.replicables
     }
 
-    /// Reads the stores (one grouped count per replicable table, the queue depth, the log's and
+    /// Reads the stores (the counts they keep per replicable, the queue depth, the log's and
     /// cursor's ends) and sets the gauges. Returns the status it read.
     pub async fn refresh(&self, site: &Site) -> Result<SiteStatus, ReportError> {
         let status = site_status(site, &self.replicables).await?;
