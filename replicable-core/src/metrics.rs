@@ -11,9 +11,10 @@
 //! # Scrapes are cheap
 //! A scrape never queries the database: it encodes the values last stored. The gauges are
 //! refreshed from the stores by a background task every [`DEFAULT_REFRESH`] (15 s) by default
-//! ([`spawn_refresh`]); each refresh runs one grouped count per replicable table, the queue
-//! depth, and a few reads of the event log's ends. The gauges are therefore up to one period
-//! old; `replicable_metrics_refreshed_timestamp_seconds` says when they were taken.
+//! ([`spawn_refresh`]); each refresh reads the counts the stores keep as rows change (on SQL,
+//! a few rows per replicable, whatever the number of records), the queue depth, and a few reads
+//! of the event log's ends. The gauges are therefore up to one period old;
+//! `replicable_metrics_refreshed_timestamp_seconds` says when they were taken.
 //!
 //! # Names
 //! For a replicable `package_file` (plural `package_files`, the name plus `s`):
@@ -291,7 +292,7 @@ impl Metrics {
         &self.replicables
     }
 
-    /// Reads the stores (one grouped count per replicable table, the queue depth, the log's and
+    /// Reads the stores (the counts they keep per replicable, the queue depth, the log's and
     /// cursor's ends) and sets the gauges. Returns the status it read.
     pub async fn refresh(&self, site: &Site) -> Result<SiteStatus, ReportError> {
         let options = StatusOptions::default().silent_after(self.silent_after);

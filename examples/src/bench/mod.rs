@@ -68,7 +68,8 @@ Scenarios:
   sha256         the framework's checksum of a 1 GiB file vs openssl dgst -sha256, sha256sum
   publish        20,000 single publishes vs plain SQL doing the same writes (one transaction
                  each); batch publish if the framework has one
-  status         status and /metrics at 1,000,000 registry rows vs the same count in sqlite3/psql
+  status         status and /metrics at 1,000,000 registry rows, the primary's status at
+                 1,000,000 records, vs a grouped count of the registry in sqlite3/psql
   backfill-100k  one backfill pass over 100,000 primary records vs sqlite3 INSERT ... SELECT
   backfill       the same at 100,000 and 1,000,000 records, and the growth 1M / 100k
   lag            replication lag p50 / p99 at a steady 200 and 1,000 events/s, ~20 s each

@@ -35,7 +35,10 @@ pub trait RecordSource: Send + Sync + std::fmt::Debug {
     /// Ids in `range`, ascending, at most `limit`.
     async fn ids(&self, range: Range<i64>, limit: usize) -> Result<Vec<i64>, StoreError>;
 
-    /// How many rows there are.
+    /// How many rows there are: the primary's status and metrics read it on a period. Counting
+    /// the application's table is the source's business: [`SqlTable`](crate::storage::sql::SqlTable)
+    /// runs `COUNT(*)` on it, a scan of the table (the framework keeps counts as rows change for
+    /// its own tables only: it adds no trigger to a table it does not own).
     async fn count(&self) -> Result<u64, StoreError>;
 
     /// Writes a copy received from the primary (its row and generation) unless the copy held

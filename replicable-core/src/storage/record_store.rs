@@ -55,6 +55,7 @@ pub trait RecordStore: Send + Sync + std::fmt::Debug {
         limit: usize,
     ) -> Result<Vec<i64>, StoreError>;
 
-    /// How many records there are.
+    /// How many records there are (the primary's status). A SQL store keeps the count of its
+    /// catalogue as rows change, so reading it costs the same at any size.
     async fn count(&self, name: &str) -> Result<u64, StoreError>;
 }

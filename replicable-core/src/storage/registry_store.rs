@@ -168,7 +168,8 @@ pub trait RegistryStore: Send + Sync + std::fmt::Debug {
         limit: usize,
     ) -> Result<Vec<i64>, StoreError>;
 
-    /// Counts by state.
+    /// Counts by state. Status and metrics read them on a period: a SQL store keeps them as the
+    /// rows change (in the same transaction), so reading them costs the same at any size.
     async fn counts(&self, name: &str) -> Result<RegistryCounts, StoreError>;
 
     /// Rows passing `filter` with an id greater than `after_id` (all when `None`), ascending by
@@ -196,7 +197,8 @@ pub trait RegistryStore: Send + Sync + std::fmt::Debug {
     async fn reverify_many(&self, name: &str, model_ids: &[i64]) -> Result<u64, StoreError>;
 
     /// The sync queue's depth: rows pending plus failed rows whose retry is due (on the store's
-    /// clock; `now` is used only by a store without a clock of its own).
+    /// clock; `now` is used only by a store without a clock of its own). A SQL store takes the
+    /// pending rows from its kept counts and counts the due failed rows through their index.
     async fn queue_depth(&self, name: &str, now: DateTime<Utc>) -> Result<u64, StoreError>;
 
     /// Creates (or migrates) the tables of replicable `name` where the store has tables per

@@ -87,7 +87,8 @@ pub trait VerificationStore: Send + Sync + std::fmt::Debug {
     /// Removes a row. Returns whether it existed.
     async fn delete(&self, name: &str, model_id: i64) -> Result<bool, StoreError>;
 
-    /// Counts by state.
+    /// Counts by state. A SQL store keeps them as the rows change, so reading them costs the
+    /// same at any size.
     async fn counts(&self, name: &str) -> Result<VerificationCounts, StoreError>;
 
     /// Sends up to `limit` rows whose verification succeeded before `verified_before` back to

@@ -26,8 +26,8 @@ use crate::domain::retry::RetryPolicy;
 use crate::domain::verification::{VerificationRecord, VerificationState};
 use crate::storage::memory::MemoryStore;
 use crate::storage::{
-    Backend, EventLog, Publication, RecordStore, RegistryStore, SecondaryStatusRow, StoredRecord,
-    VerificationStore,
+    Backend, EventLog, Publication, RecordStore, RegistryCounts, RegistryFilter, RegistryStore,
+    SecondaryStatusRow, StoredRecord, VerificationCounts, VerificationStore,
 };
 
 /// A database under test.
@@ -1403,6 +1403,297 @@ pub async fn publishing_writes_record_verification_and_event_together(
     );
 }
 
+/// The counts every backend must report, recounted row by row: the registry's from a listing
+/// of every row (with the queue depth at `now`), the verification rows' from the ids below
+/// 100, the records' from their ids.
+async fn recount(db: &Db, now: DateTime<Utc>) -> (RegistryCounts, u64, VerificationCounts, u64) {
+    let rows = db
+        .registry
+        .list(NAME, RegistryFilter::default(), None, usize::MAX)
+        .await
+        .unwrap();
+    let mut r = RegistryCounts::default();
+    let mut queue = 0;
+    for row in &rows {
+        r.registry += 1;
+        let v = row.verification.verification_state;
+        match row.state {
+            SyncState::Pending => r.pending += 1,
+            SyncState::Started => r.started += 1,
+            SyncState::Synced => r.synced += 1,
+            SyncState::Failed => r.failed += 1,
+        }
+        if row.state == SyncState::Synced && v != VerificationState::Disabled {
+            r.verification_total += 1;
+        }
+        match v {
+            VerificationState::Succeeded => r.verified += 1,
+            VerificationState::Failed => r.verification_failed += 1,
+            _ => {}
+        }
+        if row.verification.checksum_mismatch {
+            r.checksum_mismatch += 1;
+        }
+        if row.state == SyncState::Pending
+            || (row.state == SyncState::Failed && row.retry_at.is_none_or(|at| at <= now))
+        {
+            queue += 1;
+        }
+    }
+    let mut v = VerificationCounts::default();
+    for id in 0..100 {
+        if let Some(row) = db.verification.get(NAME, id).await.unwrap() {
+            v.total += 1;
+            match row.verification.verification_state {
+                VerificationState::Succeeded => v.succeeded += 1,
+                VerificationState::Failed => v.failed += 1,
+                _ => {}
+            }
+        }
+    }
+    let records = db
+        .records
+        .ids(NAME, i64::MIN..i64::MAX, usize::MAX)
+        .await
+        .unwrap()
+        .len() as u64;
+    (r, queue, v, records)
+}
+
+/// The counts the stores report equal a recount of the rows ([`recount`]).
+#[track_caller]
+fn assert_counts_exact(
+    step: &str,
+    reported: (RegistryCounts, u64, VerificationCounts, u64),
+    recounted: (RegistryCounts, u64, VerificationCounts, u64),
+) {
+    assert_eq!(reported, recounted, "after {step}: reported vs recounted");
+}
+
+async fn counts_exact(db: &Db, step: &str, now: DateTime<Utc>) {
+    let reported = (
+        db.registry.counts(NAME).await.unwrap(),
+        db.registry.queue_depth(NAME, now).await.unwrap(),
+        db.verification.counts(NAME).await.unwrap(),
+        db.records.count(NAME).await.unwrap(),
+    );
+    assert_counts_exact(step, reported, recount(db, now).await);
+}
+
+/// The counts of status and metrics (registry counts, queue depth, verification counts, record
+/// count) equal a recount of the rows after every kind of change: inserts, claims, every sync
+/// and verification outcome (checksum mismatch included), resync and re-verification in
+/// batches, stale updates, heartbeats, deletes, publishes.
+pub async fn counts_stay_exact_through_every_transition(target: &dyn ConformanceTarget) {
+    let db = open(target).await;
+    let policy = RetryPolicy::default();
+    // Retry times an hour from the store's clock either way: due or not, whichever clock the
+    // store measures the queue on.
+    let now = store_now(&db).await;
+    let hour = secs(3600);
+    counts_exact(&db, "nothing", now).await;
+
+    db.registry
+        .insert_pending(NAME, &(1..=12).collect::<Vec<_>>(), now)
+        .await
+        .unwrap();
+    db.registry
+        .insert_pending(NAME, &[11, 12, 13], now)
+        .await
+        .unwrap();
+    db.registry.mark_pending(NAME, 14, now).await.unwrap();
+    db.registry.mark_changed(NAME, 15, now, now).await.unwrap();
+    counts_exact(&db, "inserts", now).await;
+
+    let mut claimed = db.registry.claim_for_sync(NAME, now, 7).await.unwrap();
+    assert_eq!(claimed.len(), 7);
+    counts_exact(&db, "a sync claim", now).await;
+
+    // Outcomes: synced with verification pending (two), synced waiting for the primary's
+    // checksum, failed and due, failed not due, overtaken (back to pending); one left running.
+    let outcomes = claimed.drain(..6).collect::<Vec<_>>();
+    let mut synced = Vec::new();
+    for (i, mut row) in outcomes.into_iter().enumerate() {
+        match i {
+            0 | 1 => row.mark_synced(Some(1), true).unwrap(),
+            2 => row.mark_synced(Some(1), false).unwrap(),
+            3 => {
+                row.mark_failed(&SyncFailure::new("x"), now, &policy, 0)
+                    .unwrap();
+                row.retry_at = Some(now - hour);
+            }
+            4 => {
+                row.mark_failed(&SyncFailure::missing_on_primary("gone"), now, &policy, 0)
+                    .unwrap();
+                row.retry_at = Some(now + hour);
+            }
+            _ => row.requeue().unwrap(),
+        }
+        assert!(db.registry.update(NAME, &row).await.unwrap());
+        if i < 3 {
+            synced.push(row.model_id);
+        }
+        counts_exact(&db, &format!("sync outcome {i}"), now).await;
+    }
+    // A change while a sync runs keeps the row started.
+    let running = claimed.remove(0);
+    db.registry
+        .mark_pending(NAME, running.model_id, now)
+        .await
+        .unwrap();
+    counts_exact(&db, "a change of a running sync", now).await;
+    // A stale update and a heartbeat change nothing counted.
+    assert!(!db.registry.update(NAME, &running).await.unwrap());
+    db.registry
+        .heartbeat(NAME, running.model_id, running.version + 1, now)
+        .await
+        .unwrap();
+    counts_exact(&db, "a stale update and a heartbeat", now).await;
+
+    // Verification of the copies: one succeeds, one mismatches.
+    let mut checking = db
+        .registry
+        .claim_for_verification(NAME, now, 10)
+        .await
+        .unwrap();
+    assert_eq!(checking.len(), 2);
+    counts_exact(&db, "a verification claim", now).await;
+    checking[0]
+        .verification
+        .succeed("ab".repeat(32), now - hour)
+        .unwrap();
+    checking[1]
+        .verification
+        .fail_mismatch("cd".repeat(32), now, &policy, 0)
+        .unwrap();
+    for row in &checking {
+        assert!(db.registry.update(NAME, row).await.unwrap());
+    }
+    counts_exact(&db, "a verified copy and a mismatch", now).await;
+    // The copy waiting for the primary's checksum gets one; re-verification in batches.
+    assert_eq!(
+        db.registry
+            .enable_verification(NAME, &synced)
+            .await
+            .unwrap(),
+        1
+    );
+    counts_exact(&db, "verification enabled", now).await;
+    assert_eq!(db.registry.reverify_many(NAME, &synced).await.unwrap(), 2);
+    counts_exact(&db, "a batch re-verification", now).await;
+    let mut again = db
+        .registry
+        .claim_for_verification(NAME, now, 10)
+        .await
+        .unwrap();
+    for row in &mut again {
+        row.verification
+            .succeed("ab".repeat(32), now - hour)
+            .unwrap();
+        assert!(db.registry.update(NAME, row).await.unwrap());
+    }
+    counts_exact(&db, "every copy verified", now).await;
+    assert_eq!(
+        db.registry.reverify_older_than(NAME, now, 2).await.unwrap(),
+        2
+    );
+    counts_exact(&db, "re-verification of old checksums", now).await;
+
+    // An operator's resync of everything, in batches; deletes.
+    let all: Vec<i64> = (1..=15).collect();
+    for batch in all.chunks(4) {
+        db.registry.resync_many(NAME, batch).await.unwrap();
+        counts_exact(&db, "a resync batch", now).await;
+    }
+    assert!(db.registry.delete(NAME, 1).await.unwrap());
+    assert!(!db.registry.delete(NAME, 1).await.unwrap());
+    assert!(db.registry.delete(NAME, running.model_id).await.unwrap());
+    counts_exact(&db, "deletes", now).await;
+    for id in all {
+        db.registry.delete(NAME, id).await.unwrap();
+    }
+    counts_exact(&db, "every registry row deleted", now).await;
+
+    // The primary's side: verification rows and the catalogue.
+    for id in 1..=5 {
+        db.verification.mark_pending(NAME, id).await.unwrap();
+    }
+    counts_exact(&db, "verification rows", now).await;
+    let mut v = db.verification.claim(NAME, now, 3).await.unwrap();
+    v[0].verification
+        .succeed("ab".repeat(32), now - hour)
+        .unwrap();
+    v[1].verification.fail("boom", now, &policy, 0).unwrap();
+    v[2].verification.succeed("ab".repeat(32), now).unwrap();
+    for row in &v {
+        assert!(db.verification.update(NAME, row).await.unwrap());
+    }
+    counts_exact(&db, "checksums", now).await;
+    db.verification
+        .mark_pending(NAME, v[2].model_id)
+        .await
+        .unwrap();
+    db.verification
+        .reverify_older_than(NAME, now - secs(60), 10)
+        .await
+        .unwrap();
+    counts_exact(&db, "checksums sent back to pending", now).await;
+    for id in 10..=12 {
+        db.records
+            .upsert(NAME, id, &serde_json::json!({ "id": id }))
+            .await
+            .unwrap();
+    }
+    db.records
+        .upsert(NAME, 10, &serde_json::json!({ "id": 10, "v": 2 }))
+        .await
+        .unwrap();
+    let copy = |id, generation| StoredRecord {
+        model_id: id,
+        generation,
+        body: serde_json::json!({ "id": id }),
+    };
+    assert!(
+        db.records
+            .put_unless_older(NAME, &copy(13, 4))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !db.records
+            .put_unless_older(NAME, &copy(10, 1))
+            .await
+            .unwrap()
+    );
+    counts_exact(&db, "records", now).await;
+    assert_eq!(db.verification.backfill_missing(NAME, 2).await.unwrap(), 2);
+    assert_eq!(
+        db.verification
+            .insert_missing(NAME, &[1, 13, 20])
+            .await
+            .unwrap(),
+        2
+    );
+    counts_exact(&db, "verification backfill", now).await;
+    assert!(db.records.delete(NAME, 11).await.unwrap());
+    assert!(!db.records.delete(NAME, 99).await.unwrap());
+    assert!(db.verification.delete(NAME, 2).await.unwrap());
+    counts_exact(&db, "record and verification deletes", now).await;
+    db.events
+        .publish(&publication(30, EventKind::Created, true, "a"), now)
+        .await
+        .unwrap();
+    db.events
+        .publish(&publication(30, EventKind::Updated, true, "b"), now)
+        .await
+        .unwrap();
+    db.events
+        .publish(&publication(10, EventKind::Deleted, true, ""), now)
+        .await
+        .unwrap();
+    counts_exact(&db, "publishes", now).await;
+}
+
 /// Expands into one `#[test]` per storage conformance check, in a module named `$module`.
 /// `$make` is an async closure returning `Option<impl ConformanceTarget>`; `None` skips (a lane
 /// whose server is not available; the lane's own setup decides whether that is an error).
@@ -1432,6 +1723,7 @@ macro_rules! storage_conformance_suite {
             a_failed_verification_sent_back_to_pending_keeps_its_retry_count,
             publishing_writes_record_verification_and_event_together,
             secondary_status_persists_and_consumed_events_are_deleted,
+            counts_stay_exact_through_every_transition,
         );
     };
     (@module $module:ident, $make:expr, $($check:ident),* $(,)?) => {

@@ -11,6 +11,7 @@
 //! secondary writes) one replicable's records in the application's table, and
 //! [`AppConnection`] lets a publication be written in the application's transaction.
 
+mod counts;
 mod event_log;
 mod in_transaction;
 mod records;
@@ -579,8 +580,10 @@ impl SqlStore {
                 reason: format!("`{name}` is not a valid replicable name"),
             });
         }
+        let dialect = self.dialect;
+        let qualifier = self.framework_prefix();
         self.migrate(&replicable_component(name), REPLICABLE_VERSION, |from| {
-            replicable_migrations(name, from)
+            replicable_migrations(dialect, name, &qualifier, from, REPLICABLE_VERSION)
         })
         .await?;
         let verification_columns = "verification_state, verification_checksum, verified_at, \

@@ -16,7 +16,6 @@ use super::{SqlStore, micros, opt_micros};
 use crate::domain::error::StoreError;
 use crate::domain::event::{EventId, SkippedEvent};
 use crate::domain::registry::{RegistryRecord, StuckCutoffs, SyncState};
-use crate::domain::verification::VerificationState;
 use crate::storage::{RegistryCounts, RegistryFilter, RegistryStore};
 
 /// Rows per multi-row insert of pending registry rows.
@@ -392,43 +391,21 @@ impl RegistryStore for SqlStore {
         let Some(t) = self.existing_tables(name).await? else {
             return Ok(RegistryCounts::default());
         };
-        let sql = format!(
-            "SELECT state, verification_state, checksum_mismatch, COUNT(*) AS n \
-             FROM {}_registry GROUP BY state, verification_state, checksum_mismatch",
-            t.name
-        );
-        let rows = sqlx::query(AssertSqlSafe(sql))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(self.backend("count registry rows"))?;
-        let mut c = RegistryCounts::default();
-        for row in &rows {
-            let state = SyncState::from_value(self.get(row, "state")?);
-            let verification = VerificationState::from_value(self.get(row, "verification_state")?);
-            let mismatch: i16 = self.get(row, "checksum_mismatch")?;
-            let n = self.get::<i64>(row, "n")?.max(0) as u64;
-            c.registry += n;
-            match state {
-                Some(SyncState::Pending) => c.pending += n,
-                Some(SyncState::Started) => c.started += n,
-                Some(SyncState::Synced) => c.synced += n,
-                Some(SyncState::Failed) => c.failed += n,
-                None => {}
-            }
-            if state == Some(SyncState::Synced) && verification != Some(VerificationState::Disabled)
-            {
-                c.verification_total += n;
-            }
-            match verification {
-                Some(VerificationState::Succeeded) => c.verified += n,
-                Some(VerificationState::Failed) => c.verification_failed += n,
-                _ => {}
-            }
-            if mismatch != 0 {
-                c.checksum_mismatch += n;
-            }
-        }
-        Ok(c)
+        // Kept by triggers as the rows change (`counts.rs`): a few rows to sum, whatever the
+        // registry's size.
+        let row = self.counters(&t).await?;
+        let c = |column: &str| self.counter(&row, column);
+        Ok(RegistryCounts {
+            registry: c("registry_rows")?,
+            pending: c("registry_pending")?,
+            started: c("registry_started")?,
+            synced: c("registry_synced")?,
+            failed: c("registry_failed")?,
+            verification_total: c("registry_verification_total")?,
+            verified: c("registry_verified")?,
+            verification_failed: c("registry_verification_failed")?,
+            checksum_mismatch: c("registry_checksum_mismatch")?,
+        })
     }
 
     async fn now(&self, local_now: DateTime<Utc>) -> Result<DateTime<Utc>, StoreError> {
@@ -507,17 +484,22 @@ impl RegistryStore for SqlStore {
         let Some(t) = self.existing_tables(name).await? else {
             return Ok(0);
         };
+        // Pending rows from the kept counts; failed rows whose retry is due through the index
+        // of failed rows (`<name>_registry_failures`): failed rows are few, and their due-ness
+        // depends on the time, which no count kept in advance can know.
+        let n = &t.name;
         let sql = format!(
-            "SELECT COUNT(*) AS n FROM {}_registry \
-             WHERE state = 0 OR (state = 3 AND (retry_at IS NULL OR retry_at <= {}))",
-            t.name,
+            "SELECT (SELECT CAST(COALESCE(SUM(registry_pending), 0) AS BIGINT) FROM {n}_counts) \
+               AS pending, \
+             (SELECT COUNT(*) FROM {n}_registry \
+               WHERE state = 3 AND (retry_at IS NULL OR retry_at <= {})) AS due",
             self.dialect.now_micros()
         );
         let row = sqlx::query(AssertSqlSafe(sql))
             .fetch_one(&self.pool)
             .await
             .map_err(self.backend("count the sync queue"))?;
-        Ok(self.get::<i64>(&row, "n")?.max(0) as u64)
+        Ok(self.counter(&row, "pending")? + self.counter(&row, "due")?)
     }
 
     async fn create_tables(&self, name: &str) -> Result<(), StoreError> {

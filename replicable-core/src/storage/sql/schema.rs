@@ -1,6 +1,6 @@
 //! The schema the framework manages: versioned migrations of the shared tables, and the tables
 //! of each replicable (`<name>_registry`, `<name>_verification`, `<name>_records`,
-//! `<name>_generations`), created on
+//! `<name>_generations`, `<name>_counts`), created on
 //! first write, by `RegistryStore::create_tables` (the engine, for its list), or at open for the
 //! names in `SqlOptions::replicables`.
 
@@ -10,7 +10,7 @@ use super::Dialect;
 pub const CORE_VERSION: i64 = 3;
 
 /// The newest version of a replicable's tables this build knows.
-pub const REPLICABLE_VERSION: i64 = 4;
+pub const REPLICABLE_VERSION: i64 = 5;
 
 /// The component name of the shared tables in `replicable_schema`.
 pub const CORE_COMPONENT: &str = "core";
@@ -86,11 +86,21 @@ pub fn core_migrations(dialect: Dialect, from: i64) -> Vec<String> {
     steps
 }
 
-/// The statements that bring replicable `name`'s tables from `from` to [`REPLICABLE_VERSION`].
-/// `name` must have passed [`valid_name`].
-pub fn replicable_migrations(name: &str, from: i64) -> Vec<String> {
+/// The statements that bring replicable `name`'s tables from version `from` to version `to`
+/// ([`REPLICABLE_VERSION`] when a store opens them; an older `to` builds the tables an earlier
+/// release made, for upgrade tests). `name` must have passed [`valid_name`]. `qualifier`
+/// qualifies the framework's tables inside PostgreSQL trigger functions: `"schema."` when the
+/// store keeps its tables in a schema of its own (`SqlOptions::schema`), else empty.
+pub fn replicable_migrations(
+    dialect: Dialect,
+    name: &str,
+    qualifier: &str,
+    from: i64,
+    to: i64,
+) -> Vec<String> {
     let mut steps = Vec::new();
-    if from < 1 {
+    let step = |version: i64| from < version && version <= to;
+    if step(1) {
         let verification_columns = "verification_state SMALLINT NOT NULL DEFAULT 0, \
              verification_checksum TEXT, \
              verified_at BIGINT, \
@@ -152,21 +162,21 @@ pub fn replicable_migrations(name: &str, from: i64) -> Vec<String> {
              body TEXT NOT NULL)"
         ));
     }
-    if from < 2 {
+    if step(2) {
         // A change (or a resync, or a deletion) that arrived while the row's sync was running:
         // the sync in flight may not make its copy visible, and the row goes pending after it.
         steps.push(format!(
             "ALTER TABLE {name}_registry ADD COLUMN change_pending SMALLINT NOT NULL DEFAULT 0"
         ));
     }
-    if from < 3 {
+    if step(3) {
         // When the primary published the oldest change the copy does not hold (microseconds),
         // for the replication lag.
         steps.push(format!(
             "ALTER TABLE {name}_registry ADD COLUMN changed_at BIGINT"
         ));
     }
-    if from < 4 {
+    if step(4) {
         // The generation of each record read from (or copied into) a user's own table
         // (`SqlTable`): the primary's publish bumps it in the application's transaction, a
         // secondary's copy notes the generation it holds. A row without one is generation 0.
@@ -175,6 +185,10 @@ pub fn replicable_migrations(name: &str, from: i64) -> Vec<String> {
              {name}_id BIGINT PRIMARY KEY, \
              generation BIGINT NOT NULL)"
         ));
+    }
+    if step(5) {
+        // Counts kept as rows change (status and metrics read them instead of scanning).
+        steps.extend(super::counts::migration(dialect, name, qualifier));
     }
     steps
 }
@@ -211,7 +225,27 @@ mod tests {
     #[test]
     fn migrations_are_empty_when_up_to_date() {
         assert!(core_migrations(Dialect::Sqlite, CORE_VERSION).is_empty());
-        assert!(replicable_migrations("x", REPLICABLE_VERSION).is_empty());
+        for dialect in [Dialect::Sqlite, Dialect::Postgres] {
+            assert!(
+                replicable_migrations(dialect, "x", "", REPLICABLE_VERSION, REPLICABLE_VERSION)
+                    .is_empty()
+            );
+            // Each version's steps, run one after the other, are the steps of all of them.
+            let mut stepwise = Vec::new();
+            for version in 0..REPLICABLE_VERSION {
+                stepwise.extend(replicable_migrations(
+                    dialect,
+                    "x",
+                    "",
+                    version,
+                    version + 1,
+                ));
+            }
+            assert_eq!(
+                stepwise,
+                replicable_migrations(dialect, "x", "", 0, REPLICABLE_VERSION)
+            );
+        }
         assert_eq!(core_migrations(Dialect::Postgres, 0).len(), 6);
     }
 }

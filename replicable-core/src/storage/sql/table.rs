@@ -330,6 +330,8 @@ impl RecordSource for SqlTable {
 
     async fn count(&self) -> Result<u64, StoreError> {
         self.columns().await?;
+        // A scan of the application's table: the framework keeps counts as rows change only
+        // in its own tables (it puts no trigger on a table it does not own).
         let sql = format!("SELECT COUNT(*) AS n FROM {}", self.table);
         let row = sqlx::query(AssertSqlSafe(sql))
             .fetch_one(&self.store.pool)

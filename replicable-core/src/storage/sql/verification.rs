@@ -2,8 +2,8 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use sqlx::AssertSqlSafe;
 use sqlx::any::AnyRow;
-use sqlx::{AssertSqlSafe, Row};
 
 use super::event_log::verification_pending_sql;
 use super::{SqlStore, micros, opt_micros};
@@ -244,28 +244,13 @@ impl VerificationStore for SqlStore {
         let Some(t) = self.existing_tables(name).await? else {
             return Ok(VerificationCounts::default());
         };
-        let sql = format!(
-            "SELECT verification_state, COUNT(*) AS n FROM {}_verification GROUP BY verification_state",
-            t.name
-        );
-        let rows = sqlx::query(AssertSqlSafe(sql))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(self.backend("count verification rows"))?;
-        let mut counts = VerificationCounts::default();
-        for row in &rows {
-            let state: i16 = row
-                .try_get("verification_state")
-                .map_err(|e| self.corrupt(e.to_string()))?;
-            let n = self.get::<i64>(row, "n")?.max(0) as u64;
-            counts.total += n;
-            match VerificationState::from_value(state) {
-                Some(VerificationState::Succeeded) => counts.succeeded += n,
-                Some(VerificationState::Failed) => counts.failed += n,
-                _ => {}
-            }
-        }
-        Ok(counts)
+        // Kept by triggers as the rows change (`counts.rs`).
+        let row = self.counters(&t).await?;
+        Ok(VerificationCounts {
+            total: self.counter(&row, "verification_rows")?,
+            succeeded: self.counter(&row, "verification_succeeded")?,
+            failed: self.counter(&row, "verification_failed")?,
+        })
     }
 
     async fn now(&self, local_now: DateTime<Utc>) -> Result<DateTime<Utc>, StoreError> {
@@ -342,11 +327,15 @@ impl SqlStore {
         verified_before: DateTime<Utc>,
         limit: usize,
     ) -> Result<u64, StoreError> {
+        // The batch is chosen once, in a CTE: as an `IN (subquery)` PostgreSQL may scan the
+        // subquery again for each row, skip the rows the statement itself just changed, and
+        // take more than `limit`.
         let sql = format!(
-            "UPDATE {table} SET verification_state = 0, version = version + 1 \
-             WHERE {name}_id IN (SELECT {name}_id FROM {table} \
+            "WITH batch AS (SELECT {name}_id FROM {table} \
                WHERE verification_state = 2 AND verified_at < $1{extra} \
                ORDER BY verified_at, {name}_id LIMIT $2{}) \
+             UPDATE {table} SET verification_state = 0, version = version + 1 \
+             WHERE {name}_id IN (SELECT {name}_id FROM batch) \
              AND verification_state = 2{extra}",
             self.dialect.skip_locked()
         );
