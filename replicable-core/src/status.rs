@@ -314,8 +314,9 @@ pub async fn event_position(site: &Site) -> Result<EventPosition, ReportError> {
 
 /// The status of `site` for `replicables`: per replicable counts (on a secondary with the
 /// queue depth and the replication switch), the event position, and on a primary its
-/// secondaries (unhealthy after [`DEFAULT_SILENT_AFTER`] without a report). Each count is one
-/// query per table: run it on a period (metrics) or on demand (CLI), not per scrape.
+/// secondaries (unhealthy after [`DEFAULT_SILENT_AFTER`] without a report). The counts are
+/// kept as rows change (SQL stores: a `<name>_counts` table kept by triggers), so a call reads
+/// a few rows per replicable whatever the registry's size; a record source's count is its own.
 pub async fn site_status(
     site: &Site,
     replicables: &[&'static ReplicableDescriptor],
