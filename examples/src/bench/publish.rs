@@ -3,6 +3,10 @@
 //! the same kind of database: the record upserted into a catalogue, its verification row set
 //! pending, the event appended. SQLite runs with the framework's settings (WAL,
 //! `synchronous = FULL`).
+//!
+//! Then the batch publish: 100,000 records published with `Site::publish_created_events` in
+//! batches of 1,000, against plain SQL writing each batch in one transaction with one multi-row
+//! `INSERT` per table (parameters bound per row, as an application would write it).
 
 use std::time::{Duration, Instant};
 
@@ -17,6 +21,15 @@ use crate::geo_demo::sites;
 
 /// Publishes at scale 1.
 pub const EVENTS: u64 = 20_000;
+
+/// Batch-published events at scale 1.
+pub const BATCH_EVENTS: u64 = 100_000;
+
+/// Records per batch publish.
+pub const BATCH: usize = 1_000;
+
+/// What the batch publish must reach on SQLite (issue 11), in events per second.
+const BATCH_TARGET: f64 = 100_000.0;
 
 /// Runs the scenario.
 pub async fn run(bench: &Bench) -> Result<Report, Error> {
@@ -42,8 +55,61 @@ pub async fn run(bench: &Bench) -> Result<Report, Error> {
         }
     }
     report.timings(&[framework, plain]);
-    report.note("batch publish: n/a (the framework has no batch publish API yet)");
+
+    let n = bench.scaled(BATCH_EVENTS, BATCH as u64);
+    let work = Some(Work::Items(n, "events"));
+    let mut batch = Timings::framework(
+        format!("framework publish_created_events, batches of {BATCH}"),
+        work,
+    );
+    let mut plain_batch = Timings::tool(
+        format!("plain SQL, same writes, multi-row INSERTs, batches of {BATCH}"),
+        work,
+    );
+    for rep in 0..bench.settings.reps {
+        for k in 0..2 {
+            if (k + rep) % 2 == 0 {
+                batch.samples.push(framework_batch_run(bench, n).await?);
+            } else {
+                plain_batch.samples.push(plain_batch_run(bench, n).await?);
+            }
+        }
+    }
+    report.timings(&[batch.clone(), plain_batch]);
+    if let Some(median) = batch.median() {
+        let rate = n as f64 / median.as_secs_f64().max(1e-9);
+        report.note(format!(
+            "batch publish: {} events/s at the median of {} batch publishes of {BATCH} ({};              target on SQLite: at least {} events/s)",
+            super::report::thousands(rate),
+            super::report::thousands(n as f64),
+            bench.database_kind(),
+            super::report::thousands(BATCH_TARGET),
+        ));
+    }
     Ok(report)
+}
+
+async fn framework_batch_run(bench: &Bench, n: u64) -> Result<Duration, Error> {
+    let dir = bench.fresh_dir("publish-batch")?;
+    let location = bench.location(&dir, "primary");
+    let primary = sites::open_primary(&location, Timeouts::default()).await?;
+    let records: Vec<_> = (1..=n as i64).map(package_file).collect();
+    let started = Instant::now();
+    for chunk in records.chunks(BATCH) {
+        let ids = primary.publish_created_events(chunk).await?;
+        if ids.len() != chunk.len() {
+            return Err(format!("{} events for {} records", ids.len(), chunk.len()).into());
+        }
+    }
+    let took = started.elapsed();
+    let events = primary.event_log().last_event_id().await?.unwrap_or(0);
+    if events != n as i64 {
+        return Err(format!("{events} events in the log, {n} expected").into());
+    }
+    drop(primary);
+    bench.drop_database(&location).await?;
+    bench.discard(&dir).await?;
+    Ok(took)
 }
 
 async fn framework_run(bench: &Bench, n: u64) -> Result<Duration, Error> {
@@ -126,10 +192,9 @@ fn fastrand_suffix() -> u64 {
         .map_or(0, |d| d.as_nanos() as u64 % 1_000_000_007)
 }
 
-async fn plain_run(bench: &Bench, n: u64) -> Result<Duration, Error> {
-    let dir = bench.fresh_dir("plain-sql")?;
-    let (pool, schema) = plain_pool(bench, &dir).await?;
-    let event_id = if schema.is_some() {
+/// The plain schema: a catalogue, verification rows and an event log, as the framework's.
+async fn plain_tables(pool: &AnyPool, postgres: bool) -> Result<(), Error> {
+    let event_id = if postgres {
         "id BIGSERIAL PRIMARY KEY"
     } else {
         "id INTEGER PRIMARY KEY AUTOINCREMENT"
@@ -146,6 +211,13 @@ async fn plain_run(bench: &Bench, n: u64) -> Result<Duration, Error> {
     ] {
         pool.execute(AssertSqlSafe(ddl)).await?;
     }
+    Ok(())
+}
+
+async fn plain_run(bench: &Bench, n: u64) -> Result<Duration, Error> {
+    let dir = bench.fresh_dir("plain-sql")?;
+    let (pool, schema) = plain_pool(bench, &dir).await?;
+    plain_tables(&pool, schema.is_some()).await?;
     let started = Instant::now();
     for id in 1..=n as i64 {
         let record = package_file(id);
@@ -188,6 +260,106 @@ async fn plain_run(bench: &Bench, n: u64) -> Result<Duration, Error> {
         tx.commit().await?;
     }
     let took = started.elapsed();
+    if let Some(schema) = schema {
+        pool.execute(AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
+            .await?;
+    }
+    pool.close().await;
+    bench.discard(&dir).await?;
+    Ok(took)
+}
+
+/// `($1, $2, ...), (...)`: `rows` groups of `per_row` numbered parameters.
+fn placeholders(rows: usize, per_row: usize) -> String {
+    (0..rows)
+        .map(|r| {
+            let row = (1..=per_row)
+                .map(|c| format!("${}", r * per_row + c))
+                .collect::<Vec<_>>()
+                .join(", ");
+            format!("({row})")
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+async fn plain_batch_run(bench: &Bench, n: u64) -> Result<Duration, Error> {
+    let dir = bench.fresh_dir("plain-sql-batch")?;
+    let (pool, schema) = plain_pool(bench, &dir).await?;
+    plain_tables(&pool, schema.is_some()).await?;
+    let records: Vec<_> = (1..=n as i64).map(package_file).collect();
+    let started = Instant::now();
+    for chunk in records.chunks(BATCH) {
+        let bodies = chunk
+            .iter()
+            .map(serde_json::to_string)
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut tx = pool.begin().await?;
+        // Each row `(id, 1, body)`: a new row's generation is a literal.
+        let values = (0..chunk.len())
+            .map(|r| format!("(${}, 1, ${})", 2 * r + 1, 2 * r + 2))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "INSERT INTO records (id, generation, body) VALUES {values} \
+             ON CONFLICT (id) DO UPDATE SET generation = records.generation + 1, body = excluded.body \
+             RETURNING id, generation"
+        );
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        for (record, body) in chunk.iter().zip(&bodies) {
+            query = query.bind(record.id).bind(body.clone());
+        }
+        let rows = query.fetch_all(&mut *tx).await?;
+        let mut generations = std::collections::HashMap::with_capacity(rows.len());
+        for row in &rows {
+            let id: i64 = sqlx::Row::try_get(row, "id")?;
+            let generation: i64 = sqlx::Row::try_get(row, "generation")?;
+            generations.insert(id, generation);
+        }
+        let sql = format!(
+            "INSERT INTO verification (id, verification_state) VALUES {} \
+             ON CONFLICT (id) DO UPDATE SET verification_state = 0, verification_retry_at = NULL, \
+             verification_started_at = NULL, version = verification.version + 1",
+            (1..=chunk.len())
+                .map(|r| format!("(${r}, 0)"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        for record in chunk {
+            query = query.bind(record.id);
+        }
+        query.execute(&mut *tx).await?;
+        let sql = format!(
+            "INSERT INTO events (replicable_name, event_name, payload, created_at) VALUES {}",
+            placeholders(chunk.len(), 4)
+        );
+        let at = chrono::Utc::now().timestamp_micros();
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        for (record, body) in chunk.iter().zip(&bodies) {
+            let payload = serde_json::json!({
+                "model_id": record.id,
+                "resource": {"type": "blob", "key": record.file_path},
+                "generation": generations.get(&record.id).copied().unwrap_or(1),
+                "record": serde_json::from_str::<serde_json::Value>(body)?,
+            })
+            .to_string();
+            query = query
+                .bind("package_file")
+                .bind("created")
+                .bind(payload)
+                .bind(at);
+        }
+        query.execute(&mut *tx).await?;
+        tx.commit().await?;
+    }
+    let took = started.elapsed();
+    let events: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM events")
+        .fetch_one(&pool)
+        .await?;
+    if events != n as i64 {
+        return Err(format!("plain SQL: {events} events, {n} expected").into());
+    }
     if let Some(schema) = schema {
         pool.execute(AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
             .await?;

@@ -11,6 +11,7 @@
 //! secondary writes) one replicable's records in the application's table, and
 //! [`AppConnection`] lets a publication be written in the application's transaction.
 
+mod batch;
 mod event_log;
 mod in_transaction;
 mod records;
