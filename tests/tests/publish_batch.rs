@@ -547,3 +547,198 @@ fn a_verification_pass_announces_each_checksum_on_postgres() {
         a_verification_pass_announces_each_checksum(target.open().await).await;
     });
 }
+
+// ---- a batch of rows in the application's own table, on its typed connection ----
+
+mod own_table {
+    use replicable_examples::own_database::{App, Location, Note, primary_site};
+
+    use super::*;
+
+    fn note(id: i64, title: &str) -> Note {
+        Note {
+            id,
+            title: format!("{title} {id}"),
+            body: format!("body of {id}"),
+            pinned: false,
+        }
+    }
+
+    /// The generation of each note as its events carry it, after `after`.
+    async fn generations(site: &Site, after: i64) -> Vec<(String, i64, Option<i64>)> {
+        events_after(site, after)
+            .await
+            .into_iter()
+            .map(|(_, kind, p)| {
+                (
+                    kind,
+                    p["model_id"].as_i64().unwrap(),
+                    p["generation"].as_i64(),
+                )
+            })
+            .collect()
+    }
+
+    /// Writes `notes` and publishes them in one transaction of the application's typed
+    /// connection, committed or rolled back.
+    macro_rules! write_and_publish {
+        ($pool:expr, $site:expr, $notes:expr, $sql:expr, $publish:ident, $commit:expr) => {{
+            let mut tx = $pool.begin().await.unwrap();
+            for note in $notes {
+                sqlx::query($sql)
+                    .bind(note.id)
+                    .bind(note.title.clone())
+                    .execute(&mut *tx)
+                    .await
+                    .unwrap();
+            }
+            let ids = $site.$publish(&mut *tx, $notes).await.unwrap();
+            if $commit {
+                tx.commit().await.unwrap();
+            } else {
+                tx.rollback().await.unwrap();
+            }
+            ids
+        }};
+    }
+
+    macro_rules! batches_in_the_applications_table {
+        ($pool:expr, $site:expr, $pinned:literal) => {{
+            let site: &Site = $site;
+            let notes: Vec<Note> = (1..=4).map(|id| note(id, "new")).collect();
+            let insert = concat!(
+                "INSERT INTO notes (id, title, body, pinned) VALUES ($1, $2, 'b', ",
+                $pinned,
+                ")"
+            );
+            let ids = write_and_publish!(
+                $pool,
+                site,
+                &notes,
+                insert,
+                publish_created_events_in,
+                false
+            );
+            assert_eq!(ids.len(), 4);
+            assert_eq!(site.event_log().last_event_id().await.unwrap(), None);
+            assert!(site.records().get("note", 1).await.unwrap().is_none());
+
+            let ids =
+                write_and_publish!($pool, site, &notes, insert, publish_created_events_in, true);
+            assert_consecutive(&ids);
+            assert_eq!(
+                generations(site, 0).await,
+                (1..=4)
+                    .map(|id| ("created".to_owned(), id, Some(1)))
+                    .collect::<Vec<_>>()
+            );
+            let stored = site.records().get("note", 2).await.unwrap().unwrap();
+            assert_eq!(
+                (stored.generation, stored.body["title"].clone()),
+                (1, "new 2".into())
+            );
+            assert!(
+                site.verification_store()
+                    .get("note", 2)
+                    .await
+                    .unwrap()
+                    .is_some()
+            );
+
+            let updates: Vec<Note> = [1, 2, 1]
+                .into_iter()
+                .map(|id| note(id, "changed"))
+                .collect();
+            let update = "UPDATE notes SET title = $2 WHERE id = $1";
+            let last = *ids.last().unwrap();
+            let ids = write_and_publish!(
+                $pool,
+                site,
+                &updates,
+                update,
+                publish_updated_events_in,
+                true
+            );
+            assert_consecutive(&ids);
+            assert_eq!(
+                generations(site, last).await,
+                vec![
+                    ("updated".to_owned(), 1, Some(2)),
+                    ("updated".to_owned(), 2, Some(2)),
+                    ("updated".to_owned(), 1, Some(3)),
+                ]
+            );
+
+            let gone: Vec<Note> = (3..=4).map(|id| note(id, "gone")).collect();
+            let delete = "DELETE FROM notes WHERE id = $1 AND title <> $2";
+            let last = *ids.last().unwrap();
+            write_and_publish!($pool, site, &gone, delete, publish_deleted_events_in, true);
+            assert_eq!(
+                generations(site, last).await,
+                vec![
+                    ("deleted".to_owned(), 3, None),
+                    ("deleted".to_owned(), 4, None)
+                ]
+            );
+            assert!(site.records().get("note", 3).await.unwrap().is_none());
+            assert!(
+                site.verification_store()
+                    .get("note", 3)
+                    .await
+                    .unwrap()
+                    .is_none()
+            );
+            // A re-used id goes on from the generation the deleted row had.
+            let again = vec![note(3, "again")];
+            let last = site.event_log().last_event_id().await.unwrap().unwrap();
+            write_and_publish!($pool, site, &again, insert, publish_created_events_in, true);
+            assert_eq!(
+                generations(site, last).await,
+                vec![("created".to_owned(), 3, Some(2))]
+            );
+        }};
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn batches_in_the_applications_table_on_sqlite() {
+        let target = SqliteTarget::new();
+        let location = Location {
+            url: format!("sqlite://{}", target.dir.path().join("app.db").display()),
+            schema: None,
+        };
+        App::open(&location).await.unwrap();
+        let site = primary_site(&location).await.unwrap();
+        let pool = sqlx::SqlitePool::connect(&location.url).await.unwrap();
+        batches_in_the_applications_table!(pool, &site, "0");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn batches_in_the_applications_table_on_postgres() {
+        let Some(target) = PostgresTarget::new() else {
+            return;
+        };
+        let location = Location {
+            url: target.url.clone(),
+            schema: Some(format!("{}_app", target.schema)),
+        };
+        App::open(&location).await.unwrap();
+        let site = primary_site(&location).await.unwrap();
+        let schema = location.schema.clone().unwrap();
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .after_connect(move |conn, _| {
+                let schema = schema.clone();
+                Box::pin(async move {
+                    sqlx::Executor::execute(
+                        conn,
+                        sqlx::AssertSqlSafe(format!("SET search_path TO {schema}")),
+                    )
+                    .await
+                    .map(|_| ())
+                })
+            })
+            .connect(&location.url)
+            .await
+            .unwrap();
+        batches_in_the_applications_table!(pool, &site, "false");
+    }
+}

@@ -58,30 +58,41 @@ pub async fn run(bench: &Bench) -> Result<Report, Error> {
 
     let n = bench.scaled(BATCH_EVENTS, BATCH as u64);
     let work = Some(Work::Items(n, "events"));
+    let size = super::report::thousands(BATCH as f64);
     let mut batch = Timings::framework(
-        format!("framework publish_created_events, batches of {BATCH}"),
+        format!("framework publish_created_events, batches of {size}"),
         work,
     );
     let mut plain_batch = Timings::tool(
-        format!("plain SQL, same writes, multi-row INSERTs, batches of {BATCH}"),
+        format!("plain SQL, same writes, multi-row INSERT per table, batches of {size}"),
+        work,
+    );
+    let mut plain_json = Timings::tool(
+        "plain SQL, the framework's statements (rows as one JSON parameter)",
         work,
     );
     for rep in 0..bench.settings.reps {
-        for k in 0..2 {
-            if (k + rep) % 2 == 0 {
-                batch.samples.push(framework_batch_run(bench, n).await?);
-            } else {
-                plain_batch.samples.push(plain_batch_run(bench, n).await?);
+        for k in 0..3 {
+            match (k + rep) % 3 {
+                0 => batch.samples.push(framework_batch_run(bench, n).await?),
+                1 => plain_batch
+                    .samples
+                    .push(plain_batch_run(bench, n, Statements::Bound).await?),
+                _ => plain_json
+                    .samples
+                    .push(plain_batch_run(bench, n, Statements::Json).await?),
             }
         }
     }
-    report.timings(&[batch.clone(), plain_batch]);
+    report.timings(&[batch.clone(), plain_batch, plain_json]);
     if let Some(median) = batch.median() {
         let rate = n as f64 / median.as_secs_f64().max(1e-9);
         report.note(format!(
-            "batch publish: {} events/s at the median of {} batch publishes of {BATCH} ({};              target on SQLite: at least {} events/s)",
+            "batch publish: {} events/s at the median ({} events in batches of {}, {}); \
+             the target on SQLite is at least {} events/s",
             super::report::thousands(rate),
             super::report::thousands(n as f64),
+            super::report::thousands(BATCH as f64),
             bench.database_kind(),
             super::report::thousands(BATCH_TARGET),
         ));
@@ -283,10 +294,32 @@ fn placeholders(rows: usize, per_row: usize) -> String {
         .join(", ")
 }
 
-async fn plain_batch_run(bench: &Bench, n: u64) -> Result<Duration, Error> {
+/// How the plain batch writes its rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Statements {
+    /// `VALUES ($1, $2), ($3, $4), ...`: parameters bound per row, as an application writes it.
+    Bound,
+    /// The rows as one JSON parameter the engine expands: the statements the framework sends.
+    Json,
+}
+
+/// `$1` as rows `(key, value)`: an array of numbers or strings (`key` the position), or an
+/// object (`key` the label), each value plain text.
+fn json_rows(postgres: bool, object: bool) -> &'static str {
+    match (postgres, object) {
+        (false, _) => "json_each($1)",
+        (true, false) => {
+            "json_array_elements_text(CAST($1 AS json)) WITH ORDINALITY AS j(value, key)"
+        }
+        (true, true) => "json_each_text(CAST($1 AS json)) AS j(key, value)",
+    }
+}
+
+async fn plain_batch_run(bench: &Bench, n: u64, statements: Statements) -> Result<Duration, Error> {
     let dir = bench.fresh_dir("plain-sql-batch")?;
     let (pool, schema) = plain_pool(bench, &dir).await?;
-    plain_tables(&pool, schema.is_some()).await?;
+    let postgres = schema.is_some();
+    plain_tables(&pool, postgres).await?;
     let records: Vec<_> = (1..=n as i64).map(package_file).collect();
     let started = Instant::now();
     for chunk in records.chunks(BATCH) {
@@ -295,20 +328,38 @@ async fn plain_batch_run(bench: &Bench, n: u64) -> Result<Duration, Error> {
             .map(serde_json::to_string)
             .collect::<Result<Vec<_>, _>>()?;
         let mut tx = pool.begin().await?;
-        // Each row `(id, 1, body)`: a new row's generation is a literal.
-        let values = (0..chunk.len())
-            .map(|r| format!("(${}, 1, ${})", 2 * r + 1, 2 * r + 2))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let sql = format!(
-            "INSERT INTO records (id, generation, body) VALUES {values} \
-             ON CONFLICT (id) DO UPDATE SET generation = records.generation + 1, body = excluded.body \
-             RETURNING id, generation"
-        );
-        let mut query = sqlx::query(AssertSqlSafe(sql));
-        for (record, body) in chunk.iter().zip(&bodies) {
-            query = query.bind(record.id).bind(body.clone());
-        }
+        let upsert = "ON CONFLICT (id) DO UPDATE SET generation = r.generation + 1, \
+                      body = excluded.body RETURNING id, generation";
+        let query = match statements {
+            Statements::Bound => {
+                // Each row `(id, 1, body)`: a new row's generation is a literal.
+                let values = (0..chunk.len())
+                    .map(|r| format!("(${}, 1, ${})", 2 * r + 1, 2 * r + 2))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let sql = format!(
+                    "INSERT INTO records AS r (id, generation, body) VALUES {values} {upsert}"
+                );
+                let mut query = sqlx::query(AssertSqlSafe(sql));
+                for (record, body) in chunk.iter().zip(&bodies) {
+                    query = query.bind(record.id).bind(body.clone());
+                }
+                query
+            }
+            Statements::Json => {
+                let rows: serde_json::Map<String, serde_json::Value> = chunk
+                    .iter()
+                    .zip(&bodies)
+                    .map(|(r, body)| (r.id.to_string(), body.clone().into()))
+                    .collect();
+                let sql = format!(
+                    "INSERT INTO records AS r (id, generation, body) \
+                     SELECT CAST(key AS BIGINT), 1, value FROM {} WHERE true {upsert}",
+                    json_rows(postgres, true)
+                );
+                sqlx::query(AssertSqlSafe(sql)).bind(serde_json::to_string(&rows)?)
+            }
+        };
         let rows = query.fetch_all(&mut *tx).await?;
         let mut generations = std::collections::HashMap::with_capacity(rows.len());
         for row in &rows {
@@ -316,26 +367,37 @@ async fn plain_batch_run(bench: &Bench, n: u64) -> Result<Duration, Error> {
             let generation: i64 = sqlx::Row::try_get(row, "generation")?;
             generations.insert(id, generation);
         }
-        let sql = format!(
-            "INSERT INTO verification (id, verification_state) VALUES {} \
-             ON CONFLICT (id) DO UPDATE SET verification_state = 0, verification_retry_at = NULL, \
-             verification_started_at = NULL, version = verification.version + 1",
-            (1..=chunk.len())
-                .map(|r| format!("(${r}, 0)"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-        let mut query = sqlx::query(AssertSqlSafe(sql));
-        for record in chunk {
-            query = query.bind(record.id);
-        }
+        let pending = "ON CONFLICT (id) DO UPDATE SET verification_state = 0, \
+                       verification_retry_at = NULL, verification_started_at = NULL, \
+                       version = v.version + 1";
+        let query = match statements {
+            Statements::Bound => {
+                let values = (1..=chunk.len())
+                    .map(|r| format!("(${r}, 0)"))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let sql = format!(
+                    "INSERT INTO verification AS v (id, verification_state) VALUES {values} {pending}"
+                );
+                let mut query = sqlx::query(AssertSqlSafe(sql));
+                for record in chunk {
+                    query = query.bind(record.id);
+                }
+                query
+            }
+            Statements::Json => {
+                let ids: Vec<i64> = chunk.iter().map(|r| r.id).collect();
+                let sql = format!(
+                    "INSERT INTO verification AS v (id, verification_state) \
+                     SELECT CAST(value AS BIGINT), 0 FROM {} WHERE true {pending}",
+                    json_rows(postgres, false)
+                );
+                sqlx::query(AssertSqlSafe(sql)).bind(serde_json::to_string(&ids)?)
+            }
+        };
         query.execute(&mut *tx).await?;
-        let sql = format!(
-            "INSERT INTO events (replicable_name, event_name, payload, created_at) VALUES {}",
-            placeholders(chunk.len(), 4)
-        );
         let at = chrono::Utc::now().timestamp_micros();
-        let mut query = sqlx::query(AssertSqlSafe(sql));
+        let mut payloads = Vec::with_capacity(chunk.len());
         for (record, body) in chunk.iter().zip(&bodies) {
             let payload = serde_json::json!({
                 "model_id": record.id,
@@ -344,12 +406,38 @@ async fn plain_batch_run(bench: &Bench, n: u64) -> Result<Duration, Error> {
                 "record": serde_json::from_str::<serde_json::Value>(body)?,
             })
             .to_string();
-            query = query
-                .bind("package_file")
-                .bind("created")
-                .bind(payload)
-                .bind(at);
+            payloads.push(payload);
         }
+        let query = match statements {
+            Statements::Bound => {
+                let sql = format!(
+                    "INSERT INTO events (replicable_name, event_name, payload, created_at) VALUES {}",
+                    placeholders(chunk.len(), 4)
+                );
+                let mut query = sqlx::query(AssertSqlSafe(sql));
+                for payload in payloads {
+                    query = query
+                        .bind("package_file")
+                        .bind("created")
+                        .bind(payload)
+                        .bind(at);
+                }
+                query
+            }
+            Statements::Json => {
+                let sql = format!(
+                    "INSERT INTO events (replicable_name, event_name, payload, created_at) \
+                     SELECT CAST($2 AS TEXT), CAST($3 AS TEXT), value, CAST($4 AS BIGINT) \
+                     FROM {} ORDER BY key",
+                    json_rows(postgres, false)
+                );
+                sqlx::query(AssertSqlSafe(sql))
+                    .bind(serde_json::to_string(&payloads)?)
+                    .bind("package_file")
+                    .bind("created")
+                    .bind(at)
+            }
+        };
         query.execute(&mut *tx).await?;
         tx.commit().await?;
     }

@@ -19,9 +19,9 @@ pub(super) const APPEND_CHUNK: usize = 5_000;
 
 /// Appends events on one connection inside a transaction the caller commits, under the
 /// append lock on PostgreSQL (taken here, held until commit): `$rows` are
-/// `(replicable_name, event_name, payload JSON)`, in order; `$p` qualifies the table (see
-/// `publish_on!`). Evaluates to `Result<Vec<EventId>, StoreError>`, the ids in the order of
-/// the rows.
+/// `(replicable_name, event_name, payload JSON)`, in order, written one statement per run of
+/// one replicable and kind (see [`event_runs`]); `$p` qualifies the table (see `publish_on!`).
+/// Evaluates to `Result<Vec<EventId>, StoreError>`, the ids in the order of the rows.
 macro_rules! append_on {
     ($store:expr, $conn:expr, $p:expr, $rows:expr, $now:expr) => {{
         async {
@@ -41,9 +41,17 @@ macro_rules! append_on {
             }
             let sql = append_rows_sql(store.dialect, $p);
             let at = micros($now);
-            for chunk in rows.chunks(APPEND_CHUNK) {
-                let batch = serde_json::to_string(chunk).map_err(|e| serialize_error(store, e))?;
-                let query = sqlx::query(AssertSqlSafe(sql.clone())).bind(batch).bind(at);
+            for run in event_runs(rows) {
+                let chunk = &rows[run];
+                let (name, kind) = (chunk[0].0, chunk[0].1);
+                let payloads: Vec<&str> = chunk.iter().map(|row| row.2.as_str()).collect();
+                let batch =
+                    serde_json::to_string(&payloads).map_err(|e| serialize_error(store, e))?;
+                let query = sqlx::query(AssertSqlSafe(sql.clone()))
+                    .bind(batch)
+                    .bind(name)
+                    .bind(kind)
+                    .bind(at);
                 match store.dialect {
                     Dialect::Sqlite => {
                         query.execute($conn).await.map_err(&err)?;
@@ -85,11 +93,12 @@ macro_rules! append_on {
 pub(super) use append_on;
 
 /// The writes of many [`Publication`]s on one connection inside a transaction the caller
-/// commits (see [`EventLog::publish_batch`](crate::storage::EventLog::publish_batch)): the store's own or the application's
-/// (`publish_*_events_in`). The record writes go segment by segment (see [`batch_segments`]),
-/// each one multi-row statement per table, in order; then every event, under the append lock on
-/// PostgreSQL, taken last as in `publish_on!`. `$tables` holds the tables of every replicable
-/// named. Evaluates to `Result<Vec<Published>, StoreError>`.
+/// commits (see [`EventLog::publish_batch`](crate::storage::EventLog::publish_batch)): the
+/// store's own or the application's (`publish_*_events_in`). The record writes go segment by
+/// segment (see [`batch_segments`]), each one multi-row statement per table, in order; then
+/// every event, under the append lock on PostgreSQL, taken last as in `publish_on!`. `$tables`
+/// holds the tables of every replicable named. Evaluates to
+/// `Result<Vec<Published>, StoreError>`.
 macro_rules! publish_batch_on {
     ($store:expr, $conn:expr, $p:expr, $tables:expr, $publications:expr, $now:expr) => {{
         async {
@@ -177,6 +186,23 @@ macro_rules! publish_batch_on {
 }
 pub(super) use publish_batch_on;
 
+/// Splits events into runs one statement appends: consecutive events of one replicable and
+/// kind (they travel as statement parameters), at most [`APPEND_CHUNK`].
+pub(super) fn event_runs(rows: &[(&str, &str, String)]) -> Vec<Range<usize>> {
+    let mut runs = Vec::new();
+    let mut start = 0;
+    for i in 1..=rows.len() {
+        let ends = i == rows.len()
+            || i - start == APPEND_CHUNK
+            || (rows[i].0, rows[i].1) != (rows[start].0, rows[start].1);
+        if ends {
+            runs.push(start..i);
+            start = i;
+        }
+    }
+    runs
+}
+
 /// Splits a batch into segments that one statement per table can write: consecutive
 /// publications of one replicable, kind and set of flags, at most [`APPEND_CHUNK`], and no
 /// record twice (an upsert may not touch a row twice in one statement on PostgreSQL, and a
@@ -235,23 +261,29 @@ pub(super) fn batch_names(publications: &[Publication]) -> Vec<&str> {
     names
 }
 
-/// `[[id, body], ...]`: the catalogue rows of a segment, each body the JSON text the catalogue
-/// stores.
+/// `{"id": "body", ...}`: the catalogue rows of a segment (no id twice), each body the JSON
+/// text the catalogue stores. An object rather than an array of pairs: the engine reads each
+/// body as a plain string, without parsing a pair again for each of its fields.
 pub(super) fn record_rows(store: &SqlStore, part: &[Publication]) -> Result<String, StoreError> {
-    let rows = part
-        .iter()
-        .map(|publication| {
-            let body = publication
-                .event
-                .payload
-                .record
-                .as_ref()
-                .unwrap_or(&serde_json::Value::Null)
-                .to_string();
-            (publication.event.payload.model_id, body)
-        })
-        .collect::<Vec<_>>();
-    serde_json::to_string(&rows).map_err(|e| serialize_error(store, e))
+    let mut rows = String::with_capacity(part.len() * 128);
+    rows.push('{');
+    for (i, publication) in part.iter().enumerate() {
+        if i > 0 {
+            rows.push(',');
+        }
+        let payload = &publication.event.payload;
+        let body = payload
+            .record
+            .as_ref()
+            .unwrap_or(&serde_json::Value::Null)
+            .to_string();
+        rows.push('"');
+        rows.push_str(&payload.model_id.to_string());
+        rows.push_str("\":");
+        rows.push_str(&serde_json::to_string(&body).map_err(|e| serialize_error(store, e))?);
+    }
+    rows.push('}');
+    Ok(rows)
 }
 
 /// `[id, ...]`: the record ids of a segment.
@@ -289,44 +321,63 @@ pub(super) fn event_rows<'a>(
         .collect()
 }
 
-/// The rows of the JSON array in `$1` as a table with columns `value` (an element) and `key`
-/// (its position). `scalars`: the elements are numbers or strings, read as text on
-/// PostgreSQL; otherwise they are arrays, read with `value ->> i`.
-fn json_rows(d: Dialect, scalars: bool) -> &'static str {
-    match (d, scalars) {
+/// The layout of the JSON parameter `$1` of a statement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Json {
+    /// An array of numbers or strings: rows `(key, value)`, `key` the position, `value` the
+    /// element as a plain value (text, on PostgreSQL).
+    Array,
+    /// An object: rows `(key, value)`, `key` the label, `value` the member as plain text.
+    Object,
+}
+
+/// `$1` as a table, in SQL for `d`.
+fn json_rows(d: Dialect, layout: Json) -> &'static str {
+    match (d, layout) {
         (Dialect::Sqlite, _) => "json_each($1)",
-        (Dialect::Postgres, false) => {
-            "json_array_elements(CAST($1 AS json)) WITH ORDINALITY AS j(value, key)"
-        }
-        (Dialect::Postgres, true) => {
+        (Dialect::Postgres, Json::Array) => {
             "json_array_elements_text(CAST($1 AS json)) WITH ORDINALITY AS j(value, key)"
         }
+        (Dialect::Postgres, Json::Object) => "json_each_text(CAST($1 AS json)) AS j(key, value)",
     }
 }
 
-/// [`upsert_record_sql`](super::event_log::upsert_record_sql) for the rows of [`record_rows`] in `$1`; returns `id, generation`.
-/// (`WHERE true` tells SQLite's parser that `ON CONFLICT` belongs to the insert.)
+/// [`upsert_record_sql`](super::event_log::upsert_record_sql) for the rows of [`record_rows`]
+/// in `$1`; returns `id, generation`. (`WHERE true` tells SQLite's parser that `ON CONFLICT`
+/// belongs to the insert.)
 pub(super) fn upsert_records_batch_sql(d: Dialect, p: &str, n: &str) -> String {
     format!(
-        "INSERT INTO {p}{n}_records AS r ({n}_id, generation, body)          SELECT CAST(value ->> 0 AS BIGINT), 1, value ->> 1 FROM {} WHERE true          ON CONFLICT ({n}_id) DO UPDATE SET generation = r.generation + 1,          body = excluded.body RETURNING {n}_id AS id, generation",
-        json_rows(d, false)
+        "INSERT INTO {p}{n}_records AS r ({n}_id, generation, body) \
+         SELECT CAST(key AS BIGINT), 1, value FROM {} WHERE true \
+         ON CONFLICT ({n}_id) DO UPDATE SET generation = r.generation + 1, \
+         body = excluded.body RETURNING {n}_id AS id, generation",
+        json_rows(d, Json::Object)
     )
 }
 
-/// [`bump_generation_sql`](super::event_log::bump_generation_sql) for the ids of [`id_rows`] in `$1`; returns `id, generation`.
+/// [`bump_generation_sql`](super::event_log::bump_generation_sql) for the ids of [`id_rows`] in
+/// `$1`; returns `id, generation`.
 pub(super) fn bump_generations_batch_sql(d: Dialect, p: &str, n: &str) -> String {
     format!(
-        "INSERT INTO {p}{n}_generations AS g ({n}_id, generation)          SELECT CAST(value AS BIGINT), 1 FROM {} WHERE true          ON CONFLICT ({n}_id) DO UPDATE SET generation = g.generation + 1          RETURNING {n}_id AS id, generation",
-        json_rows(d, true)
+        "INSERT INTO {p}{n}_generations AS g ({n}_id, generation) \
+         SELECT CAST(value AS BIGINT), 1 FROM {} WHERE true \
+         ON CONFLICT ({n}_id) DO UPDATE SET generation = g.generation + 1 \
+         RETURNING {n}_id AS id, generation",
+        json_rows(d, Json::Array)
     )
 }
 
-/// [`verification_pending_sql`](super::event_log::verification_pending_sql) for the ids of [`id_rows`] in `$1` (`$2 = 1` keeps succeeded
-/// checksums).
+/// [`verification_pending_sql`](super::event_log::verification_pending_sql) for the ids of
+/// [`id_rows`] in `$1` (`$2 = 1` keeps succeeded checksums).
 pub(super) fn verification_pending_batch_sql(d: Dialect, p: &str, n: &str) -> String {
     format!(
-        "INSERT INTO {p}{n}_verification AS v ({n}_id, verification_state)          SELECT CAST(value AS BIGINT), 0 FROM {} WHERE true          ON CONFLICT ({n}_id) DO UPDATE SET verification_state = 0,          verification_retry_at = NULL, verification_started_at = NULL,          version = v.version + 1          WHERE NOT ($2 = 1 AND v.verification_state = 2)",
-        json_rows(d, true)
+        "INSERT INTO {p}{n}_verification AS v ({n}_id, verification_state) \
+         SELECT CAST(value AS BIGINT), 0 FROM {} WHERE true \
+         ON CONFLICT ({n}_id) DO UPDATE SET verification_state = 0, \
+         verification_retry_at = NULL, verification_started_at = NULL, \
+         version = v.version + 1 \
+         WHERE NOT ($2 = 1 AND v.verification_state = 2)",
+        json_rows(d, Json::Array)
     )
 }
 
@@ -334,19 +385,21 @@ pub(super) fn verification_pending_batch_sql(d: Dialect, p: &str, n: &str) -> St
 pub(super) fn delete_batch_sql(d: Dialect, p: &str, n: &str, kind: &str) -> String {
     format!(
         "DELETE FROM {p}{n}_{kind} WHERE {n}_id IN (SELECT CAST(value AS BIGINT) FROM {})",
-        json_rows(d, true)
+        json_rows(d, Json::Array)
     )
 }
 
-/// Inserts the events `[[replicable_name, event_name, payload], ...]` of `$1`, in order, created
-/// at `$2`; on PostgreSQL returns their ids.
+/// Inserts events of replicable `$2` and kind `$3` created at `$4`, their payloads the array of
+/// strings `$1`, in order; on PostgreSQL returns their ids.
 pub(super) fn append_rows_sql(d: Dialect, p: &str) -> String {
     let returning = match d {
         Dialect::Sqlite => "",
         Dialect::Postgres => " RETURNING id",
     };
     format!(
-        "INSERT INTO {p}replicable_events (replicable_name, event_name, payload, created_at)          SELECT value ->> 0, value ->> 1, value ->> 2, CAST($2 AS BIGINT) FROM {}          ORDER BY key{returning}",
-        json_rows(d, false)
+        "INSERT INTO {p}replicable_events (replicable_name, event_name, payload, created_at) \
+         SELECT CAST($2 AS TEXT), CAST($3 AS TEXT), value, CAST($4 AS BIGINT) FROM {} \
+         ORDER BY key{returning}",
+        json_rows(d, Json::Array)
     )
 }

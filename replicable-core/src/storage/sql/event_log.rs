@@ -6,9 +6,9 @@ use sqlx::any::AnyRow;
 use sqlx::{AssertSqlSafe, Row};
 
 use super::batch::{
-    APPEND_CHUNK, append_on, append_rows_sql, batch_names, batch_segments,
-    bump_generations_batch_sql, delete_batch_sql, event_rows, id_rows, publish_batch_on,
-    record_rows, table_of, upsert_records_batch_sql, verification_pending_batch_sql,
+    append_on, append_rows_sql, batch_names, batch_segments, bump_generations_batch_sql,
+    delete_batch_sql, event_rows, event_runs, id_rows, publish_batch_on, record_rows, table_of,
+    upsert_records_batch_sql, verification_pending_batch_sql,
 };
 use super::verification::{bind_verification, verification_assignments};
 use super::{APPEND_LOCK, Dialect, SqlStore, Tables, micros};

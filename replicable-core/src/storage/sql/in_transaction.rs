@@ -7,9 +7,9 @@ use chrono::{DateTime, Utc};
 use sqlx::AssertSqlSafe;
 
 use super::batch::{
-    APPEND_CHUNK, append_on, append_rows_sql, batch_names, batch_segments,
-    bump_generations_batch_sql, delete_batch_sql, event_rows, id_rows, publish_batch_on,
-    record_rows, table_of, upsert_records_batch_sql, verification_pending_batch_sql,
+    append_on, append_rows_sql, batch_names, batch_segments, bump_generations_batch_sql,
+    delete_batch_sql, event_rows, event_runs, id_rows, publish_batch_on, record_rows, table_of,
+    upsert_records_batch_sql, verification_pending_batch_sql,
 };
 use super::event_log::{
     bump_generation_sql, publish_on, serialize_error, upsert_record_sql, verification_pending_sql,
