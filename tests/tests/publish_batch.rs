@@ -742,3 +742,64 @@ mod own_table {
         batches_in_the_applications_table!(pool, &site, "false");
     }
 }
+
+// ---- concurrent single publishes share commits (SQLite group commit) ----
+
+/// Many single publishes at once: each caller gets its own event, every record and event is
+/// stored; a publication the database refuses fails its own caller only, whichever group it
+/// was written in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_single_publishes_share_commits_and_fail_alone_on_sqlite() {
+    use futures::StreamExt;
+
+    let target = SqliteTarget::new();
+    let store = SqlStore::open(&target.url).await.unwrap();
+    let site = primary(&store);
+    store.create_replicable_tables("entry").await.unwrap();
+    exec(
+        &store,
+        "CREATE TRIGGER refuse_13 BEFORE INSERT ON replicable_events \
+         WHEN json_extract(NEW.payload, '$.model_id') = 13 \
+         BEGIN SELECT RAISE(ABORT, 'record 13 is refused'); END",
+    )
+    .await;
+    let results: Vec<(i64, Result<Option<i64>, ReplicatorError>)> = futures::stream::iter(1..=200)
+        .map(|id| {
+            let site = &site;
+            async move {
+                let result = entry(id, "concurrent")
+                    .replicator(site)
+                    .publish_created_event()
+                    .await;
+                (id, result)
+            }
+        })
+        .buffer_unordered(64)
+        .collect()
+        .await;
+    let mut ids = BTreeSet::new();
+    for (id, result) in results {
+        if id == 13 {
+            let err = result.expect_err("the refused record fails its caller");
+            assert!(err.to_string().contains("record 13 is refused"), "{err}");
+            assert!(
+                RecordStore::get(&*store, "entry", 13)
+                    .await
+                    .unwrap()
+                    .is_none()
+            );
+        } else {
+            let event_id = result.unwrap().expect("the primary publishes");
+            assert!(ids.insert(event_id), "event {event_id} given twice");
+            let stored = RecordStore::get(&*store, "entry", id).await.unwrap();
+            assert_eq!(stored.expect("a stored record").generation, 1);
+        }
+    }
+    let events = events_after(&site, 0).await;
+    assert_eq!(events.len(), 199);
+    assert_eq!(
+        events.iter().map(|(id, ..)| *id).collect::<BTreeSet<_>>(),
+        ids,
+        "the ids the callers got are the events stored"
+    );
+}

@@ -210,12 +210,11 @@ impl EventLog for SqlStore {
         publication: &Publication,
         now: DateTime<Utc>,
     ) -> Result<Option<Published>, StoreError> {
-        let t = self.tables(&publication.event.replicable_name).await?;
-        let err = self.backend("publish");
-        let mut tx = self.begin_durable_write().await.map_err(&err)?;
-        let published = publish_on!(self, &mut *tx, "", &t, publication, now)?;
-        tx.commit().await.map_err(&err)?;
-        Ok(Some(published))
+        match self.dialect {
+            // One writer, one sync per commit: concurrent publishes share commits.
+            Dialect::Sqlite => self.publish_in_group(publication, now).await.map(Some),
+            Dialect::Postgres => self.publish_now(publication, now).await.map(Some),
+        }
     }
 
     async fn publish_batch(
@@ -223,18 +222,7 @@ impl EventLog for SqlStore {
         publications: &[Publication],
         now: DateTime<Utc>,
     ) -> Result<Option<Vec<Published>>, StoreError> {
-        if publications.is_empty() {
-            return Ok(Some(Vec::new()));
-        }
-        let mut tables = Vec::new();
-        for name in batch_names(publications) {
-            tables.push(self.tables(name).await?);
-        }
-        let err = self.backend("publish a batch");
-        let mut tx = self.begin_durable_write().await.map_err(&err)?;
-        let published = publish_batch_on!(self, &mut *tx, "", &tables, publications, now)?;
-        tx.commit().await.map_err(&err)?;
-        Ok(Some(published))
+        self.publish_batch_now(publications, now).await.map(Some)
     }
 
     async fn complete_verifications(
@@ -300,6 +288,40 @@ impl EventLog for SqlStore {
 }
 
 impl SqlStore {
+    /// [`EventLog::publish`] in a transaction of its own.
+    pub(super) async fn publish_now(
+        &self,
+        publication: &Publication,
+        now: DateTime<Utc>,
+    ) -> Result<Published, StoreError> {
+        let t = self.tables(&publication.event.replicable_name).await?;
+        let err = self.backend("publish");
+        let mut tx = self.begin_durable_write().await.map_err(&err)?;
+        let published = publish_on!(self, &mut *tx, "", &t, publication, now)?;
+        tx.commit().await.map_err(&err)?;
+        Ok(published)
+    }
+
+    /// [`EventLog::publish_batch`] in a transaction of its own.
+    pub(super) async fn publish_batch_now(
+        &self,
+        publications: &[Publication],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Published>, StoreError> {
+        if publications.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut tables = Vec::new();
+        for name in batch_names(publications) {
+            tables.push(self.tables(name).await?);
+        }
+        let err = self.backend("publish a batch");
+        let mut tx = self.begin_durable_write().await.map_err(&err)?;
+        let published = publish_batch_on!(self, &mut *tx, "", &tables, publications, now)?;
+        tx.commit().await.map_err(&err)?;
+        Ok(published)
+    }
+
     /// One row of the event log: an event, or a damaged entry naming what could not be read.
     /// Only an unreadable id fails (the row could not even be skipped).
     fn read_entry(&self, row: &AnyRow) -> Result<LogEntry, StoreError> {
