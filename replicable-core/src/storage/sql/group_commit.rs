@@ -5,11 +5,12 @@
 //! transaction holding its event committed, so the promise of a single publish is unchanged:
 //! an error when the event is not stored, `Ok` once it survives a power loss.
 //!
-//! The writes run in a task of their own, started by the first publication that finds none
-//! running and ending when no publication waits: a caller that stops waiting (its future
-//! dropped) never leaves the others without an answer. A group that fails is written again one
-//! publication per transaction, so that one publication the database refuses fails only its
-//! own caller.
+//! A publication that finds no commit running is written by its caller at once, as before
+//! grouping existed. Those arriving meanwhile queue; when the writing caller is done (or its
+//! future is dropped midway) a task of their own writes them, a group per transaction, until
+//! none waits: a caller that stops waiting never leaves the others without an answer. A group
+//! that fails is written again one publication per transaction, so that a publication the
+//! database refuses fails only its own caller.
 
 use std::sync::{Mutex, PoisonError};
 
@@ -48,31 +49,35 @@ impl GroupCommit {
 }
 
 impl SqlStore {
-    /// Publishes through the group commit: waits until the group holding `publication`
-    /// committed.
+    /// Publishes through the group commit. A publication that finds no commit running is
+    /// written at once, by its caller, in a transaction of its own (a lone publisher pays
+    /// nothing for the grouping); one that arrives while a commit runs waits for the next
+    /// group, written by a task of its own (see [`WriterGuard`]).
     pub(super) async fn publish_in_group(
         &self,
         publication: &Publication,
         now: DateTime<Utc>,
     ) -> Result<Published, StoreError> {
         let (done, answer) = oneshot::channel();
-        let start = {
+        let write_now = {
             let mut queue = self.group.queue();
-            queue.waiting.push(Waiting {
-                publication: publication.clone(),
-                now,
-                done,
-            });
-            !std::mem::replace(&mut queue.running, true)
-        };
-        if start {
-            match self.me.upgrade() {
-                Some(store) => {
-                    tokio::spawn(async move { store.write_groups().await });
-                }
-                // Not behind an `Arc` (never the case for a store from `open`): write here.
-                None => self.write_groups().await,
+            if queue.running {
+                queue.waiting.push(Waiting {
+                    publication: publication.clone(),
+                    now,
+                    done,
+                });
+                false
+            } else {
+                queue.running = true;
+                true
             }
+        };
+        if write_now {
+            let writer = WriterGuard { store: self };
+            let published = self.publish_now(publication, now).await;
+            drop(writer);
+            return published;
         }
         answer.await.unwrap_or_else(|_| {
             Err(StoreError::Backend {
@@ -118,6 +123,36 @@ impl SqlStore {
         for waiting in group {
             let result = self.publish_now(&waiting.publication, waiting.now).await;
             let _ = waiting.done.send(result);
+        }
+    }
+}
+
+/// Held by a caller writing its own publication: when it is done (or its future is dropped
+/// midway), the publications that queued meanwhile go to a task that writes them in groups,
+/// or, with none queued, the next publication is written by its caller again.
+struct WriterGuard<'a> {
+    store: &'a SqlStore,
+}
+
+impl Drop for WriterGuard<'_> {
+    fn drop(&mut self) {
+        let mut queue = self.store.group.queue();
+        if queue.waiting.is_empty() {
+            queue.running = false;
+            return;
+        }
+        let runtime = tokio::runtime::Handle::try_current();
+        match (self.store.me.upgrade(), runtime) {
+            (Some(store), Ok(runtime)) => {
+                drop(queue);
+                runtime.spawn(async move { store.write_groups().await });
+            }
+            // The store is being dropped, or the runtime is gone: nobody can write them (the
+            // dropped senders answer their callers with an error).
+            _ => {
+                queue.waiting.clear();
+                queue.running = false;
+            }
         }
     }
 }
