@@ -2,12 +2,16 @@
 //! (sqlx, no framework) doing the same writes one transaction each on an equivalent schema in
 //! the same kind of database: the record upserted into a catalogue, its verification row set
 //! pending, the event appended. SQLite runs with the framework's settings (WAL,
-//! `synchronous = FULL`).
+//! `synchronous = FULL`). The same publishes by 16 callers at once show what sharing commits
+//! gives concurrent publishers (group commit, SQLite).
 //!
 //! Then the batch publish: 100,000 records published with `Site::publish_created_events` in
 //! batches of 1,000, against plain SQL writing each batch in one transaction with one multi-row
-//! `INSERT` per table (parameters bound per row, as an application would write it).
+//! `INSERT` per table (parameters bound per row, as an application would write it), and against
+//! plain SQL sending the framework's own statements (rows as one JSON parameter), the floor.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use replicable_core::site::Timeouts;
@@ -21,6 +25,9 @@ use crate::geo_demo::sites;
 
 /// Publishes at scale 1.
 pub const EVENTS: u64 = 20_000;
+
+/// Concurrent callers of the concurrent single publishes (they share commits on SQLite).
+const CALLERS: usize = 16;
 
 /// Batch-published events at scale 1.
 pub const BATCH_EVENTS: u64 = 100_000;
@@ -45,16 +52,22 @@ pub async fn run(bench: &Bench) -> Result<Report, Error> {
     let work = Some(Work::Items(n, "events"));
     let mut framework = Timings::framework("framework publish_created_event", work);
     let mut plain = Timings::tool("plain SQL, same writes, one transaction each", work);
+    let mut concurrent = Timings::extra(
+        format!("framework publish_created_event, {CALLERS} callers at once"),
+        work,
+    );
     for rep in 0..bench.settings.reps {
-        for k in 0..2 {
-            if (k + rep) % 2 == 0 {
-                framework.samples.push(framework_run(bench, n).await?);
-            } else {
-                plain.samples.push(plain_run(bench, n).await?);
+        for k in 0..3 {
+            match (k + rep) % 3 {
+                0 => framework.samples.push(framework_run(bench, n, 1).await?),
+                1 => plain.samples.push(plain_run(bench, n).await?),
+                _ => concurrent
+                    .samples
+                    .push(framework_run(bench, n, CALLERS).await?),
             }
         }
     }
-    report.timings(&[framework, plain]);
+    report.timings(&[framework, plain, concurrent]);
 
     let n = bench.scaled(BATCH_EVENTS, BATCH as u64);
     let work = Some(Work::Items(n, "events"));
@@ -123,16 +136,31 @@ async fn framework_batch_run(bench: &Bench, n: u64) -> Result<Duration, Error> {
     Ok(took)
 }
 
-async fn framework_run(bench: &Bench, n: u64) -> Result<Duration, Error> {
+/// `n` single publishes by `callers` tasks at once, each publishing the next id not taken.
+async fn framework_run(bench: &Bench, n: u64, callers: usize) -> Result<Duration, Error> {
     let dir = bench.fresh_dir("publish")?;
     let location = bench.location(&dir, "primary");
     let primary = sites::open_primary(&location, Timeouts::default()).await?;
+    let next = Arc::new(AtomicI64::new(1));
     let started = Instant::now();
-    for id in 1..=n as i64 {
-        package_file(id)
-            .replicator(&primary)
-            .publish_created_event()
-            .await?;
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..callers {
+        let (primary, next) = (primary.clone(), next.clone());
+        tasks.spawn(async move {
+            loop {
+                let id = next.fetch_add(1, Ordering::Relaxed);
+                if id > n as i64 {
+                    return Ok::<_, replicable_core::ReplicatorError>(());
+                }
+                package_file(id)
+                    .replicator(&primary)
+                    .publish_created_event()
+                    .await?;
+            }
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done??;
     }
     let took = started.elapsed();
     let events = primary.event_log().last_event_id().await?.unwrap_or(0);
