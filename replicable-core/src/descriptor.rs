@@ -15,7 +15,7 @@ use crate::domain::resource::{DataType, Resource};
 use crate::domain::verification::VerificationRecord;
 use crate::model::Replicable;
 use crate::replicator::{
-    ConsumeOutcome, ReplicationTarget, SyncAttempt, SyncOutcome, VerifyOutcome,
+    ConsumeOutcome, PrimaryCheck, ReplicationTarget, SyncAttempt, SyncOutcome, VerifyOutcome,
 };
 use crate::site::Site;
 use crate::strategy::Strategy;
@@ -30,6 +30,10 @@ type RunClaimedPrimaryFn = for<'a> fn(
     &'a Site,
     VerificationRecord,
 ) -> BoxFuture<'a, Result<VerifyOutcome, ReplicatorError>>;
+type CheckClaimedPrimaryFn = for<'a> fn(
+    &'a Site,
+    VerificationRecord,
+) -> BoxFuture<'a, Result<PrimaryCheck, ReplicatorError>>;
 type RemoveOrphanFn = for<'a> fn(&'a Site, i64) -> BoxFuture<'a, Result<bool, ReplicatorError>>;
 type RunClaimedSecondaryFn =
     for<'a> fn(&'a Site, RegistryRecord) -> BoxFuture<'a, Result<VerifyOutcome, ReplicatorError>>;
@@ -55,6 +59,7 @@ pub struct ReplicableDescriptor {
     run_claimed_sync: RunClaimedSyncFn,
     verify: VerifyFn,
     run_claimed_primary_verification: RunClaimedPrimaryFn,
+    check_claimed_primary_verification: CheckClaimedPrimaryFn,
     run_claimed_secondary_verification: RunClaimedSecondaryFn,
     remove_orphan: RemoveOrphanFn,
     resource_of: ResourceOfFn,
@@ -137,6 +142,18 @@ fn run_claimed_primary<M: Replicable>(
     .boxed()
 }
 
+fn check_claimed_primary<M: Replicable>(
+    site: &Site,
+    row: VerificationRecord,
+) -> BoxFuture<'_, Result<PrimaryCheck, ReplicatorError>> {
+    async move {
+        ReplicationTarget::<M>::new(site, row.model_id)
+            .check_claimed_primary(row)
+            .await
+    }
+    .boxed()
+}
+
 fn run_claimed_secondary<M: Replicable>(
     site: &Site,
     row: RegistryRecord,
@@ -172,6 +189,7 @@ impl ReplicableDescriptor {
             run_claimed_sync: run_claimed_sync::<M>,
             verify: verify::<M>,
             run_claimed_primary_verification: run_claimed_primary::<M>,
+            check_claimed_primary_verification: check_claimed_primary::<M>,
             run_claimed_secondary_verification: run_claimed_secondary::<M>,
             remove_orphan: remove_orphan::<M>,
             resource_of: resource_of::<M>,
@@ -236,6 +254,17 @@ impl ReplicableDescriptor {
         row: VerificationRecord,
     ) -> BoxFuture<'a, Result<VerifyOutcome, ReplicatorError>> {
         (self.run_claimed_primary_verification)(site, row)
+    }
+
+    /// Computes the checksum of a primary verification row a worker claimed, without writing
+    /// it: the workers record a group of them together
+    /// ([`complete_primary_verifications`](crate::replicator::complete_primary_verifications)).
+    pub(crate) fn check_claimed_primary_verification<'a>(
+        &self,
+        site: &'a Site,
+        row: VerificationRecord,
+    ) -> BoxFuture<'a, Result<PrimaryCheck, ReplicatorError>> {
+        (self.check_claimed_primary_verification)(site, row)
     }
 
     /// Completes a secondary registry row whose verification a worker claimed.

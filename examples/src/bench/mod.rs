@@ -67,7 +67,8 @@ Scenarios:
   blob-1gib      one 1 GiB file, same tools, plus the framework's peak memory
   sha256         the framework's checksum of a 1 GiB file vs openssl dgst -sha256, sha256sum
   publish        20,000 single publishes vs plain SQL doing the same writes (one transaction
-                 each); batch publish if the framework has one
+                 each); 100,000 batch-published in batches of 1,000 vs plain SQL multi-row
+                 INSERTs, one transaction per batch
   status         status and /metrics at 1,000,000 registry rows, the primary's status at
                  1,000,000 records, vs a grouped count of the registry in sqlite3/psql
   backfill-100k  one backfill pass over 100,000 primary records vs sqlite3 INSERT ... SELECT
@@ -93,7 +94,7 @@ pub enum Scenario {
     Blob1Gib,
     /// SHA-256 of 1 GiB.
     Sha256,
-    /// 20,000 publishes.
+    /// 20,000 single publishes and 100,000 batch-published.
     Publish,
     /// Status at 1,000,000 registry rows.
     Status,

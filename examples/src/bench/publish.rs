@@ -2,8 +2,16 @@
 //! (sqlx, no framework) doing the same writes one transaction each on an equivalent schema in
 //! the same kind of database: the record upserted into a catalogue, its verification row set
 //! pending, the event appended. SQLite runs with the framework's settings (WAL,
-//! `synchronous = FULL`).
+//! `synchronous = FULL`). The same publishes by 16 callers at once show what sharing commits
+//! gives concurrent publishers (group commit, SQLite).
+//!
+//! Then the batch publish: 100,000 records published with `Site::publish_created_events` in
+//! batches of 1,000, against plain SQL writing each batch in one transaction with one multi-row
+//! `INSERT` per table (parameters bound per row, as an application would write it), and against
+//! plain SQL sending the framework's own statements (rows as one JSON parameter), the floor.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use replicable_core::site::Timeouts;
@@ -17,6 +25,18 @@ use crate::geo_demo::sites;
 
 /// Publishes at scale 1.
 pub const EVENTS: u64 = 20_000;
+
+/// Concurrent callers of the concurrent single publishes (they share commits on SQLite).
+const CALLERS: usize = 16;
+
+/// Batch-published events at scale 1.
+pub const BATCH_EVENTS: u64 = 100_000;
+
+/// Records per batch publish.
+pub const BATCH: usize = 1_000;
+
+/// What the batch publish must reach on SQLite (issue 11), in events per second.
+const BATCH_TARGET: f64 = 100_000.0;
 
 /// Runs the scenario.
 pub async fn run(bench: &Bench) -> Result<Report, Error> {
@@ -32,30 +52,115 @@ pub async fn run(bench: &Bench) -> Result<Report, Error> {
     let work = Some(Work::Items(n, "events"));
     let mut framework = Timings::framework("framework publish_created_event", work);
     let mut plain = Timings::tool("plain SQL, same writes, one transaction each", work);
+    let mut concurrent = Timings::extra(
+        format!("framework publish_created_event, {CALLERS} callers at once"),
+        work,
+    );
     for rep in 0..bench.settings.reps {
-        for k in 0..2 {
-            if (k + rep) % 2 == 0 {
-                framework.samples.push(framework_run(bench, n).await?);
-            } else {
-                plain.samples.push(plain_run(bench, n).await?);
+        for k in 0..3 {
+            match (k + rep) % 3 {
+                0 => framework.samples.push(framework_run(bench, n, 1).await?),
+                1 => plain.samples.push(plain_run(bench, n).await?),
+                _ => concurrent
+                    .samples
+                    .push(framework_run(bench, n, CALLERS).await?),
             }
         }
     }
-    report.timings(&[framework, plain]);
-    report.note("batch publish: n/a (the framework has no batch publish API yet)");
+    report.timings(&[framework, plain, concurrent]);
+
+    let n = bench.scaled(BATCH_EVENTS, BATCH as u64);
+    let work = Some(Work::Items(n, "events"));
+    let size = super::report::thousands(BATCH as f64);
+    let mut batch = Timings::framework(
+        format!("framework publish_created_events, batches of {size}"),
+        work,
+    );
+    let mut plain_batch = Timings::tool(
+        format!("plain SQL, same writes, multi-row INSERT per table, batches of {size}"),
+        work,
+    );
+    let mut plain_json = Timings::tool(
+        "plain SQL, the framework's statements (rows as one JSON parameter)",
+        work,
+    );
+    for rep in 0..bench.settings.reps {
+        for k in 0..3 {
+            match (k + rep) % 3 {
+                0 => batch.samples.push(framework_batch_run(bench, n).await?),
+                1 => plain_batch
+                    .samples
+                    .push(plain_batch_run(bench, n, Statements::Bound).await?),
+                _ => plain_json
+                    .samples
+                    .push(plain_batch_run(bench, n, Statements::Json).await?),
+            }
+        }
+    }
+    report.timings(&[batch.clone(), plain_batch, plain_json]);
+    if let Some(median) = batch.median() {
+        let rate = n as f64 / median.as_secs_f64().max(1e-9);
+        report.note(format!(
+            "batch publish: {} events/s at the median ({} events in batches of {}, {}); \
+             the target on SQLite is at least {} events/s",
+            super::report::thousands(rate),
+            super::report::thousands(n as f64),
+            super::report::thousands(BATCH as f64),
+            bench.database_kind(),
+            super::report::thousands(BATCH_TARGET),
+        ));
+    }
     Ok(report)
 }
 
-async fn framework_run(bench: &Bench, n: u64) -> Result<Duration, Error> {
+async fn framework_batch_run(bench: &Bench, n: u64) -> Result<Duration, Error> {
+    let dir = bench.fresh_dir("publish-batch")?;
+    let location = bench.location(&dir, "primary");
+    let primary = sites::open_primary(&location, Timeouts::default()).await?;
+    let records: Vec<_> = (1..=n as i64).map(package_file).collect();
+    let started = Instant::now();
+    for chunk in records.chunks(BATCH) {
+        let ids = primary.publish_created_events(chunk).await?;
+        if ids.len() != chunk.len() {
+            return Err(format!("{} events for {} records", ids.len(), chunk.len()).into());
+        }
+    }
+    let took = started.elapsed();
+    let events = primary.event_log().last_event_id().await?.unwrap_or(0);
+    if events != n as i64 {
+        return Err(format!("{events} events in the log, {n} expected").into());
+    }
+    drop(primary);
+    bench.drop_database(&location).await?;
+    bench.discard(&dir).await?;
+    Ok(took)
+}
+
+/// `n` single publishes by `callers` tasks at once, each publishing the next id not taken.
+async fn framework_run(bench: &Bench, n: u64, callers: usize) -> Result<Duration, Error> {
     let dir = bench.fresh_dir("publish")?;
     let location = bench.location(&dir, "primary");
     let primary = sites::open_primary(&location, Timeouts::default()).await?;
+    let next = Arc::new(AtomicI64::new(1));
     let started = Instant::now();
-    for id in 1..=n as i64 {
-        package_file(id)
-            .replicator(&primary)
-            .publish_created_event()
-            .await?;
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..callers {
+        let (primary, next) = (primary.clone(), next.clone());
+        tasks.spawn(async move {
+            loop {
+                let id = next.fetch_add(1, Ordering::Relaxed);
+                if id > n as i64 {
+                    return Ok::<_, replicable_core::ReplicatorError>(());
+                }
+                package_file(id)
+                    .replicator(&primary)
+                    .publish_created_event()
+                    .await?;
+            }
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done??;
     }
     let took = started.elapsed();
     let events = primary.event_log().last_event_id().await?.unwrap_or(0);
@@ -126,10 +231,9 @@ fn fastrand_suffix() -> u64 {
         .map_or(0, |d| d.as_nanos() as u64 % 1_000_000_007)
 }
 
-async fn plain_run(bench: &Bench, n: u64) -> Result<Duration, Error> {
-    let dir = bench.fresh_dir("plain-sql")?;
-    let (pool, schema) = plain_pool(bench, &dir).await?;
-    let event_id = if schema.is_some() {
+/// The plain schema: a catalogue, verification rows and an event log, as the framework's.
+async fn plain_tables(pool: &AnyPool, postgres: bool) -> Result<(), Error> {
+    let event_id = if postgres {
         "id BIGSERIAL PRIMARY KEY"
     } else {
         "id INTEGER PRIMARY KEY AUTOINCREMENT"
@@ -146,6 +250,13 @@ async fn plain_run(bench: &Bench, n: u64) -> Result<Duration, Error> {
     ] {
         pool.execute(AssertSqlSafe(ddl)).await?;
     }
+    Ok(())
+}
+
+async fn plain_run(bench: &Bench, n: u64) -> Result<Duration, Error> {
+    let dir = bench.fresh_dir("plain-sql")?;
+    let (pool, schema) = plain_pool(bench, &dir).await?;
+    plain_tables(&pool, schema.is_some()).await?;
     let started = Instant::now();
     for id in 1..=n as i64 {
         let record = package_file(id);
@@ -188,6 +299,183 @@ async fn plain_run(bench: &Bench, n: u64) -> Result<Duration, Error> {
         tx.commit().await?;
     }
     let took = started.elapsed();
+    if let Some(schema) = schema {
+        pool.execute(AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
+            .await?;
+    }
+    pool.close().await;
+    bench.discard(&dir).await?;
+    Ok(took)
+}
+
+/// `($1, $2, ...), (...)`: `rows` groups of `per_row` numbered parameters.
+fn placeholders(rows: usize, per_row: usize) -> String {
+    (0..rows)
+        .map(|r| {
+            let row = (1..=per_row)
+                .map(|c| format!("${}", r * per_row + c))
+                .collect::<Vec<_>>()
+                .join(", ");
+            format!("({row})")
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// How the plain batch writes its rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Statements {
+    /// `VALUES ($1, $2), ($3, $4), ...`: parameters bound per row, as an application writes it.
+    Bound,
+    /// The rows as one JSON parameter the engine expands: the statements the framework sends.
+    Json,
+}
+
+/// `$1` as rows `(key, value)`: an array of numbers or strings (`key` the position), or an
+/// object (`key` the label), each value plain text.
+fn json_rows(postgres: bool, object: bool) -> &'static str {
+    match (postgres, object) {
+        (false, _) => "json_each($1)",
+        (true, false) => {
+            "json_array_elements_text(CAST($1 AS json)) WITH ORDINALITY AS j(value, key)"
+        }
+        (true, true) => "json_each_text(CAST($1 AS json)) AS j(key, value)",
+    }
+}
+
+async fn plain_batch_run(bench: &Bench, n: u64, statements: Statements) -> Result<Duration, Error> {
+    let dir = bench.fresh_dir("plain-sql-batch")?;
+    let (pool, schema) = plain_pool(bench, &dir).await?;
+    let postgres = schema.is_some();
+    plain_tables(&pool, postgres).await?;
+    let records: Vec<_> = (1..=n as i64).map(package_file).collect();
+    let started = Instant::now();
+    for chunk in records.chunks(BATCH) {
+        let bodies = chunk
+            .iter()
+            .map(serde_json::to_string)
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut tx = pool.begin().await?;
+        let upsert = "ON CONFLICT (id) DO UPDATE SET generation = r.generation + 1, \
+                      body = excluded.body RETURNING id, generation";
+        let query = match statements {
+            Statements::Bound => {
+                // Each row `(id, 1, body)`: a new row's generation is a literal.
+                let values = (0..chunk.len())
+                    .map(|r| format!("(${}, 1, ${})", 2 * r + 1, 2 * r + 2))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let sql = format!(
+                    "INSERT INTO records AS r (id, generation, body) VALUES {values} {upsert}"
+                );
+                let mut query = sqlx::query(AssertSqlSafe(sql));
+                for (record, body) in chunk.iter().zip(&bodies) {
+                    query = query.bind(record.id).bind(body.clone());
+                }
+                query
+            }
+            Statements::Json => {
+                let rows: serde_json::Map<String, serde_json::Value> = chunk
+                    .iter()
+                    .zip(&bodies)
+                    .map(|(r, body)| (r.id.to_string(), body.clone().into()))
+                    .collect();
+                let sql = format!(
+                    "INSERT INTO records AS r (id, generation, body) \
+                     SELECT CAST(key AS BIGINT), 1, value FROM {} WHERE true {upsert}",
+                    json_rows(postgres, true)
+                );
+                sqlx::query(AssertSqlSafe(sql)).bind(serde_json::to_string(&rows)?)
+            }
+        };
+        let rows = query.fetch_all(&mut *tx).await?;
+        let mut generations = std::collections::HashMap::with_capacity(rows.len());
+        for row in &rows {
+            let id: i64 = sqlx::Row::try_get(row, "id")?;
+            let generation: i64 = sqlx::Row::try_get(row, "generation")?;
+            generations.insert(id, generation);
+        }
+        let pending = "ON CONFLICT (id) DO UPDATE SET verification_state = 0, \
+                       verification_retry_at = NULL, verification_started_at = NULL, \
+                       version = v.version + 1";
+        let query = match statements {
+            Statements::Bound => {
+                let values = (1..=chunk.len())
+                    .map(|r| format!("(${r}, 0)"))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let sql = format!(
+                    "INSERT INTO verification AS v (id, verification_state) VALUES {values} {pending}"
+                );
+                let mut query = sqlx::query(AssertSqlSafe(sql));
+                for record in chunk {
+                    query = query.bind(record.id);
+                }
+                query
+            }
+            Statements::Json => {
+                let ids: Vec<i64> = chunk.iter().map(|r| r.id).collect();
+                let sql = format!(
+                    "INSERT INTO verification AS v (id, verification_state) \
+                     SELECT CAST(value AS BIGINT), 0 FROM {} WHERE true {pending}",
+                    json_rows(postgres, false)
+                );
+                sqlx::query(AssertSqlSafe(sql)).bind(serde_json::to_string(&ids)?)
+            }
+        };
+        query.execute(&mut *tx).await?;
+        let at = chrono::Utc::now().timestamp_micros();
+        let mut payloads = Vec::with_capacity(chunk.len());
+        for (record, body) in chunk.iter().zip(&bodies) {
+            let payload = serde_json::json!({
+                "model_id": record.id,
+                "resource": {"type": "blob", "key": record.file_path},
+                "generation": generations.get(&record.id).copied().unwrap_or(1),
+                "record": serde_json::from_str::<serde_json::Value>(body)?,
+            })
+            .to_string();
+            payloads.push(payload);
+        }
+        let query = match statements {
+            Statements::Bound => {
+                let sql = format!(
+                    "INSERT INTO events (replicable_name, event_name, payload, created_at) VALUES {}",
+                    placeholders(chunk.len(), 4)
+                );
+                let mut query = sqlx::query(AssertSqlSafe(sql));
+                for payload in payloads {
+                    query = query
+                        .bind("package_file")
+                        .bind("created")
+                        .bind(payload)
+                        .bind(at);
+                }
+                query
+            }
+            Statements::Json => {
+                let sql = format!(
+                    "INSERT INTO events (replicable_name, event_name, payload, created_at) \
+                     SELECT CAST($2 AS TEXT), CAST($3 AS TEXT), value, CAST($4 AS BIGINT) \
+                     FROM {} ORDER BY key",
+                    json_rows(postgres, false)
+                );
+                sqlx::query(AssertSqlSafe(sql))
+                    .bind(serde_json::to_string(&payloads)?)
+                    .bind("package_file")
+                    .bind("created")
+                    .bind(at)
+            }
+        };
+        query.execute(&mut *tx).await?;
+        tx.commit().await?;
+    }
+    let took = started.elapsed();
+    let events: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM events")
+        .fetch_one(&pool)
+        .await?;
+    if events != n as i64 {
+        return Err(format!("plain SQL: {events} events, {n} expected").into());
+    }
     if let Some(schema) = schema {
         pool.execute(AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
             .await?;

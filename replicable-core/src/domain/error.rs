@@ -191,6 +191,22 @@ pub enum ReplicatorError {
         /// The refused change.
         source: IllegalTransition,
     },
+    /// A batch publish could not be stored; nothing of it was written. (A record that cannot
+    /// be published at all, such as one whose resource is refused, fails the batch with the
+    /// error naming that record instead.)
+    #[error(
+        "publishing a batch of {count} {replicable} records (the first {first_id}) failed: {source}"
+    )]
+    Batch {
+        /// The replicable's name.
+        replicable: &'static str,
+        /// How many records the batch held.
+        count: usize,
+        /// The id of the batch's first record.
+        first_id: i64,
+        /// The failure.
+        source: StoreError,
+    },
     /// No registry row exists for the record.
     #[error("{replicable} {id} has no registry row on this site")]
     NotRegistered {

@@ -27,6 +27,7 @@ mod sync;
 mod verify;
 
 pub use sync::SyncAttempt;
+pub(crate) use verify::{PrimaryCheck, complete_primary_verifications};
 
 /// How many times a write that lost a compare-and-set race is retried before giving up.
 const CAS_ATTEMPTS: usize = 8;

@@ -3,13 +3,115 @@
 use tracing::{Instrument, info_span, warn};
 
 use super::{ReplicationTarget, VerifyOutcome, heartbeating};
-use crate::domain::error::ReplicatorError;
-use crate::domain::event::{EventKind, EventPayload};
+use crate::domain::error::{ReplicatorError, StoreError};
+use crate::domain::event::{EventKind, EventPayload, NewEvent};
 use crate::domain::failure::SyncFailure;
 use crate::domain::registry::{RegistryRecord, SyncState};
 use crate::domain::verification::{CHECKSUM_MISMATCH, VerificationRecord, VerificationState};
 use crate::model::Replicable;
+use crate::site::Site;
+use crate::storage::CompletedVerification;
 use crate::strategy::Strategy;
+
+/// A primary verification whose checksum was computed (or failed), its row moved to succeeded
+/// or failed but not yet written: [`complete_primary_verifications`] records it.
+#[derive(Debug)]
+pub(crate) struct PrimaryCheck {
+    replicable: &'static str,
+    row: VerificationRecord,
+    outcome: VerifyOutcome,
+    /// `checksum_succeeded`, for a succeeded checksum.
+    event: Option<NewEvent>,
+}
+
+/// Records primary verifications of one replicable: each row is written if it is still the
+/// one its verifier claimed (a compare-and-set on its version), and the `checksum_succeeded`
+/// events of the rows written are appended together, in one transaction with the rows when
+/// the event log holds the verification rows (every database of `storage::open`): one wait
+/// for the disk for the whole group, and an event is stored exactly when the checksum it
+/// announces is. Returns one outcome per check, in order; a row that changed meanwhile (the
+/// record was published again, or its claim was taken for abandoned) is
+/// [`VerifyOutcome::ChangedDuringVerification`].
+pub(crate) async fn complete_primary_verifications(
+    site: &Site,
+    checks: Vec<PrimaryCheck>,
+) -> Vec<Result<VerifyOutcome, ReplicatorError>> {
+    let Some(first) = checks.first() else {
+        return Vec::new();
+    };
+    let name = first.replicable;
+    let now = site.now();
+    let completed: Vec<CompletedVerification> = checks
+        .iter()
+        .map(|check| CompletedVerification {
+            row: check.row.clone(),
+            event: check.event.clone(),
+        })
+        .collect();
+    let (log, store) = (site.event_log(), site.verification_store());
+    let together = if crate::storage::log_holds_verification(log, store) {
+        log.complete_verifications(name, &completed, now).await
+    } else {
+        Ok(None)
+    };
+    let written = match together {
+        Ok(Some(written)) => Ok(written),
+        Ok(None) => complete_one_by_one(site, name, &completed, now).await,
+        Err(e) => Err(e),
+    };
+    match written {
+        Ok(written) => checks
+            .into_iter()
+            .zip(written)
+            .map(|(check, written)| {
+                Ok(if written {
+                    check.outcome
+                } else {
+                    VerifyOutcome::ChangedDuringVerification
+                })
+            })
+            .collect(),
+        Err(e) => {
+            let reason = e.to_string();
+            let mut source = Some(e);
+            checks
+                .iter()
+                .map(|check| {
+                    Err(ReplicatorError::Store {
+                        replicable: check.replicable,
+                        id: check.row.model_id,
+                        source: source.take().unwrap_or_else(|| StoreError::Backend {
+                            store: "event log".into(),
+                            operation: "record verifications",
+                            reason: reason.clone(),
+                        }),
+                    })
+                })
+                .collect()
+        }
+    }
+}
+
+/// Stores in different databases: each row by itself, then the events of those written in
+/// one append.
+async fn complete_one_by_one(
+    site: &Site,
+    name: &str,
+    completed: &[CompletedVerification],
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<Vec<bool>, StoreError> {
+    let mut written = Vec::with_capacity(completed.len());
+    let mut events = Vec::new();
+    for c in completed {
+        let done = site.verification_store().update(name, &c.row).await?;
+        if done && let Some(event) = &c.event {
+            events.push(event.clone());
+        }
+        written.push(done);
+    }
+    site.event_log().append(&events, now).await?;
+    Ok(written)
+}
 
 impl<'a, M: Replicable> ReplicationTarget<'a, M> {
     /// Verifies the record: on the primary, computes and stores the checksum and publishes
@@ -70,26 +172,40 @@ impl<'a, M: Replicable> ReplicationTarget<'a, M> {
         }
     }
 
-    /// Completes a verification row the caller moved to `started` (primary).
+    /// Completes a verification row the caller moved to `started` (primary): computes the
+    /// checksum, then records it with its `checksum_succeeded` event (see
+    /// [`complete_primary_verifications`]).
     pub(crate) async fn verify_claimed_primary(
         &self,
         row: VerificationRecord,
     ) -> Result<VerifyOutcome, ReplicatorError> {
+        let check = self.check_claimed_primary(row).await?;
+        complete_primary_verifications(self.site, vec![check])
+            .await
+            .pop()
+            .expect("one outcome per check")
+    }
+
+    /// Computes the checksum of a verification row the caller moved to `started` (primary),
+    /// and moves the row to succeeded or failed, without writing it: what
+    /// [`complete_primary_verifications`] records.
+    pub(crate) async fn check_claimed_primary(
+        &self,
+        row: VerificationRecord,
+    ) -> Result<PrimaryCheck, ReplicatorError> {
         let span = info_span!(
             "verify",
             replicable = M::REPLICABLE_NAME,
             id = self.id,
             side = "primary"
         );
-        self.verify_claimed_primary_inner(row)
-            .instrument(span)
-            .await
+        self.check_claimed_primary_inner(row).instrument(span).await
     }
 
-    pub(super) async fn verify_claimed_primary_inner(
+    async fn check_claimed_primary_inner(
         &self,
         mut row: VerificationRecord,
-    ) -> Result<VerifyOutcome, ReplicatorError> {
+    ) -> Result<PrimaryCheck, ReplicatorError> {
         let site = self.site;
         let (policy, now) = (*site.retry_policy(), site.now());
         let jitter = fastrand::u32(0..crate::domain::retry::JITTER_RANGE);
@@ -116,44 +232,44 @@ impl<'a, M: Replicable> ReplicationTarget<'a, M> {
                     )
                 })
                 .await
+                .map(|checksum| (checksum, resource))
                 .map_err(|e| e.to_string())
             }
         };
-        let outcome = match checksum {
-            Ok(checksum) => {
+        let (outcome, event) = match checksum {
+            Ok((checksum, resource)) => {
                 row.verification
                     .succeed(checksum.clone(), now)
                     .expect("row was started by the caller");
-                VerifyOutcome::Succeeded { checksum }
+                // The resource whose checksum this is. A change of the record meanwhile was
+                // published with the row back to pending (its version bumped), so this row
+                // and its event are then not written.
+                let event = NewEvent {
+                    replicable_name: M::REPLICABLE_NAME.to_owned(),
+                    kind: EventKind::ChecksumSucceeded,
+                    payload: EventPayload {
+                        model_id: self.id,
+                        resource,
+                        generation: None,
+                        record: None,
+                        checksum: Some(checksum.clone()),
+                    },
+                };
+                (VerifyOutcome::Succeeded { checksum }, Some(event))
             }
             Err(reason) => {
                 row.verification
                     .fail(&reason, now, &policy, jitter)
                     .expect("row was started by the caller");
-                VerifyOutcome::Failed { reason }
+                (VerifyOutcome::Failed { reason }, None)
             }
         };
-        if !self.update_verification(&row).await? {
-            return Ok(VerifyOutcome::ChangedDuringVerification);
-        }
-        if let VerifyOutcome::Succeeded { checksum } = &outcome {
-            let resource = match self.local_record().await? {
-                Some(stored) => self.decode(&stored)?.resource(),
-                None => return Ok(outcome),
-            };
-            self.append(
-                EventKind::ChecksumSucceeded,
-                EventPayload {
-                    model_id: self.id,
-                    resource,
-                    generation: None,
-                    record: None,
-                    checksum: Some(checksum.clone()),
-                },
-            )
-            .await?;
-        }
-        Ok(outcome)
+        Ok(PrimaryCheck {
+            replicable: M::REPLICABLE_NAME,
+            row,
+            outcome,
+            event,
+        })
     }
 
     /// Completes a registry row whose verification the caller moved to `started` (secondary).

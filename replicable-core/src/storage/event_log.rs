@@ -5,6 +5,7 @@ use chrono::{DateTime, Utc};
 
 use crate::domain::error::StoreError;
 use crate::domain::event::{EventId, LogEntry, NewEvent};
+use crate::domain::verification::VerificationRecord;
 
 /// A record's write on the primary and the event announcing it, to be stored together.
 #[derive(Debug, Clone, PartialEq)]
@@ -32,6 +33,17 @@ pub struct Published {
     pub event_id: EventId,
     /// The record's generation after the write (`created` / `updated`).
     pub generation: Option<i64>,
+}
+
+/// A primary verification to record: its row, moved by the verifier to succeeded or failed, and
+/// for a succeeded checksum the `checksum_succeeded` event announcing it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CompletedVerification {
+    /// The row as the verifier leaves it; written only if the stored row still has
+    /// `row.version` (see [`VerificationStore::update`](crate::storage::VerificationStore::update)).
+    pub row: VerificationRecord,
+    /// The event to append if, and only if, the row is written.
+    pub event: Option<NewEvent>,
 }
 
 /// The primary's append-only log of replication events.
@@ -85,6 +97,41 @@ pub trait EventLog: Send + Sync + std::fmt::Debug {
         now: DateTime<Utc>,
     ) -> Result<Option<Published>, StoreError> {
         let _ = (publication, now);
+        Ok(None)
+    }
+
+    /// Stores many publications in one transaction, in order, as [`publish`](Self::publish)
+    /// stores one: all of them or none. Their events get consecutive ids, in the order given;
+    /// a record published twice in one batch is written twice (its generation bumped each
+    /// time), as two single publishes would. The publications may be of several replicables
+    /// and kinds. Returns `None` when this log cannot do it (the default), or cannot do it for
+    /// these publications (the in-memory log for a record source's rows): nothing was written
+    /// then.
+    async fn publish_batch(
+        &self,
+        publications: &[Publication],
+        now: DateTime<Utc>,
+    ) -> Result<Option<Vec<Published>>, StoreError> {
+        let _ = (publications, now);
+        Ok(None)
+    }
+
+    /// Records finished primary verifications of replicable `name` in one transaction, for a
+    /// log that shares its database with the site's verification store: each row is written
+    /// if the stored row still has its version (a compare-and-set, as
+    /// [`VerificationStore::update`](crate::storage::VerificationStore::update)), and the
+    /// events of the rows written are appended, in the order given, with consecutive ids. An
+    /// event is therefore stored exactly when the checksum it announces is; when there is an
+    /// event the commit waits for the disk, as every append does. Returns, for each row,
+    /// whether it was written, or `None` when this log cannot do it (the default): the caller
+    /// then writes the rows one by one and appends the events of those written.
+    async fn complete_verifications(
+        &self,
+        name: &str,
+        completed: &[CompletedVerification],
+        now: DateTime<Utc>,
+    ) -> Result<Option<Vec<bool>>, StoreError> {
+        let _ = (name, completed, now);
         Ok(None)
     }
 

@@ -9,8 +9,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::{
-    EventLog, Publication, Published, RecordStore, RegistryCounts, RegistryFilter, RegistryStore,
-    StoredRecord, VerificationCounts, VerificationStore,
+    CompletedVerification, EventLog, Publication, Published, RecordStore, RegistryCounts,
+    RegistryFilter, RegistryStore, StoredRecord, VerificationCounts, VerificationStore,
 };
 use crate::domain::error::StoreError;
 use crate::domain::event::{EventId, EventKind, LogEntry, NewEvent, SkippedEvent, StoredEvent};
@@ -57,6 +57,58 @@ impl State {
         entry.generation += 1;
         entry.body = body.clone();
         entry.generation
+    }
+
+    /// The writes of one publication and its event (see [`EventLog::publish`]).
+    fn publish(&mut self, publication: &Publication, now: DateTime<Utc>) -> Published {
+        let mut event = publication.event.clone();
+        let (name, id) = (event.replicable_name.clone(), event.payload.model_id);
+        let mut generation = None;
+        match event.kind {
+            EventKind::Created | EventKind::Updated => {
+                let body = event
+                    .payload
+                    .record
+                    .clone()
+                    .unwrap_or(serde_json::Value::Null);
+                let g = self.upsert(&name, id, &body);
+                event.payload.generation = Some(g);
+                generation = Some(g);
+                if publication.verifiable {
+                    let keep = event.kind == EventKind::Created
+                        && !publication.mutable
+                        && self.verification.get(&key(&name, id)).is_some_and(|row| {
+                            row.verification.verification_state == VerificationState::Succeeded
+                        });
+                    if !keep {
+                        self.mark_verification_pending(&name, id);
+                    }
+                }
+            }
+            EventKind::Deleted => {
+                self.records.remove(&key(&name, id));
+                self.verification.remove(&key(&name, id));
+            }
+            EventKind::ChecksumSucceeded => {}
+        }
+        let event_id = self.append(&event, now);
+        Published {
+            event_id,
+            generation,
+        }
+    }
+
+    /// Writes `row` if the stored row still has its version (see
+    /// [`VerificationStore::update`]).
+    fn update_verification(&mut self, name: &str, row: &VerificationRecord) -> bool {
+        match self.verification.get_mut(&key(name, row.model_id)) {
+            Some(stored) if stored.version == row.version => {
+                *stored = row.clone();
+                stored.version += 1;
+                true
+            }
+            _ => false,
+        }
     }
 
     fn mark_verification_pending(&mut self, name: &str, model_id: i64) -> VerificationRecord {
@@ -177,42 +229,44 @@ impl EventLog for MemoryStore {
             return Ok(None);
         }
         // One lock held throughout: nobody sees the record without its event.
-        let mut state = self.lock();
-        let mut event = publication.event.clone();
-        let (name, id) = (event.replicable_name.clone(), event.payload.model_id);
-        let mut generation = None;
-        match event.kind {
-            EventKind::Created | EventKind::Updated => {
-                let body = event
-                    .payload
-                    .record
-                    .clone()
-                    .unwrap_or(serde_json::Value::Null);
-                let g = state.upsert(&name, id, &body);
-                event.payload.generation = Some(g);
-                generation = Some(g);
-                if publication.verifiable {
-                    let keep = event.kind == EventKind::Created
-                        && !publication.mutable
-                        && state.verification.get(&key(&name, id)).is_some_and(|row| {
-                            row.verification.verification_state == VerificationState::Succeeded
-                        });
-                    if !keep {
-                        state.mark_verification_pending(&name, id);
-                    }
-                }
-            }
-            EventKind::Deleted => {
-                state.records.remove(&key(&name, id));
-                state.verification.remove(&key(&name, id));
-            }
-            EventKind::ChecksumSucceeded => {}
+        Ok(Some(self.lock().publish(publication, now)))
+    }
+
+    async fn publish_batch(
+        &self,
+        publications: &[Publication],
+        now: DateTime<Utc>,
+    ) -> Result<Option<Vec<Published>>, StoreError> {
+        if publications.iter().any(|p| !p.in_catalogue) {
+            return Ok(None);
         }
-        let event_id = state.append(&event, now);
-        Ok(Some(Published {
-            event_id,
-            generation,
-        }))
+        let mut state = self.lock();
+        Ok(Some(
+            publications
+                .iter()
+                .map(|publication| state.publish(publication, now))
+                .collect(),
+        ))
+    }
+
+    async fn complete_verifications(
+        &self,
+        name: &str,
+        completed: &[CompletedVerification],
+        now: DateTime<Utc>,
+    ) -> Result<Option<Vec<bool>>, StoreError> {
+        let mut state = self.lock();
+        let written = completed
+            .iter()
+            .map(|c| {
+                let written = state.update_verification(name, &c.row);
+                if written && let Some(event) = &c.event {
+                    state.append(event, now);
+                }
+                written
+            })
+            .collect();
+        Ok(Some(written))
     }
 }
 
@@ -284,15 +338,7 @@ impl VerificationStore for MemoryStore {
     }
 
     async fn update(&self, name: &str, row: &VerificationRecord) -> Result<bool, StoreError> {
-        let mut state = self.lock();
-        match state.verification.get_mut(&key(name, row.model_id)) {
-            Some(stored) if stored.version == row.version => {
-                *stored = row.clone();
-                stored.version += 1;
-                Ok(true)
-            }
-            _ => Ok(false),
-        }
+        Ok(self.lock().update_verification(name, row))
     }
 
     async fn claim(

@@ -22,7 +22,7 @@ mod secondary_status;
 pub mod sql;
 mod verification_store;
 
-pub use event_log::{EventLog, Publication, Published};
+pub use event_log::{CompletedVerification, EventLog, Publication, Published};
 pub use record_source::{RecordSource, RoutedRecords};
 pub use record_store::{RecordStore, StoredRecord};
 pub use registry_store::{RegistryCounts, RegistryFilter, RegistryStore, SITE_SWITCH};
@@ -53,6 +53,16 @@ pub fn same_database(
             events,
             verification as *const dyn VerificationStore as *const (),
         )
+}
+
+/// Whether the event log and the verification store are one value (one database), so that
+/// [`EventLog::complete_verifications`] may write verification rows and their events in one
+/// transaction.
+pub fn log_holds_verification(events: &dyn EventLog, verification: &dyn VerificationStore) -> bool {
+    std::ptr::eq(
+        events as *const dyn EventLog as *const (),
+        verification as *const dyn VerificationStore as *const (),
+    )
 }
 
 /// Opens the database a URL names, for every storage role:

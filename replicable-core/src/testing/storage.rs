@@ -26,8 +26,9 @@ use crate::domain::retry::RetryPolicy;
 use crate::domain::verification::{VerificationRecord, VerificationState};
 use crate::storage::memory::MemoryStore;
 use crate::storage::{
-    Backend, EventLog, Publication, RecordStore, RegistryCounts, RegistryFilter, RegistryStore,
-    SecondaryStatusRow, StoredRecord, VerificationCounts, VerificationStore,
+    Backend, CompletedVerification, EventLog, Publication, RecordStore, RegistryCounts,
+    RegistryFilter, RegistryStore, SecondaryStatusRow, StoredRecord, VerificationCounts,
+    VerificationStore,
 };
 
 /// A database under test.
@@ -1403,6 +1404,203 @@ pub async fn publishing_writes_record_verification_and_event_together(
     );
 }
 
+/// A batch of publications is written in order in one go: consecutive event ids, each event
+/// carrying its record's new generation, a record published twice in one batch bumped twice,
+/// a deletion in the batch applied where it stands; batches larger than one statement's chunk
+/// too; and an immutable resource keeps its succeeded checksum, as with single publishes.
+pub async fn publishing_a_batch_writes_every_publication_in_order(target: &dyn ConformanceTarget) {
+    let db = open(target).await;
+    let batch = [
+        publication(1, EventKind::Created, false, "a"),
+        publication(2, EventKind::Created, false, "a"),
+        publication(1, EventKind::Created, false, "b"),
+        publication(3, EventKind::Updated, true, "a"),
+        publication(2, EventKind::Deleted, false, ""),
+    ];
+    let published = db
+        .events
+        .publish_batch(&batch, t0())
+        .await
+        .unwrap()
+        .expect("every backend of the suite publishes a batch in one transaction");
+    let ids: Vec<EventId> = published.iter().map(|p| p.event_id).collect();
+    assert_eq!(ids.len(), batch.len());
+    assert!(ids.windows(2).all(|w| w[1] == w[0] + 1), "{ids:?}");
+    let generations: Vec<_> = published.iter().map(|p| p.generation).collect();
+    assert_eq!(generations, [Some(1), Some(1), Some(2), Some(1), None]);
+    let read = db.events.read_after(ids[0] - 1, 10).await.unwrap();
+    let seen: Vec<_> = read
+        .iter()
+        .map(stored)
+        .map(|e| {
+            (
+                e.id,
+                e.event_name.clone(),
+                e.payload["model_id"].as_i64(),
+                e.payload["generation"].as_i64(),
+            )
+        })
+        .collect();
+    let kinds = ["created", "created", "created", "updated", "deleted"];
+    let expected: Vec<_> = batch
+        .iter()
+        .zip(&ids)
+        .zip(kinds)
+        .zip(&generations)
+        .map(|(((p, id), kind), g)| (*id, kind.to_owned(), Some(p.event.payload.model_id), *g))
+        .collect();
+    assert_eq!(seen, expected);
+    let one = db.records.get(NAME, 1).await.unwrap().unwrap();
+    assert_eq!((one.generation, one.body["note"].clone()), (2, "b".into()));
+    assert!(db.records.get(NAME, 2).await.unwrap().is_none());
+    assert!(db.verification.get(NAME, 2).await.unwrap().is_none());
+    assert_eq!(
+        db.records.get(NAME, 3).await.unwrap().unwrap().generation,
+        1
+    );
+    for id in [1, 3] {
+        let row = db.verification.get(NAME, id).await.unwrap().unwrap();
+        assert_eq!(
+            row.verification.verification_state,
+            VerificationState::Pending
+        );
+    }
+
+    // An immutable resource's succeeded checksum is kept by a batch re-publishing `created`.
+    let mut claimed = db.verification.claim(NAME, Utc::now(), 10).await.unwrap();
+    claimed.retain(|row| row.model_id == 1);
+    let mut row = claimed.remove(0);
+    row.verification.succeed("ab".repeat(32), t0()).unwrap();
+    assert!(db.verification.update(NAME, &row).await.unwrap());
+    db.events
+        .publish_batch(&[publication(1, EventKind::Created, false, "c")], t0())
+        .await
+        .unwrap()
+        .unwrap();
+    let kept = db.verification.get(NAME, 1).await.unwrap().unwrap();
+    assert_eq!(kept.succeeded_checksum(), Some("ab".repeat(32).as_str()));
+
+    // More than one statement's worth (5,000 rows).
+    let large: Vec<_> = (1_000..6_001)
+        .map(|id| publication(id, EventKind::Created, false, "large"))
+        .collect();
+    let published = db
+        .events
+        .publish_batch(&large, t0())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(published.len(), large.len());
+    assert!(
+        published
+            .windows(2)
+            .all(|w| w[1].event_id == w[0].event_id + 1)
+    );
+    assert!(published.iter().all(|p| p.generation == Some(1)));
+    assert_eq!(
+        db.events.last_event_id().await.unwrap(),
+        published.last().map(|p| p.event_id)
+    );
+    assert_eq!(
+        db.records.count(NAME).await.unwrap(),
+        2 + large.len() as u64
+    );
+    assert!(db.verification.get(NAME, 6_000).await.unwrap().is_some());
+}
+
+/// Finished primary verifications are recorded together: each row only if it is still at its
+/// version, and the events of exactly the rows written, with consecutive ids.
+pub async fn completed_verifications_append_their_events_together(target: &dyn ConformanceTarget) {
+    let db = open(target).await;
+    for id in 1..=4 {
+        db.events
+            .publish(&publication(id, EventKind::Created, false, "v"), t0())
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    let before = db.events.last_event_id().await.unwrap().unwrap();
+    let mut rows = db.verification.claim(NAME, Utc::now(), 10).await.unwrap();
+    rows.sort_by_key(|row| row.model_id);
+    assert_eq!(rows.len(), 4);
+    let policy = RetryPolicy::default();
+    let checksum = |id: i64| format!("{id:064x}");
+    let announce = |id: i64| {
+        let mut event = event(id, EventKind::ChecksumSucceeded);
+        event.payload.generation = None;
+        event.payload.record = None;
+        event.payload.checksum = Some(checksum(id));
+        event
+    };
+    let mut completed = Vec::new();
+    for mut row in rows {
+        let id = row.model_id;
+        let event = if id == 2 {
+            row.verification
+                .fail("unreadable", t0(), &policy, 0)
+                .unwrap();
+            None
+        } else {
+            row.verification.succeed(checksum(id), t0()).unwrap();
+            Some(announce(id))
+        };
+        if id == 3 {
+            // Overtaken: the row changed since it was claimed.
+            row.version -= 1;
+        }
+        completed.push(CompletedVerification { row, event });
+    }
+    let written = db
+        .events
+        .complete_verifications(NAME, &completed, t0())
+        .await
+        .unwrap()
+        .expect("every backend of the suite records verifications in one transaction");
+    assert_eq!(written, [true, true, false, true]);
+    let read = db.events.read_after(before, 10).await.unwrap();
+    let announced: Vec<_> = read
+        .iter()
+        .map(stored)
+        .map(|e| {
+            (
+                e.event_name.clone(),
+                e.payload["model_id"].as_i64(),
+                e.payload["checksum"].as_str().map(str::to_owned),
+            )
+        })
+        .collect();
+    assert_eq!(
+        announced,
+        [1, 4].map(|id| (
+            "checksum_succeeded".to_owned(),
+            Some(id),
+            Some(checksum(id))
+        ))
+    );
+    assert_eq!(stored(&read[1]).id, stored(&read[0]).id + 1);
+    for (id, state) in [
+        (1, VerificationState::Succeeded),
+        (2, VerificationState::Failed),
+        (3, VerificationState::Started),
+        (4, VerificationState::Succeeded),
+    ] {
+        let row = db.verification.get(NAME, id).await.unwrap().unwrap();
+        assert_eq!(row.verification.verification_state, state, "{id}");
+    }
+    // Nothing to announce: rows only, no event.
+    let none = db
+        .events
+        .complete_verifications(NAME, &[], t0())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(none.is_empty());
+    assert_eq!(
+        db.events.last_event_id().await.unwrap(),
+        Some(stored(&read[1]).id)
+    );
+}
+
 /// The counts every backend must report, recounted row by row: the registry's from a listing
 /// of every row (with the queue depth at `now`), the verification rows' from the ids below
 /// 100, the records' from their ids.
@@ -1722,8 +1920,10 @@ macro_rules! storage_conformance_suite {
             a_resync_is_scheduled_behind_new_changes,
             a_failed_verification_sent_back_to_pending_keeps_its_retry_count,
             publishing_writes_record_verification_and_event_together,
-            secondary_status_persists_and_consumed_events_are_deleted,
+            publishing_a_batch_writes_every_publication_in_order,
             counts_stay_exact_through_every_transition,
+            completed_verifications_append_their_events_together,
+            secondary_status_persists_and_consumed_events_are_deleted,
         );
     };
     (@module $module:ident, $make:expr, $($check:ident),* $(,)?) => {

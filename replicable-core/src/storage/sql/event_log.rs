@@ -5,13 +5,16 @@ use chrono::{DateTime, Utc};
 use sqlx::any::AnyRow;
 use sqlx::{AssertSqlSafe, Row};
 
+use super::batch::{
+    append_on, append_rows_sql, batch_names, batch_segments, bump_generations_batch_sql,
+    delete_batch_sql, event_rows, event_runs, id_rows, publish_batch_on, record_rows, table_of,
+    upsert_records_batch_sql, verification_pending_batch_sql,
+};
+use super::verification::{bind_verification, verification_assignments};
 use super::{APPEND_LOCK, Dialect, SqlStore, Tables, micros};
 use crate::domain::error::StoreError;
 use crate::domain::event::{DamagedEvent, EventId, EventKind, LogEntry, NewEvent, StoredEvent};
-use crate::storage::{EventLog, Publication, Published};
-
-/// Events per SQLite insert statement.
-const APPEND_CHUNK: usize = 5_000;
+use crate::storage::{CompletedVerification, EventLog, Publication, Published};
 
 /// PostgreSQL batches at least this large go through `COPY`; smaller ones through `INSERT`
 /// (a `COPY` has a fixed cost that a handful of rows does not repay).
@@ -207,12 +210,75 @@ impl EventLog for SqlStore {
         publication: &Publication,
         now: DateTime<Utc>,
     ) -> Result<Option<Published>, StoreError> {
-        let t = self.tables(&publication.event.replicable_name).await?;
-        let err = self.backend("publish");
-        let mut tx = self.begin_durable_write().await.map_err(&err)?;
-        let published = publish_on!(self, &mut *tx, "", &t, publication, now)?;
+        match self.dialect {
+            // One writer, one sync per commit: concurrent publishes share commits.
+            Dialect::Sqlite => self.publish_in_group(publication, now).await.map(Some),
+            Dialect::Postgres => self.publish_now(publication, now).await.map(Some),
+        }
+    }
+
+    async fn publish_batch(
+        &self,
+        publications: &[Publication],
+        now: DateTime<Utc>,
+    ) -> Result<Option<Vec<Published>>, StoreError> {
+        self.publish_batch_now(publications, now).await.map(Some)
+    }
+
+    async fn complete_verifications(
+        &self,
+        name: &str,
+        completed: &[CompletedVerification],
+        now: DateTime<Utc>,
+    ) -> Result<Option<Vec<bool>>, StoreError> {
+        if completed.is_empty() {
+            return Ok(Some(Vec::new()));
+        }
+        let t = self.tables(name).await?;
+        let n = &t.name;
+        let err = self.backend("record verifications");
+        // Only an append waits for the disk: rows that announce nothing commit as every
+        // verification update does.
+        let mut tx = if completed.iter().any(|c| c.event.is_some()) {
+            self.begin_durable_write().await
+        } else {
+            self.begin_write().await
+        }
+        .map_err(&err)?;
+        // The compare-and-set of `VerificationStore::update`.
+        let sql = format!(
+            "UPDATE {n}_verification SET {}, version = version + 1 \
+             WHERE {n}_id = $11 AND version = $12",
+            verification_assignments(1)
+        );
+        let mut written = Vec::with_capacity(completed.len());
+        for c in completed {
+            let done = bind_verification(
+                sqlx::query(AssertSqlSafe(sql.clone())),
+                &c.row.verification,
+                c.row.heartbeat_at,
+            )
+            .bind(c.row.model_id)
+            .bind(c.row.version)
+            .execute(&mut *tx)
+            .await
+            .map_err(&err)?;
+            written.push(done.rows_affected() == 1);
+        }
+        let rows = completed
+            .iter()
+            .zip(&written)
+            .filter(|(_, written)| **written)
+            .filter_map(|(c, _)| c.event.as_ref())
+            .map(|e| {
+                let payload =
+                    serde_json::to_string(&e.payload).map_err(|e| serialize_error(self, e))?;
+                Ok((e.replicable_name.as_str(), e.kind.name(), payload))
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        append_on!(self, &mut *tx, "", &rows, now)?;
         tx.commit().await.map_err(&err)?;
-        Ok(Some(published))
+        Ok(Some(written))
     }
 
     #[cfg(feature = "sql")]
@@ -222,6 +288,40 @@ impl EventLog for SqlStore {
 }
 
 impl SqlStore {
+    /// [`EventLog::publish`] in a transaction of its own.
+    pub(super) async fn publish_now(
+        &self,
+        publication: &Publication,
+        now: DateTime<Utc>,
+    ) -> Result<Published, StoreError> {
+        let t = self.tables(&publication.event.replicable_name).await?;
+        let err = self.backend("publish");
+        let mut tx = self.begin_durable_write().await.map_err(&err)?;
+        let published = publish_on!(self, &mut *tx, "", &t, publication, now)?;
+        tx.commit().await.map_err(&err)?;
+        Ok(published)
+    }
+
+    /// [`EventLog::publish_batch`] in a transaction of its own.
+    pub(super) async fn publish_batch_now(
+        &self,
+        publications: &[Publication],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Published>, StoreError> {
+        if publications.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut tables = Vec::new();
+        for name in batch_names(publications) {
+            tables.push(self.tables(name).await?);
+        }
+        let err = self.backend("publish a batch");
+        let mut tx = self.begin_durable_write().await.map_err(&err)?;
+        let published = publish_batch_on!(self, &mut *tx, "", &tables, publications, now)?;
+        tx.commit().await.map_err(&err)?;
+        Ok(published)
+    }
+
     /// One row of the event log: an event, or a damaged entry naming what could not be read.
     /// Only an unreadable id fails (the row could not even be skipped).
     fn read_entry(&self, row: &AnyRow) -> Result<LogEntry, StoreError> {
@@ -410,55 +510,25 @@ pub(super) fn serialize_error(store: &SqlStore, e: serde_json::Error) -> StoreEr
 
 impl SqlStore {
     /// SQLite appends: each chunk travels as one JSON parameter that the engine expands into
-    /// rows (binding four parameters per event costs more than the insert). Under the write
-    /// lock the ids of one statement are consecutive: only the last one and the count come
-    /// back.
+    /// rows (binding four parameters per event costs more than the insert).
     async fn append_sqlite(
         &self,
         events: &[NewEvent],
         now: DateTime<Utc>,
     ) -> Result<Vec<EventId>, StoreError> {
         let err = self.backend("append events");
+        // Payloads go in as JSON strings: extracting a string is cheaper for the engine than
+        // re-serializing an object.
+        let rows = events
+            .iter()
+            .map(|e| {
+                let payload =
+                    serde_json::to_string(&e.payload).map_err(|e| serialize_error(self, e))?;
+                Ok((e.replicable_name.as_str(), e.kind.name(), payload))
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
         let mut tx = self.begin_durable_write().await.map_err(&err)?;
-        let at = micros(now);
-        let mut ids = Vec::with_capacity(events.len());
-        for chunk in events.chunks(APPEND_CHUNK) {
-            // Payloads go in as JSON strings: extracting a string is cheaper for the engine
-            // than re-serializing an object.
-            let batch = chunk
-                .iter()
-                .map(|e| {
-                    let payload = serde_json::to_string(&e.payload)?;
-                    Ok((e.replicable_name.as_str(), e.kind.name(), payload))
-                })
-                .collect::<Result<Vec<_>, serde_json::Error>>()
-                .and_then(|batch| serde_json::to_string(&batch))
-                .map_err(|e| serialize_error(self, e))?;
-            sqlx::query(
-                "INSERT INTO replicable_events (replicable_name, event_name, payload, created_at) \
-                 SELECT value ->> 0, value ->> 1, value ->> 2, $2 \
-                 FROM json_each($1) ORDER BY key",
-            )
-            .bind(batch)
-            .bind(at)
-            .execute(&mut *tx)
-            .await
-            .map_err(&err)?;
-            let row = sqlx::query("SELECT last_insert_rowid() AS last, changes() AS n")
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(&err)?;
-            let last: i64 = self.get(&row, "last")?;
-            let stored: i64 = self.get(&row, "n")?;
-            if usize::try_from(stored).ok() != Some(chunk.len()) {
-                return Err(StoreError::Backend {
-                    store: self.url.clone(),
-                    operation: "append events",
-                    reason: format!("{} events sent, {stored} stored", chunk.len()),
-                });
-            }
-            ids.extend(last - stored + 1..=last);
-        }
+        let ids = append_on!(self, &mut *tx, "", &rows, now)?;
         tx.commit().await.map_err(&err)?;
         Ok(ids)
     }

@@ -6,12 +6,17 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::AssertSqlSafe;
 
+use super::batch::{
+    append_on, append_rows_sql, batch_names, batch_segments, bump_generations_batch_sql,
+    delete_batch_sql, event_rows, event_runs, id_rows, publish_batch_on, record_rows, table_of,
+    upsert_records_batch_sql, verification_pending_batch_sql,
+};
 use super::event_log::{
     bump_generation_sql, publish_on, serialize_error, upsert_record_sql, verification_pending_sql,
 };
 use super::{APPEND_LOCK, Dialect, SqlStore, Tables, micros};
 use crate::domain::error::StoreError;
-use crate::domain::event::EventKind;
+use crate::domain::event::{EventId, EventKind};
 use crate::storage::{Publication, Published};
 
 mod sealed {
@@ -38,6 +43,16 @@ pub trait AppConnection: Send + sealed::Sealed {
         publication: &Publication,
         now: DateTime<Utc>,
     ) -> Result<Published, StoreError>;
+
+    /// Writes `publications`, in order, on this connection for the site whose event log is
+    /// `store` (see [`EventLog::publish_batch`](crate::storage::EventLog::publish_batch)).
+    #[doc(hidden)]
+    async fn write_publications(
+        &mut self,
+        store: &SqlStore,
+        publications: &[Publication],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Published>, StoreError>;
 }
 
 impl SqlStore {
@@ -71,6 +86,19 @@ impl SqlStore {
             })
     }
 
+    /// The tables of every replicable a batch names (see [`SqlStore::tables_for_app`]).
+    async fn batch_tables_for_app(
+        &self,
+        publications: &[Publication],
+        expected: Dialect,
+    ) -> Result<Vec<std::sync::Arc<Tables>>, StoreError> {
+        let mut tables = Vec::new();
+        for name in batch_names(publications) {
+            tables.push(self.tables_for_app(name, expected).await?);
+        }
+        Ok(tables)
+    }
+
     /// The prefix that qualifies the framework's tables on a connection whose search path is
     /// the application's.
     fn app_prefix(&self) -> String {
@@ -96,6 +124,19 @@ impl AppConnection for sqlx::PgConnection {
         let prefix = store.app_prefix();
         publish_on!(store, &mut *self, &prefix, &t, publication, now)
     }
+
+    async fn write_publications(
+        &mut self,
+        store: &SqlStore,
+        publications: &[Publication],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Published>, StoreError> {
+        let tables = store
+            .batch_tables_for_app(publications, Dialect::Postgres)
+            .await?;
+        let prefix = store.app_prefix();
+        publish_batch_on!(store, &mut *self, &prefix, &tables, publications, now)
+    }
 }
 
 #[cfg(feature = "sqlite")]
@@ -111,6 +152,18 @@ impl AppConnection for sqlx::SqliteConnection {
             .tables_for_app(&publication.event.replicable_name, Dialect::Sqlite)
             .await?;
         publish_on!(store, &mut *self, "", &t, publication, now)
+    }
+
+    async fn write_publications(
+        &mut self,
+        store: &SqlStore,
+        publications: &[Publication],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Published>, StoreError> {
+        let tables = store
+            .batch_tables_for_app(publications, Dialect::Sqlite)
+            .await?;
+        publish_batch_on!(store, &mut *self, "", &tables, publications, now)
     }
 }
 
@@ -131,5 +184,20 @@ impl AppConnection for sqlx::AnyConnection {
             .await?;
         let prefix = store.app_prefix();
         publish_on!(store, &mut *self, &prefix, &t, publication, now)
+    }
+
+    async fn write_publications(
+        &mut self,
+        store: &SqlStore,
+        publications: &[Publication],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Published>, StoreError> {
+        let dialect = match self.backend_name() {
+            "PostgreSQL" => Dialect::Postgres,
+            _ => Dialect::Sqlite,
+        };
+        let tables = store.batch_tables_for_app(publications, dialect).await?;
+        let prefix = store.app_prefix();
+        publish_batch_on!(store, &mut *self, &prefix, &tables, publications, now)
     }
 }

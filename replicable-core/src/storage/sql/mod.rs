@@ -11,8 +11,10 @@
 //! secondary writes) one replicable's records in the application's table, and
 //! [`AppConnection`] lets a publication be written in the application's transaction.
 
+mod batch;
 mod counts;
 mod event_log;
+mod group_commit;
 mod in_transaction;
 mod records;
 mod registry;
@@ -148,6 +150,14 @@ struct Tables {
 ///
 /// [`SqlOptions::sync_every_commit`] makes every commit wait for the disk (slower: one sync per
 /// commit).
+///
+/// On SQLite (one writer, one sync per durable commit) single publishes that arrive while
+/// another is being committed are written together in the next transaction (group commit):
+/// concurrent publishers share one sync, each told only once its own event is stored. A batch
+/// publish ([`EventLog::publish_batch`](crate::storage::EventLog::publish_batch)) is one
+/// transaction, and so are the rows and `checksum_succeeded` events of the primary's
+/// verifications that finish together
+/// ([`EventLog::complete_verifications`](crate::storage::EventLog::complete_verifications)).
 #[derive(Debug)]
 pub struct SqlStore {
     pool: AnyPool,
@@ -164,6 +174,10 @@ pub struct SqlStore {
     /// PostgreSQL: the schema the tables live in, created by the first migration.
     schema: Option<String>,
     tables: Mutex<HashMap<String, Arc<Tables>>>,
+    /// SQLite: single publishes waiting to share a commit (see `group_commit.rs`).
+    group: group_commit::GroupCommit,
+    /// The store itself, for the group commit's task.
+    me: std::sync::Weak<SqlStore>,
 }
 
 /// Advisory lock key for migrations (PostgreSQL).
@@ -382,7 +396,7 @@ impl SqlStore {
             }
             Dialect::Sqlite => None,
         };
-        let store = Self {
+        let store = Arc::new_cyclic(|me| Self {
             pool,
             durable_pool,
             sync_every_commit,
@@ -392,12 +406,14 @@ impl SqlStore {
             url: redacted,
             schema: options.schema.clone(),
             tables: Mutex::new(HashMap::new()),
-        };
+            group: group_commit::GroupCommit::default(),
+            me: me.clone(),
+        });
         store.migrate_core().await?;
         for name in &options.replicables {
             store.tables(name).await?;
         }
-        Ok(Arc::new(store))
+        Ok(store)
     }
 
     /// The engine.
