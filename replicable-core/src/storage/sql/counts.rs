@@ -330,8 +330,9 @@ pub(super) fn fold_sql(n: &str) -> String {
 }
 
 impl SqlStore {
-    /// The prefix that qualifies the framework's tables from any connection: `"schema."` when
-    /// the store keeps them in a PostgreSQL schema of its own.
+    /// The prefix that qualifies the framework's tables from any connection (the counts'
+    /// triggers, a publish on the application's connection, whose search path is the
+    /// application's): `"schema."` when the store keeps them in a PostgreSQL schema of its own.
     pub(super) fn framework_prefix(&self) -> String {
         match (&self.schema, self.dialect) {
             (Some(schema), Dialect::Postgres) => format!("{schema}."),

@@ -98,15 +98,6 @@ impl SqlStore {
         }
         Ok(tables)
     }
-
-    /// The prefix that qualifies the framework's tables on a connection whose search path is
-    /// the application's.
-    fn app_prefix(&self) -> String {
-        match (&self.schema, self.dialect) {
-            (Some(schema), Dialect::Postgres) => format!("{schema}."),
-            _ => String::new(),
-        }
-    }
 }
 
 #[cfg(feature = "postgres")]
@@ -121,7 +112,7 @@ impl AppConnection for sqlx::PgConnection {
         let t = store
             .tables_for_app(&publication.event.replicable_name, Dialect::Postgres)
             .await?;
-        let prefix = store.app_prefix();
+        let prefix = store.framework_prefix();
         publish_on!(store, &mut *self, &prefix, &t, publication, now)
     }
 
@@ -134,7 +125,7 @@ impl AppConnection for sqlx::PgConnection {
         let tables = store
             .batch_tables_for_app(publications, Dialect::Postgres)
             .await?;
-        let prefix = store.app_prefix();
+        let prefix = store.framework_prefix();
         publish_batch_on!(store, &mut *self, &prefix, &tables, publications, now)
     }
 }
@@ -182,7 +173,7 @@ impl AppConnection for sqlx::AnyConnection {
         let t = store
             .tables_for_app(&publication.event.replicable_name, dialect)
             .await?;
-        let prefix = store.app_prefix();
+        let prefix = store.framework_prefix();
         publish_on!(store, &mut *self, &prefix, &t, publication, now)
     }
 
@@ -197,7 +188,7 @@ impl AppConnection for sqlx::AnyConnection {
             _ => Dialect::Sqlite,
         };
         let tables = store.batch_tables_for_app(publications, dialect).await?;
-        let prefix = store.app_prefix();
+        let prefix = store.framework_prefix();
         publish_batch_on!(store, &mut *self, &prefix, &tables, publications, now)
     }
 }
