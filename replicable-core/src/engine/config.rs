@@ -116,7 +116,10 @@ pub struct VerificationSettings {
     /// Checksums computed at once per replicable (default 4: hashing is CPU-bound; Geo's 100
     /// assumes many cores).
     pub concurrency: usize,
-    /// Rows claimed per pass (default 50; Geo claims 10 per job and runs many jobs).
+    /// Rows held per replicable at most, running and claimed (default 50; Geo claims 10 per
+    /// job and runs many jobs). The engine claims more as checks end, never more than its
+    /// workers start within a quarter of the claim timeout at the measured pace: a claimed
+    /// row waiting for a worker sends no heartbeat.
     pub batch: usize,
     /// Succeeded checksums older than this are verified again (default 7 days).
     #[serde(with = "humantime_serde")]

@@ -36,6 +36,44 @@ impl Wake {
     }
 }
 
+/// One [`Wake`] per replicable: work of one replicable wakes its own loops only, so that the
+/// loops of the others do not go looking (each look is a claim, a write on SQLite).
+#[derive(Debug)]
+pub(crate) struct Wakes {
+    by_name: std::collections::HashMap<&'static str, Wake>,
+}
+
+impl Wakes {
+    pub(crate) fn new(names: impl IntoIterator<Item = &'static str>) -> Self {
+        Self {
+            by_name: names.into_iter().map(|name| (name, Wake::new())).collect(),
+        }
+    }
+
+    /// Signals new work of `name` (a name the engine does not run: nothing).
+    pub(crate) fn notify(&self, name: &str) {
+        if let Some(wake) = self.by_name.get(name) {
+            wake.notify();
+        }
+    }
+
+    /// Signals new work of every replicable.
+    pub(crate) fn notify_all(&self) {
+        for wake in self.by_name.values() {
+            wake.notify();
+        }
+    }
+
+    /// The current position of `name`'s wake, to wait for a change after it.
+    pub(crate) fn snapshot(&self, name: &'static str) -> watch::Receiver<u64> {
+        match self.by_name.get(name) {
+            Some(wake) => wake.snapshot(),
+            // Not run by this engine: a wake that never comes.
+            None => Wake::new().snapshot(),
+        }
+    }
+}
+
 /// The idle state of one loop: the next wait doubles from `min` up to `max` while passes find
 /// nothing, and starts over when one finds work.
 #[derive(Debug)]
@@ -120,5 +158,19 @@ mod tests {
         assert_eq!(before.elapsed(), Duration::ZERO, "woken at once");
         cancel.cancel();
         assert!(!idle.wait(None, &cancel).await);
+    }
+
+    #[tokio::test]
+    async fn a_replicable_wake_reaches_its_own_loops_only() {
+        let wakes = Wakes::new(["a", "b"]);
+        let (mut a, b) = (wakes.snapshot("a"), wakes.snapshot("b"));
+        wakes.notify("a");
+        assert!(a.has_changed().unwrap(), "a's loops are woken");
+        assert!(!b.has_changed().unwrap(), "b's loops are not");
+        a.mark_unchanged();
+        wakes.notify("unknown");
+        assert!(!a.has_changed().unwrap() && !b.has_changed().unwrap());
+        wakes.notify_all();
+        assert!(a.has_changed().unwrap() && b.has_changed().unwrap());
     }
 }

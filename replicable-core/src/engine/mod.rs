@@ -32,6 +32,7 @@ mod status_report;
 mod sync;
 #[cfg(feature = "metrics")]
 pub mod timings;
+mod verification;
 pub mod workers;
 
 use std::collections::HashMap;
@@ -51,7 +52,7 @@ use crate::domain::event::EventId;
 use crate::domain::resource::DataType;
 use crate::engine::cursor::LogCursor;
 use crate::site::Site;
-use idle::{Idle, Wake, sleep_or_stop};
+use idle::{Idle, Wake, Wakes, sleep_or_stop};
 use sync::{Capacity, InFlightSyncs};
 
 pub use crate::storage::SITE_SWITCH;
@@ -92,8 +93,12 @@ pub(crate) struct Shared {
     pub(crate) config: EngineConfig,
     pub(crate) cancel: CancellationToken,
     pub(crate) tracker: TaskTracker,
-    pub(crate) sync_wake: Wake,
-    pub(crate) verification_wake: Wake,
+    /// Rows to sync, per replicable.
+    pub(crate) sync_wakes: Wakes,
+    /// Sync capacity freed (any replicable's sync ended).
+    pub(crate) capacity_wake: Wake,
+    /// Rows to verify, per replicable.
+    pub(crate) verification_wakes: Wakes,
     pub(crate) in_flight: InFlightSyncs,
     replicables: Vec<&'static ReplicableDescriptor>,
 }
@@ -155,8 +160,9 @@ impl Engine {
             config: self.config,
             cancel: CancellationToken::new(),
             tracker: TaskTracker::new(),
-            sync_wake: Wake::new(),
-            verification_wake: Wake::new(),
+            sync_wakes: Wakes::new(self.replicables.iter().map(|r| r.name)),
+            capacity_wake: Wake::new(),
+            verification_wakes: Wakes::new(self.replicables.iter().map(|r| r.name)),
             in_flight: Arc::new(Mutex::new(HashMap::new())),
             replicables: self.replicables,
         });
@@ -214,9 +220,10 @@ fn start_secondary(shared: &Arc<Shared>, loops: &TaskTracker, cursor: LogCursor)
         let capacity = Capacity {
             total: total.clone(),
             of_type,
+            of_type_size: sync.capacity(replicable.data_type),
         };
         loops.spawn(sync::sync_loop(shared.clone(), replicable, capacity));
-        loops.spawn(verification_loop(shared.clone(), replicable));
+        loops.spawn(verification::verification_loop(shared.clone(), replicable));
     }
     loops.spawn(periodic(
         shared.clone(),
@@ -246,7 +253,7 @@ fn start_secondary(shared: &Arc<Shared>, loops: &TaskTracker, cursor: LogCursor)
 
 fn start_primary(shared: &Arc<Shared>, loops: &TaskTracker) {
     for &replicable in &shared.replicables {
-        loops.spawn(verification_loop(shared.clone(), replicable));
+        loops.spawn(verification::verification_loop(shared.clone(), replicable));
     }
     loops.spawn(publish_watch(shared.clone()));
     loops.spawn(periodic(
@@ -300,15 +307,15 @@ async fn cursor_loop(shared: Arc<Shared>, cursor: LogCursor) {
         };
         match batch {
             Ok(report) if report.read >= shared.config.cursor.batch_size => {
-                shared.sync_wake.notify();
-                shared.verification_wake.notify();
+                shared.sync_wakes.notify_all();
+                shared.verification_wakes.notify_all();
                 idle.busy();
                 promised = false;
             }
             Ok(report) => {
                 if report.read > 0 {
-                    shared.sync_wake.notify();
-                    shared.verification_wake.notify();
+                    shared.sync_wakes.notify_all();
+                    shared.verification_wakes.notify_all();
                     idle.busy();
                 } else if promised {
                     promised = false;
@@ -385,7 +392,7 @@ async fn publish_watch(shared: Arc<Shared>) {
             Ok(newest) => {
                 let newest = newest.unwrap_or(0);
                 if newest > seen {
-                    shared.verification_wake.notify();
+                    shared.verification_wakes.notify_all();
                 }
                 // Retention may have emptied the log: follow its newest id down too.
                 seen = newest;
@@ -402,41 +409,6 @@ async fn publish_watch(shared: Arc<Shared>) {
 
 /// How often a primary's engine looks for new events to checksum.
 const PUBLISH_POLL: Duration = Duration::from_millis(100);
-
-/// Verification of one replicable (primary or secondary).
-async fn verification_loop(shared: Arc<Shared>, replicable: &'static ReplicableDescriptor) {
-    if !replicable.verifiable {
-        return;
-    }
-    let mut idle = Idle::new(shared.config.idle);
-    let settings = shared.config.verification;
-    loop {
-        if shared.cancel.is_cancelled() {
-            return;
-        }
-        let mut wake = shared.verification_wake.snapshot();
-        // Claim only what runs at once: a claimed row waiting its turn would send no heartbeat
-        // and be failed as abandoned. A pass is not dropped at shutdown: its rows would be left
-        // `started`; the shutdown deadline bounds the wait.
-        let running = settings.concurrency.max(1);
-        let pass =
-            crate::engine::workers::verify_due(&shared.site, replicable, running, running).await;
-        match pass {
-            Ok(report) if report.claimed > 0 => idle.busy(),
-            Ok(_) => {
-                if !idle.wait(Some(&mut wake), &shared.cancel).await {
-                    return;
-                }
-            }
-            Err(e) => {
-                warn!(replicable = replicable.name, error = %e, "verification pass failed");
-                if !idle.wait(None, &shared.cancel).await {
-                    return;
-                }
-            }
-        }
-    }
-}
 
 /// Runs `pass` every `period(config)`, logging and going on when it fails.
 async fn periodic<F, Fut>(
@@ -476,7 +448,7 @@ async fn sweep_stuck(shared: Arc<Shared>) -> Result<(), String> {
             .map_err(|e| e.to_string())?;
         if failed > 0 {
             info!(replicable = replicable.name, failed, "failed stuck work");
-            shared.sync_wake.notify();
+            shared.sync_wakes.notify(replicable.name);
         }
     }
     Ok(())
@@ -492,8 +464,8 @@ async fn backfill(shared: Arc<Shared>) -> Result<(), String> {
         .await
         .map_err(|e| e.to_string())?;
         if report.created > 0 || report.verification_enabled > 0 {
-            shared.sync_wake.notify();
-            shared.verification_wake.notify();
+            shared.sync_wakes.notify(replicable.name);
+            shared.verification_wakes.notify(replicable.name);
         }
     }
     Ok(())
@@ -511,7 +483,7 @@ async fn reverify(shared: Arc<Shared>) -> Result<(), String> {
         .await
         .map_err(|e| e.to_string())?;
         if n > 0 {
-            shared.verification_wake.notify();
+            shared.verification_wakes.notify(replicable.name);
         }
     }
     Ok(())
@@ -581,8 +553,8 @@ impl EngineHandle {
     /// Wakes every idle loop at once: new work was written in this process (a publish, an
     /// operator's resync).
     pub fn wake(&self) {
-        self.shared.sync_wake.notify();
-        self.shared.verification_wake.notify();
+        self.shared.sync_wakes.notify_all();
+        self.shared.verification_wakes.notify_all();
     }
 
     /// Stops claiming, lets in-flight syncs finish within the configured deadline, hands back

@@ -4,6 +4,7 @@
 //! finish.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use futures::FutureExt;
@@ -35,6 +36,8 @@ pub(crate) type InFlightSyncs = Arc<Mutex<HashMap<(&'static str, i64), InFlight>
 pub(crate) struct Capacity {
     pub(crate) total: Arc<Semaphore>,
     pub(crate) of_type: Arc<Semaphore>,
+    /// How many permits `of_type` has in all.
+    pub(crate) of_type_size: usize,
 }
 
 impl Capacity {
@@ -54,11 +57,24 @@ pub(crate) async fn sync_loop(
     let site = &shared.site;
     let name = replicable.name;
     let mut idle = Idle::new(shared.config.idle);
+    // This loop's syncs still running.
+    let running = Arc::new(AtomicUsize::new(0));
+    // Claim in groups: while this replicable's own syncs run, wait until at least half of
+    // its capacity is free, so that a steady stream of short syncs is claimed a few rows per
+    // statement rather than one. (Its own syncs end, so the wait ends; capacity held by other
+    // replicables never makes it wait.)
+    let group = shared
+        .config
+        .sync
+        .batch
+        .clamp(1, capacity.of_type_size)
+        .div_ceil(2);
     loop {
         if shared.cancel.is_cancelled() {
             return;
         }
-        let mut wake = shared.sync_wake.snapshot();
+        let mut work = shared.sync_wakes.snapshot(name);
+        let mut freed = shared.capacity_wake.snapshot();
         // Capacity first, then claims: never claim a row there is no room to run (a claim
         // handed back would lose its place in the queue).
         let mut permits = Vec::new();
@@ -68,9 +84,10 @@ pub(crate) async fn sync_loop(
                 None => break,
             }
         }
-        if permits.is_empty() {
+        if permits.is_empty() || (permits.len() < group && running.load(Ordering::Acquire) > 0) {
+            drop(permits);
             // Full: wait for a running sync to end (it signals the wake) or a short backoff.
-            if !idle.wait(Some(&mut wake), &shared.cancel).await {
+            if !idle.wait(Some(&mut freed), &shared.cancel).await {
                 return;
             }
             continue;
@@ -98,7 +115,7 @@ pub(crate) async fn sync_loop(
         };
         if rows.is_empty() {
             drop(permits);
-            if !idle.wait(Some(&mut wake), &shared.cancel).await {
+            if !idle.wait(Some(&mut work), &shared.cancel).await {
                 return;
             }
             continue;
@@ -110,7 +127,7 @@ pub(crate) async fn sync_loop(
                 release_row(&shared, replicable, &row).await;
                 continue;
             }
-            spawn_sync(&shared, replicable, row, permit);
+            spawn_sync(&shared, replicable, row, permit, running.clone());
         }
     }
 }
@@ -120,7 +137,9 @@ fn spawn_sync(
     replicable: &'static ReplicableDescriptor,
     row: RegistryRecord,
     permits: (OwnedSemaphorePermit, OwnedSemaphorePermit),
+    running: Arc<AtomicUsize>,
 ) {
+    let running = Running::start(running);
     let key = (replicable.name, row.model_id);
     let token = fastrand::u64(..);
     let entry = InFlight {
@@ -133,17 +152,23 @@ fn spawn_sync(
     let span = info_span!("sync", replicable = replicable.name, id = row.model_id);
     let handle = shared.tracker.spawn(
         async move {
-            let _permits = permits;
-            run_one(&task_shared, replicable, row).await;
+            let due_again = run_one(&task_shared, replicable, row).await;
+            // Released before the wakes below, so that the loops they wake see them free.
+            drop(permits);
+            drop(running);
             {
                 let mut in_flight = lock(&task_shared.in_flight);
                 if in_flight.get(&key).is_some_and(|e| e.token == token) {
                     in_flight.remove(&key);
                 }
             }
-            // Capacity is free again, and the copy may now be verified.
-            task_shared.sync_wake.notify();
-            task_shared.verification_wake.notify();
+            // Capacity is free again, and the copy may now be verified. A row put back to
+            // pending (a change arrived while it ran) is due again at once.
+            task_shared.capacity_wake.notify();
+            if due_again {
+                task_shared.sync_wakes.notify(replicable.name);
+            }
+            task_shared.verification_wakes.notify(replicable.name);
         }
         .instrument(span),
     );
@@ -154,14 +179,35 @@ fn spawn_sync(
     }
 }
 
+/// One running sync in its loop's count, from its spawn until its task ends (or is aborted).
+struct Running(Arc<AtomicUsize>);
+
+impl Running {
+    fn start(count: Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::AcqRel);
+        Self(count)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 fn lock(
     in_flight: &InFlightSyncs,
 ) -> std::sync::MutexGuard<'_, HashMap<(&'static str, i64), InFlight>> {
     in_flight.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// One claimed sync, under the sync timeout, with a panic recorded as its failure.
-async fn run_one(shared: &Shared, replicable: &'static ReplicableDescriptor, row: RegistryRecord) {
+/// One claimed sync, under the sync timeout, with a panic recorded as its failure. Returns
+/// whether the row went back to pending (due again at once).
+async fn run_one(
+    shared: &Shared,
+    replicable: &'static ReplicableDescriptor,
+    row: RegistryRecord,
+) -> bool {
     let site = &shared.site;
     let timeout = site.timeouts().sync;
     #[cfg(feature = "metrics")]
@@ -169,10 +215,12 @@ async fn run_one(shared: &Shared, replicable: &'static ReplicableDescriptor, row
     let attempt =
         std::panic::AssertUnwindSafe(replicable.run_claimed_sync(site, row.clone())).catch_unwind();
     let mut made_visible = false;
+    let mut due_again = false;
     let failure = match tokio::time::timeout(timeout, attempt).await {
         Ok(Ok(Ok(outcome))) => {
             debug!(?outcome, "sync ended");
             made_visible = matches!(outcome, crate::replicator::SyncOutcome::Synced { .. });
+            due_again = matches!(outcome, crate::replicator::SyncOutcome::ChangedDuringSync);
             None
         }
         Ok(Ok(Err(e))) => {
@@ -209,6 +257,7 @@ async fn run_one(shared: &Shared, replicable: &'static ReplicableDescriptor, row
     if let Some(failure) = failure {
         fail_row(shared, replicable, &row, &failure).await;
     }
+    due_again
 }
 
 /// Fails the row of an attempt that ended without completing it, if the row is still that

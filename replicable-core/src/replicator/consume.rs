@@ -108,6 +108,10 @@ impl<'a, M: Replicable> ReplicationTarget<'a, M> {
             .mark_changed(name, self.id, self.site.now(), published_at)
             .await
             .map_err(|e| self.store_error(e))?;
+        if !sync_now {
+            // Intent only: the sync workers read the replication switch before they claim.
+            return Ok(ConsumeOutcome::Pending);
+        }
         let enabled = self
             .site
             .registry_store()
@@ -120,9 +124,6 @@ impl<'a, M: Replicable> ReplicationTarget<'a, M> {
                 id = self.id,
                 "replication is paused: the change is recorded"
             );
-            return Ok(ConsumeOutcome::Pending);
-        }
-        if !sync_now {
             return Ok(ConsumeOutcome::Pending);
         }
         if row.state == SyncState::Started {

@@ -1,6 +1,8 @@
 //! Syncing one record on a secondary: claiming its registry row ([`SyncAttempt`]), copying the
 //! resource through the strategy under a guard ([`AttemptGuard`]) and recording the outcome.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use tracing::{Instrument, debug, info_span, warn};
 
 use super::{CAS_ATTEMPTS, ReplicationTarget, SyncOutcome, heartbeating};
@@ -125,10 +127,18 @@ impl<'a, M: Replicable> SyncAttempt<'a, M> {
                 })
                 .await;
                 match copied {
-                    Ok(primary_checksum) => {
+                    Ok((primary_checksum, checked)) => {
                         // The record as copied is the last thing made visible (for the database
-                        // strategy it is the resource itself): the same guard decides.
-                        match self.guard(stored.generation).ensure_current().await {
+                        // strategy it is the resource itself): the same guard decides, unless
+                        // the strategy just asked it before making the resource visible (a
+                        // change arriving since is caught when the row is completed, and the
+                        // record copy is never older than the one held).
+                        let current = if checked {
+                            Ok(())
+                        } else {
+                            self.guard(stored.generation).ensure_current().await
+                        };
+                        match current {
                             Ok(()) => {
                                 site.records()
                                     .put_unless_older(name, &stored)
@@ -261,18 +271,20 @@ impl<'a, M: Replicable> SyncAttempt<'a, M> {
             target: &self.target,
             started_at: self.row.last_synced_at,
             generation,
+            checked: AtomicBool::new(false),
         }
     }
 
     /// Copies the resource, unless the secondary already holds a copy whose checksum equals
     /// the primary's (a secondary re-seeded from a backup): then nothing is transferred.
-    /// Returns the primary's checksum, if it has one.
+    /// Returns the primary's checksum, if it has one, and whether the strategy found the
+    /// attempt current (through its guard) before it made the copy visible.
     async fn copy(
         &self,
         link: &dyn PrimaryLink,
         record: &M,
         stored: &StoredRecord,
-    ) -> Result<Option<String>, SyncFailure> {
+    ) -> Result<(Option<String>, bool), SyncFailure> {
         let target = &self.target;
         let primary_checksum = if M::Strategy::VERIFIABLE {
             link.verification(M::REPLICABLE_NAME, target.id)
@@ -298,7 +310,7 @@ impl<'a, M: Replicable> SyncAttempt<'a, M> {
                     id = target.id,
                     "the local copy already matches the primary: nothing to transfer"
                 );
-                return Ok(primary_checksum);
+                return Ok((primary_checksum, false));
             }
         }
         if let Some(observer) = target.site.sync_observer() {
@@ -319,7 +331,7 @@ impl<'a, M: Replicable> SyncAttempt<'a, M> {
                 guard: &guard,
             })
             .await?;
-        Ok(primary_checksum)
+        Ok((primary_checksum, guard.checked.load(Ordering::Acquire)))
     }
 }
 
@@ -330,6 +342,8 @@ struct AttemptGuard<'t, 'a, M: Replicable> {
     target: &'t ReplicationTarget<'a, M>,
     started_at: Option<chrono::DateTime<chrono::Utc>>,
     generation: i64,
+    /// Whether a check found the attempt current.
+    checked: AtomicBool,
 }
 
 #[async_trait::async_trait]
@@ -358,11 +372,15 @@ impl<M: Replicable> SyncGuard for AttemptGuard<'_, '_, M> {
             }
             Some(row) if row.change_pending => {
                 if self.target.change_included(self.generation).await {
+                    self.checked.store(true, Ordering::Release);
                     return Ok(());
                 }
                 "it changed while the sync ran"
             }
-            Some(_) => return Ok(()),
+            Some(_) => {
+                self.checked.store(true, Ordering::Release);
+                return Ok(());
+            }
         };
         debug!(
             name,

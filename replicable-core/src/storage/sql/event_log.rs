@@ -180,6 +180,7 @@ impl EventLog for SqlStore {
         before: DateTime<Utc>,
         limit: usize,
     ) -> Result<u64, StoreError> {
+        let _gate = self.write_gate().await;
         let done = sqlx::query(
             "DELETE FROM replicable_events WHERE id IN (SELECT id FROM replicable_events \
              WHERE created_at < $1 ORDER BY id LIMIT $2)",
@@ -193,6 +194,7 @@ impl EventLog for SqlStore {
     }
 
     async fn delete_up_to(&self, up_to: EventId, limit: usize) -> Result<u64, StoreError> {
+        let _gate = self.write_gate().await;
         let done = sqlx::query(
             "DELETE FROM replicable_events WHERE id IN (SELECT id FROM replicable_events \
              WHERE id <= $1 ORDER BY id LIMIT $2)",

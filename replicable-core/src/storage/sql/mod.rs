@@ -176,6 +176,8 @@ pub struct SqlStore {
     tables: Mutex<HashMap<String, Arc<Tables>>>,
     /// SQLite: single publishes waiting to share a commit (see `group_commit.rs`).
     group: group_commit::GroupCommit,
+    /// SQLite: the queue of this store's writers (see [`SqlStore::write_gate`]).
+    write_gate: tokio::sync::Mutex<()>,
     /// The store itself, for the group commit's task.
     me: std::sync::Weak<SqlStore>,
 }
@@ -282,6 +284,36 @@ fn sqlite_file(url: &str) -> Option<std::path::PathBuf> {
     (!path.is_empty() && !path.starts_with(":memory:")).then(|| std::path::PathBuf::from(path))
 }
 
+/// A write transaction that holds its store's write gate until it commits or is dropped.
+/// Dereferences to the connection, like a transaction.
+pub(crate) struct WriteTx<'a> {
+    tx: sqlx::Transaction<'a, sqlx::Any>,
+    // Declared after the transaction: dropped after it, so the next writer comes in only
+    // once this one's rollback is under way.
+    _gate: Option<tokio::sync::MutexGuard<'a, ()>>,
+}
+
+impl WriteTx<'_> {
+    /// Commits, then lets the next writer in.
+    pub(crate) async fn commit(self) -> Result<(), sqlx::Error> {
+        self.tx.commit().await
+    }
+}
+
+impl std::ops::Deref for WriteTx<'_> {
+    type Target = AnyConnection;
+
+    fn deref(&self) -> &AnyConnection {
+        &self.tx
+    }
+}
+
+impl std::ops::DerefMut for WriteTx<'_> {
+    fn deref_mut(&mut self) -> &mut AnyConnection {
+        &mut self.tx
+    }
+}
+
 impl SqlStore {
     /// Opens (creating if needed) the database at `url` (`sqlite://path` or `postgres://...`)
     /// and brings its schema up to date. A schema newer than this build is refused.
@@ -347,6 +379,9 @@ impl SqlStore {
             let schema = options.schema.clone();
             AnyPoolOptions::new()
                 .acquire_timeout(options.acquire_timeout)
+                // A SQLite connection is a file handle in this process: pinging it before each
+                // use (a round trip to its worker thread) finds nothing a statement would not.
+                .test_before_acquire(dialect == Dialect::Postgres)
                 .after_connect(move |conn, _meta| {
                     let schema = schema.clone();
                     Box::pin(async move {
@@ -407,6 +442,7 @@ impl SqlStore {
             schema: options.schema.clone(),
             tables: Mutex::new(HashMap::new()),
             group: group_commit::GroupCommit::default(),
+            write_gate: tokio::sync::Mutex::new(()),
             me: me.clone(),
         });
         store.migrate_core().await?;
@@ -431,29 +467,50 @@ impl SqlStore {
         &self.pool
     }
 
+    /// Waits for this store's turn to write (SQLite; `None` on PostgreSQL, whose writers lock
+    /// rows, not the database).
+    ///
+    /// SQLite has one writer at a time, and a writer that finds the lock taken waits in
+    /// SQLite's busy handler, which sleeps between tries (1, 2, 5, ... up to 100 ms): under a
+    /// steady stream of small writes from one process most of the time goes to those sleeps.
+    /// So the writers of one store queue here, in arrival order (tokio's mutex is fair), and
+    /// each takes the lock the moment the previous one is done. Writers of other processes
+    /// still meet the busy handler. Hold the guard for the whole write: the statement, or the
+    /// transaction until it commits (see [`WriteTx`]).
+    pub(crate) async fn write_gate(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        match self.dialect {
+            Dialect::Sqlite => Some(self.write_gate.lock().await),
+            Dialect::Postgres => None,
+        }
+    }
+
     /// Begins a transaction that writes: on SQLite it takes the write lock at once, so that
     /// what it reads stays true until it commits.
-    async fn begin_write(&self) -> Result<sqlx::Transaction<'_, sqlx::Any>, sqlx::Error> {
-        match self.dialect {
-            Dialect::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
-            Dialect::Postgres => self.pool.begin().await,
-        }
+    async fn begin_write(&self) -> Result<WriteTx<'_>, sqlx::Error> {
+        let gate = self.write_gate().await;
+        let tx = match self.dialect {
+            Dialect::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Dialect::Postgres => self.pool.begin().await?,
+        };
+        Ok(WriteTx { tx, _gate: gate })
     }
 
     /// Begins a transaction that appends to the event log: its commit waits for the disk
     /// (SQLite: on a connection with `synchronous = FULL`; PostgreSQL: `synchronous_commit`
     /// on for this transaction), so an event the caller was told about survives a power loss.
-    async fn begin_durable_write(&self) -> Result<sqlx::Transaction<'_, sqlx::Any>, sqlx::Error> {
-        match self.dialect {
-            Dialect::Sqlite => self.durable_pool.begin_with("BEGIN IMMEDIATE").await,
+    async fn begin_durable_write(&self) -> Result<WriteTx<'_>, sqlx::Error> {
+        let gate = self.write_gate().await;
+        let tx = match self.dialect {
+            Dialect::Sqlite => self.durable_pool.begin_with("BEGIN IMMEDIATE").await?,
             Dialect::Postgres => {
                 let mut tx = self.pool.begin().await?;
                 if !self.sync_every_commit {
                     tx.execute("SET LOCAL synchronous_commit TO on").await?;
                 }
-                Ok(tx)
+                tx
             }
-        }
+        };
+        Ok(WriteTx { tx, _gate: gate })
     }
 
     /// The database's current time.
@@ -518,7 +575,13 @@ impl SqlStore {
         // Every statement, from the schema's creation on, runs under the migration lock (the
         // write lock on SQLite): processes opening a fresh database at once would otherwise
         // race on creating the same catalogue entries, and all but one would fail.
-        let mut tx = self.begin_write().await.map_err(|e| open(e.to_string()))?;
+        // Not through the write gate: a store method may meet a replicable's tables for the
+        // first time inside its own write, and the gate does not nest.
+        let begun = match self.dialect {
+            Dialect::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
+            Dialect::Postgres => self.pool.begin().await,
+        };
+        let mut tx = begun.map_err(|e| open(e.to_string()))?;
         if self.dialect == Dialect::Postgres {
             sqlx::query("SELECT pg_advisory_xact_lock($1)")
                 .bind(MIGRATION_LOCK)

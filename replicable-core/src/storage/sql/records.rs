@@ -19,6 +19,7 @@ impl RecordStore for SqlStore {
         body: &serde_json::Value,
     ) -> Result<i64, StoreError> {
         let t = self.tables(name).await?;
+        let _gate = self.write_gate().await;
         let row = sqlx::query(AssertSqlSafe(upsert_record_sql("", &t.name)))
             .bind(model_id)
             .bind(body.to_string())
@@ -40,6 +41,7 @@ impl RecordStore for SqlStore {
              ON CONFLICT ({n}_id) DO UPDATE SET generation = excluded.generation, \
              body = excluded.body WHERE {n}_records.generation <= excluded.generation"
         );
+        let _gate = self.write_gate().await;
         let done = sqlx::query(AssertSqlSafe(sql))
             .bind(record.model_id)
             .bind(record.generation)
@@ -113,6 +115,7 @@ impl SqlStore {
         let t = self.tables(name).await?;
         let n = &t.name;
         let sql = format!("DELETE FROM {n}_{kind} WHERE {n}_id = $1");
+        let _gate = self.write_gate().await;
         let done = sqlx::query(AssertSqlSafe(sql))
             .bind(model_id)
             .execute(&self.pool)

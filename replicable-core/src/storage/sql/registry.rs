@@ -1,7 +1,6 @@
 //! A secondary's tracking database on SQL: registries, the log cursor, leases and skipped
 //! events.
 
-use std::collections::HashMap;
 use std::ops::Range;
 
 use async_trait::async_trait;
@@ -60,6 +59,7 @@ impl SqlStore {
             for id in chunk {
                 query = query.bind(*id);
             }
+            let _gate = self.write_gate().await;
             changed += query
                 .execute(&self.pool)
                 .await
@@ -91,6 +91,7 @@ impl SqlStore {
             pending_assignments(&format!("{n}_registry"), "NULL"),
             t.registry_columns
         );
+        let _gate = self.write_gate().await;
         let row = sqlx::query(AssertSqlSafe(sql))
             .bind(model_id)
             .bind(micros(now))
@@ -190,6 +191,7 @@ impl RegistryStore for SqlStore {
             for id in chunk {
                 query = query.bind(*id);
             }
+            let _gate = self.write_gate().await;
             inserted += query
                 .execute(&self.pool)
                 .await
@@ -209,6 +211,7 @@ impl RegistryStore for SqlStore {
              version = version + 1 WHERE {n}_id = $20 AND version = $21",
             verification_assignments(9)
         );
+        let _gate = self.write_gate().await;
         let query = sqlx::query(AssertSqlSafe(sql))
             .bind(row.state.value())
             .bind(i64::from(row.retry_count))
@@ -238,54 +241,30 @@ impl RegistryStore for SqlStore {
         let _ = now;
         let t = self.tables(name).await?;
         let n = &t.name;
-        let err = self.backend("claim registry rows for sync");
-        // Two statements in one transaction: the scheduling order is known before the claim
-        // (afterwards every row is `started`), and the rows stay locked in between.
-        let mut tx = self.begin_write().await.map_err(&err)?;
-        let select = format!(
-            "SELECT {n}_id AS id, {now} AS now FROM {n}_registry \
-             WHERE state = 0 OR (state = 3 AND (retry_at IS NULL OR retry_at <= {now})) \
-             ORDER BY CASE WHEN state = 0 AND last_synced_at IS NULL AND retry_at IS NULL \
-               THEN 0 ELSE 1 END, retry_at NULLS FIRST, {n}_id LIMIT $1{}",
+        // One statement: choose the due rows in scheduling order (rows never tried first, then
+        // by retry time) and start them. The chosen rows are locked (PostgreSQL: skipping rows
+        // another worker holds; SQLite: the database's one writer) until they are started.
+        let sql = format!(
+            "WITH due AS (SELECT {n}_id FROM {n}_registry \
+               WHERE state = 0 OR (state = 3 AND (retry_at IS NULL OR retry_at <= {now})) \
+               ORDER BY CASE WHEN state = 0 AND last_synced_at IS NULL AND retry_at IS NULL \
+                 THEN 0 ELSE 1 END, retry_at NULLS FIRST, {n}_id LIMIT $1{}) \
+             UPDATE {n}_registry SET state = 1, last_synced_at = {now}, heartbeat_at = {now}, \
+               change_pending = 0, version = version + 1 \
+             WHERE {n}_id IN (SELECT {n}_id FROM due) RETURNING {}",
             self.dialect.skip_locked(),
+            t.registry_columns,
             now = self.dialect.now_micros(),
         );
-        let due = sqlx::query(AssertSqlSafe(select))
+        let _gate = self.write_gate().await;
+        let rows = sqlx::query(AssertSqlSafe(sql))
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-            .fetch_all(&mut *tx)
+            .fetch_all(&self.pool)
             .await
-            .map_err(&err)?;
-        let Some(first) = due.first() else {
-            return Ok(Vec::new());
-        };
-        let at: i64 = self.get(first, "now")?;
-        let order: HashMap<i64, usize> = due
-            .iter()
-            .enumerate()
-            .map(|(i, row)| Ok((self.get::<i64>(row, "id")?, i)))
-            .collect::<Result<_, StoreError>>()?;
-        let ids: Vec<i64> = order.keys().copied().collect();
-        let mut claimed = Vec::with_capacity(ids.len());
-        for chunk in ids.chunks(INSERT_CHUNK) {
-            let list = (0..chunk.len())
-                .map(|i| format!("${}", i + 2))
-                .collect::<Vec<_>>()
-                .join(", ");
-            let sql = format!(
-                "UPDATE {n}_registry SET state = 1, last_synced_at = $1, heartbeat_at = $1, \
-                   change_pending = 0, version = version + 1 \
-                 WHERE {n}_id IN ({list}) RETURNING {}",
-                t.registry_columns
-            );
-            let mut query = sqlx::query(AssertSqlSafe(sql)).bind(at);
-            for id in chunk {
-                query = query.bind(*id);
-            }
-            let rows = query.fetch_all(&mut *tx).await.map_err(&err)?;
-            claimed.extend(self.read_registries(&rows)?);
-        }
-        tx.commit().await.map_err(&err)?;
-        claimed.sort_by_key(|r| order.get(&r.model_id).copied());
+            .map_err(self.backend("claim registry rows for sync"))?;
+        let mut claimed = self.read_registries(&rows)?;
+        // The rows all start now; the order only decides which task is spawned first.
+        claimed.sort_by_key(|r| (r.retry_at.is_some(), r.retry_at, r.model_id));
         Ok(claimed)
     }
 
@@ -311,6 +290,7 @@ impl RegistryStore for SqlStore {
             t.registry_columns,
             now = self.dialect.now_micros(),
         );
+        let _gate = self.write_gate().await;
         let rows = sqlx::query(AssertSqlSafe(sql))
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
             .fetch_all(&self.pool)
@@ -361,6 +341,7 @@ impl RegistryStore for SqlStore {
              (version = $2 OR (state = 1 AND change_pending = 1 AND version > $2))",
             self.dialect.now_micros()
         );
+        let _gate = self.write_gate().await;
         let done = sqlx::query(AssertSqlSafe(sql))
             .bind(model_id)
             .bind(version)
@@ -556,6 +537,7 @@ impl RegistryStore for SqlStore {
     }
 
     async fn set_replication_enabled(&self, name: &str, enabled: bool) -> Result<(), StoreError> {
+        let _gate = self.write_gate().await;
         sqlx::query(
             "INSERT INTO replicable_settings (replicable_name, replication_enabled) \
              VALUES ($1, $2) ON CONFLICT (replicable_name) \
@@ -595,6 +577,7 @@ impl RegistryStore for SqlStore {
     }
 
     async fn save_cursor(&self, event_id: EventId) -> Result<(), StoreError> {
+        let _gate = self.write_gate().await;
         sqlx::query(
             "INSERT INTO replicable_cursor (id, last_event_id) VALUES (1, $1) \
              ON CONFLICT (id) DO UPDATE SET last_event_id = excluded.last_event_id",
@@ -610,6 +593,7 @@ impl RegistryStore for SqlStore {
         &self,
         status: &crate::storage::SecondaryStatusRow,
     ) -> Result<(), StoreError> {
+        let _gate = self.write_gate().await;
         sqlx::query(
             "INSERT INTO replicable_secondary_status (secondary, cursor, report, received_at) \
              VALUES ($1, $2, $3, $4) ON CONFLICT (secondary) DO UPDATE SET \
@@ -669,6 +653,7 @@ impl RegistryStore for SqlStore {
                OR replicable_leases.expires_at <= {now}",
             now = self.dialect.now_micros()
         );
+        let _gate = self.write_gate().await;
         let done = sqlx::query(AssertSqlSafe(sql))
             .bind(lease.to_owned())
             .bind(holder.to_owned())
@@ -680,6 +665,7 @@ impl RegistryStore for SqlStore {
     }
 
     async fn release_lease(&self, lease: &str, holder: &str) -> Result<(), StoreError> {
+        let _gate = self.write_gate().await;
         sqlx::query("DELETE FROM replicable_leases WHERE name = $1 AND holder = $2")
             .bind(lease.to_owned())
             .bind(holder.to_owned())
@@ -690,6 +676,7 @@ impl RegistryStore for SqlStore {
     }
 
     async fn record_skipped_event(&self, event: &SkippedEvent) -> Result<(), StoreError> {
+        let _gate = self.write_gate().await;
         sqlx::query(
             "INSERT INTO replicable_skipped_events \
              (event_id, replicable_name, event_name, reason, skipped_at) \

@@ -396,6 +396,7 @@ impl RecordSource for SqlTable {
     async fn write(&self, model_id: i64, body: &serde_json::Value) -> Result<(), StoreError> {
         let write = self.write_sql().await?;
         let json = self.row_json(model_id, body)?;
+        let _gate = self.store.write_gate().await;
         sqlx::query(AssertSqlSafe(write))
             .bind(json)
             .execute(&self.store.pool)

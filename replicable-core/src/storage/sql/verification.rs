@@ -129,6 +129,7 @@ impl VerificationStore for SqlStore {
         model_id: i64,
     ) -> Result<VerificationRecord, StoreError> {
         let t = self.tables(name).await?;
+        let _gate = self.write_gate().await;
         let row = sqlx::query(AssertSqlSafe(verification_pending_sql("", &t)))
             .bind(model_id)
             .bind(0_i16)
@@ -153,6 +154,7 @@ impl VerificationStore for SqlStore {
         )
         .bind(row.model_id)
         .bind(row.version);
+        let _gate = self.write_gate().await;
         let done = query
             .execute(&self.pool)
             .await
@@ -182,6 +184,7 @@ impl VerificationStore for SqlStore {
             t.verification_columns,
             now = self.dialect.now_micros(),
         );
+        let _gate = self.write_gate().await;
         let rows = sqlx::query(AssertSqlSafe(sql))
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
             .fetch_all(&self.pool)
@@ -227,6 +230,7 @@ impl VerificationStore for SqlStore {
             "UPDATE {n}_verification SET heartbeat_at = {} WHERE {n}_id = $1 AND version = $2",
             self.dialect.now_micros()
         );
+        let _gate = self.write_gate().await;
         let done = sqlx::query(AssertSqlSafe(sql))
             .bind(model_id)
             .bind(version)
@@ -280,6 +284,7 @@ impl VerificationStore for SqlStore {
              WHERE v.{n}_id IS NULL ORDER BY r.{n}_id LIMIT $1 \
              ON CONFLICT ({n}_id) DO NOTHING"
         );
+        let _gate = self.write_gate().await;
         let done = sqlx::query(AssertSqlSafe(sql))
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
             .execute(&self.pool)
@@ -305,6 +310,7 @@ impl VerificationStore for SqlStore {
             for id in chunk {
                 query = query.bind(*id);
             }
+            let _gate = self.write_gate().await;
             created += query
                 .execute(&self.pool)
                 .await
@@ -339,6 +345,7 @@ impl SqlStore {
              AND verification_state = 2{extra}",
             self.dialect.skip_locked()
         );
+        let _gate = self.write_gate().await;
         let done = sqlx::query(AssertSqlSafe(sql))
             .bind(micros(verified_before))
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))

@@ -1,0 +1,248 @@
+//! The verification workers of a site: a pipeline per replicable that keeps up to
+//! `verification.concurrency` checks running, claiming more rows as checks end (a few at a
+//! time, so that a stream of short checks is claimed a few rows per statement), and, on the
+//! primary, records finished checks in groups (rows and their `checksum_succeeded` events in
+//! one transaction: one wait for the disk per group).
+//!
+//! Rows are claimed only when a slot is free to check them: a claimed row waiting its turn
+//! would send no heartbeat and be failed as abandoned. At shutdown the loop stops claiming and
+//! lets the checks it started finish and be recorded (the engine's shutdown deadline bounds the
+//! wait): a check dropped midway would leave its row `started` until the stuck sweep.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio_util::task::TaskTracker;
+use tracing::{error, warn};
+
+use super::Shared;
+use super::idle::{Idle, Wake};
+use crate::descriptor::ReplicableDescriptor;
+use crate::domain::error::ReplicatorError;
+use crate::replicator::PrimaryCheck;
+
+/// Verification of one replicable (primary or secondary).
+pub(crate) async fn verification_loop(
+    shared: Arc<Shared>,
+    replicable: &'static ReplicableDescriptor,
+) {
+    if !replicable.verifiable {
+        return;
+    }
+    let site = &shared.site;
+    let name = replicable.name;
+    let settings = shared.config.verification;
+    let concurrency = settings.concurrency.max(1);
+    let slots = Arc::new(Semaphore::new(concurrency));
+    let pace = Arc::new(Pace::default());
+    // Claimed rows waiting for a slot, oldest claim first.
+    let mut queue: VecDeque<Claimed> = VecDeque::new();
+    let finished = Wake::new();
+    let checks = TaskTracker::new();
+    let (to_record, recorded) = mpsc::unbounded_channel();
+    if site.is_primary() {
+        checks.spawn(record_loop(shared.clone(), recorded));
+    } else {
+        drop(recorded);
+    }
+    let mut idle = Idle::new(shared.config.idle);
+    // Whether the last claim found rows: if not, wait for new work before claiming again.
+    let mut found = true;
+    loop {
+        if shared.cancel.is_cancelled() {
+            break;
+        }
+        let mut work = shared.verification_wakes.snapshot(name);
+        let mut freed = finished.snapshot();
+        // Start what the free slots allow.
+        while !queue.is_empty() {
+            let Ok(permit) = slots.clone().try_acquire_owned() else {
+                break;
+            };
+            let row = queue.pop_front().expect("the queue is not empty");
+            start_check(
+                &checks, &shared, replicable, row, permit, &finished, &pace, &to_record,
+            );
+        }
+        let running = concurrency - slots.available_permits();
+        let held = running + queue.len();
+        let target = pace.rows_to_hold(concurrency, settings.batch, site.timeouts().claim_timeout);
+        // Claim when what is held runs low (half the target), unless the last claim found
+        // nothing and no wake came since.
+        if found && held <= target / 2 {
+            let now = site.now();
+            let limit = target - held;
+            let claimed = if site.is_primary() {
+                site.verification_store()
+                    .claim(name, now, limit)
+                    .await
+                    .map(|rows| rows.into_iter().map(Claimed::Primary).collect::<Vec<_>>())
+            } else {
+                site.registry_store()
+                    .claim_for_verification(name, now, limit)
+                    .await
+                    .map(|rows| rows.into_iter().map(Claimed::Secondary).collect())
+            };
+            match claimed {
+                Ok(rows) if !rows.is_empty() => {
+                    idle.busy();
+                    queue.extend(rows);
+                    continue;
+                }
+                Ok(_) => found = false,
+                Err(e) => {
+                    warn!(replicable = name, error = %e, "claiming verifications failed; backing off");
+                    if !idle.wait(None, &shared.cancel).await {
+                        break;
+                    }
+                    continue;
+                }
+            }
+        }
+        if held > 0 {
+            // Wait for a check to end (or new work, once what is held runs low).
+            let woke = tokio::select! {
+                _ = shared.cancel.cancelled() => false,
+                _ = freed.changed() => true,
+                _ = work.changed() => { found = true; true }
+            };
+            if !woke {
+                break;
+            }
+            continue;
+        }
+        // Nothing held, nothing found: back off until new work is signalled.
+        if !idle.wait(Some(&mut work), &shared.cancel).await {
+            break;
+        }
+        found = true;
+    }
+    // Stopping: the rows claimed are checked and recorded (a claimed row left alone would
+    // stay `started` until the stuck sweep fails it); no more are claimed. The engine's
+    // shutdown deadline bounds the wait, and the rows held are few enough to start within a
+    // quarter of the claim timeout.
+    for row in queue {
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            break;
+        };
+        start_check(
+            &checks, &shared, replicable, row, permit, &finished, &pace, &to_record,
+        );
+    }
+    drop(to_record);
+    checks.close();
+    checks.wait().await;
+}
+
+/// The measured pace of one replicable's checks, to hold as many claimed rows as start within
+/// a quarter of the claim timeout (a claimed row waiting for a slot sends no heartbeat).
+#[derive(Debug, Default)]
+struct Pace {
+    /// Moving average of a check's duration, in microseconds (0: none measured yet).
+    average_micros: std::sync::atomic::AtomicU64,
+}
+
+impl Pace {
+    fn add(&self, took: Duration) {
+        use std::sync::atomic::Ordering;
+        let took = u64::try_from(took.as_micros()).unwrap_or(u64::MAX).max(1);
+        let _ = self
+            .average_micros
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |average| {
+                Some(if average == 0 {
+                    took
+                } else {
+                    // 1/8 of the new sample: one slow check does not empty the pipeline.
+                    average - average / 8 + took / 8
+                })
+            });
+    }
+
+    /// Rows to hold (running and waiting): `concurrency` until a check has been measured,
+    /// then as many as `concurrency` workers get through in a quarter of `claim_timeout`, at
+    /// most `batch` (and never fewer than `concurrency`).
+    fn rows_to_hold(&self, concurrency: usize, batch: usize, claim_timeout: Duration) -> usize {
+        let average = self
+            .average_micros
+            .load(std::sync::atomic::Ordering::Acquire);
+        if average == 0 {
+            return concurrency;
+        }
+        let budget = u64::try_from((claim_timeout / 4).as_micros()).unwrap_or(u64::MAX);
+        let per_worker = usize::try_from(budget / average).unwrap_or(usize::MAX);
+        concurrency
+            .saturating_mul(per_worker.max(1))
+            .min(batch.max(concurrency))
+    }
+}
+
+/// A claimed row.
+enum Claimed {
+    Primary(crate::domain::verification::VerificationRecord),
+    Secondary(crate::domain::registry::RegistryRecord),
+}
+
+/// Checks one claimed row in a task of its own, holding a slot; on the primary the result goes
+/// to the recorder.
+#[allow(clippy::too_many_arguments)]
+fn start_check(
+    checks: &TaskTracker,
+    shared: &Arc<Shared>,
+    replicable: &'static ReplicableDescriptor,
+    row: Claimed,
+    permit: OwnedSemaphorePermit,
+    finished: &Wake,
+    pace: &Arc<Pace>,
+    to_record: &mpsc::UnboundedSender<Result<PrimaryCheck, ReplicatorError>>,
+) {
+    let (shared, finished, pace) = (shared.clone(), finished.clone(), pace.clone());
+    let to_record = to_record.clone();
+    checks.spawn(async move {
+        let started = Instant::now();
+        match row {
+            Claimed::Primary(row) => {
+                let check = replicable
+                    .check_claimed_primary_verification(&shared.site, row)
+                    .await;
+                // The receiver lives until every sender is gone.
+                let _ = to_record.send(check);
+            }
+            Claimed::Secondary(row) => {
+                let outcome = replicable
+                    .run_claimed_secondary_verification(&shared.site, row)
+                    .await;
+                if let Err(e) = outcome {
+                    error!(replicable = replicable.name, error = %e, "verification errored");
+                }
+            }
+        }
+        pace.add(started.elapsed());
+        drop(permit);
+        finished.notify();
+    });
+}
+
+/// Primary: records finished checks in groups, whatever finished while the previous group was
+/// being written going into the next, until every check has ended.
+async fn record_loop(
+    shared: Arc<Shared>,
+    mut recorded: mpsc::UnboundedReceiver<Result<PrimaryCheck, ReplicatorError>>,
+) {
+    while let Some(first) = recorded.recv().await {
+        let mut group = Vec::new();
+        for check in std::iter::once(first).chain(std::iter::from_fn(|| recorded.try_recv().ok())) {
+            match check {
+                Ok(check) => group.push(check),
+                Err(e) => error!(error = %e, "verification errored"),
+            }
+        }
+        for outcome in crate::replicator::complete_primary_verifications(&shared.site, group).await
+        {
+            if let Err(e) = outcome {
+                error!(error = %e, "recording a verification failed");
+            }
+        }
+    }
+}
