@@ -622,7 +622,11 @@ impl GitRepositoryStrategy {
             drop_staging(local, &namespace, timeout).await;
             return Err(failure(e));
         }
-        let staged_refs = match list_refs(local, &namespace, timeout).await {
+        // Every ref, read once: the fetched ones (under the namespace) and the live ones as
+        // they are before the guard. Each update below names its old value, so a ref that
+        // moves after this read (another attempt made its copy visible) fails the whole
+        // transaction instead of going back.
+        let all_refs = match list_refs(local, "", timeout).await {
             Ok(refs) => refs,
             Err(e) => {
                 drop_staging(local, &namespace, timeout).await;
@@ -630,7 +634,7 @@ impl GitRepositoryStrategy {
             }
         };
         // The primary's refs, by their live names (a primary's own staging refs are not copied).
-        let staged: std::collections::BTreeMap<String, String> = staged_refs
+        let staged: std::collections::BTreeMap<String, String> = all_refs
             .iter()
             .filter_map(|(oid, name)| {
                 let live = name.strip_prefix(&namespace)?;
@@ -649,23 +653,13 @@ impl GitRepositoryStrategy {
                 )));
             }
         }
-        // The live refs as they are before the guard: each update below names its old value,
-        // so a ref that moves after the guard said this sync is current (another attempt
-        // made its copy visible) fails the whole transaction instead of going back.
-        let live_refs = match list_refs(local, "", timeout).await {
-            Ok(refs) => refs,
-            Err(e) => {
-                drop_staging(local, &namespace, timeout).await;
-                return Err(failure(e));
-            }
-        };
         if let Err(overtaken) = request.ensure_current().await {
             drop_staging(local, &namespace, timeout).await;
             return Err(overtaken);
         }
         let mut commands = Vec::new();
         let mut live = std::collections::BTreeMap::new();
-        for (oid, name) in &live_refs {
+        for (oid, name) in &all_refs {
             if name.starts_with(STAGING_REF_PREFIX) {
                 // Ours, and any a crashed sync left behind.
                 commands.push(format!("delete {name} {oid}"));

@@ -41,12 +41,15 @@ impl Wake {
 #[derive(Debug)]
 pub(crate) struct Wakes {
     by_name: std::collections::HashMap<&'static str, Wake>,
+    /// Never notified: what a name the engine does not run waits on.
+    never: Wake,
 }
 
 impl Wakes {
     pub(crate) fn new(names: impl IntoIterator<Item = &'static str>) -> Self {
         Self {
             by_name: names.into_iter().map(|name| (name, Wake::new())).collect(),
+            never: Wake::new(),
         }
     }
 
@@ -68,8 +71,45 @@ impl Wakes {
     pub(crate) fn snapshot(&self, name: &'static str) -> watch::Receiver<u64> {
         match self.by_name.get(name) {
             Some(wake) => wake.snapshot(),
-            // Not run by this engine: a wake that never comes.
-            None => Wake::new().snapshot(),
+            // Not run by this engine: a wake that never comes (its sender lives on, so the
+            // receiver waits instead of seeing it closed).
+            None => self.never.snapshot(),
+        }
+    }
+}
+
+/// The measured pace of a kind of work (a check, a sync): a moving average of how long one
+/// takes, for loops that size their claims or their waits by it.
+#[derive(Debug, Default)]
+pub(crate) struct Pace {
+    /// In microseconds; 0 while none has been measured.
+    average_micros: std::sync::atomic::AtomicU64,
+}
+
+impl Pace {
+    pub(crate) fn add(&self, took: Duration) {
+        use std::sync::atomic::Ordering;
+        let took = u64::try_from(took.as_micros()).unwrap_or(u64::MAX).max(1);
+        let _ = self
+            .average_micros
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |average| {
+                Some(if average == 0 {
+                    took
+                } else {
+                    // 1/8 of the new sample: one slow piece of work does not swing it.
+                    average - average / 8 + took / 8
+                })
+            });
+    }
+
+    /// The average so far, if any was measured.
+    pub(crate) fn average(&self) -> Option<Duration> {
+        match self
+            .average_micros
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            0 => None,
+            micros => Some(Duration::from_micros(micros)),
         }
     }
 }
@@ -172,5 +212,22 @@ mod tests {
         assert!(!a.has_changed().unwrap() && !b.has_changed().unwrap());
         wakes.notify_all();
         assert!(a.has_changed().unwrap() && b.has_changed().unwrap());
+        let mut unknown = wakes.snapshot("unknown");
+        wakes.notify_all();
+        let waited = tokio::time::timeout(Duration::from_millis(20), unknown.changed()).await;
+        assert!(
+            waited.is_err(),
+            "a name the engine does not run is never woken"
+        );
+    }
+
+    #[test]
+    fn pace_is_a_moving_average() {
+        let pace = Pace::default();
+        assert_eq!(pace.average(), None);
+        pace.add(Duration::from_millis(8));
+        assert_eq!(pace.average(), Some(Duration::from_millis(8)));
+        pace.add(Duration::from_millis(16));
+        assert_eq!(pace.average(), Some(Duration::from_millis(9)));
     }
 }

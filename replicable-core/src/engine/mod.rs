@@ -373,16 +373,17 @@ async fn wait_for_events(shared: &Shared, after: EventId, idle: &mut Idle) -> Op
 }
 
 /// Primary: wakes the verification loops as soon as the log grows (a publish makes a
-/// verification row pending), whichever process published; without it a new record would
-/// wait for an idle backoff before its checksum.
+/// verification row pending), whichever process published: at once for an append in this
+/// process, within `PUBLISH_POLL` otherwise; without it a new record would wait for an idle
+/// backoff before its checksum.
 async fn publish_watch(shared: Arc<Shared>) {
     let log = shared.site.event_log();
     let mut seen = log.last_event_id().await.ok().flatten().unwrap_or(0);
     loop {
         let waited = tokio::select! {
             _ = shared.cancel.cancelled() => return,
-            waited = crate::link::poll_for_events(
-                || log.last_event_id(),
+            waited = crate::link::wait_on_log(
+                log,
                 seen,
                 shared.config.idle.max,
                 PUBLISH_POLL,

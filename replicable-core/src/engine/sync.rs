@@ -13,11 +13,12 @@ use tokio::task::AbortHandle;
 use tracing::{Instrument, debug, error, info_span, warn};
 
 use super::Shared;
-use super::idle::Idle;
+use super::idle::{Idle, Pace};
 use crate::descriptor::ReplicableDescriptor;
 use crate::domain::failure::SyncFailure;
 use crate::domain::registry::RegistryRecord;
 use crate::domain::verification::humanize;
+use std::time::Duration;
 
 /// A sync the engine started and has not seen end.
 #[derive(Debug)]
@@ -48,6 +49,9 @@ impl Capacity {
     }
 }
 
+/// The longest a claim waits for more of its loop's syncs to end (see `sync_loop`).
+const GROUP_LINGER: Duration = Duration::from_millis(10);
+
 /// The claim loop of one replicable.
 pub(crate) async fn sync_loop(
     shared: Arc<Shared>,
@@ -57,18 +61,22 @@ pub(crate) async fn sync_loop(
     let site = &shared.site;
     let name = replicable.name;
     let mut idle = Idle::new(shared.config.idle);
-    // This loop's syncs still running.
+    // This loop's syncs still running, and how long one takes.
     let running = Arc::new(AtomicUsize::new(0));
-    // Claim in groups: while this replicable's own syncs run, wait until at least half of
-    // its capacity is free, so that a steady stream of short syncs is claimed a few rows per
-    // statement rather than one. (Its own syncs end, so the wait ends; capacity held by other
-    // replicables never makes it wait.)
+    let pace = Arc::new(Pace::default());
+    // Claim in groups: while this replicable's own syncs run and fewer than half of its
+    // capacity is free, wait a little for more to end, so that a steady stream of short syncs
+    // is claimed a few rows per statement rather than one. The wait is a quarter of the
+    // average sync, at most `GROUP_LINGER`: a slot freed by a long sync idles a small share of
+    // that sync's time, and a stream of short syncs forms groups. (Capacity held by other
+    // replicables never makes it wait: only this loop's own syncs count.)
     let group = shared
         .config
         .sync
         .batch
         .clamp(1, capacity.of_type_size)
         .div_ceil(2);
+    let mut linger_until: Option<tokio::time::Instant> = None;
     loop {
         if shared.cancel.is_cancelled() {
             return;
@@ -84,14 +92,32 @@ pub(crate) async fn sync_loop(
                 None => break,
             }
         }
-        if permits.is_empty() || (permits.len() < group && running.load(Ordering::Acquire) > 0) {
-            drop(permits);
+        if permits.is_empty() {
+            linger_until = None;
             // Full: wait for a running sync to end (it signals the wake) or a short backoff.
             if !idle.wait(Some(&mut freed), &shared.cancel).await {
                 return;
             }
             continue;
         }
+        if permits.len() < group && running.load(Ordering::Acquire) > 0 {
+            let now = tokio::time::Instant::now();
+            let until = *linger_until.get_or_insert_with(|| {
+                now + pace
+                    .average()
+                    .map_or(Duration::ZERO, |average| (average / 4).min(GROUP_LINGER))
+            });
+            if now < until {
+                drop(permits);
+                tokio::select! {
+                    _ = shared.cancel.cancelled() => return,
+                    _ = freed.changed() => {}
+                    _ = tokio::time::sleep_until(until) => {}
+                }
+                continue;
+            }
+        }
+        linger_until = None;
         let paused = match shared.replication_paused(name).await {
             Ok(paused) => paused,
             Err(e) => {
@@ -114,20 +140,35 @@ pub(crate) async fn sync_loop(
             }
         };
         if rows.is_empty() {
+            // The capacity held for the claim goes back: a loop that found none free (this
+            // one held it all for a moment) waits on it.
             drop(permits);
+            shared.capacity_wake.notify();
             if !idle.wait(Some(&mut work), &shared.cancel).await {
                 return;
             }
             continue;
         }
         idle.busy();
+        // Fewer rows due than room for them: the rest of the capacity goes back (below).
+        let unused = permits.len() > rows.len();
         for (row, permit) in rows.into_iter().zip(permits.drain(..)) {
             if shared.cancel.is_cancelled() {
                 // Stopping: what was claimed but not started goes back as it was.
                 release_row(&shared, replicable, &row).await;
                 continue;
             }
-            spawn_sync(&shared, replicable, row, permit, running.clone());
+            spawn_sync(
+                &shared,
+                replicable,
+                row,
+                permit,
+                running.clone(),
+                pace.clone(),
+            );
+        }
+        if unused {
+            shared.capacity_wake.notify();
         }
     }
 }
@@ -138,6 +179,7 @@ fn spawn_sync(
     row: RegistryRecord,
     permits: (OwnedSemaphorePermit, OwnedSemaphorePermit),
     running: Arc<AtomicUsize>,
+    pace: Arc<Pace>,
 ) {
     let running = Running::start(running);
     let key = (replicable.name, row.model_id);
@@ -152,7 +194,9 @@ fn spawn_sync(
     let span = info_span!("sync", replicable = replicable.name, id = row.model_id);
     let handle = shared.tracker.spawn(
         async move {
+            let started = std::time::Instant::now();
             let due_again = run_one(&task_shared, replicable, row).await;
+            pace.add(started.elapsed());
             // Released before the wakes below, so that the loops they wake see them free.
             drop(permits);
             drop(running);

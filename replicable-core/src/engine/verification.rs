@@ -18,7 +18,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{error, warn};
 
 use super::Shared;
-use super::idle::{Idle, Wake};
+use super::idle::{Idle, Pace, Wake};
 use crate::descriptor::ReplicableDescriptor;
 use crate::domain::error::ReplicatorError;
 use crate::replicator::PrimaryCheck;
@@ -68,7 +68,12 @@ pub(crate) async fn verification_loop(
         }
         let running = concurrency - slots.available_permits();
         let held = running + queue.len();
-        let target = pace.rows_to_hold(concurrency, settings.batch, site.timeouts().claim_timeout);
+        let target = rows_to_hold(
+            &pace,
+            concurrency,
+            settings.batch,
+            site.timeouts().claim_timeout,
+        );
         // Claim when what is held runs low (half the target), unless the last claim found
         // nothing and no wake came since.
         if found && held <= target / 2 {
@@ -136,46 +141,19 @@ pub(crate) async fn verification_loop(
     checks.wait().await;
 }
 
-/// The measured pace of one replicable's checks, to hold as many claimed rows as start within
-/// a quarter of the claim timeout (a claimed row waiting for a slot sends no heartbeat).
-#[derive(Debug, Default)]
-struct Pace {
-    /// Moving average of a check's duration, in microseconds (0: none measured yet).
-    average_micros: std::sync::atomic::AtomicU64,
-}
-
-impl Pace {
-    fn add(&self, took: Duration) {
-        use std::sync::atomic::Ordering;
-        let took = u64::try_from(took.as_micros()).unwrap_or(u64::MAX).max(1);
-        let _ = self
-            .average_micros
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |average| {
-                Some(if average == 0 {
-                    took
-                } else {
-                    // 1/8 of the new sample: one slow check does not empty the pipeline.
-                    average - average / 8 + took / 8
-                })
-            });
-    }
-
-    /// Rows to hold (running and waiting): `concurrency` until a check has been measured,
-    /// then as many as `concurrency` workers get through in a quarter of `claim_timeout`, at
-    /// most `batch` (and never fewer than `concurrency`).
-    fn rows_to_hold(&self, concurrency: usize, batch: usize, claim_timeout: Duration) -> usize {
-        let average = self
-            .average_micros
-            .load(std::sync::atomic::Ordering::Acquire);
-        if average == 0 {
-            return concurrency;
-        }
-        let budget = u64::try_from((claim_timeout / 4).as_micros()).unwrap_or(u64::MAX);
-        let per_worker = usize::try_from(budget / average).unwrap_or(usize::MAX);
-        concurrency
-            .saturating_mul(per_worker.max(1))
-            .min(batch.max(concurrency))
-    }
+/// Rows to hold (running and waiting): `concurrency` until a check has been measured, then as
+/// many as `concurrency` workers get through in a quarter of `claim_timeout` at the measured
+/// pace (a claimed row waiting for a slot sends no heartbeat), at most `batch` and never fewer
+/// than `concurrency`.
+fn rows_to_hold(pace: &Pace, concurrency: usize, batch: usize, claim_timeout: Duration) -> usize {
+    let Some(average) = pace.average() else {
+        return concurrency;
+    };
+    let budget = (claim_timeout / 4).as_micros();
+    let per_worker = usize::try_from(budget / average.as_micros().max(1)).unwrap_or(usize::MAX);
+    concurrency
+        .saturating_mul(per_worker.max(1))
+        .min(batch.max(concurrency))
 }
 
 /// A claimed row.

@@ -93,6 +93,18 @@ impl PrimaryLink for InProcessPrimary {
             .map_err(failed("the last event id"))
     }
 
+    /// Woken by the primary's appends in this process, besides looking every
+    /// [`EVENT_POLL`](super::EVENT_POLL).
+    async fn wait_for_events(
+        &self,
+        after: EventId,
+        max_wait: std::time::Duration,
+    ) -> Result<Option<EventId>, LinkError> {
+        super::wait_on_log(&*self.primary.event_log, after, max_wait, super::EVENT_POLL)
+            .await
+            .map_err(failed("the last event id"))
+    }
+
     async fn record(&self, name: &str, model_id: i64) -> Result<Option<StoredRecord>, LinkError> {
         self.primary
             .records

@@ -126,7 +126,7 @@ pub const EVENT_POLL: Duration = Duration::from_millis(50);
 /// Asks `last` every `every` until it names an event after `after` or `max_wait` passed;
 /// returns the last answer.
 pub async fn poll_for_events<E, F, Fut>(
-    mut last: F,
+    last: F,
     after: EventId,
     max_wait: Duration,
     every: Duration,
@@ -135,8 +135,45 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<Option<EventId>, E>>,
 {
+    poll_for_events_woken(last, after, max_wait, every, None).await
+}
+
+/// [`poll_for_events`] on a log of this process: asks again as soon as the log announces an
+/// append (see [`EventLog::appends`](crate::storage::EventLog::appends)), not only every
+/// `every`.
+pub(crate) async fn wait_on_log(
+    log: &dyn crate::storage::EventLog,
+    after: EventId,
+    max_wait: Duration,
+    every: Duration,
+) -> Result<Option<EventId>, crate::domain::error::StoreError> {
+    poll_for_events_woken(
+        || log.last_event_id(),
+        after,
+        max_wait,
+        every,
+        log.appends(),
+    )
+    .await
+}
+
+async fn poll_for_events_woken<E, F, Fut>(
+    mut last: F,
+    after: EventId,
+    max_wait: Duration,
+    every: Duration,
+    mut woken: Option<tokio::sync::watch::Receiver<u64>>,
+) -> Result<Option<EventId>, E>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<EventId>, E>>,
+{
     let deadline = tokio::time::Instant::now() + max_wait;
     loop {
+        // Seen before asking: an append after this point changes it again.
+        if let Some(woken) = woken.as_mut() {
+            woken.mark_unchanged();
+        }
         let newest = last().await?;
         if newest.is_some_and(|id| id > after) {
             return Ok(newest);
@@ -145,6 +182,20 @@ where
         if now >= deadline {
             return Ok(newest);
         }
-        tokio::time::sleep(every.min(deadline - now)).await;
+        let sleep = tokio::time::sleep(every.min(deadline - now));
+        match woken.as_mut() {
+            Some(signal) => {
+                tokio::select! {
+                    _ = sleep => {}
+                    changed = signal.changed() => {
+                        // The log is gone: looking every `every` is all that is left.
+                        if changed.is_err() {
+                            woken = None;
+                        }
+                    }
+                }
+            }
+            None => sleep.await,
+        }
     }
 }

@@ -135,6 +135,16 @@ pub trait EventLog: Send + Sync + std::fmt::Debug {
         Ok(None)
     }
 
+    /// A signal that changes after each append this handle committed, in this process (single
+    /// and batch publishes, appends, recorded verifications), so that a waiter beside it (the
+    /// primary's engine, an in-process link, the HTTP API's long-poll) reads a new event at
+    /// once instead of at its next look. Appends made elsewhere (another process, an
+    /// application's own transaction) do not change it: waiters still look every so often.
+    /// `None` (the default): the log cannot tell, and waiters only look.
+    fn appends(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
+
     /// The SQL store behind this log, if it is one: what publishing in the application's own
     /// transaction needs (its engine, schema and tables).
     #[cfg(feature = "sql")]

@@ -123,11 +123,17 @@ fn event(id: i64, kind: EventKind) -> NewEvent {
 pub async fn events_append_in_order_and_read_back(target: &dyn ConformanceTarget) {
     let db = open(target).await;
     assert_eq!(db.events.last_event_id().await.unwrap(), None);
+    // A log that announces its appends announces each one, and nothing else.
+    let mut appends = db.events.appends();
     let first = db
         .events
         .append(&[event(1, EventKind::Created)], t0())
         .await
         .unwrap();
+    if let Some(appends) = appends.as_mut() {
+        assert!(appends.has_changed().unwrap(), "an append is announced");
+        appends.mark_unchanged();
+    }
     let batch: Vec<NewEvent> = (2..=1200).map(|i| event(i, EventKind::Updated)).collect();
     let ids = db.events.append(&batch, t0()).await.unwrap();
     assert_eq!(ids.len(), batch.len());
@@ -155,7 +161,21 @@ pub async fn events_append_in_order_and_read_back(target: &dyn ConformanceTarget
             .unwrap()
             .is_empty()
     );
+    if let Some(appends) = appends.as_mut() {
+        assert!(
+            appends.has_changed().unwrap(),
+            "a batch append is announced"
+        );
+        appends.mark_unchanged();
+    }
     assert!(db.events.append(&[], t0()).await.unwrap().is_empty());
+    db.events.read_after(0, 1).await.unwrap();
+    if let Some(appends) = appends.as_ref() {
+        assert!(
+            !appends.has_changed().unwrap(),
+            "reads and empty appends announce nothing"
+        );
+    }
 }
 
 /// Writers appending concurrently (on their own handles) while a reader tails the log: the

@@ -133,7 +133,7 @@ impl EventLog for SqlStore {
         if events.is_empty() {
             return Ok(Vec::new());
         }
-        match self.dialect {
+        let appended = match self.dialect {
             Dialect::Sqlite => self.append_sqlite(events, now).await,
             #[cfg(feature = "postgres")]
             Dialect::Postgres => match &self.copy_pool {
@@ -144,7 +144,8 @@ impl EventLog for SqlStore {
             },
             #[cfg(not(feature = "postgres"))]
             Dialect::Postgres => self.append_by_insert(events, now).await,
-        }
+        };
+        self.announce_appended(appended)
     }
 
     async fn read_after(&self, after: EventId, limit: usize) -> Result<Vec<LogEntry>, StoreError> {
@@ -212,11 +213,12 @@ impl EventLog for SqlStore {
         publication: &Publication,
         now: DateTime<Utc>,
     ) -> Result<Option<Published>, StoreError> {
-        match self.dialect {
+        let published = match self.dialect {
             // One writer, one sync per commit: concurrent publishes share commits.
-            Dialect::Sqlite => self.publish_in_group(publication, now).await.map(Some),
-            Dialect::Postgres => self.publish_now(publication, now).await.map(Some),
-        }
+            Dialect::Sqlite => self.publish_in_group(publication, now).await,
+            Dialect::Postgres => self.publish_now(publication, now).await,
+        };
+        self.announce_appended(published).map(Some)
     }
 
     async fn publish_batch(
@@ -224,7 +226,8 @@ impl EventLog for SqlStore {
         publications: &[Publication],
         now: DateTime<Utc>,
     ) -> Result<Option<Vec<Published>>, StoreError> {
-        self.publish_batch_now(publications, now).await.map(Some)
+        let published = self.publish_batch_now(publications, now).await;
+        self.announce_appended(published).map(Some)
     }
 
     async fn complete_verifications(
@@ -280,7 +283,14 @@ impl EventLog for SqlStore {
             .collect::<Result<Vec<_>, StoreError>>()?;
         append_on!(self, &mut *tx, "", &rows, now)?;
         tx.commit().await.map_err(&err)?;
+        if !rows.is_empty() {
+            self.appended.send_modify(|n| *n = n.wrapping_add(1));
+        }
         Ok(Some(written))
+    }
+
+    fn appends(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        Some(self.appended.subscribe())
     }
 
     #[cfg(feature = "sql")]
@@ -290,6 +300,15 @@ impl EventLog for SqlStore {
 }
 
 impl SqlStore {
+    /// Passes `outcome` on, first telling the waiters on [`EventLog::appends`] when it is an
+    /// append that committed.
+    fn announce_appended<T>(&self, outcome: Result<T, StoreError>) -> Result<T, StoreError> {
+        if outcome.is_ok() {
+            self.appended.send_modify(|n| *n = n.wrapping_add(1));
+        }
+        outcome
+    }
+
     /// [`EventLog::publish`] in a transaction of its own.
     pub(super) async fn publish_now(
         &self,

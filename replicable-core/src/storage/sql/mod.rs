@@ -178,6 +178,8 @@ pub struct SqlStore {
     group: group_commit::GroupCommit,
     /// SQLite: the queue of this store's writers (see [`SqlStore::write_gate`]).
     write_gate: tokio::sync::Mutex<()>,
+    /// Bumped after each append this store committed (see [`EventLog::appends`]).
+    appended: tokio::sync::watch::Sender<u64>,
     /// The store itself, for the group commit's task.
     me: std::sync::Weak<SqlStore>,
 }
@@ -443,6 +445,7 @@ impl SqlStore {
             tables: Mutex::new(HashMap::new()),
             group: group_commit::GroupCommit::default(),
             write_gate: tokio::sync::Mutex::new(()),
+            appended: tokio::sync::watch::Sender::new(0),
             me: me.clone(),
         });
         store.migrate_core().await?;
