@@ -102,6 +102,16 @@ impl LogCursor {
 
     /// Takes or renews the lease, then processes one batch.
     pub async fn process_batch(&self) -> Result<CursorReport, CursorError> {
+        self.process_batch_touching()
+            .await
+            .map(|(report, _)| report)
+    }
+
+    /// [`process_batch`](Self::process_batch), also naming the replicables whose events were
+    /// consumed (each once), so that the engine wakes their loops only.
+    pub(crate) async fn process_batch_touching(
+        &self,
+    ) -> Result<(CursorReport, Vec<&'static str>), CursorError> {
         let fail = |reason: String, lease_held| CursorError {
             site: self.site.name().to_owned(),
             cursor: 0,
@@ -192,7 +202,7 @@ impl LogCursor {
     /// may sync a large resource) and once more before the cursor is saved: a cursor that lost
     /// its lease saves nothing, and its events are consumed again by the new holder (consuming
     /// is idempotent).
-    async fn run_batch(&self) -> Result<CursorReport, CursorError> {
+    async fn run_batch(&self) -> Result<(CursorReport, Vec<&'static str>), CursorError> {
         let site = &self.site;
         let fail = |cursor: EventId, reason: String, lease_held: bool| CursorError {
             site: site.name().to_owned(),
@@ -230,6 +240,7 @@ impl LogCursor {
         let mut renewed_at = site.now();
         let lost = || fail(start, "the lease passed to another log cursor".into(), true);
         let mut stop = None;
+        let mut touched: Vec<&'static str> = Vec::new();
         for entry in events {
             if site.now() - renewed_at >= renew_every {
                 match self.renew().await {
@@ -260,7 +271,12 @@ impl LogCursor {
                 LogEntry::Damaged(damaged) => Err(Dispatch::Skip(damaged.skipped(site.now()))),
             };
             match outcome {
-                Ok(()) => report.consumed += 1,
+                Ok(name) => {
+                    report.consumed += 1;
+                    if !touched.contains(&name) {
+                        touched.push(name);
+                    }
+                }
                 Err(Dispatch::Skip(skipped)) => {
                     warn!(event_id, reason = %skipped.reason, "skipping event");
                     if let Err(e) = registry.record_skipped_event(&skipped).await {
@@ -289,7 +305,7 @@ impl LogCursor {
         }
         match stop {
             Some(reason) => Err(fail(report.cursor, reason, false)),
-            None => Ok(report),
+            None => Ok((report, touched)),
         }
     }
 }
@@ -305,7 +321,7 @@ async fn dispatch(
     catalogue: &HashMap<&'static str, &'static ReplicableDescriptor>,
     raw: StoredEvent,
     intent_only: bool,
-) -> Result<(), Dispatch> {
+) -> Result<&'static str, Dispatch> {
     let descriptor = catalogue
         .get(raw.replicable_name.as_str())
         .copied()
@@ -322,7 +338,7 @@ async fn dispatch(
         descriptor.consume(site, &event).await
     };
     match consumed {
-        Ok(_) => Ok(()),
+        Ok(_) => Ok(descriptor.name),
         Err(e) if is_transient(&e) => Err(Dispatch::Stop(e.to_string())),
         Err(e) => Err(Dispatch::Skip(e.to_string())),
     }

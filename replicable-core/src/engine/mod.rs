@@ -303,19 +303,25 @@ async fn cursor_loop(shared: Arc<Shared>, cursor: LogCursor) {
         }
         let batch = tokio::select! {
             _ = shared.cancel.cancelled() => return,
-            batch = cursor.process_batch() => batch,
+            batch = cursor.process_batch_touching() => batch,
+        };
+        // The loops of the replicables whose events were consumed have work; the others do
+        // not, and each wake would cost them a claim (a write on SQLite).
+        let wake = |touched: &[&'static str]| {
+            for name in touched {
+                shared.sync_wakes.notify(name);
+                shared.verification_wakes.notify(name);
+            }
         };
         match batch {
-            Ok(report) if report.read >= shared.config.cursor.batch_size => {
-                shared.sync_wakes.notify_all();
-                shared.verification_wakes.notify_all();
+            Ok((report, touched)) if report.read >= shared.config.cursor.batch_size => {
+                wake(&touched);
                 idle.busy();
                 promised = false;
             }
-            Ok(report) => {
+            Ok((report, touched)) => {
                 if report.read > 0 {
-                    shared.sync_wakes.notify_all();
-                    shared.verification_wakes.notify_all();
+                    wake(&touched);
                     idle.busy();
                 } else if promised {
                     promised = false;
@@ -387,6 +393,7 @@ async fn publish_watch(shared: Arc<Shared>) {
                 seen,
                 shared.config.idle.max,
                 PUBLISH_POLL,
+                PUBLISH_GATHER,
             ) => waited,
         };
         match waited {
@@ -410,6 +417,11 @@ async fn publish_watch(shared: Arc<Shared>) {
 
 /// How often a primary's engine looks for new events to checksum.
 const PUBLISH_POLL: Duration = Duration::from_millis(100);
+
+/// How long a primary's engine lets publishes in this process gather before it wakes the
+/// verification loops: each wake costs every idle replicable a claim (a write), which under a
+/// steady stream of publishes would compete with the publishes themselves.
+const PUBLISH_GATHER: Duration = Duration::from_millis(25);
 
 /// Runs `pass` every `period(config)`, logging and going on when it fails.
 async fn periodic<F, Fut>(

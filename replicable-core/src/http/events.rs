@@ -12,7 +12,7 @@ use crate::link::http::token::Scope;
 use crate::link::http::wire::{
     EventsQuery, LastEvent, LastEventQuery, MAX_EVENT_WAIT, MAX_EVENTS_PER_REQUEST,
 };
-use crate::link::{EVENT_POLL, wait_on_log};
+use crate::link::{APPENDS_GATHER, EVENT_POLL, wait_on_log};
 
 /// `GET v1/events?after=N&limit=M`.
 pub(crate) async fn after(
@@ -43,7 +43,7 @@ pub(crate) async fn last(
     let last = match (query.after, query.wait_ms) {
         (Some(after), Some(wait_ms)) => {
             let wait = std::time::Duration::from_millis(wait_ms).min(MAX_EVENT_WAIT);
-            wait_on_log(log, after, wait, EVENT_POLL).await
+            wait_on_log(log, after, wait, EVENT_POLL, APPENDS_GATHER).await
         }
         _ => log.last_event_id().await,
     }

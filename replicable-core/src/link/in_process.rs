@@ -100,9 +100,15 @@ impl PrimaryLink for InProcessPrimary {
         after: EventId,
         max_wait: std::time::Duration,
     ) -> Result<Option<EventId>, LinkError> {
-        super::wait_on_log(&*self.primary.event_log, after, max_wait, super::EVENT_POLL)
-            .await
-            .map_err(failed("the last event id"))
+        super::wait_on_log(
+            &*self.primary.event_log,
+            after,
+            max_wait,
+            super::EVENT_POLL,
+            super::APPENDS_GATHER,
+        )
+        .await
+        .map_err(failed("the last event id"))
     }
 
     async fn record(&self, name: &str, model_id: i64) -> Result<Option<StoredRecord>, LinkError> {
