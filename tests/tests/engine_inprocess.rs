@@ -393,26 +393,35 @@ async fn idle_engines_pick_up_a_new_event_without_waiting_out_their_backoff() {
         replicable_core::storage::open(&b.url).await.unwrap(),
         None,
     );
-    let slow = EngineConfig {
+    let mut slow = EngineConfig {
         idle: IdleBackoff {
             min: Duration::from_secs(120),
             max: Duration::from_secs(120),
         },
         ..EngineConfig::default()
     };
+    // One sync at a time in all: whichever loop claims first holds the only slot.
+    slow.sync.concurrency = 1;
+    // Two data types sharing the sync capacity: a loop that finds it all held by the other
+    // (for a sync, or for a moment while the other claims) must be woken when it comes back,
+    // not at the end of its backoff.
     let run = |site: &Site| {
-        Engine::new(site.clone(), vec![descriptor("engine_file")])
-            .config(slow.clone())
-            .start()
+        Engine::new(
+            site.clone(),
+            vec![descriptor("engine_file"), descriptor("engine_row")],
+        )
+        .config(slow.clone())
+        .start()
     };
     let primary = run(&p.primary).await.unwrap();
     let secondary = run(&p.secondary).await.unwrap();
     // Let both go idle (their first passes find nothing).
     tokio::time::sleep(Duration::from_millis(500)).await;
     publish_files_and_rows(&p.primary, 1).await;
-    wait_until("the new file is synced and verified", async || {
-        let s = counts(&p.secondary, "engine_file").await;
-        s.synced == 1 && s.verified == 1
+    wait_until("the new file and row are synced and verified", async || {
+        let f = counts(&p.secondary, "engine_file").await;
+        let r = counts(&p.secondary, "engine_row").await;
+        f.synced == 1 && f.verified == 1 && r.synced == 1 && r.verified == 1
     })
     .await;
     secondary.shutdown().await;

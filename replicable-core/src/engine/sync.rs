@@ -94,7 +94,8 @@ pub(crate) async fn sync_loop(
         }
         if permits.is_empty() {
             linger_until = None;
-            // Full: wait for a running sync to end (it signals the wake) or a short backoff.
+            // Full: wait for capacity to come back (a sync ending, or another loop's claim
+            // handing back what it held and did not use), or the idle backoff.
             if !idle.wait(Some(&mut freed), &shared.cancel).await {
                 return;
             }
@@ -108,6 +109,8 @@ pub(crate) async fn sync_loop(
                     .map_or(Duration::ZERO, |average| (average / 4).min(GROUP_LINGER))
             });
             if now < until {
+                // Handed back without a wake (it would end this loop's own wait): a loop that
+                // found none free is woken by this loop's running syncs as they end.
                 drop(permits);
                 tokio::select! {
                     _ = shared.cancel.cancelled() => return,

@@ -344,7 +344,6 @@ impl SqlStore {
     /// [`REGISTRY`], [`VERIFICATION`], [`RECORDS`]). On PostgreSQL a table with more than
     /// [`FOLD_ABOVE`] rows is folded afterwards.
     pub(super) async fn counters(&self, t: &Tables) -> Result<AnyRow, StoreError> {
-        let _gate = self.write_gate().await;
         let row = sqlx::query(AssertSqlSafe(read_sql(&t.name)))
             .fetch_one(&self.pool)
             .await
