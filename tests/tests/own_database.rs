@@ -541,3 +541,85 @@ async fn a_record_source_without_its_sql_event_log_is_refused() {
     );
     assert_eq!(site.event_log().last_event_id().await.unwrap(), None);
 }
+
+// ---- transactions that publish at once: no lock between them, no event missed ----
+
+/// Two application transactions publish on PostgreSQL at once, the one that drew the smaller
+/// event id committing last. The second does not wait for the first (no lock is held from a
+/// publish to its commit), and the secondary's log cursor, which reads the later event first,
+/// keeps the skipped id as an open gap and consumes the late event once it commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_commit_neither_blocks_other_publishes_nor_is_missed_on_postgres() {
+    let Some(target) = PostgresTarget::new() else {
+        return;
+    };
+    let (primary, secondary) = (postgres(&target, "p"), postgres(&target, "s"));
+    let app = App::open(&primary).await.unwrap();
+    let secondary_app = App::open(&secondary).await.unwrap();
+    let site = primary_site(&primary).await.unwrap();
+    let link = Arc::new(InProcessPrimary::new(&site));
+    let secondary_site = secondary_site(&secondary, link).await.unwrap();
+    descriptor();
+    // A first event, so that the cursor is past the log's start.
+    app.create_note(&site, &note(1, "first")).await.unwrap();
+    let cursor = replicable_core::log_cursor::LogCursor::new(&secondary_site);
+    assert_eq!(cursor.process_batch().await.unwrap().consumed, 1);
+
+    // Transaction A publishes note 2 and stays open.
+    let mut late = app.pool.begin().await.unwrap();
+    sqlx::query("INSERT INTO notes (id, title, body, pinned) VALUES (2, 'late', 'b', false)")
+        .execute(&mut *late)
+        .await
+        .unwrap();
+    let late_id = note(2, "late")
+        .replicator(&site)
+        .publish_created_event_in(&mut *late)
+        .await
+        .unwrap()
+        .unwrap();
+    // Transaction B publishes note 3 and commits while A is open: with a lock held from a
+    // publish to its commit, this would wait for A forever.
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        app.create_note(&site, &note(3, "early")),
+    )
+    .await
+    .expect("a publish waited for another transaction's commit")
+    .unwrap();
+    let early_id = site.event_log().last_event_id().await.unwrap().unwrap();
+    assert!(early_id > late_id, "{early_id} > {late_id}");
+
+    // The cursor reads B's event and steps over A's id, keeping it as an open gap.
+    let report = cursor.process_batch().await.unwrap();
+    assert_eq!((report.consumed, report.cursor), (1, early_id));
+    let gaps = secondary_site.registry_store().cursor_gaps().await.unwrap();
+    assert_eq!(
+        gaps.iter().map(|g| (g.first, g.last)).collect::<Vec<_>>(),
+        vec![(late_id, early_id - 1)]
+    );
+    // Nothing new: the gap stays open.
+    let report = cursor.process_batch().await.unwrap();
+    assert_eq!((report.read, report.cursor), (0, early_id));
+
+    // A commits: the next batch consumes its event, and the gap closes.
+    late.commit().await.unwrap();
+    let report = cursor.process_batch().await.unwrap();
+    assert_eq!((report.consumed, report.cursor), (1, early_id));
+    assert!(
+        secondary_site
+            .registry_store()
+            .cursor_gaps()
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let mut titles: Vec<String> = secondary_app
+        .notes()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|n| n.title)
+        .collect();
+    titles.sort();
+    assert_eq!(titles, vec!["early", "first", "late"]);
+}

@@ -266,6 +266,21 @@ pub struct SkippedEvent {
     pub skipped_at: DateTime<Utc>,
 }
 
+/// Event ids the log cursor stepped over: `first..=last` could not be read when an event after
+/// them could. On PostgreSQL, transactions that publish at once commit in any order, so such an
+/// id is usually an event whose transaction had not committed yet (or one that rolled back).
+/// The cursor reads the ids of an open gap again, and consumes any that appear, until
+/// [`GAP_TIMEOUT`](crate::engine::cursor::GAP_TIMEOUT) after `noticed_at`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CursorGap {
+    /// The first id of the gap.
+    pub first: EventId,
+    /// The last id of the gap (`>= first`).
+    pub last: EventId,
+    /// When the cursor noticed it.
+    pub noticed_at: DateTime<Utc>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 
 use crate::descriptor::{ReplicableDescriptor, registered_replicables};
 use crate::domain::error::ReplicatorError;
-use crate::domain::event::{Event, EventId, LogEntry, SkippedEvent, StoredEvent};
+use crate::domain::event::{CursorGap, Event, EventId, LogEntry, SkippedEvent, StoredEvent};
 use crate::site::Site;
 
 /// How many events one batch reads.
@@ -54,6 +54,8 @@ pub struct LogCursor {
     holder: String,
     batch_size: usize,
     intent_only: bool,
+    /// When the open gaps are read again; shared by the clones of this cursor.
+    gaps: std::sync::Arc<GapSchedule>,
 }
 
 impl LogCursor {
@@ -77,6 +79,7 @@ impl LogCursor {
             holder: holder.into(),
             batch_size: DEFAULT_BATCH_SIZE,
             intent_only: false,
+            gaps: std::sync::Arc::default(),
         }
     }
 
@@ -98,6 +101,12 @@ impl LogCursor {
     /// This cursor's holder name.
     pub fn holder(&self) -> &str {
         &self.holder
+    }
+
+    /// How long until the open id gaps of the last batch are due to be read again (`None`:
+    /// there were none). A caught-up engine waits no longer than this for new events.
+    pub(crate) fn gaps_due_in(&self) -> Option<std::time::Duration> {
+        self.gaps.next_in(self.site.now())
     }
 
     /// Takes or renews the lease, then processes one batch.
@@ -198,10 +207,11 @@ pub async fn catch_up(site: &Site, batch_size: usize) -> Result<CursorReport, Cu
 }
 
 impl LogCursor {
-    /// One batch under the lease. The lease is renewed while the batch runs (consuming an event
-    /// may sync a large resource) and once more before the cursor is saved: a cursor that lost
-    /// its lease saves nothing, and its events are consumed again by the new holder (consuming
-    /// is idempotent).
+    /// One batch under the lease: the open id gaps that are due are read again (see
+    /// [`CursorGap`]), then the events after the cursor. The lease is renewed while the batch
+    /// runs (consuming an event may sync a large resource) and once more before the cursor is
+    /// saved: a cursor that lost its lease saves nothing, and its events are consumed again by
+    /// the new holder (consuming is idempotent).
     async fn run_batch(&self) -> Result<(CursorReport, Vec<&'static str>), CursorError> {
         let site = &self.site;
         let fail = |cursor: EventId, reason: String, lease_held: bool| CursorError {
@@ -219,15 +229,18 @@ impl LogCursor {
             .cursor()
             .await
             .map_err(|e| fail(0, e.to_string(), false))?;
-        let events = link
-            .events_after(start, self.batch_size)
+        let stored_gaps = registry
+            .cursor_gaps()
             .await
             .map_err(|e| fail(start, e.to_string(), false))?;
-        let mut report = CursorReport {
-            read: events.len(),
-            cursor: start,
-            ..CursorReport::default()
-        };
+        let mut gaps = Gaps(stored_gaps.clone());
+        for gap in gaps.expire(site.now()) {
+            warn!(
+                first = gap.first,
+                last = gap.last,
+                "gave up waiting for event ids the cursor stepped over; backfill finds their records"
+            );
+        }
         // The catalogue once per batch, not once per event.
         let catalogue: HashMap<&'static str, &'static ReplicableDescriptor> =
             registered_replicables()
@@ -235,26 +248,146 @@ impl LogCursor {
                 .into_iter()
                 .map(|d| (d.name, d))
                 .collect();
-        let renew_every = chrono::Duration::from_std(site.timeouts().cursor_lease / 3)
-            .unwrap_or(chrono::Duration::MAX);
-        let mut renewed_at = site.now();
+        let mut batch = Batch {
+            cursor: self,
+            catalogue,
+            renew_every: chrono::Duration::from_std(site.timeouts().cursor_lease / 3)
+                .unwrap_or(chrono::Duration::MAX),
+            renewed_at: site.now(),
+            report: CursorReport {
+                cursor: start,
+                ..CursorReport::default()
+            },
+            touched: Vec::new(),
+        };
         let lost = || fail(start, "the lease passed to another log cursor".into(), true);
         let mut stop = None;
-        let mut touched: Vec<&'static str> = Vec::new();
-        for entry in events {
-            if site.now() - renewed_at >= renew_every {
-                match self.renew().await {
-                    Ok(true) => renewed_at = site.now(),
-                    Ok(false) => return Err(lost()),
+        // The gaps first: an event that committed late is consumed before newer ones.
+        if !gaps.0.is_empty() && self.gaps.due(&gaps.0, site.now()) {
+            'gaps: for gap in gaps.0.clone() {
+                let span = usize::try_from(gap.last - gap.first + 1).unwrap_or(usize::MAX);
+                let entries = match link
+                    .events_after(gap.first - 1, span.min(self.batch_size))
+                    .await
+                {
+                    Ok(entries) => entries,
                     Err(e) => {
                         stop = Some(e.to_string());
                         break;
                     }
+                };
+                for entry in entries {
+                    let id = entry.id();
+                    if id > gap.last {
+                        break;
+                    }
+                    match batch.consume(entry).await {
+                        Ok(()) => {
+                            batch.report.read += 1;
+                            gaps.fill(id);
+                        }
+                        Err(Halt::Lost) => return Err(lost()),
+                        Err(Halt::Stop(reason)) => {
+                            stop = Some(reason);
+                            break 'gaps;
+                        }
+                    }
                 }
             }
-            let event_id = entry.id();
-            let outcome = match entry {
-                LogEntry::Event(raw) => dispatch(site, &catalogue, raw.clone(), self.intent_only)
+            self.gaps.checked();
+        }
+        if stop.is_none() {
+            match link.events_after(start, self.batch_size).await {
+                Ok(events) => {
+                    batch.report.read += events.len();
+                    for entry in events {
+                        let id = entry.id();
+                        let previous = batch.report.cursor;
+                        match batch.consume(entry).await {
+                            Ok(()) => {}
+                            Err(Halt::Lost) => return Err(lost()),
+                            Err(Halt::Stop(reason)) => {
+                                stop = Some(reason);
+                                break;
+                            }
+                        }
+                        // A jump from a fresh cursor (0) is the log's start, or events
+                        // retention deleted: not ids still to come.
+                        if previous > 0 && id > previous + 1 {
+                            gaps.open(previous + 1, id - 1, site.now());
+                        }
+                        batch.report.cursor = id;
+                    }
+                }
+                // Nothing read, nothing consumed past the gaps: save what the gaps did.
+                Err(e) if batch.report.read == 0 => {
+                    return Err(fail(start, e.to_string(), false));
+                }
+                Err(e) => stop = Some(e.to_string()),
+            }
+        }
+        for dropped in gaps.cap() {
+            warn!(
+                first = dropped.first,
+                last = dropped.last,
+                "too many open id gaps; gave up the oldest"
+            );
+        }
+        self.gaps.remember(&gaps.0);
+        if batch.report.cursor != start || gaps.0 != stored_gaps {
+            match self.renew().await {
+                Ok(true) => {}
+                Ok(false) => return Err(lost()),
+                Err(e) => return Err(fail(start, e.to_string(), false)),
+            }
+            registry
+                .save_cursor_and_gaps(batch.report.cursor, &gaps.0)
+                .await
+                .map_err(|e| fail(start, e.to_string(), false))?;
+        }
+        let Batch {
+            report, touched, ..
+        } = batch;
+        match stop {
+            Some(reason) => Err(fail(report.cursor, reason, false)),
+            None => Ok((report, touched)),
+        }
+    }
+}
+
+/// One batch's consumption: the catalogue, the lease's renewal, what was done.
+struct Batch<'a> {
+    cursor: &'a LogCursor,
+    catalogue: HashMap<&'static str, &'static ReplicableDescriptor>,
+    renew_every: chrono::Duration,
+    renewed_at: chrono::DateTime<chrono::Utc>,
+    report: CursorReport,
+    touched: Vec<&'static str>,
+}
+
+/// Why a batch ends before its last entry.
+enum Halt {
+    /// The lease passed to another cursor: save nothing.
+    Lost,
+    /// The primary or the tracking database failed: save what was done, stop.
+    Stop(String),
+}
+
+impl Batch<'_> {
+    /// Consumes one entry, or records it as skipped.
+    async fn consume(&mut self, entry: LogEntry) -> Result<(), Halt> {
+        let site = &self.cursor.site;
+        if site.now() - self.renewed_at >= self.renew_every {
+            match self.cursor.renew().await {
+                Ok(true) => self.renewed_at = site.now(),
+                Ok(false) => return Err(Halt::Lost),
+                Err(e) => return Err(Halt::Stop(e.to_string())),
+            }
+        }
+        let event_id = entry.id();
+        let outcome = match entry {
+            LogEntry::Event(raw) => {
+                dispatch(site, &self.catalogue, raw.clone(), self.cursor.intent_only)
                     .await
                     .map_err(|e| match e {
                         Dispatch::Skip(reason) => Dispatch::Skip(SkippedEvent {
@@ -265,48 +398,179 @@ impl LogCursor {
                             skipped_at: site.now(),
                         }),
                         Dispatch::Stop(reason) => Dispatch::Stop(reason),
-                    }),
-                // A row the primary cannot read is skipped like a malformed event: it would
-                // otherwise stop the cursor for good.
-                LogEntry::Damaged(damaged) => Err(Dispatch::Skip(damaged.skipped(site.now()))),
-            };
-            match outcome {
-                Ok(name) => {
-                    report.consumed += 1;
-                    if !touched.contains(&name) {
-                        touched.push(name);
-                    }
-                }
-                Err(Dispatch::Skip(skipped)) => {
-                    warn!(event_id, reason = %skipped.reason, "skipping event");
-                    if let Err(e) = registry.record_skipped_event(&skipped).await {
-                        stop = Some(e.to_string());
-                        break;
-                    }
-                    report.skipped += 1;
-                }
-                Err(Dispatch::Stop(reason)) => {
-                    stop = Some(reason);
-                    break;
-                }
+                    })
             }
-            report.cursor = event_id;
-        }
-        if report.cursor != start {
-            match self.renew().await {
-                Ok(true) => {}
-                Ok(false) => return Err(lost()),
-                Err(e) => return Err(fail(start, e.to_string(), false)),
+            // A row the primary cannot read is skipped like a malformed event: it would
+            // otherwise stop the cursor for good.
+            LogEntry::Damaged(damaged) => Err(Dispatch::Skip(damaged.skipped(site.now()))),
+        };
+        match outcome {
+            Ok(name) => {
+                self.report.consumed += 1;
+                if !self.touched.contains(&name) {
+                    self.touched.push(name);
+                }
+                Ok(())
             }
-            registry
-                .save_cursor(report.cursor)
-                .await
-                .map_err(|e| fail(start, e.to_string(), false))?;
+            Err(Dispatch::Skip(skipped)) => {
+                warn!(event_id, reason = %skipped.reason, "skipping event");
+                site.registry_store()
+                    .record_skipped_event(&skipped)
+                    .await
+                    .map_err(|e| Halt::Stop(e.to_string()))?;
+                self.report.skipped += 1;
+                Ok(())
+            }
+            Err(Dispatch::Stop(reason)) => Err(Halt::Stop(reason)),
         }
-        match stop {
-            Some(reason) => Err(fail(report.cursor, reason, false)),
-            None => Ok((report, touched)),
+    }
+}
+
+/// How long the cursor reads an open id gap again before it gives up on it: an append that
+/// has not committed an hour after it drew its id is taken to have rolled back. (A
+/// transaction that stays open longer after publishing has its event missed by the cursor,
+/// and its record found by backfill.)
+pub const GAP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// At most this many gaps are kept open; beyond it the oldest are given up. Appends that are
+/// in flight at once leave at most one gap each, and a rolled-back batch one for all its ids.
+const MAX_GAPS: usize = 256;
+
+/// The open gaps of one batch, ascending and disjoint.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Gaps(Vec<CursorGap>);
+
+impl Gaps {
+    /// Removes and returns the gaps open for longer than [`GAP_TIMEOUT`].
+    fn expire(&mut self, now: chrono::DateTime<chrono::Utc>) -> Vec<CursorGap> {
+        let timeout = chrono::Duration::from_std(GAP_TIMEOUT).unwrap_or(chrono::Duration::MAX);
+        let (expired, open) = self
+            .0
+            .iter()
+            .partition(|g| now.signed_duration_since(g.noticed_at) > timeout);
+        self.0 = open;
+        expired
+    }
+
+    /// `id` appeared: it is no longer missing.
+    fn fill(&mut self, id: EventId) {
+        let Some(at) = self.0.iter().position(|g| g.first <= id && id <= g.last) else {
+            return;
+        };
+        let gap = self.0.remove(at);
+        let mut parts = Vec::with_capacity(2);
+        if gap.first < id {
+            parts.push(CursorGap {
+                last: id - 1,
+                ..gap
+            });
         }
+        if id < gap.last {
+            parts.push(CursorGap {
+                first: id + 1,
+                ..gap
+            });
+        }
+        self.0.splice(at..at, parts);
+    }
+
+    /// Ids `first..=last` were stepped over at `now`.
+    fn open(&mut self, first: EventId, last: EventId, now: chrono::DateTime<chrono::Utc>) {
+        let gap = CursorGap {
+            first,
+            last,
+            noticed_at: now,
+        };
+        let at = self.0.partition_point(|g| g.last < first);
+        self.0.insert(at, gap);
+    }
+
+    /// Gives up the oldest gaps beyond [`MAX_GAPS`], returning them.
+    fn cap(&mut self) -> Vec<CursorGap> {
+        if self.0.len() <= MAX_GAPS {
+            return Vec::new();
+        }
+        let mut by_age: Vec<usize> = (0..self.0.len()).collect();
+        by_age.sort_by_key(|&i| (self.0[i].noticed_at, self.0[i].first));
+        let drop: std::collections::HashSet<usize> =
+            by_age[..self.0.len() - MAX_GAPS].iter().copied().collect();
+        let mut dropped = Vec::new();
+        let mut kept = Vec::with_capacity(MAX_GAPS);
+        for (i, gap) in self.0.iter().enumerate() {
+            if drop.contains(&i) {
+                dropped.push(*gap);
+            } else {
+                kept.push(*gap);
+            }
+        }
+        self.0 = kept;
+        dropped
+    }
+}
+
+/// When the open gaps are read again: at every batch while the youngest is under 2 s old (a
+/// transaction that commits late usually does so within milliseconds), and a caught-up
+/// engine's wait ends in time for the next reading (every 20 ms at first); later less and less
+/// often (a tenth of its age, at most every 10 s), so that gaps that will never fill (rolled
+/// back appends) cost little.
+#[derive(Debug, Default)]
+pub(crate) struct GapSchedule {
+    inner: std::sync::Mutex<ScheduleState>,
+}
+
+#[derive(Debug, Default)]
+struct ScheduleState {
+    youngest: Option<chrono::DateTime<chrono::Utc>>,
+    checked_at: Option<std::time::Instant>,
+}
+
+impl GapSchedule {
+    fn state(&self) -> std::sync::MutexGuard<'_, ScheduleState> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The pause between two readings of gaps whose youngest is `age` old.
+    fn interval(age: chrono::Duration) -> std::time::Duration {
+        let age = age.to_std().unwrap_or_default();
+        (age / 10).clamp(
+            std::time::Duration::from_millis(20),
+            std::time::Duration::from_secs(10),
+        )
+    }
+
+    fn due(&self, gaps: &[CursorGap], now: chrono::DateTime<chrono::Utc>) -> bool {
+        let Some(youngest) = gaps.iter().map(|g| g.noticed_at).max() else {
+            return false;
+        };
+        // Young gaps at every batch: the engine's waits are bounded by the interval instead.
+        let age = now - youngest;
+        age < chrono::Duration::seconds(2)
+            || self
+                .state()
+                .checked_at
+                .is_none_or(|at| at.elapsed() >= Self::interval(age))
+    }
+
+    fn checked(&self) {
+        self.state().checked_at = Some(std::time::Instant::now());
+    }
+
+    fn remember(&self, gaps: &[CursorGap]) {
+        self.state().youngest = gaps.iter().map(|g| g.noticed_at).max();
+    }
+
+    /// How long until the open gaps are due again, if there are any.
+    pub(crate) fn next_in(
+        &self,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Option<std::time::Duration> {
+        let state = self.state();
+        let youngest = state.youngest?;
+        let interval = Self::interval(now - youngest);
+        Some(match state.checked_at {
+            None => std::time::Duration::ZERO,
+            Some(at) => interval.saturating_sub(at.elapsed()),
+        })
     }
 }
 
@@ -341,5 +605,99 @@ async fn dispatch(
         Ok(_) => Ok(descriptor.name),
         Err(e) if is_transient(&e) => Err(Dispatch::Stop(e.to_string())),
         Err(e) => Err(Dispatch::Skip(e.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(seconds: i64) -> chrono::DateTime<chrono::Utc> {
+        chrono::DateTime::from_timestamp(1_700_000_000 + seconds, 0).unwrap()
+    }
+
+    fn spans(gaps: &Gaps) -> Vec<(EventId, EventId)> {
+        gaps.0.iter().map(|g| (g.first, g.last)).collect()
+    }
+
+    #[test]
+    fn gaps_open_in_order_and_split_as_ids_appear() {
+        let mut gaps = Gaps::default();
+        gaps.open(10, 14, at(0));
+        gaps.open(3, 3, at(1));
+        gaps.open(20, 20, at(2));
+        assert_eq!(spans(&gaps), vec![(3, 3), (10, 14), (20, 20)]);
+        gaps.fill(12);
+        assert_eq!(spans(&gaps), vec![(3, 3), (10, 11), (13, 14), (20, 20)]);
+        gaps.fill(10);
+        gaps.fill(14);
+        gaps.fill(3);
+        assert_eq!(spans(&gaps), vec![(11, 11), (13, 13), (20, 20)]);
+        // An id outside every gap changes nothing.
+        gaps.fill(15);
+        assert_eq!(spans(&gaps), vec![(11, 11), (13, 13), (20, 20)]);
+        // The pieces keep the time their gap was noticed.
+        assert_eq!(gaps.0[0].noticed_at, at(0));
+    }
+
+    #[test]
+    fn gaps_expire_after_the_timeout() {
+        let mut gaps = Gaps::default();
+        gaps.open(1, 1, at(0));
+        gaps.open(5, 6, at(100));
+        let timeout = GAP_TIMEOUT.as_secs() as i64;
+        assert!(gaps.expire(at(timeout)).is_empty());
+        let expired = gaps.expire(at(timeout + 1));
+        assert_eq!(
+            expired
+                .iter()
+                .map(|g| (g.first, g.last))
+                .collect::<Vec<_>>(),
+            vec![(1, 1)]
+        );
+        assert_eq!(spans(&gaps), vec![(5, 6)]);
+    }
+
+    #[test]
+    fn the_oldest_gaps_beyond_the_cap_are_given_up() {
+        let mut gaps = Gaps::default();
+        // Noticed newest first: the gaps with the smallest ids are the youngest.
+        for i in 0..(MAX_GAPS as i64 + 3) {
+            gaps.open(1_000 - 2 * i, 1_000 - 2 * i, at(i));
+        }
+        let dropped = gaps.cap();
+        assert_eq!(
+            dropped.iter().map(|g| g.first).collect::<Vec<_>>(),
+            vec![996, 998, 1_000]
+        );
+        assert_eq!(gaps.0.len(), MAX_GAPS);
+        assert!(gaps.0.windows(2).all(|w| w[0].last < w[1].first));
+    }
+
+    #[test]
+    fn young_gaps_are_read_at_every_batch_old_ones_seldom() {
+        let ms = std::time::Duration::from_millis;
+        assert_eq!(GapSchedule::interval(chrono::Duration::zero()), ms(20));
+        assert_eq!(GapSchedule::interval(chrono::Duration::seconds(5)), ms(500));
+        assert_eq!(
+            GapSchedule::interval(chrono::Duration::hours(1)),
+            std::time::Duration::from_secs(10)
+        );
+        let schedule = GapSchedule::default();
+        let gaps = [CursorGap {
+            first: 4,
+            last: 4,
+            noticed_at: at(0),
+        }];
+        assert!(schedule.due(&gaps, at(600)), "never read: due");
+        assert!(!schedule.due(&[], at(600)), "no gaps: nothing due");
+        schedule.checked();
+        schedule.remember(&gaps);
+        assert!(!schedule.due(&gaps, at(600)), "read just now, 10 min old");
+        assert!(schedule.due(&gaps, at(1)), "read just now, but 1 s old");
+        let next = schedule.next_in(at(600)).unwrap();
+        assert!(next > ms(9_000) && next <= ms(10_000), "{next:?}");
+        schedule.remember(&[]);
+        assert_eq!(schedule.next_in(at(600)), None);
     }
 }

@@ -320,17 +320,23 @@ async fn cursor_loop(shared: Arc<Shared>, cursor: LogCursor) {
                 promised = false;
             }
             Ok((report, touched)) => {
+                // Open id gaps are read again soon: no wait outlasts their next reading.
+                let gaps_due = cursor.gaps_due_in();
                 if report.read > 0 {
                     wake(&touched);
                     idle.busy();
                 } else if promised {
                     promised = false;
-                    if !idle.wait(None, &shared.cancel).await {
+                    let waited = match gaps_due {
+                        Some(due) => sleep_or_stop(due, &shared.cancel).await,
+                        None => idle.wait(None, &shared.cancel).await,
+                    };
+                    if !waited {
                         return;
                     }
                     continue;
                 }
-                match wait_for_events(&shared, report.cursor, &mut idle).await {
+                match wait_for_events(&shared, report.cursor, gaps_due, &mut idle).await {
                     Some(news) => promised = news,
                     None => return,
                 }
@@ -355,7 +361,12 @@ async fn cursor_loop(shared: Arc<Shared>, cursor: LogCursor) {
 /// A caught-up cursor's wait for an event after `after`: `Some(true)` when the primary has
 /// one, `Some(false)` when the wait ran out (or failed, after a backoff), `None` when the
 /// engine stops.
-async fn wait_for_events(shared: &Shared, after: EventId, idle: &mut Idle) -> Option<bool> {
+async fn wait_for_events(
+    shared: &Shared,
+    after: EventId,
+    at_most: Option<Duration>,
+    idle: &mut Idle,
+) -> Option<bool> {
     let Some(link) = shared.site.primary_link() else {
         return idle.wait(None, &shared.cancel).await.then_some(false);
     };
@@ -364,7 +375,8 @@ async fn wait_for_events(shared: &Shared, after: EventId, idle: &mut Idle) -> Op
         .config
         .idle
         .max
-        .min(shared.site.timeouts().cursor_lease / 3);
+        .min(shared.site.timeouts().cursor_lease / 3)
+        .min(at_most.unwrap_or(Duration::MAX));
     let waited = tokio::select! {
         _ = shared.cancel.cancelled() => return None,
         waited = link.wait_for_events(after, max_wait) => waited,

@@ -18,8 +18,19 @@ pub(super) async fn report(shared: Arc<Shared>) -> Result<(), String> {
     let position = crate::status::event_position(site)
         .await
         .map_err(|e| e.to_string())?;
+    let oldest_gap = site
+        .registry_store()
+        .cursor_gaps()
+        .await
+        .map_err(|e| e.to_string())?
+        .first()
+        .map(|gap| gap.first - 1);
+    let cursor = match (position.cursor_event_id, oldest_gap) {
+        (Some(cursor), Some(below)) => Some(cursor.min(below)),
+        (cursor, _) => cursor,
+    };
     let mut report = SiteStatusReport {
-        cursor: position.cursor_event_id,
+        cursor,
         pending: 0,
         started: 0,
         synced: 0,

@@ -7,7 +7,10 @@ use crate::domain::event::EventId;
 /// A secondary's status, as it reports it to its primary.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SiteStatusReport {
-    /// The last event the secondary's log cursor processed.
+    /// The last event up to which the secondary's log cursor processed every event: its
+    /// position, or just below its oldest open id gap (an id it stepped over that may still
+    /// appear), so that the primary's retention never deletes an event the cursor may still
+    /// read.
     pub cursor: Option<EventId>,
     /// Registry rows `pending`, all replicables together.
     pub pending: u64,

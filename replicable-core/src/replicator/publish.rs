@@ -146,11 +146,14 @@ impl<'a, M: Replicable> Replicator<'a, M> {
     /// secondary, which publishes nothing. Any failed write is an error, and the caller's
     /// transaction should then be rolled back.
     ///
-    /// On PostgreSQL the event is written last, under the event log's advisory lock, which the
-    /// application's transaction then holds until it commits or rolls back: that keeps event
-    /// ids visible in order (a log cursor never steps over an event that commits late), and it
-    /// serialises publishing transactions from their event to their commit. Publish last in
-    /// the transaction, just before committing.
+    /// The event is written last. On PostgreSQL no lock is taken: transactions that publish at
+    /// once do not wait for each other, and one that commits after a later event's transaction
+    /// leaves an id gap for a while, which the secondaries' log cursors track and read again
+    /// until it fills (see [`LogCursor`](crate::engine::cursor::LogCursor)). A transaction that stays
+    /// open longer than the cursor's gap timeout after publishing (an hour) may have its event
+    /// missed by the cursor; its record is then found by backfill. On SQLite the application's
+    /// transaction holds the database's write lock from its first write to its end, as any
+    /// SQLite writer does.
     #[cfg(any(feature = "postgres", feature = "sqlite"))]
     pub async fn publish_created_event_in<C>(
         &self,
@@ -254,8 +257,9 @@ impl<'a, M: Replicable> ReplicationTarget<'a, M> {
 impl Site {
     /// Publishes `created` for each of `records` on the primary, in one transaction: every
     /// catalogue row (or generation of the application's row), verification row and event is
-    /// written, or nothing is. The events get consecutive ids, in the order of `records`, and
-    /// the ids are returned in that order; once this returns `Ok` they survive a power loss,
+    /// written, or nothing is. The events get ascending ids, in the order of `records`
+    /// (consecutive unless other publishes run at the same time on PostgreSQL), and the ids are
+    /// returned in that order; once this returns `Ok` they survive a power loss,
     /// as a single publish's. Secondaries consume them as they consume single publishes.
     ///
     /// Every record is checked before anything is written: one that cannot be published (its
@@ -303,9 +307,8 @@ impl Site {
     /// Publishes `created` for each of `records` in the application's own transaction: the
     /// batch of [`publish_created_events`](Self::publish_created_events) written on `conn`
     /// (`&mut *tx`), so that it commits with the application's change or not at all. The
-    /// requirements and the PostgreSQL advisory lock are those of
-    /// [`Replicator::publish_created_event_in`]: publish last in the transaction, and roll back
-    /// on an error.
+    /// requirements are those of [`Replicator::publish_created_event_in`]: the tables exist
+    /// beforehand, and roll back on an error.
     #[cfg(any(feature = "postgres", feature = "sqlite"))]
     pub async fn publish_created_events_in<M, C>(
         &self,

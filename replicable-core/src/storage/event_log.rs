@@ -51,6 +51,10 @@ pub struct CompletedVerification {
 pub trait EventLog: Send + Sync + std::fmt::Debug {
     /// Appends events in order, durably, before returning their ids (strictly increasing).
     /// All or none are appended. `now` is stored as each event's creation time.
+    ///
+    /// Appends that run at the same time may commit out of id order (an id becomes readable
+    /// after a greater one): readers must not assume that an id below the greatest they have
+    /// read will never appear. The log cursor tracks such gaps.
     async fn append(
         &self,
         events: &[NewEvent],
@@ -101,7 +105,8 @@ pub trait EventLog: Send + Sync + std::fmt::Debug {
     }
 
     /// Stores many publications in one transaction, in order, as [`publish`](Self::publish)
-    /// stores one: all of them or none. Their events get consecutive ids, in the order given;
+    /// stores one: all of them or none. Their events get ascending ids, in the order given
+    /// (consecutive unless other appends run at the same time);
     /// a record published twice in one batch is written twice (its generation bumped each
     /// time), as two single publishes would. The publications may be of several replicables
     /// and kinds. Returns `None` when this log cannot do it (the default), or cannot do it for
@@ -120,7 +125,7 @@ pub trait EventLog: Send + Sync + std::fmt::Debug {
     /// log that shares its database with the site's verification store: each row is written
     /// if the stored row still has its version (a compare-and-set, as
     /// [`VerificationStore::update`](crate::storage::VerificationStore::update)), and the
-    /// events of the rows written are appended, in the order given, with consecutive ids. An
+    /// events of the rows written are appended, in the order given, with ascending ids. An
     /// event is therefore stored exactly when the checksum it announces is; when there is an
     /// event the commit waits for the disk, as every append does. Returns, for each row,
     /// whether it was written, or `None` when this log cannot do it (the default): the caller

@@ -13,7 +13,9 @@ use super::{
     RegistryFilter, RegistryStore, StoredRecord, VerificationCounts, VerificationStore,
 };
 use crate::domain::error::StoreError;
-use crate::domain::event::{EventId, EventKind, LogEntry, NewEvent, SkippedEvent, StoredEvent};
+use crate::domain::event::{
+    CursorGap, EventId, EventKind, LogEntry, NewEvent, SkippedEvent, StoredEvent,
+};
 use crate::domain::registry::{RegistryRecord, StuckCutoffs, SyncState};
 use crate::domain::verification::{VerificationRecord, VerificationState};
 
@@ -26,6 +28,7 @@ struct State {
     verification: BTreeMap<Key, VerificationRecord>,
     registry: BTreeMap<Key, RegistryRecord>,
     cursor: EventId,
+    cursor_gaps: Vec<CursorGap>,
     skipped: Vec<SkippedEvent>,
     leases: std::collections::HashMap<String, (String, DateTime<Utc>)>,
     replication_disabled: std::collections::HashSet<String>,
@@ -874,6 +877,21 @@ impl RegistryStore for MemoryStore {
 
     async fn save_cursor(&self, event_id: EventId) -> Result<(), StoreError> {
         self.lock().cursor = event_id;
+        Ok(())
+    }
+
+    async fn cursor_gaps(&self) -> Result<Vec<CursorGap>, StoreError> {
+        Ok(self.lock().cursor_gaps.clone())
+    }
+
+    async fn save_cursor_and_gaps(
+        &self,
+        event_id: EventId,
+        gaps: &[CursorGap],
+    ) -> Result<(), StoreError> {
+        let mut state = self.lock();
+        state.cursor = event_id;
+        state.cursor_gaps = gaps.to_vec();
         Ok(())
     }
 

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::domain::error::StoreError;
-use crate::domain::event::{EventId, SkippedEvent};
+use crate::domain::event::{CursorGap, EventId, SkippedEvent};
 use crate::domain::registry::{RegistryRecord, StuckCutoffs, SyncState};
 use crate::domain::verification::VerificationState;
 
@@ -244,6 +244,24 @@ pub trait RegistryStore: Send + Sync + std::fmt::Debug {
 
     /// Saves the log cursor's position.
     async fn save_cursor(&self, event_id: EventId) -> Result<(), StoreError>;
+
+    /// The log cursor's open gaps (ids it stepped over that may still appear), ascending. A
+    /// store that cannot keep them has none (the default).
+    async fn cursor_gaps(&self) -> Result<Vec<CursorGap>, StoreError> {
+        Ok(Vec::new())
+    }
+
+    /// Saves the log cursor's position and its open gaps in one write. The default saves the
+    /// position only: the gaps are then forgotten, and an event that commits late is found
+    /// by backfill instead of by the cursor.
+    async fn save_cursor_and_gaps(
+        &self,
+        event_id: EventId,
+        gaps: &[CursorGap],
+    ) -> Result<(), StoreError> {
+        let _ = gaps;
+        self.save_cursor(event_id).await
+    }
 
     /// Takes or renews the lease `lease` for `holder` for `ttl`. Succeeds if the lease is free,
     /// expired, or already held by `holder`. Expiry is measured on the store's clock

@@ -17,7 +17,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use crate::domain::event::{
-    EventId, EventKind, EventPayload, LogEntry, NewEvent, SkippedEvent, StoredEvent,
+    CursorGap, EventId, EventKind, EventPayload, LogEntry, NewEvent, SkippedEvent, StoredEvent,
 };
 use crate::domain::failure::SyncFailure;
 use crate::domain::registry::{RegistryRecord, StuckCutoffs, SyncState};
@@ -902,6 +902,32 @@ pub async fn cursor_and_skipped_events_persist(target: &dyn ConformanceTarget) {
     db.registry.save_cursor(41).await.unwrap();
     db.registry.save_cursor(42).await.unwrap();
     assert_eq!(open(target).await.registry.cursor().await.unwrap(), 42);
+    // Open id gaps are saved with the position, and replaced by the next save.
+    assert_eq!(db.registry.cursor_gaps().await.unwrap(), vec![]);
+    let gaps = vec![
+        CursorGap {
+            first: 43,
+            last: 43,
+            noticed_at: t0(),
+        },
+        CursorGap {
+            first: 45,
+            last: 47,
+            noticed_at: t0() + chrono::Duration::milliseconds(1_500),
+        },
+    ];
+    db.registry.save_cursor_and_gaps(48, &gaps).await.unwrap();
+    let reopened = open(target).await;
+    assert_eq!(reopened.registry.cursor().await.unwrap(), 48);
+    assert_eq!(reopened.registry.cursor_gaps().await.unwrap(), gaps);
+    db.registry
+        .save_cursor_and_gaps(49, &gaps[1..])
+        .await
+        .unwrap();
+    assert_eq!(db.registry.cursor_gaps().await.unwrap(), gaps[1..].to_vec());
+    db.registry.save_cursor_and_gaps(50, &[]).await.unwrap();
+    assert_eq!(db.registry.cursor_gaps().await.unwrap(), vec![]);
+    assert_eq!(db.registry.cursor().await.unwrap(), 50);
     let skipped = SkippedEvent {
         event_id: 40,
         replicable_name: "mystery".into(),

@@ -17,8 +17,7 @@ use crate::storage::Publication;
 /// Rows per statement: bounds the size of one statement (and of its JSON parameter).
 pub(super) const APPEND_CHUNK: usize = 5_000;
 
-/// Appends events on one connection inside a transaction the caller commits, under the
-/// append lock on PostgreSQL (taken here, held until commit): `$rows` are
+/// Appends events on one connection inside a transaction the caller commits: `$rows` are
 /// `(replicable_name, event_name, payload JSON)`, in order, written one statement per run of
 /// one replicable and kind (see [`event_runs`]); `$p` qualifies the table (see `publish_on!`).
 /// Evaluates to `Result<Vec<EventId>, StoreError>`, the ids in the order of the rows.
@@ -31,13 +30,6 @@ macro_rules! append_on {
             let mut ids: Vec<EventId> = Vec::with_capacity(rows.len());
             if rows.is_empty() {
                 return Ok::<_, StoreError>(ids);
-            }
-            if store.dialect == Dialect::Postgres {
-                sqlx::query("SELECT pg_advisory_xact_lock($1)")
-                    .bind(APPEND_LOCK)
-                    .execute($conn)
-                    .await
-                    .map_err(&err)?;
             }
             let sql = append_rows_sql(store.dialect, $p);
             let at = micros($now);
@@ -96,7 +88,7 @@ pub(super) use append_on;
 /// commits (see [`EventLog::publish_batch`](crate::storage::EventLog::publish_batch)): the
 /// store's own or the application's (`publish_*_events_in`). The record writes go segment by
 /// segment (see [`batch_segments`]), each one multi-row statement per table, in order; then
-/// every event, under the append lock on PostgreSQL, taken last as in `publish_on!`. `$tables`
+/// every event, last, as in `publish_on!`. `$tables`
 /// holds the tables of every replicable named. Evaluates to
 /// `Result<Vec<Published>, StoreError>`.
 macro_rules! publish_batch_on {

@@ -11,7 +11,7 @@ use super::batch::{
     upsert_records_batch_sql, verification_pending_batch_sql,
 };
 use super::verification::{bind_verification, verification_assignments};
-use super::{APPEND_LOCK, Dialect, SqlStore, Tables, micros};
+use super::{Dialect, SqlStore, Tables, micros};
 use crate::domain::error::StoreError;
 use crate::domain::event::{DamagedEvent, EventId, EventKind, LogEntry, NewEvent, StoredEvent};
 use crate::storage::{CompletedVerification, EventLog, Publication, Published};
@@ -89,15 +89,6 @@ macro_rules! publish_on {
                     }
                 }
                 EventKind::ChecksumSucceeded => {}
-            }
-            if store.dialect == Dialect::Postgres {
-                // Taken last and held until commit: the event's id becomes visible in order,
-                // and the record writes above do not wait behind other appends.
-                sqlx::query("SELECT pg_advisory_xact_lock($1)")
-                    .bind(APPEND_LOCK)
-                    .execute($conn)
-                    .await
-                    .map_err(&err)?;
             }
             let payload =
                 serde_json::to_string(&event.payload).map_err(|e| serialize_error(store, e))?;
@@ -465,8 +456,10 @@ fn csv_field(out: &mut String, value: &str) {
 
 #[cfg(feature = "postgres")]
 impl SqlStore {
-    /// PostgreSQL appends: `COPY` in CSV under the append lock. The lock makes the rows' ids
-    /// consecutive and visible in commit order; `currval` gives the last one.
+    /// PostgreSQL appends: `COPY` in CSV. `COPY` returns no ids, so they are drawn from the
+    /// events' sequence first (ascending, in the order of the events) and sent with the rows.
+    /// No lock: concurrent appends may commit out of id order, and the log cursor tracks the
+    /// gaps (see [`LogCursor`](crate::engine::cursor::LogCursor)).
     async fn append_by_copy(
         &self,
         pool: &sqlx::PgPool,
@@ -475,10 +468,30 @@ impl SqlStore {
     ) -> Result<Vec<EventId>, StoreError> {
         let err = self.backend("append events");
         let at = micros(now).to_string();
+        let count = i64::try_from(events.len()).unwrap_or(i64::MAX);
+        let mut tx = pool.begin().await.map_err(&err)?;
+        let mut ids: Vec<i64> = sqlx::query_scalar(
+            "SELECT nextval(pg_get_serial_sequence('replicable_events', 'id')) \
+             FROM generate_series(1, $1)",
+        )
+        .bind(count)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(&err)?;
+        ids.sort_unstable();
+        if ids.len() != events.len() {
+            return Err(StoreError::Backend {
+                store: self.url.clone(),
+                operation: "append events",
+                reason: format!("{} ids drawn for {} events", ids.len(), events.len()),
+            });
+        }
         let mut csv = String::with_capacity(events.len() * 256);
-        for event in events {
+        for (event, id) in events.iter().zip(&ids) {
             let payload =
                 serde_json::to_string(&event.payload).map_err(|e| serialize_error(self, e))?;
+            csv.push_str(&id.to_string());
+            csv.push(',');
             csv_field(&mut csv, &event.replicable_name);
             csv.push(',');
             csv_field(&mut csv, event.kind.name());
@@ -488,15 +501,9 @@ impl SqlStore {
             csv.push_str(&at);
             csv.push('\n');
         }
-        let mut tx = pool.begin().await.map_err(&err)?;
-        sqlx::query("SELECT pg_advisory_xact_lock($1)")
-            .bind(APPEND_LOCK)
-            .execute(&mut *tx)
-            .await
-            .map_err(&err)?;
         let mut copy = tx
             .copy_in_raw(
-                "COPY replicable_events (replicable_name, event_name, payload, created_at) \
+                "COPY replicable_events (id, replicable_name, event_name, payload, created_at) \
                  FROM STDIN (FORMAT csv)",
             )
             .await
@@ -510,14 +517,8 @@ impl SqlStore {
                 reason: format!("{} events sent, {stored} stored", events.len()),
             });
         }
-        let last: i64 =
-            sqlx::query_scalar("SELECT currval(pg_get_serial_sequence('replicable_events', 'id'))")
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(&err)?;
         tx.commit().await.map_err(&err)?;
-        let first = last - stored as i64 + 1;
-        Ok((first..=last).collect())
+        Ok(ids)
     }
 }
 
@@ -554,8 +555,8 @@ impl SqlStore {
         Ok(ids)
     }
 
-    /// PostgreSQL appends of a few events: one multi-row `INSERT ... RETURNING id` under the
-    /// append lock, held until commit so that ids become visible in order.
+    /// PostgreSQL appends of a few events: one multi-row `INSERT ... RETURNING id`. No lock:
+    /// concurrent appends may commit out of id order, and the log cursor tracks the gaps.
     async fn append_by_insert(
         &self,
         events: &[NewEvent],
@@ -563,11 +564,6 @@ impl SqlStore {
     ) -> Result<Vec<EventId>, StoreError> {
         let err = self.backend("append events");
         let mut tx = self.begin_durable_write().await.map_err(&err)?;
-        sqlx::query("SELECT pg_advisory_xact_lock($1)")
-            .bind(APPEND_LOCK)
-            .execute(&mut *tx)
-            .await
-            .map_err(&err)?;
         let at = micros(now);
         let mut ids = Vec::with_capacity(events.len());
         // 4 parameters per row; 1,000 rows stay far below the protocol's limit.

@@ -14,7 +14,7 @@ use super::batch::{
 use super::event_log::{
     bump_generation_sql, publish_on, serialize_error, upsert_record_sql, verification_pending_sql,
 };
-use super::{APPEND_LOCK, Dialect, SqlStore, Tables, micros};
+use super::{Dialect, SqlStore, Tables, micros};
 use crate::domain::error::StoreError;
 use crate::domain::event::{EventId, EventKind};
 use crate::storage::{Publication, Published};

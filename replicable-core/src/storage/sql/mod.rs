@@ -1,9 +1,10 @@
 //! SQLite (the embedded default) and PostgreSQL (scale-out) behind every storage role, in one
 //! implementation over sqlx's `Any` driver. The engines differ only in a few SQL fragments
-//! ([`Dialect`]): PostgreSQL claims rows with `FOR UPDATE SKIP LOCKED` and serializes event
-//! appends with a transaction-scoped advisory lock, so that event ids become visible in
-//! commit order and the log cursor can never step over an event committed late; SQLite has a
-//! single writer, which gives both for free.
+//! ([`Dialect`]): PostgreSQL claims rows with `FOR UPDATE SKIP LOCKED`, and its event appends
+//! take no lock: transactions that publish at once commit in any order, so an event id may
+//! become visible after a greater one, and the log cursor tracks such gaps and reads them
+//! again until they fill (see [`LogCursor`](crate::engine::cursor::LogCursor)). SQLite has a single
+//! writer: its ids become visible in order.
 //!
 //! Timestamps are stored as microseconds since the Unix epoch (`BIGINT`), flags as `SMALLINT`.
 //!
@@ -186,8 +187,6 @@ pub struct SqlStore {
 
 /// Advisory lock key for migrations (PostgreSQL).
 const MIGRATION_LOCK: i64 = 0x7265_706c_6963_0001;
-/// Advisory lock key for event appends (PostgreSQL).
-const APPEND_LOCK: i64 = 0x7265_706c_6963_0002;
 
 /// The URL without its password, for messages.
 pub fn redact_url(url: &str) -> String {

@@ -13,7 +13,7 @@ use super::verification::{
 };
 use super::{SqlStore, micros, opt_micros};
 use crate::domain::error::StoreError;
-use crate::domain::event::{EventId, SkippedEvent};
+use crate::domain::event::{CursorGap, EventId, SkippedEvent};
 use crate::domain::registry::{RegistryRecord, StuckCutoffs, SyncState};
 use crate::storage::{RegistryCounts, RegistryFilter, RegistryStore};
 
@@ -583,6 +583,66 @@ impl RegistryStore for SqlStore {
              ON CONFLICT (id) DO UPDATE SET last_event_id = excluded.last_event_id",
         )
         .bind(event_id)
+        .execute(&self.pool)
+        .await
+        .map_err(self.backend("save cursor"))?;
+        Ok(())
+    }
+
+    async fn cursor_gaps(&self) -> Result<Vec<CursorGap>, StoreError> {
+        let row = sqlx::query("SELECT gaps FROM replicable_cursor WHERE id = 1")
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(self.backend("read cursor gaps"))?;
+        let Some(text) = row
+            .map(|row| self.get::<Option<String>>(&row, "gaps"))
+            .transpose()?
+            .flatten()
+        else {
+            return Ok(Vec::new());
+        };
+        // `[[first, last, noticed_at_micros], ...]`: compact, and no date format to agree on.
+        let triples: Vec<(EventId, EventId, i64)> =
+            serde_json::from_str(&text).map_err(|e| StoreError::Backend {
+                store: self.url.clone(),
+                operation: "read cursor gaps",
+                reason: format!("the stored gaps do not parse: {e}"),
+            })?;
+        Ok(triples
+            .into_iter()
+            .map(|(first, last, at)| CursorGap {
+                first,
+                last,
+                noticed_at: DateTime::from_timestamp_micros(at).unwrap_or_default(),
+            })
+            .collect())
+    }
+
+    async fn save_cursor_and_gaps(
+        &self,
+        event_id: EventId,
+        gaps: &[CursorGap],
+    ) -> Result<(), StoreError> {
+        let triples: Vec<(EventId, EventId, i64)> = gaps
+            .iter()
+            .map(|g| (g.first, g.last, super::micros(g.noticed_at)))
+            .collect();
+        let text = (!triples.is_empty())
+            .then(|| serde_json::to_string(&triples))
+            .transpose()
+            .map_err(|e| StoreError::Backend {
+                store: self.url.clone(),
+                operation: "save cursor",
+                reason: e.to_string(),
+            })?;
+        let _gate = self.write_gate().await;
+        sqlx::query(
+            "INSERT INTO replicable_cursor (id, last_event_id, gaps) VALUES (1, $1, $2) \
+             ON CONFLICT (id) DO UPDATE SET last_event_id = excluded.last_event_id, \
+             gaps = excluded.gaps",
+        )
+        .bind(event_id)
+        .bind(text)
         .execute(&self.pool)
         .await
         .map_err(self.backend("save cursor"))?;

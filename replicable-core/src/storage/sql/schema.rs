@@ -7,7 +7,7 @@
 use super::Dialect;
 
 /// The newest version of the shared tables this build knows.
-pub const CORE_VERSION: i64 = 3;
+pub const CORE_VERSION: i64 = 4;
 
 /// The newest version of a replicable's tables this build knows.
 pub const REPLICABLE_VERSION: i64 = 5;
@@ -82,6 +82,10 @@ pub fn core_migrations(dialect: Dialect, from: i64) -> Vec<String> {
              received_at BIGINT NOT NULL)"
                 .into(),
         );
+    }
+    if from < 4 {
+        // The log cursor's open id gaps (JSON), saved with its position.
+        steps.push("ALTER TABLE replicable_cursor ADD COLUMN gaps TEXT".into());
     }
     steps
 }
@@ -246,6 +250,6 @@ mod tests {
                 replicable_migrations(dialect, "x", "", 0, REPLICABLE_VERSION)
             );
         }
-        assert_eq!(core_migrations(Dialect::Postgres, 0).len(), 6);
+        assert_eq!(core_migrations(Dialect::Postgres, 0).len(), 7);
     }
 }
