@@ -270,7 +270,7 @@ pub struct SkippedEvent {
 /// them could. On PostgreSQL, transactions that publish at once commit in any order, so such an
 /// id is usually an event whose transaction had not committed yet (or one that rolled back).
 /// The cursor reads the ids of an open gap again, and consumes any that appear, until
-/// [`GAP_TIMEOUT`](crate::engine::cursor::GAP_TIMEOUT) after `noticed_at`.
+/// `log_cursor::GAP_TIMEOUT` after `noticed_at`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CursorGap {
     /// The first id of the gap.

@@ -149,7 +149,7 @@ impl<'a, M: Replicable> Replicator<'a, M> {
     /// The event is written last. On PostgreSQL no lock is taken: transactions that publish at
     /// once do not wait for each other, and one that commits after a later event's transaction
     /// leaves an id gap for a while, which the secondaries' log cursors track and read again
-    /// until it fills (see [`LogCursor`](crate::engine::cursor::LogCursor)). A transaction that stays
+    /// until it fills (see `log_cursor::LogCursor`). A transaction that stays
     /// open longer than the cursor's gap timeout after publishing (an hour) may have its event
     /// missed by the cursor; its record is then found by backfill. On SQLite the application's
     /// transaction holds the database's write lock from its first write to its end, as any

@@ -459,7 +459,7 @@ impl SqlStore {
     /// PostgreSQL appends: `COPY` in CSV. `COPY` returns no ids, so they are drawn from the
     /// events' sequence first (ascending, in the order of the events) and sent with the rows.
     /// No lock: concurrent appends may commit out of id order, and the log cursor tracks the
-    /// gaps (see [`LogCursor`](crate::engine::cursor::LogCursor)).
+    /// gaps (see `log_cursor::LogCursor`).
     async fn append_by_copy(
         &self,
         pool: &sqlx::PgPool,

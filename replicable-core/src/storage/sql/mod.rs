@@ -3,7 +3,7 @@
 //! ([`Dialect`]): PostgreSQL claims rows with `FOR UPDATE SKIP LOCKED`, and its event appends
 //! take no lock: transactions that publish at once commit in any order, so an event id may
 //! become visible after a greater one, and the log cursor tracks such gaps and reads them
-//! again until they fill (see [`LogCursor`](crate::engine::cursor::LogCursor)). SQLite has a single
+//! again until they fill (see `log_cursor::LogCursor`). SQLite has a single
 //! writer: its ids become visible in order.
 //!
 //! Timestamps are stored as microseconds since the Unix epoch (`BIGINT`), flags as `SMALLINT`.
