@@ -9,7 +9,9 @@
 //!   the primary's checksum, and, if the guard allows it, moved into place in one
 //!   `git update-ref --stdin` transaction (changed refs updated, refs the primary no longer has
 //!   deleted, the staging namespace deleted), then `HEAD` is pointed at the primary's (git
-//!   refuses to change `HEAD` and the ref it points at in one transaction). Every update names
+//!   refuses to change `HEAD` and the ref it points at in one transaction). The primary's `HEAD`
+//!   comes with the same fetch: it names the one branch at its commit; when several branches
+//!   are there, or none, the primary is asked which (`git ls-remote --symref`). Every update names
 //!   the value it replaces, so a ref that moved meanwhile fails the whole transaction instead
 //!   of being overwritten. An overtaken sync deletes its staging refs and leaves the live refs
 //!   as they were. Staging namespaces a crashed sync left behind are deleted by the next
@@ -241,33 +243,8 @@ pub async fn repository_checksum(
     dir: &Path,
     timeout: std::time::Duration,
 ) -> Result<String, GitError> {
-    let dir_text = dir.display().to_string();
-    if !dir.exists() {
-        return Err(GitError {
-            command: format!("checksum of {dir_text}"),
-            reason: "the repository does not exist".into(),
-        });
-    }
-    // Fails on a directory that is not a repository, or a corrupt one.
-    git(Some(dir), &["rev-parse", "--git-dir"], None, &[], timeout).await?;
-    let mut args = vec!["for-each-ref", "--format=%(objectname) %(refname)"];
-    args.extend(CHECKSUM_REF_PREFIXES);
-    let refs = git(Some(dir), &args, None, &[], timeout).await?;
-    let head = git(
-        Some(dir),
-        &["rev-parse", "--verify", "--quiet", "HEAD"],
-        None,
-        &[],
-        timeout,
-    )
-    .await
-    .ok()
-    .map(|oid| format!("{} HEAD", oid.trim()));
-    Ok(xor_checksum(
-        refs.lines()
-            .filter(|l| !l.is_empty())
-            .chain(head.as_deref()),
-    ))
+    let lines = checksummed_lines(dir, timeout).await?;
+    Ok(xor_checksum(lines.iter().map(String::as_str)))
 }
 
 /// The refs a checksum covers, as `"<oid> <ref>"` lines, sorted: for comparing repositories.
@@ -275,23 +252,94 @@ pub async fn checksummed_refs(
     dir: &Path,
     timeout: std::time::Duration,
 ) -> Result<Vec<String>, GitError> {
-    let mut args = vec!["for-each-ref", "--format=%(objectname) %(refname)"];
-    args.extend(CHECKSUM_REF_PREFIXES);
-    let refs = git(Some(dir), &args, None, &[], timeout).await?;
-    let mut lines: Vec<String> = refs.lines().map(str::to_owned).collect();
-    if let Ok(oid) = git(
-        Some(dir),
-        &["rev-parse", "--verify", "--quiet", "HEAD"],
-        None,
-        &[],
-        timeout,
-    )
-    .await
-    {
-        lines.push(format!("{} HEAD", oid.trim()));
-    }
+    let mut lines = checksummed_lines(dir, timeout).await?;
     lines.sort();
     Ok(lines)
+}
+
+/// The `"<oid> <ref>"` lines of a checksum, `HEAD`'s last: one `git for-each-ref`, and `HEAD`
+/// taken from its file and the listed refs where it names one of them (otherwise, when it is
+/// detached or names a ref outside the checksum, from `git rev-parse`).
+async fn checksummed_lines(
+    dir: &Path,
+    timeout: std::time::Duration,
+) -> Result<Vec<String>, GitError> {
+    let dir_text = dir.display().to_string();
+    if !dir.exists() {
+        return Err(GitError {
+            command: format!("checksum of {dir_text}"),
+            reason: "the repository does not exist".into(),
+        });
+    }
+    // `GIT_DIR` names the repository, so git never looks for one in the parent directories:
+    // a directory that is not a repository (or a corrupt one) is an error, not the refs of a
+    // repository it happens to lie in.
+    let env = [("GIT_DIR", dir_text.as_str())];
+    let mut args = vec!["for-each-ref", "--format=%(objectname) %(refname)"];
+    args.extend(CHECKSUM_REF_PREFIXES);
+    let refs = git(None, &args, None, &env, timeout).await?;
+    let mut lines: Vec<String> = refs
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect();
+    let listed = match head_file_target(dir).await {
+        Some(target) => lines.iter().find_map(|line| {
+            let (oid, name) = line.split_once(' ')?;
+            (name == target).then(|| oid.to_owned())
+        }),
+        None => None,
+    };
+    let head = match listed {
+        Some(oid) => Some(oid),
+        None => git(
+            None,
+            &["rev-parse", "--verify", "--quiet", "HEAD"],
+            None,
+            &env,
+            timeout,
+        )
+        .await
+        .ok()
+        .map(|oid| oid.trim().to_owned()),
+    };
+    lines.extend(head.map(|oid| format!("{oid} HEAD")));
+    Ok(lines)
+}
+
+/// The ref `HEAD` names in the bare repository at `dir`, read from its `HEAD` file; `None`
+/// when `HEAD` is detached, unreadable, or kept elsewhere (the reftable format leaves a
+/// placeholder naming `refs/heads/.invalid` there). Callers ask git on `None`. Reading the
+/// file spares a git process on every sync and checksum, and a process costs about as much as
+/// listing the refs of a repository.
+async fn head_file_target(dir: &Path) -> Option<String> {
+    let text = tokio::fs::read_to_string(dir.join("HEAD")).await.ok()?;
+    let target = text.strip_prefix("ref: ")?.trim_end();
+    let plain = target.starts_with("refs/")
+        && !target.ends_with("/.invalid")
+        && !target.contains(char::is_whitespace);
+    plain.then(|| target.to_owned())
+}
+
+/// The ref the primary's `HEAD` names, asked of the remote (`git ls-remote --symref`); `None`
+/// when `HEAD` is detached or unborn.
+async fn remote_head(
+    remote: &str,
+    remote_env: &[(&str, &str)],
+    timeout: std::time::Duration,
+) -> Result<Option<String>, GitError> {
+    let symref = git(
+        None,
+        &["ls-remote", "--symref", "--", remote, "HEAD"],
+        None,
+        remote_env,
+        timeout,
+    )
+    .await?;
+    Ok(symref
+        .lines()
+        .find_map(|l| l.strip_prefix("ref: ")?.strip_suffix("\tHEAD"))
+        .map(str::to_owned))
 }
 
 /// Fixed identity and dates, so that fixtures are reproducible.
@@ -583,24 +631,12 @@ impl GitRepositoryStrategy {
         let remote = remote.url.as_str();
         let timeout = request.context.command_timeout();
         let failure = |e: GitError| SyncFailure::new(e.to_string());
-        // The primary's HEAD, before its refs: a HEAD naming a ref the fetch then lacks only
-        // leaves HEAD unchanged.
-        let symref = git(
-            None,
-            &["ls-remote", "--symref", "--", remote, "HEAD"],
-            None,
-            &remote_env,
-            timeout,
-        )
-        .await
-        .map_err(failure)?;
-        let primary_head = symref
-            .lines()
-            .find_map(|l| l.strip_prefix("ref: ")?.strip_suffix("\tHEAD"))
-            .map(str::to_owned);
-
         let namespace = format!("{STAGING_REF_PREFIX}{:016x}/", fastrand::u64(..));
         let refspec = format!("+refs/*:{namespace}refs/*");
+        // The primary's HEAD comes with its refs, from the same listing: the pattern `HEA*`
+        // matches `HEAD` (the only name the primary lists outside `refs/`) and, unlike the name
+        // itself, matching nothing (the unborn HEAD of an empty repository) is no error.
+        let head_refspec = format!("+HEA*:{namespace}HEA*");
         let fetched = git(
             Some(local),
             &[
@@ -612,6 +648,7 @@ impl GitRepositoryStrategy {
                 "--",
                 remote,
                 &refspec,
+                &head_refspec,
             ],
             None,
             &remote_env,
@@ -638,9 +675,35 @@ impl GitRepositoryStrategy {
             .iter()
             .filter_map(|(oid, name)| {
                 let live = name.strip_prefix(&namespace)?;
-                (!live.starts_with(STAGING_REF_PREFIX)).then(|| (live.to_owned(), oid.clone()))
+                (live.starts_with("refs/") && !live.starts_with(STAGING_REF_PREFIX))
+                    .then(|| (live.to_owned(), oid.clone()))
             })
             .collect();
+        let staged_head = format!("{namespace}HEAD");
+        let fetched_head = all_refs
+            .iter()
+            .find(|(_, name)| *name == staged_head)
+            .map(|(oid, _)| oid);
+        // The ref HEAD names: the one branch at HEAD's commit. Only when HEAD is detached or
+        // several branches are at its commit is the primary asked (one more connection).
+        let primary_head = match fetched_head {
+            None => None,
+            Some(head_oid) => {
+                let mut at_head = staged
+                    .iter()
+                    .filter(|(name, oid)| *oid == head_oid && name.starts_with("refs/heads/"));
+                match (at_head.next(), at_head.next()) {
+                    (Some((only, _)), None) => Some(only.clone()),
+                    _ => match remote_head(remote, &remote_env, timeout).await {
+                        Ok(head) => head,
+                        Err(e) => {
+                            drop_staging(local, &namespace, timeout).await;
+                            return Err(failure(e));
+                        }
+                    },
+                }
+            }
+        };
         let head = primary_head
             .as_deref()
             .filter(|target| staged.contains_key(*target));
@@ -679,16 +742,19 @@ impl GitRepositoryStrategy {
                 commands.push(format!("create {name} {oid}"));
             }
         }
-        let current_head = git(
-            Some(local),
-            &["symbolic-ref", "--quiet", "HEAD"],
-            None,
-            &[],
-            timeout,
-        )
-        .await
-        .ok()
-        .map(|s| s.trim().to_owned());
+        let current_head = match head_file_target(local).await {
+            Some(target) => Some(target),
+            None => git(
+                Some(local),
+                &["symbolic-ref", "--quiet", "HEAD"],
+                None,
+                &[],
+                timeout,
+            )
+            .await
+            .ok()
+            .map(|s| s.trim().to_owned()),
+        };
         let move_head = primary_head
             .as_deref()
             .filter(|target| current_head.as_deref() != Some(*target));

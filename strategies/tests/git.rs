@@ -209,6 +209,19 @@ async fn refs_follow_the_primary_through_commits_branches_tags_force_pushes_and_
         "refs/heads/release"
     );
 
+    // HEAD moves to a new branch at the same commit as another: the fetched refs alone
+    // cannot tell which of the two it names. (A copy whose checksum already equals the
+    // primary's is not fetched again, so HEAD moving between two branches at one commit,
+    // with nothing else changed, is not followed: the checksum cannot tell them apart.)
+    sh(w, &["push", "--quiet", "origin", "release:refs/heads/next"]).await;
+    sh(&bare, &["symbolic-ref", "HEAD", "refs/heads/next"]).await;
+    publish_and_sync(&s, &record, false).await;
+    assert_same_refs(&s, path).await;
+    assert_eq!(
+        sh(&secondary_dir, &["symbolic-ref", "HEAD"]).await.trim(),
+        "refs/heads/next"
+    );
+
     // The secondary verifies against the primary's checksum.
     let outcome = record.replicator(&s.secondary).verify().await.unwrap();
     assert!(
@@ -294,7 +307,12 @@ async fn an_empty_repository_has_the_zero_checksum_and_a_missing_one_is_an_error
     let not_a_repo = s.primary.repository_root().unwrap().join("plain");
     tokio::fs::create_dir_all(&not_a_repo).await.unwrap();
     let err = repository_checksum(&not_a_repo, T).await.unwrap_err();
-    assert!(err.to_string().contains("rev-parse"), "{err}");
+    assert!(err.to_string().contains("not a git repository"), "{err}");
+    // Nor is a directory inside another repository's working tree that repository.
+    let inside = s.work.join("sub");
+    tokio::fs::create_dir_all(&inside).await.unwrap();
+    let err = repository_checksum(&inside, T).await.unwrap_err();
+    assert!(err.to_string().contains("not a git repository"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

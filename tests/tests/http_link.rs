@@ -517,7 +517,7 @@ async fn blobs_and_repositories_cross_tls_on_a_certificate_made_here() {
     repos.create_and_publish(7).await;
     let outcome = repo(7).replicator(&secondary).sync().await.unwrap();
     assert!(matches!(outcome, SyncOutcome::Synced { .. }), "{outcome:?}");
-    // A second sync fetches into the existing copy (ls-remote + fetch over HTTPS).
+    // A second sync fetches into the existing copy (refs and HEAD in one fetch over HTTPS).
     repos.change_and_publish(7, 99).await;
     let outcome = repo(7).replicator(&secondary).sync().await.unwrap();
     assert!(matches!(outcome, SyncOutcome::Synced { .. }), "{outcome:?}");
