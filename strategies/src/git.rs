@@ -10,8 +10,12 @@
 //!   `git update-ref --stdin` transaction (changed refs updated, refs the primary no longer has
 //!   deleted, the staging namespace deleted), then `HEAD` is pointed at the primary's (git
 //!   refuses to change `HEAD` and the ref it points at in one transaction). The primary's `HEAD`
-//!   comes with the same fetch: it names the one branch at its commit; when several branches
-//!   are there, or none, the primary is asked which (`git ls-remote --symref`). Every update names
+//!   comes with the same fetch: it names the one branch at its commit (a primary `HEAD`
+//!   detached there, or naming a ref outside `refs/heads/` there, is taken to name that branch;
+//!   the checksum is the same); when several
+//!   branches are there, or none, the primary is asked which (`git ls-remote --symref`). A copy
+//!   whose checksum already equals the primary's is not fetched, so `HEAD` moving between two
+//!   branches at one commit, nothing else changed, shows on the next change. Every update names
 //!   the value it replaces, so a ref that moved meanwhile fails the whole transaction instead
 //!   of being overwritten. An overtaken sync deletes its staging refs and leaves the live refs
 //!   as they were. Staging namespaces a crashed sync left behind are deleted by the next
@@ -274,10 +278,11 @@ async fn checksummed_lines(
     // `GIT_DIR` names the repository, so git never looks for one in the parent directories:
     // a directory that is not a repository (or a corrupt one) is an error, not the refs of a
     // repository it happens to lie in.
-    let env = [("GIT_DIR", dir_text.as_str())];
+    // (`-C` takes the path exactly as it is, so `GIT_DIR` is the directory itself.)
+    let env = [("GIT_DIR", ".")];
     let mut args = vec!["for-each-ref", "--format=%(objectname) %(refname)"];
     args.extend(CHECKSUM_REF_PREFIXES);
-    let refs = git(None, &args, None, &env, timeout).await?;
+    let refs = git(Some(dir), &args, None, &env, timeout).await?;
     let mut lines: Vec<String> = refs
         .lines()
         .filter(|l| !l.is_empty())
@@ -293,7 +298,7 @@ async fn checksummed_lines(
     let head = match listed {
         Some(oid) => Some(oid),
         None => git(
-            None,
+            Some(dir),
             &["rev-parse", "--verify", "--quiet", "HEAD"],
             None,
             &env,
@@ -684,8 +689,10 @@ impl GitRepositoryStrategy {
             .iter()
             .find(|(_, name)| *name == staged_head)
             .map(|(oid, _)| oid);
-        // The ref HEAD names: the one branch at HEAD's commit. Only when HEAD is detached or
-        // several branches are at its commit is the primary asked (one more connection).
+        // The ref HEAD names: the one branch at HEAD's commit (a HEAD detached there, or naming
+        // a ref outside `refs/heads/` there, is taken to name that branch; the checksum is the
+        // same). When no branch or several are at its commit, the primary is asked (one more
+        // connection).
         let primary_head = match fetched_head {
             None => None,
             Some(head_oid) => {
@@ -755,7 +762,7 @@ impl GitRepositoryStrategy {
             .ok()
             .map(|s| s.trim().to_owned()),
         };
-        let move_head = primary_head
+        let move_head = head
             .as_deref()
             .filter(|target| current_head.as_deref() != Some(*target));
         // git refuses to change HEAD and the ref it points at in one transaction, so HEAD
