@@ -762,9 +762,7 @@ impl GitRepositoryStrategy {
             .ok()
             .map(|s| s.trim().to_owned()),
         };
-        let move_head = head
-            .as_deref()
-            .filter(|target| current_head.as_deref() != Some(*target));
+        let move_head = head.filter(|target| current_head.as_deref() != Some(*target));
         // git refuses to change HEAD and the ref it points at in one transaction, so HEAD
         // follows right after the refs' transaction.
         // A ref that becomes a directory of refs, or the reverse (`foo` deleted and `foo/bar`
