@@ -12,12 +12,12 @@
 //!   refuses to change `HEAD` and the ref it points at in one transaction). The primary's `HEAD`
 //!   comes with the same fetch: it names the one branch at its commit (a primary `HEAD`
 //!   detached there, or naming a ref outside `refs/heads/` there, is taken to name that branch;
-//!   the checksum is the same); when several
-//!   branches are there, or none, the primary is asked which (`git ls-remote --symref`). A copy
-//!   whose checksum already equals the primary's is not fetched, so `HEAD` moving between two
-//!   branches at one commit, nothing else changed, shows on the next change. Every update names
-//!   the value it replaces, so a ref that moved meanwhile fails the whole transaction instead
-//!   of being overwritten. An overtaken sync deletes its staging refs and leaves the live refs
+//!   the checksum is the same); when several branches are there, or none, the primary is asked
+//!   which (`git ls-remote --symref`). A copy whose checksum already equals the primary's is not
+//!   fetched, so `HEAD` moving between two branches at one commit, nothing else changed, shows
+//!   on the next change. Every update names the value it replaces, so a ref that moved
+//!   meanwhile fails the whole transaction instead of being overwritten. An overtaken sync
+//!   deletes its staging refs and leaves the live refs
 //!   as they were. Staging namespaces a crashed sync left behind are deleted by the next
 //!   successful sync of that repository (in its transaction).
 //! - Paths: the repository's path is resolved beneath the site's repository root without
