@@ -172,28 +172,28 @@ impl EventLog for SqlStore {
         before: DateTime<Utc>,
         limit: usize,
     ) -> Result<u64, StoreError> {
-        let _gate = self.write_gate().await;
+        let mut w = self.writer().await?;
         let done = sqlx::query(
             "DELETE FROM replicable_events WHERE id IN (SELECT id FROM replicable_events \
              WHERE created_at < $1 ORDER BY id LIMIT $2)",
         )
         .bind(super::micros(before))
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .execute(&self.pool)
+        .execute(&mut *w)
         .await
         .map_err(self.backend("delete old events"))?;
         Ok(done.rows_affected())
     }
 
     async fn delete_up_to(&self, up_to: EventId, limit: usize) -> Result<u64, StoreError> {
-        let _gate = self.write_gate().await;
+        let mut w = self.writer().await?;
         let done = sqlx::query(
             "DELETE FROM replicable_events WHERE id IN (SELECT id FROM replicable_events \
              WHERE id <= $1 ORDER BY id LIMIT $2)",
         )
         .bind(up_to)
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .execute(&self.pool)
+        .execute(&mut *w)
         .await
         .map_err(self.backend("delete consumed events"))?;
         Ok(done.rows_affected())

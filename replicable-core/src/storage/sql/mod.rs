@@ -162,9 +162,8 @@ struct Tables {
 #[derive(Debug)]
 pub struct SqlStore {
     pool: AnyPool,
-    /// SQLite: the connections of the event log's appends, each commit synced to disk (the
-    /// main pool's commits are not, unless `sync_every_commit`).
-    durable_pool: AnyPool,
+    /// SQLite: how the writing connections (see [`Writers`]) are opened.
+    connect_options: AnyConnectOptions,
     /// Whether every commit of the main pool waits for the disk.
     sync_every_commit: bool,
     /// PostgreSQL: a native pool for `COPY`, which the `Any` driver cannot do.
@@ -177,8 +176,9 @@ pub struct SqlStore {
     tables: Mutex<HashMap<String, Arc<Tables>>>,
     /// SQLite: single publishes waiting to share a commit (see `group_commit.rs`).
     group: group_commit::GroupCommit,
-    /// SQLite: the queue of this store's writers (see [`SqlStore::write_gate`]).
-    write_gate: tokio::sync::Mutex<()>,
+    /// SQLite: the queue of this store's writers and the connections they write on (see
+    /// [`SqlStore::writer`]).
+    write_gate: Arc<tokio::sync::Mutex<Writers>>,
     /// Bumped after each append this store committed (see [`EventLog::appends`]).
     appended: tokio::sync::watch::Sender<u64>,
     /// The store itself, for the group commit's task.
@@ -285,33 +285,182 @@ fn sqlite_file(url: &str) -> Option<std::path::PathBuf> {
     (!path.is_empty() && !path.starts_with(":memory:")).then(|| std::path::PathBuf::from(path))
 }
 
-/// A write transaction that holds its store's write gate until it commits or is dropped.
-/// Dereferences to the connection, like a transaction.
-pub(crate) struct WriteTx<'a> {
-    tx: sqlx::Transaction<'a, sqlx::Any>,
-    // Declared after the transaction: dropped after it, so the next writer comes in only
-    // once this one's rollback is under way.
-    _gate: Option<tokio::sync::MutexGuard<'a, ()>>,
+/// SQLite: the two connections a store writes on, owned by its write gate (whoever holds the
+/// gate holds them), opened on first use.
+///
+/// Written here rather than taken from the pool because a pooled connection costs a round trip
+/// to its worker thread each time it goes back (the pool pings it), on top of the statement's
+/// own: with one writer at a time that ping was paid inside the queue of every write. A
+/// connection of its own also keeps its page cache, which other connections' writes would
+/// invalidate.
+#[derive(Debug, Default)]
+pub(crate) struct Writers {
+    /// Commits without waiting for the disk (unless `sync_every_commit`).
+    normal: Option<AnyConnection>,
+    /// Commits wait for the disk (`synchronous = FULL`): the event log's appends.
+    durable: Option<AnyConnection>,
+    /// A transaction begun on that connection (0 normal, 1 durable) was dropped before it
+    /// ended: it is rolled back before the connection's next use.
+    unfinished: [bool; 2],
 }
 
-impl WriteTx<'_> {
-    /// Commits, then lets the next writer in.
-    pub(crate) async fn commit(self) -> Result<(), sqlx::Error> {
-        self.tx.commit().await
+impl Writers {
+    fn slot(&mut self, durable: bool) -> &mut Option<AnyConnection> {
+        if durable {
+            &mut self.durable
+        } else {
+            &mut self.normal
+        }
+    }
+
+    fn conn(&mut self, durable: bool) -> &mut AnyConnection {
+        self.slot(durable)
+            .as_mut()
+            .expect("the writer opens its connection before handing it out")
     }
 }
 
-impl std::ops::Deref for WriteTx<'_> {
+/// The right to write one statement, with the connection to write it on: on SQLite the
+/// store's writing connection, held with the write gate; on PostgreSQL a pooled connection.
+pub(crate) enum Writer {
+    Sqlite(tokio::sync::OwnedMutexGuard<Writers>),
+    Pool(sqlx::pool::PoolConnection<sqlx::Any>),
+}
+
+impl std::ops::Deref for Writer {
     type Target = AnyConnection;
 
     fn deref(&self) -> &AnyConnection {
-        &self.tx
+        match self {
+            Self::Sqlite(writers) => writers
+                .normal
+                .as_ref()
+                .expect("the writer opens its connection before handing it out"),
+            Self::Pool(conn) => conn,
+        }
     }
 }
 
-impl std::ops::DerefMut for WriteTx<'_> {
+impl std::ops::DerefMut for Writer {
     fn deref_mut(&mut self) -> &mut AnyConnection {
-        &mut self.tx
+        match self {
+            Self::Sqlite(writers) => writers.conn(false),
+            Self::Pool(conn) => conn,
+        }
+    }
+}
+
+/// A write transaction that holds its store's write gate until it commits or is dropped.
+/// Dereferences to the connection, like a transaction. On SQLite a transaction dropped before
+/// it commits is rolled back at once by a task that holds the gate until it is done (or, with
+/// no runtime left, by the next writer before it writes).
+pub(crate) enum WriteTx {
+    Sqlite {
+        /// `None` once handed to the rollback.
+        writers: Option<tokio::sync::OwnedMutexGuard<Writers>>,
+        durable: bool,
+        /// Begun (or beginning) and not committed.
+        open: bool,
+    },
+    /// Taken by `commit`.
+    Pool(Option<sqlx::Transaction<'static, sqlx::Any>>),
+}
+
+const TAKEN: &str = "a write transaction is used only until it commits";
+
+impl WriteTx {
+    fn sqlite_writers(writers: &mut Option<tokio::sync::OwnedMutexGuard<Writers>>) -> &mut Writers {
+        writers
+            .as_mut()
+            .expect("a write transaction holds the gate until it is dropped")
+    }
+
+    /// Commits, then lets the next writer in.
+    pub(crate) async fn commit(mut self) -> Result<(), sqlx::Error> {
+        match &mut self {
+            Self::Sqlite {
+                writers,
+                durable,
+                open,
+            } => {
+                Self::sqlite_writers(writers)
+                    .conn(*durable)
+                    .execute("COMMIT")
+                    .await?;
+                *open = false;
+                Ok(())
+            }
+            Self::Pool(tx) => tx.take().expect(TAKEN).commit().await,
+        }
+    }
+}
+
+impl Drop for WriteTx {
+    fn drop(&mut self) {
+        let Self::Sqlite {
+            writers,
+            durable,
+            open: true,
+        } = self
+        else {
+            return;
+        };
+        let Some(mut writers) = writers.take() else {
+            return;
+        };
+        let durable = *durable;
+        // Marked first: if the rollback below never runs, the next writer does it.
+        writers.unfinished[usize::from(durable)] = true;
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            // Rolled back now, not at the next write: until then the transaction would hold
+            // SQLite's write lock against every other connection and process. The gate is
+            // held until it is done.
+            runtime.spawn(async move {
+                let conn = writers.conn(durable);
+                match conn.execute("ROLLBACK").await {
+                    // Rolled back, or it had ended ("no transaction is active").
+                    Ok(_) | Err(sqlx::Error::Database(_)) => {
+                        writers.unfinished[usize::from(durable)] = false;
+                    }
+                    // Left marked: the next writer deals with the connection.
+                    Err(_) => {}
+                }
+            });
+        }
+    }
+}
+
+impl std::ops::Deref for WriteTx {
+    type Target = AnyConnection;
+
+    fn deref(&self) -> &AnyConnection {
+        match self {
+            Self::Sqlite {
+                writers, durable, ..
+            } => {
+                let writers = writers
+                    .as_ref()
+                    .expect("a write transaction holds the gate until it is dropped");
+                if *durable {
+                    writers.durable.as_ref()
+                } else {
+                    writers.normal.as_ref()
+                }
+                .expect("the writer opens its connection before handing it out")
+            }
+            Self::Pool(tx) => tx.as_ref().expect(TAKEN),
+        }
+    }
+}
+
+impl std::ops::DerefMut for WriteTx {
+    fn deref_mut(&mut self) -> &mut AnyConnection {
+        match self {
+            Self::Sqlite {
+                writers, durable, ..
+            } => Self::sqlite_writers(writers).conn(*durable),
+            Self::Pool(tx) => tx.as_mut().expect(TAKEN),
+        }
     }
 }
 
@@ -399,13 +548,6 @@ impl SqlStore {
             .connect_with(connect_options.clone())
             .await
             .map_err(|e| open_error(e.to_string()))?;
-        let durable_pool = match dialect {
-            // Appends take SQLite's one write lock anyway: two connections are plenty.
-            Dialect::Sqlite if !sync_every_commit => pool_options(true)
-                .max_connections(2)
-                .connect_lazy_with(connect_options),
-            _ => pool.clone(),
-        };
         #[cfg(feature = "postgres")]
         let copy_pool = match dialect {
             Dialect::Postgres => {
@@ -434,7 +576,7 @@ impl SqlStore {
         };
         let store = Arc::new_cyclic(|me| Self {
             pool,
-            durable_pool,
+            connect_options,
             sync_every_commit,
             #[cfg(feature = "postgres")]
             copy_pool,
@@ -443,7 +585,7 @@ impl SqlStore {
             schema: options.schema.clone(),
             tables: Mutex::new(HashMap::new()),
             group: group_commit::GroupCommit::default(),
-            write_gate: tokio::sync::Mutex::new(()),
+            write_gate: Arc::new(tokio::sync::Mutex::new(Writers::default())),
             appended: tokio::sync::watch::Sender::new(0),
             me: me.clone(),
         });
@@ -469,50 +611,108 @@ impl SqlStore {
         &self.pool
     }
 
-    /// Waits for this store's turn to write (SQLite; `None` on PostgreSQL, whose writers lock
-    /// rows, not the database).
+    /// Waits for this store's turn to write one statement and returns the connection to write
+    /// it on (SQLite: the store's writing connection; PostgreSQL: a pooled one, since its
+    /// writers lock rows, not the database).
     ///
     /// SQLite has one writer at a time, and a writer that finds the lock taken waits in
     /// SQLite's busy handler, which sleeps between tries (1, 2, 5, ... up to 100 ms): under a
     /// steady stream of small writes from one process most of the time goes to those sleeps.
     /// So the writers of one store queue here, in arrival order (tokio's mutex is fair), and
     /// each takes the lock the moment the previous one is done. Writers of other processes
-    /// still meet the busy handler. Hold the guard for the whole write: the statement, or the
-    /// transaction until it commits (see [`WriteTx`]).
-    pub(crate) async fn write_gate(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+    /// still meet the busy handler. Hold the writer for the whole write.
+    pub(crate) async fn writer(&self) -> Result<Writer, StoreError> {
         match self.dialect {
-            Dialect::Sqlite => Some(self.write_gate.lock().await),
-            Dialect::Postgres => None,
+            Dialect::Sqlite => self
+                .sqlite_writers(false)
+                .await
+                .map(Writer::Sqlite)
+                .map_err(self.backend("open the writing connection")),
+            Dialect::Postgres => self
+                .pool
+                .acquire()
+                .await
+                .map(Writer::Pool)
+                .map_err(self.backend("acquire a connection")),
         }
+    }
+
+    /// SQLite: takes the write gate, with the connection named by `durable` open and no
+    /// transaction left on it.
+    async fn sqlite_writers(
+        &self,
+        durable: bool,
+    ) -> Result<tokio::sync::OwnedMutexGuard<Writers>, sqlx::Error> {
+        let mut writers = self.write_gate.clone().lock_owned().await;
+        // Either connection's unfinished transaction holds SQLite's write lock, whichever
+        // connection this writer takes.
+        for left in [false, true] {
+            if std::mem::take(&mut writers.unfinished[usize::from(left)])
+                && let Some(conn) = writers.slot(left)
+            {
+                match conn.execute("ROLLBACK").await {
+                    // Rolled back, or it had ended ("no transaction is active").
+                    Ok(_) | Err(sqlx::Error::Database(_)) => {}
+                    // The connection itself failed: a new one is opened when next needed.
+                    Err(e) => {
+                        tracing::warn!(error = %e, "dropping a failed writing connection");
+                        *writers.slot(left) = None;
+                    }
+                }
+            }
+        }
+        if writers.slot(durable).is_none() {
+            let mut conn = AnyConnection::connect_with(&self.connect_options).await?;
+            prepare_connection(
+                &mut conn,
+                self.dialect,
+                None,
+                durable || self.sync_every_commit,
+            )
+            .await?;
+            *writers.slot(durable) = Some(conn);
+        }
+        Ok(writers)
     }
 
     /// Begins a transaction that writes: on SQLite it takes the write lock at once, so that
     /// what it reads stays true until it commits.
-    async fn begin_write(&self) -> Result<WriteTx<'_>, sqlx::Error> {
-        let gate = self.write_gate().await;
-        let tx = match self.dialect {
-            Dialect::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
-            Dialect::Postgres => self.pool.begin().await?,
-        };
-        Ok(WriteTx { tx, _gate: gate })
+    async fn begin_write(&self) -> Result<WriteTx, sqlx::Error> {
+        self.begin(false).await
     }
 
     /// Begins a transaction that appends to the event log: its commit waits for the disk
     /// (SQLite: on a connection with `synchronous = FULL`; PostgreSQL: `synchronous_commit`
     /// on for this transaction), so an event the caller was told about survives a power loss.
-    async fn begin_durable_write(&self) -> Result<WriteTx<'_>, sqlx::Error> {
-        let gate = self.write_gate().await;
-        let tx = match self.dialect {
-            Dialect::Sqlite => self.durable_pool.begin_with("BEGIN IMMEDIATE").await?,
+    async fn begin_durable_write(&self) -> Result<WriteTx, sqlx::Error> {
+        self.begin(true).await
+    }
+
+    async fn begin(&self, durable: bool) -> Result<WriteTx, sqlx::Error> {
+        match self.dialect {
+            Dialect::Sqlite => {
+                // With every commit synced, the normal connection is as durable.
+                let durable = durable && !self.sync_every_commit;
+                let writers = self.sqlite_writers(durable).await?;
+                // Open from before `BEGIN` runs: however it ends short of its commit (an
+                // error, or the caller's future dropped at any await, `BEGIN`'s included), it
+                // is rolled back.
+                let mut tx = WriteTx::Sqlite {
+                    writers: Some(writers),
+                    durable,
+                    open: true,
+                };
+                tx.execute("BEGIN IMMEDIATE").await?;
+                Ok(tx)
+            }
             Dialect::Postgres => {
                 let mut tx = self.pool.begin().await?;
-                if !self.sync_every_commit {
+                if durable && !self.sync_every_commit {
                     tx.execute("SET LOCAL synchronous_commit TO on").await?;
                 }
-                tx
+                Ok(WriteTx::Pool(Some(tx)))
             }
-        };
-        Ok(WriteTx { tx, _gate: gate })
+        }
     }
 
     /// The database's current time.
@@ -527,7 +727,13 @@ impl SqlStore {
 
     /// Closes every connection.
     pub async fn close(&self) {
-        self.durable_pool.close().await;
+        let (normal, durable) = {
+            let mut writers = self.write_gate.lock().await;
+            (writers.normal.take(), writers.durable.take())
+        };
+        for conn in [normal, durable].into_iter().flatten() {
+            let _ = conn.close().await;
+        }
         self.pool.close().await;
     }
 
@@ -742,5 +948,85 @@ mod tests {
             "sqlite:///var/lib/site.db"
         );
         assert_eq!(redact_url("sqlite:site.db"), "sqlite:site.db");
+    }
+
+    async fn lease_holders(store: &SqlStore) -> Vec<String> {
+        sqlx::query_scalar("SELECT holder FROM replicable_leases ORDER BY holder")
+            .fetch_all(&store.pool)
+            .await
+            .unwrap()
+    }
+
+    #[cfg(feature = "sqlite")]
+    #[tokio::test]
+    async fn a_write_transaction_that_ends_without_commit_leaves_nothing_and_blocks_no_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("site.db").display());
+        let store = SqlStore::open(&url).await.unwrap();
+        let insert = "INSERT INTO replicable_leases (name, holder, expires_at) VALUES ($1, $2, 0)";
+        for durable in [false, true] {
+            let mut tx = store.begin(durable).await.unwrap();
+            sqlx::query(insert)
+                .bind(format!("dropped-{durable}"))
+                .bind(format!("dropped-{durable}"))
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+            drop(tx);
+            // Rolled back at once: another connection (another process) writes meanwhile.
+            sqlx::query(insert)
+                .bind(format!("pool-{durable}"))
+                .bind(format!("pool-{durable}"))
+                .execute(&store.pool)
+                .await
+                .unwrap();
+            // The next writer on either connection writes for good, outside the dropped one.
+            let mut w = store.writer().await.unwrap();
+            sqlx::query(insert)
+                .bind(format!("single-{durable}"))
+                .bind(format!("single-{durable}"))
+                .execute(&mut *w)
+                .await
+                .unwrap();
+            drop(w);
+            let mut tx = store.begin(durable).await.unwrap();
+            sqlx::query(insert)
+                .bind(format!("committed-{durable}"))
+                .bind(format!("committed-{durable}"))
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+            tx.commit().await.unwrap();
+        }
+        // A transaction whose future is dropped midway (here: before it even began) leaves
+        // nothing open either.
+        let begun = store.begin(true);
+        drop(begun);
+        let cancelled = tokio::time::timeout(std::time::Duration::ZERO, async {
+            let mut tx = store.begin(false).await.unwrap();
+            sqlx::query(insert)
+                .bind("cancelled")
+                .bind("cancelled")
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+            std::future::pending::<()>().await;
+        })
+        .await;
+        assert!(cancelled.is_err());
+        let expected = [
+            "committed-false",
+            "committed-true",
+            "pool-false",
+            "pool-true",
+            "single-false",
+            "single-true",
+        ];
+        // Read on another connection: only what was committed is there.
+        assert_eq!(lease_holders(&store).await, expected);
+        store.close().await;
+        let reopened = SqlStore::open(&url).await.unwrap();
+        assert_eq!(lease_holders(&reopened).await, expected);
+        reopened.close().await;
     }
 }

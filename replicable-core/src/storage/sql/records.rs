@@ -19,11 +19,11 @@ impl RecordStore for SqlStore {
         body: &serde_json::Value,
     ) -> Result<i64, StoreError> {
         let t = self.tables(name).await?;
-        let _gate = self.write_gate().await;
+        let mut w = self.writer().await?;
         let row = sqlx::query(AssertSqlSafe(upsert_record_sql("", &t.name)))
             .bind(model_id)
             .bind(body.to_string())
-            .fetch_one(&self.pool)
+            .fetch_one(&mut *w)
             .await
             .map_err(self.backend("upsert record"))?;
         self.get(&row, "generation")
@@ -41,12 +41,12 @@ impl RecordStore for SqlStore {
              ON CONFLICT ({n}_id) DO UPDATE SET generation = excluded.generation, \
              body = excluded.body WHERE {n}_records.generation <= excluded.generation"
         );
-        let _gate = self.write_gate().await;
+        let mut w = self.writer().await?;
         let done = sqlx::query(AssertSqlSafe(sql))
             .bind(record.model_id)
             .bind(record.generation)
             .bind(record.body.to_string())
-            .execute(&self.pool)
+            .execute(&mut *w)
             .await
             .map_err(self.backend("write record copy"))?;
         Ok(done.rows_affected() == 1)
@@ -115,10 +115,10 @@ impl SqlStore {
         let t = self.tables(name).await?;
         let n = &t.name;
         let sql = format!("DELETE FROM {n}_{kind} WHERE {n}_id = $1");
-        let _gate = self.write_gate().await;
+        let mut w = self.writer().await?;
         let done = sqlx::query(AssertSqlSafe(sql))
             .bind(model_id)
-            .execute(&self.pool)
+            .execute(&mut *w)
             .await
             .map_err(self.backend("delete row"))?;
         Ok(done.rows_affected() > 0)

@@ -59,9 +59,9 @@ impl SqlStore {
             for id in chunk {
                 query = query.bind(*id);
             }
-            let _gate = self.write_gate().await;
+            let mut w = self.writer().await?;
             changed += query
-                .execute(&self.pool)
+                .execute(&mut *w)
                 .await
                 .map_err(self.backend(operation))?
                 .rows_affected();
@@ -91,12 +91,12 @@ impl SqlStore {
             pending_assignments(&format!("{n}_registry"), "NULL"),
             t.registry_columns
         );
-        let _gate = self.write_gate().await;
+        let mut w = self.writer().await?;
         let row = sqlx::query(AssertSqlSafe(sql))
             .bind(model_id)
             .bind(micros(now))
             .bind(opt_micros(changed_at))
-            .fetch_one(&self.pool)
+            .fetch_one(&mut *w)
             .await
             .map_err(self.backend("mark registry row pending"))?;
         self.read_registry(&row)
@@ -191,9 +191,9 @@ impl RegistryStore for SqlStore {
             for id in chunk {
                 query = query.bind(*id);
             }
-            let _gate = self.write_gate().await;
+            let mut w = self.writer().await?;
             inserted += query
-                .execute(&self.pool)
+                .execute(&mut *w)
                 .await
                 .map_err(self.backend("insert pending registry rows"))?
                 .rows_affected();
@@ -211,7 +211,7 @@ impl RegistryStore for SqlStore {
              version = version + 1 WHERE {n}_id = $20 AND version = $21",
             verification_assignments(9)
         );
-        let _gate = self.write_gate().await;
+        let mut w = self.writer().await?;
         let query = sqlx::query(AssertSqlSafe(sql))
             .bind(row.state.value())
             .bind(i64::from(row.retry_count))
@@ -225,7 +225,7 @@ impl RegistryStore for SqlStore {
             .bind(opt_micros(row.changed_at))
             .bind(row.model_id)
             .bind(row.version)
-            .execute(&self.pool)
+            .execute(&mut *w)
             .await
             .map_err(self.backend("update registry row"))?;
         Ok(done.rows_affected() == 1)
@@ -256,10 +256,10 @@ impl RegistryStore for SqlStore {
             t.registry_columns,
             now = self.dialect.now_micros(),
         );
-        let _gate = self.write_gate().await;
+        let mut w = self.writer().await?;
         let rows = sqlx::query(AssertSqlSafe(sql))
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *w)
             .await
             .map_err(self.backend("claim registry rows for sync"))?;
         let mut claimed = self.read_registries(&rows)?;
@@ -290,10 +290,10 @@ impl RegistryStore for SqlStore {
             t.registry_columns,
             now = self.dialect.now_micros(),
         );
-        let _gate = self.write_gate().await;
+        let mut w = self.writer().await?;
         let rows = sqlx::query(AssertSqlSafe(sql))
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *w)
             .await
             .map_err(self.backend("claim registry rows for verification"))?;
         let mut claimed = self.read_registries(&rows)?;
@@ -341,11 +341,11 @@ impl RegistryStore for SqlStore {
              (version = $2 OR (state = 1 AND change_pending = 1 AND version > $2))",
             self.dialect.now_micros()
         );
-        let _gate = self.write_gate().await;
+        let mut w = self.writer().await?;
         let done = sqlx::query(AssertSqlSafe(sql))
             .bind(model_id)
             .bind(version)
-            .execute(&self.pool)
+            .execute(&mut *w)
             .await
             .map_err(self.backend("heartbeat"))?;
         Ok(done.rows_affected() == 1)
@@ -537,7 +537,7 @@ impl RegistryStore for SqlStore {
     }
 
     async fn set_replication_enabled(&self, name: &str, enabled: bool) -> Result<(), StoreError> {
-        let _gate = self.write_gate().await;
+        let mut w = self.writer().await?;
         sqlx::query(
             "INSERT INTO replicable_settings (replicable_name, replication_enabled) \
              VALUES ($1, $2) ON CONFLICT (replicable_name) \
@@ -545,7 +545,7 @@ impl RegistryStore for SqlStore {
         )
         .bind(name.to_owned())
         .bind(i16::from(enabled))
-        .execute(&self.pool)
+        .execute(&mut *w)
         .await
         .map_err(self.backend("switch replication"))?;
         Ok(())
@@ -577,13 +577,13 @@ impl RegistryStore for SqlStore {
     }
 
     async fn save_cursor(&self, event_id: EventId) -> Result<(), StoreError> {
-        let _gate = self.write_gate().await;
+        let mut w = self.writer().await?;
         sqlx::query(
             "INSERT INTO replicable_cursor (id, last_event_id) VALUES (1, $1) \
              ON CONFLICT (id) DO UPDATE SET last_event_id = excluded.last_event_id",
         )
         .bind(event_id)
-        .execute(&self.pool)
+        .execute(&mut *w)
         .await
         .map_err(self.backend("save cursor"))?;
         Ok(())
@@ -635,7 +635,7 @@ impl RegistryStore for SqlStore {
                 operation: "save cursor",
                 reason: e.to_string(),
             })?;
-        let _gate = self.write_gate().await;
+        let mut w = self.writer().await?;
         sqlx::query(
             "INSERT INTO replicable_cursor (id, last_event_id, gaps) VALUES (1, $1, $2) \
              ON CONFLICT (id) DO UPDATE SET last_event_id = excluded.last_event_id, \
@@ -643,7 +643,7 @@ impl RegistryStore for SqlStore {
         )
         .bind(event_id)
         .bind(text)
-        .execute(&self.pool)
+        .execute(&mut *w)
         .await
         .map_err(self.backend("save cursor"))?;
         Ok(())
@@ -653,7 +653,7 @@ impl RegistryStore for SqlStore {
         &self,
         status: &crate::storage::SecondaryStatusRow,
     ) -> Result<(), StoreError> {
-        let _gate = self.write_gate().await;
+        let mut w = self.writer().await?;
         sqlx::query(
             "INSERT INTO replicable_secondary_status (secondary, cursor, report, received_at) \
              VALUES ($1, $2, $3, $4) ON CONFLICT (secondary) DO UPDATE SET \
@@ -664,7 +664,7 @@ impl RegistryStore for SqlStore {
         .bind(status.cursor)
         .bind(status.report.to_string())
         .bind(super::micros(status.received_at))
-        .execute(&self.pool)
+        .execute(&mut *w)
         .await
         .map_err(self.backend("store a secondary's status"))?;
         Ok(())
@@ -713,30 +713,30 @@ impl RegistryStore for SqlStore {
                OR replicable_leases.expires_at <= {now}",
             now = self.dialect.now_micros()
         );
-        let _gate = self.write_gate().await;
+        let mut w = self.writer().await?;
         let done = sqlx::query(AssertSqlSafe(sql))
             .bind(lease.to_owned())
             .bind(holder.to_owned())
             .bind(ttl)
-            .execute(&self.pool)
+            .execute(&mut *w)
             .await
             .map_err(self.backend("acquire lease"))?;
         Ok(done.rows_affected() == 1)
     }
 
     async fn release_lease(&self, lease: &str, holder: &str) -> Result<(), StoreError> {
-        let _gate = self.write_gate().await;
+        let mut w = self.writer().await?;
         sqlx::query("DELETE FROM replicable_leases WHERE name = $1 AND holder = $2")
             .bind(lease.to_owned())
             .bind(holder.to_owned())
-            .execute(&self.pool)
+            .execute(&mut *w)
             .await
             .map_err(self.backend("release lease"))?;
         Ok(())
     }
 
     async fn record_skipped_event(&self, event: &SkippedEvent) -> Result<(), StoreError> {
-        let _gate = self.write_gate().await;
+        let mut w = self.writer().await?;
         sqlx::query(
             "INSERT INTO replicable_skipped_events \
              (event_id, replicable_name, event_name, reason, skipped_at) \
@@ -747,7 +747,7 @@ impl RegistryStore for SqlStore {
         .bind(event.event_name.clone())
         .bind(event.reason.clone())
         .bind(micros(event.skipped_at))
-        .execute(&self.pool)
+        .execute(&mut *w)
         .await
         .map_err(self.backend("record skipped event"))?;
         Ok(())

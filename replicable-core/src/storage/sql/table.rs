@@ -396,10 +396,10 @@ impl RecordSource for SqlTable {
     async fn write(&self, model_id: i64, body: &serde_json::Value) -> Result<(), StoreError> {
         let write = self.write_sql().await?;
         let json = self.row_json(model_id, body)?;
-        let _gate = self.store.write_gate().await;
+        let mut w = self.store.writer().await?;
         sqlx::query(AssertSqlSafe(write))
             .bind(json)
-            .execute(&self.store.pool)
+            .execute(&mut *w)
             .await
             .map_err(self.error("write a row"))?;
         Ok(())

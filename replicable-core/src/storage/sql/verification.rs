@@ -129,11 +129,11 @@ impl VerificationStore for SqlStore {
         model_id: i64,
     ) -> Result<VerificationRecord, StoreError> {
         let t = self.tables(name).await?;
-        let _gate = self.write_gate().await;
+        let mut w = self.writer().await?;
         let row = sqlx::query(AssertSqlSafe(verification_pending_sql("", &t)))
             .bind(model_id)
             .bind(0_i16)
-            .fetch_one(&self.pool)
+            .fetch_one(&mut *w)
             .await
             .map_err(self.backend("mark verification pending"))?;
         self.read_verification_record(&row)
@@ -154,9 +154,9 @@ impl VerificationStore for SqlStore {
         )
         .bind(row.model_id)
         .bind(row.version);
-        let _gate = self.write_gate().await;
+        let mut w = self.writer().await?;
         let done = query
-            .execute(&self.pool)
+            .execute(&mut *w)
             .await
             .map_err(self.backend("update verification row"))?;
         Ok(done.rows_affected() == 1)
@@ -184,10 +184,10 @@ impl VerificationStore for SqlStore {
             t.verification_columns,
             now = self.dialect.now_micros(),
         );
-        let _gate = self.write_gate().await;
+        let mut w = self.writer().await?;
         let rows = sqlx::query(AssertSqlSafe(sql))
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *w)
             .await
             .map_err(self.backend("claim verification rows"))?;
         let mut claimed = self.read_verification_records(&rows)?;
@@ -230,11 +230,11 @@ impl VerificationStore for SqlStore {
             "UPDATE {n}_verification SET heartbeat_at = {} WHERE {n}_id = $1 AND version = $2",
             self.dialect.now_micros()
         );
-        let _gate = self.write_gate().await;
+        let mut w = self.writer().await?;
         let done = sqlx::query(AssertSqlSafe(sql))
             .bind(model_id)
             .bind(version)
-            .execute(&self.pool)
+            .execute(&mut *w)
             .await
             .map_err(self.backend("heartbeat"))?;
         Ok(done.rows_affected() == 1)
@@ -284,10 +284,10 @@ impl VerificationStore for SqlStore {
              WHERE v.{n}_id IS NULL ORDER BY r.{n}_id LIMIT $1 \
              ON CONFLICT ({n}_id) DO NOTHING"
         );
-        let _gate = self.write_gate().await;
+        let mut w = self.writer().await?;
         let done = sqlx::query(AssertSqlSafe(sql))
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-            .execute(&self.pool)
+            .execute(&mut *w)
             .await
             .map_err(self.backend("backfill verification rows"))?;
         Ok(done.rows_affected())
@@ -310,9 +310,9 @@ impl VerificationStore for SqlStore {
             for id in chunk {
                 query = query.bind(*id);
             }
-            let _gate = self.write_gate().await;
+            let mut w = self.writer().await?;
             created += query
-                .execute(&self.pool)
+                .execute(&mut *w)
                 .await
                 .map_err(self.backend("backfill verification rows"))?
                 .rows_affected();
@@ -345,11 +345,11 @@ impl SqlStore {
              AND verification_state = 2{extra}",
             self.dialect.skip_locked()
         );
-        let _gate = self.write_gate().await;
+        let mut w = self.writer().await?;
         let done = sqlx::query(AssertSqlSafe(sql))
             .bind(micros(verified_before))
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-            .execute(&self.pool)
+            .execute(&mut *w)
             .await
             .map_err(self.backend("re-verify old checksums"))?;
         Ok(done.rows_affected())
