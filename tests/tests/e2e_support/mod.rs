@@ -88,15 +88,32 @@ pub async fn rows(primary: &Site, secondary: &Site) -> Vec<Row> {
         .expect("reading the counts")
 }
 
-/// Waits until every record is synced and verified (none missing), or panics after `timeout`
-/// with the last counts.
+/// Whether the secondary's log cursor has read every event the primary's log holds.
+pub async fn log_consumed(primary: &Site, secondary: &Site) -> bool {
+    let last = primary
+        .event_log()
+        .last_event_id()
+        .await
+        .expect("reading the primary's last event id");
+    let cursor = secondary
+        .registry_store()
+        .cursor()
+        .await
+        .expect("reading the secondary's cursor");
+    last.is_none_or(|last| cursor >= last)
+}
+
+/// Waits until every record is synced and verified (none missing) and the secondary has read
+/// every event, or panics after `timeout` with the last counts.
 pub async fn wait_settled(primary: &Site, secondary: &Site, timeout: Duration) -> Vec<Row> {
     let started = Instant::now();
     let deadline = started + timeout;
     let mut shown = Instant::now();
     loop {
         let rows = rows(primary, secondary).await;
-        if report::settled(&rows, 0) {
+        // Every copy verified is not yet at rest while events remain unread: a
+        // `checksum_succeeded` read later sends a verified copy back to verification pending.
+        if report::settled(&rows, 0) && log_consumed(primary, secondary).await {
             return rows;
         }
         if shown.elapsed() >= Duration::from_secs(10) {

@@ -91,7 +91,9 @@ impl Dialect {
 /// How to open a SQL store.
 #[derive(Debug, Clone)]
 pub struct SqlOptions {
-    /// Most connections in the pool (default: 4 for SQLite, 8 for PostgreSQL).
+    /// Most connections in the pool (default: 4 for SQLite, 8 for PostgreSQL). On SQLite the
+    /// pool reads; writes go through two more connections the store keeps for them (one
+    /// writer at a time).
     pub max_connections: Option<u32>,
     /// PostgreSQL only: the schema (namespace) to keep the tables in; created if missing.
     pub schema: Option<String>,
@@ -299,8 +301,9 @@ pub(crate) struct Writers {
     normal: Option<AnyConnection>,
     /// Commits wait for the disk (`synchronous = FULL`): the event log's appends.
     durable: Option<AnyConnection>,
-    /// A transaction begun on that connection (0 normal, 1 durable) was dropped before it
-    /// ended: it is rolled back before the connection's next use.
+    /// A transaction on that connection (0 normal, 1 durable) ended without its commit and
+    /// its rollback has not run (no runtime to run it, or the rollback failed): the next
+    /// writer rolls it back before it writes.
     unfinished: [bool; 2],
 }
 
