@@ -960,45 +960,37 @@ mod tests {
             .unwrap()
     }
 
+    /// Writes a lease row named `holder` on `conn`.
+    async fn insert_lease(conn: &mut AnyConnection, holder: &str) {
+        sqlx::query("INSERT INTO replicable_leases (name, holder, expires_at) VALUES ($1, $1, 0)")
+            .bind(holder.to_owned())
+            .execute(conn)
+            .await
+            .unwrap();
+    }
+
     #[cfg(feature = "sqlite")]
     #[tokio::test]
     async fn a_write_transaction_that_ends_without_commit_leaves_nothing_and_blocks_no_one() {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("site.db").display());
         let store = SqlStore::open(&url).await.unwrap();
-        let insert = "INSERT INTO replicable_leases (name, holder, expires_at) VALUES ($1, $2, 0)";
         for durable in [false, true] {
             let mut tx = store.begin(durable).await.unwrap();
-            sqlx::query(insert)
-                .bind(format!("dropped-{durable}"))
-                .bind(format!("dropped-{durable}"))
-                .execute(&mut *tx)
-                .await
-                .unwrap();
+            insert_lease(&mut tx, &format!("dropped-{durable}")).await;
             drop(tx);
             // Rolled back at once: another connection (another process) writes meanwhile.
-            sqlx::query(insert)
-                .bind(format!("pool-{durable}"))
-                .bind(format!("pool-{durable}"))
-                .execute(&store.pool)
-                .await
-                .unwrap();
+            insert_lease(
+                &mut store.pool.acquire().await.unwrap(),
+                &format!("pool-{durable}"),
+            )
+            .await;
             // The next writer on either connection writes for good, outside the dropped one.
             let mut w = store.writer().await.unwrap();
-            sqlx::query(insert)
-                .bind(format!("single-{durable}"))
-                .bind(format!("single-{durable}"))
-                .execute(&mut *w)
-                .await
-                .unwrap();
+            insert_lease(&mut w, &format!("single-{durable}")).await;
             drop(w);
             let mut tx = store.begin(durable).await.unwrap();
-            sqlx::query(insert)
-                .bind(format!("committed-{durable}"))
-                .bind(format!("committed-{durable}"))
-                .execute(&mut *tx)
-                .await
-                .unwrap();
+            insert_lease(&mut tx, &format!("committed-{durable}")).await;
             tx.commit().await.unwrap();
         }
         // A transaction whose future is dropped midway (here: before it even began) leaves
@@ -1007,12 +999,7 @@ mod tests {
         drop(begun);
         let cancelled = tokio::time::timeout(std::time::Duration::ZERO, async {
             let mut tx = store.begin(false).await.unwrap();
-            sqlx::query(insert)
-                .bind("cancelled")
-                .bind("cancelled")
-                .execute(&mut *tx)
-                .await
-                .unwrap();
+            insert_lease(&mut tx, "cancelled").await;
             std::future::pending::<()>().await;
         })
         .await;
