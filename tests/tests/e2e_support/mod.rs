@@ -89,18 +89,11 @@ pub async fn rows(primary: &Site, secondary: &Site) -> Vec<Row> {
 }
 
 /// Whether the secondary's log cursor has read every event the primary's log holds.
-pub async fn log_consumed(primary: &Site, secondary: &Site) -> bool {
-    let last = primary
-        .event_log()
-        .last_event_id()
+pub async fn log_consumed(secondary: &Site) -> bool {
+    let position = replicable_core::status::event_position(secondary)
         .await
-        .expect("reading the primary's last event id");
-    let cursor = secondary
-        .registry_store()
-        .cursor()
-        .await
-        .expect("reading the secondary's cursor");
-    last.is_none_or(|last| cursor >= last)
+        .expect("reading where the log and the cursor stand");
+    position.last_event_id.is_none() || position.events_behind == Some(0)
 }
 
 /// Waits until every record is synced and verified (none missing) and the secondary has read
@@ -113,7 +106,7 @@ pub async fn wait_settled(primary: &Site, secondary: &Site, timeout: Duration) -
         let rows = rows(primary, secondary).await;
         // Every copy verified is not yet at rest while events remain unread: a
         // `checksum_succeeded` read later sends a verified copy back to verification pending.
-        if report::settled(&rows, 0) && log_consumed(primary, secondary).await {
+        if report::settled(&rows, 0) && log_consumed(secondary).await {
             return rows;
         }
         if shown.elapsed() >= Duration::from_secs(10) {

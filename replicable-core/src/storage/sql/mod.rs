@@ -302,7 +302,7 @@ pub(crate) struct Writers {
     /// Commits wait for the disk (`synchronous = FULL`): the event log's appends.
     durable: Option<AnyConnection>,
     /// A transaction on that connection (0 normal, 1 durable) ended without its commit and
-    /// its rollback has not run (no runtime to run it, or the rollback failed): the next
+    /// its rollback has not run (no runtime to run it, or it was stopped midway): the next
     /// writer rolls it back before it writes.
     unfinished: [bool; 2],
 }
@@ -317,11 +317,33 @@ impl Writers {
     }
 
     fn conn(&mut self, durable: bool) -> &mut AnyConnection {
-        self.slot(durable)
-            .as_mut()
-            .expect("the writer opens its connection before handing it out")
+        self.slot(durable).as_mut().expect(OPENED)
+    }
+
+    fn conn_ref(&self, durable: bool) -> &AnyConnection {
+        if durable { &self.durable } else { &self.normal }
+            .as_ref()
+            .expect(OPENED)
+    }
+
+    /// Rolls back what the connection named by `durable` left open (a transaction that had
+    /// already ended is no error) and clears its mark. A connection that fails even that is
+    /// dropped (closing it ends its transaction), to be opened again when next needed.
+    async fn roll_back(&mut self, durable: bool) {
+        if let Some(conn) = self.slot(durable) {
+            match conn.execute("ROLLBACK").await {
+                Ok(_) | Err(sqlx::Error::Database(_)) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "dropping a failed writing connection");
+                    *self.slot(durable) = None;
+                }
+            }
+        }
+        self.unfinished[usize::from(durable)] = false;
     }
 }
+
+const OPENED: &str = "the writer opens its connection before handing it out";
 
 /// The right to write one statement, with the connection to write it on: on SQLite the
 /// store's writing connection, held with the write gate; on PostgreSQL a pooled connection.
@@ -335,10 +357,7 @@ impl std::ops::Deref for Writer {
 
     fn deref(&self) -> &AnyConnection {
         match self {
-            Self::Sqlite(writers) => writers
-                .normal
-                .as_ref()
-                .expect("the writer opens its connection before handing it out"),
+            Self::Sqlite(writers) => writers.conn_ref(false),
             Self::Pool(conn) => conn,
         }
     }
@@ -359,38 +378,27 @@ impl std::ops::DerefMut for Writer {
 /// no runtime left, by the next writer before it writes).
 pub(crate) enum WriteTx {
     Sqlite {
-        /// `None` once handed to the rollback.
+        /// Held from before `BEGIN` until the commit succeeds (then `None`), or handed to the
+        /// rollback.
         writers: Option<tokio::sync::OwnedMutexGuard<Writers>>,
         durable: bool,
-        /// Begun (or beginning) and not committed.
-        open: bool,
     },
     /// Taken by `commit`.
     Pool(Option<sqlx::Transaction<'static, sqlx::Any>>),
 }
 
+/// Used only until it commits (or is dropped).
 const TAKEN: &str = "a write transaction is used only until it commits";
 
 impl WriteTx {
-    fn sqlite_writers(writers: &mut Option<tokio::sync::OwnedMutexGuard<Writers>>) -> &mut Writers {
-        writers
-            .as_mut()
-            .expect("a write transaction holds the gate until it is dropped")
-    }
-
     /// Commits, then lets the next writer in.
     pub(crate) async fn commit(mut self) -> Result<(), sqlx::Error> {
         match &mut self {
-            Self::Sqlite {
-                writers,
-                durable,
-                open,
-            } => {
-                Self::sqlite_writers(writers)
-                    .conn(*durable)
-                    .execute("COMMIT")
-                    .await?;
-                *open = false;
+            Self::Sqlite { writers, durable } => {
+                let conn = writers.as_mut().expect(TAKEN).conn(*durable);
+                conn.execute("COMMIT").await?;
+                // Committed: nothing for `drop` to roll back.
+                *writers = None;
                 Ok(())
             }
             Self::Pool(tx) => tx.take().expect(TAKEN).commit().await,
@@ -400,35 +408,19 @@ impl WriteTx {
 
 impl Drop for WriteTx {
     fn drop(&mut self) {
-        let Self::Sqlite {
-            writers,
-            durable,
-            open: true,
-        } = self
-        else {
+        let Self::Sqlite { writers, durable } = self else {
             return;
         };
-        let Some(mut writers) = writers.take() else {
+        let (Some(mut writers), durable) = (writers.take(), *durable) else {
             return;
         };
-        let durable = *durable;
         // Marked first: if the rollback below never runs, the next writer does it.
         writers.unfinished[usize::from(durable)] = true;
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             // Rolled back now, not at the next write: until then the transaction would hold
             // SQLite's write lock against every other connection and process. The gate is
             // held until it is done.
-            runtime.spawn(async move {
-                let conn = writers.conn(durable);
-                match conn.execute("ROLLBACK").await {
-                    // Rolled back, or it had ended ("no transaction is active").
-                    Ok(_) | Err(sqlx::Error::Database(_)) => {
-                        writers.unfinished[usize::from(durable)] = false;
-                    }
-                    // Left marked: the next writer deals with the connection.
-                    Err(_) => {}
-                }
-            });
+            runtime.spawn(async move { writers.roll_back(durable).await });
         }
     }
 }
@@ -438,19 +430,7 @@ impl std::ops::Deref for WriteTx {
 
     fn deref(&self) -> &AnyConnection {
         match self {
-            Self::Sqlite {
-                writers, durable, ..
-            } => {
-                let writers = writers
-                    .as_ref()
-                    .expect("a write transaction holds the gate until it is dropped");
-                if *durable {
-                    writers.durable.as_ref()
-                } else {
-                    writers.normal.as_ref()
-                }
-                .expect("the writer opens its connection before handing it out")
-            }
+            Self::Sqlite { writers, durable } => writers.as_ref().expect(TAKEN).conn_ref(*durable),
             Self::Pool(tx) => tx.as_ref().expect(TAKEN),
         }
     }
@@ -459,9 +439,7 @@ impl std::ops::Deref for WriteTx {
 impl std::ops::DerefMut for WriteTx {
     fn deref_mut(&mut self) -> &mut AnyConnection {
         match self {
-            Self::Sqlite {
-                writers, durable, ..
-            } => Self::sqlite_writers(writers).conn(*durable),
+            Self::Sqlite { writers, durable } => writers.as_mut().expect(TAKEN).conn(*durable),
             Self::Pool(tx) => tx.as_mut().expect(TAKEN),
         }
     }
@@ -650,18 +628,8 @@ impl SqlStore {
         // Either connection's unfinished transaction holds SQLite's write lock, whichever
         // connection this writer takes.
         for left in [false, true] {
-            if std::mem::take(&mut writers.unfinished[usize::from(left)])
-                && let Some(conn) = writers.slot(left)
-            {
-                match conn.execute("ROLLBACK").await {
-                    // Rolled back, or it had ended ("no transaction is active").
-                    Ok(_) | Err(sqlx::Error::Database(_)) => {}
-                    // The connection itself failed: a new one is opened when next needed.
-                    Err(e) => {
-                        tracing::warn!(error = %e, "dropping a failed writing connection");
-                        *writers.slot(left) = None;
-                    }
-                }
+            if writers.unfinished[usize::from(left)] {
+                writers.roll_back(left).await;
             }
         }
         if writers.slot(durable).is_none() {
@@ -703,7 +671,6 @@ impl SqlStore {
                 let mut tx = WriteTx::Sqlite {
                     writers: Some(writers),
                     durable,
-                    open: true,
                 };
                 tx.execute("BEGIN IMMEDIATE").await?;
                 Ok(tx)
