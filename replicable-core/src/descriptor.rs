@@ -15,7 +15,8 @@ use crate::domain::resource::{DataType, Resource};
 use crate::domain::verification::VerificationRecord;
 use crate::model::Replicable;
 use crate::replicator::{
-    ConsumeOutcome, PrimaryCheck, ReplicationTarget, SyncAttempt, SyncOutcome, VerifyOutcome,
+    ConsumeOutcome, PrimaryCheck, ReplicationTarget, SecondaryInputs, SyncAttempt, SyncOutcome,
+    VerifyOutcome,
 };
 use crate::site::Site;
 use crate::strategy::Strategy;
@@ -35,8 +36,11 @@ type CheckClaimedPrimaryFn = for<'a> fn(
     VerificationRecord,
 ) -> BoxFuture<'a, Result<PrimaryCheck, ReplicatorError>>;
 type RemoveOrphanFn = for<'a> fn(&'a Site, i64) -> BoxFuture<'a, Result<bool, ReplicatorError>>;
-type RunClaimedSecondaryFn =
-    for<'a> fn(&'a Site, RegistryRecord) -> BoxFuture<'a, Result<VerifyOutcome, ReplicatorError>>;
+type RunClaimedSecondaryFn = for<'a> fn(
+    &'a Site,
+    RegistryRecord,
+    Option<SecondaryInputs>,
+) -> BoxFuture<'a, Result<VerifyOutcome, ReplicatorError>>;
 
 /// What the runtime knows of one replicable without its type: its name, data type, and the
 /// replicator's operations, so that events and work can be dispatched by name.
@@ -157,10 +161,11 @@ fn check_claimed_primary<M: Replicable>(
 fn run_claimed_secondary<M: Replicable>(
     site: &Site,
     row: RegistryRecord,
+    inputs: Option<SecondaryInputs>,
 ) -> BoxFuture<'_, Result<VerifyOutcome, ReplicatorError>> {
     async move {
         ReplicationTarget::<M>::new(site, row.model_id)
-            .verify_claimed_secondary(row)
+            .verify_claimed_secondary(row, inputs)
             .await
     }
     .boxed()
@@ -273,7 +278,19 @@ impl ReplicableDescriptor {
         site: &'a Site,
         row: RegistryRecord,
     ) -> BoxFuture<'a, Result<VerifyOutcome, ReplicatorError>> {
-        (self.run_claimed_secondary_verification)(site, row)
+        (self.run_claimed_secondary_verification)(site, row, None)
+    }
+
+    /// [`run_claimed_secondary_verification`](Self::run_claimed_secondary_verification) with
+    /// the inputs read for the claimed batch
+    /// ([`with_secondary_inputs`](crate::replicator::with_secondary_inputs)).
+    pub(crate) fn run_claimed_secondary_verification_with<'a>(
+        &self,
+        site: &'a Site,
+        row: RegistryRecord,
+        inputs: Option<SecondaryInputs>,
+    ) -> BoxFuture<'a, Result<VerifyOutcome, ReplicatorError>> {
+        (self.run_claimed_secondary_verification)(site, row, inputs)
     }
 
     /// Where the resource of a record lives, from the record's stored body (the primary's API

@@ -107,8 +107,7 @@ impl Shared {
     /// Whether replication of `name` (or of the whole site) is paused.
     pub(crate) async fn replication_paused(&self, name: &str) -> Result<bool, StoreError> {
         let store = self.site.registry_store();
-        Ok(!store.replication_enabled(SITE_SWITCH).await?
-            || !store.replication_enabled(name).await?)
+        Ok(!store.replication_enabled_all(&[SITE_SWITCH, name]).await?)
     }
 }
 

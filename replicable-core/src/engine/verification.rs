@@ -21,7 +21,8 @@ use super::Shared;
 use super::idle::{Idle, Pace, Wake};
 use crate::descriptor::ReplicableDescriptor;
 use crate::domain::error::ReplicatorError;
-use crate::replicator::PrimaryCheck;
+use crate::domain::registry::RegistryRecord;
+use crate::replicator::{PrimaryCheck, SecondaryInputs, with_secondary_inputs};
 
 /// Verification of one replicable (primary or secondary).
 pub(crate) async fn verification_loop(
@@ -85,10 +86,18 @@ pub(crate) async fn verification_loop(
                     .await
                     .map(|rows| rows.into_iter().map(Claimed::Primary).collect::<Vec<_>>())
             } else {
-                site.registry_store()
+                match site
+                    .registry_store()
                     .claim_for_verification(name, now, limit)
                     .await
-                    .map(|rows| rows.into_iter().map(Claimed::Secondary).collect())
+                {
+                    Ok(rows) => Ok(with_secondary_inputs(site, name, rows)
+                        .await
+                        .into_iter()
+                        .map(|claimed| Claimed::Secondary(Box::new(claimed)))
+                        .collect()),
+                    Err(e) => Err(e),
+                }
             };
             match claimed {
                 Ok(rows) if !rows.is_empty() => {
@@ -159,7 +168,8 @@ fn rows_to_hold(pace: &Pace, concurrency: usize, batch: usize, claim_timeout: Du
 /// A claimed row.
 enum Claimed {
     Primary(crate::domain::verification::VerificationRecord),
-    Secondary(crate::domain::registry::RegistryRecord),
+    /// With what its check compares, when that was read for the batch.
+    Secondary(Box<(RegistryRecord, Option<SecondaryInputs>)>),
 }
 
 /// Checks one claimed row in a task of its own, holding a slot; on the primary the result goes
@@ -187,9 +197,10 @@ fn start_check(
                 // The receiver lives until every sender is gone.
                 let _ = to_record.send(check);
             }
-            Claimed::Secondary(row) => {
+            Claimed::Secondary(claimed) => {
+                let (row, inputs) = *claimed;
                 let outcome = replicable
-                    .run_claimed_secondary_verification(&shared.site, row)
+                    .run_claimed_secondary_verification_with(&shared.site, row, inputs)
                     .await;
                 if let Err(e) = outcome {
                     error!(replicable = replicable.name, error = %e, "verification errored");

@@ -106,8 +106,11 @@ pub async fn verify_due(
             .claim_for_verification(replicable.name, now, limit)
             .await?;
         report.claimed = rows.len();
+        let rows = crate::replicator::with_secondary_inputs(site, replicable.name, rows).await;
         futures::stream::iter(rows)
-            .map(|row| replicable.run_claimed_secondary_verification(site, row))
+            .map(|(row, inputs)| {
+                replicable.run_claimed_secondary_verification_with(site, row, inputs)
+            })
             .buffer_unordered(concurrency.max(1))
             .collect()
             .await

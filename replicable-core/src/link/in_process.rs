@@ -144,6 +144,21 @@ impl PrimaryLink for InProcessPrimary {
             .map_err(failed(format!("the checksum of {name} {model_id}")))
     }
 
+    async fn verifications(
+        &self,
+        name: &str,
+        ids: &[i64],
+    ) -> Result<Vec<VerificationRecord>, LinkError> {
+        self.primary
+            .verification
+            .get_many(name, ids)
+            .await
+            .map_err(failed(format!(
+                "the checksums of {} {name} records",
+                ids.len()
+            )))
+    }
+
     async fn open_blob(
         &self,
         name: &str,

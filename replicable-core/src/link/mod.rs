@@ -74,6 +74,22 @@ pub trait PrimaryLink: Send + Sync + std::fmt::Debug {
         model_id: i64,
     ) -> Result<Option<VerificationRecord>, LinkError>;
 
+    /// The primary's verification rows of `ids` that exist, in no particular order: what a
+    /// secondary compares a claimed batch of copies with. The default asks
+    /// [`verification`](Self::verification) for each; a link that can read them together (the
+    /// in-process link: one statement) overrides it.
+    async fn verifications(
+        &self,
+        name: &str,
+        ids: &[i64],
+    ) -> Result<Vec<VerificationRecord>, LinkError> {
+        let mut found = Vec::with_capacity(ids.len());
+        for &id in ids {
+            found.extend(self.verification(name, id).await?);
+        }
+        Ok(found)
+    }
+
     /// Opens a blob of a record for reading. A blob that does not exist is
     /// [`LinkError::NotFound`].
     async fn open_blob(

@@ -3,12 +3,11 @@
 
 use tracing::{Instrument, debug, info_span};
 
-use super::{CAS_ATTEMPTS, ConsumeOutcome, ReplicationTarget};
+use super::{ConsumeOutcome, ReplicationTarget};
 use crate::domain::error::ReplicatorError;
 use crate::domain::event::{Event, EventKind, EventPayload};
 use crate::domain::registry::{RegistryRecord, SyncState};
 use crate::domain::resource::Resource;
-use crate::domain::verification::VerificationState;
 use crate::model::Replicable;
 use crate::strategy::Strategy;
 
@@ -89,25 +88,28 @@ impl<'a, M: Replicable> ReplicationTarget<'a, M> {
             self.remove_if_registered(&payload.resource).await?;
             return Ok(ConsumeOutcome::OutOfScope);
         }
-        let existing = self.registry_record().await?;
-        if let (Some(row), Some(generation)) = (&existing, payload.generation)
-            && row.synced_generation.is_some_and(|held| held >= generation)
-            && row.state == SyncState::Synced
-        {
+        let store = self.site.registry_store();
+        let now = self.site.now();
+        let marked = match payload.generation {
+            Some(generation) => {
+                store
+                    .mark_changed_unless_held(name, self.id, now, published_at, generation)
+                    .await
+            }
+            None => store
+                .mark_changed(name, self.id, now, published_at)
+                .await
+                .map(Some),
+        };
+        let Some(row) = marked.map_err(|e| self.store_error(e))? else {
             debug!(
                 name,
                 id = self.id,
-                generation,
+                generation = payload.generation,
                 "stale event: a newer generation is held"
             );
             return Ok(ConsumeOutcome::AlreadyCurrent);
-        }
-        let row = self
-            .site
-            .registry_store()
-            .mark_changed(name, self.id, self.site.now(), published_at)
-            .await
-            .map_err(|e| self.store_error(e))?;
+        };
         if !sync_now {
             // Intent only: the sync workers read the replication switch before they claim.
             return Ok(ConsumeOutcome::Pending);
@@ -144,26 +146,19 @@ impl<'a, M: Replicable> ReplicationTarget<'a, M> {
     pub(super) async fn consume_checksum_succeeded(
         &self,
     ) -> Result<ConsumeOutcome, ReplicatorError> {
-        for _ in 0..CAS_ATTEMPTS {
-            let Some(mut row) = self.registry_record().await? else {
-                return Ok(ConsumeOutcome::Ignored);
-            };
-            // A synced copy waiting for the primary's checksum (disabled) or verified against
-            // an older one (succeeded) is verified again. A copy being synced reads the
-            // checksum when it completes.
-            let waiting = matches!(
-                row.verification.verification_state,
-                VerificationState::Succeeded | VerificationState::Disabled
-            );
-            if row.state != SyncState::Synced || !waiting {
-                return Ok(ConsumeOutcome::Ignored);
-            }
-            row.verification.mark_pending();
-            if self.update_registry(&row).await? {
-                return Ok(ConsumeOutcome::VerificationReset);
-            }
-        }
-        Err(self.contention())
+        // A synced copy waiting for the primary's checksum (disabled) or verified against an
+        // older one (succeeded) is verified again; see `RegistryStore::reverify`.
+        let changed = self
+            .site
+            .registry_store()
+            .reverify(M::REPLICABLE_NAME, &[self.id])
+            .await
+            .map_err(|e| self.store_error(e))?;
+        Ok(if changed > 0 {
+            ConsumeOutcome::VerificationReset
+        } else {
+            ConsumeOutcome::Ignored
+        })
     }
 
     pub(super) async fn remove_local(&self, resource: &Resource) -> Result<(), ReplicatorError> {

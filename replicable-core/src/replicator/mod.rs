@@ -27,7 +27,9 @@ mod sync;
 mod verify;
 
 pub use sync::SyncAttempt;
-pub(crate) use verify::{PrimaryCheck, complete_primary_verifications};
+pub(crate) use verify::{
+    PrimaryCheck, SecondaryInputs, complete_primary_verifications, with_secondary_inputs,
+};
 
 /// How many times a write that lost a compare-and-set race is retried before giving up.
 const CAS_ATTEMPTS: usize = 8;

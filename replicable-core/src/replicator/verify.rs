@@ -1,6 +1,8 @@
 //! Verifying a record: the primary's checksum and the secondary's comparison with it.
 
-use tracing::{Instrument, info_span, warn};
+use std::collections::HashMap;
+
+use tracing::{Instrument, debug, info_span, warn};
 
 use super::{ReplicationTarget, VerifyOutcome, heartbeating};
 use crate::domain::error::{ReplicatorError, StoreError};
@@ -10,7 +12,7 @@ use crate::domain::registry::{RegistryRecord, SyncState};
 use crate::domain::verification::{CHECKSUM_MISMATCH, VerificationRecord, VerificationState};
 use crate::model::Replicable;
 use crate::site::Site;
-use crate::storage::CompletedVerification;
+use crate::storage::{CompletedVerification, StoredRecord};
 use crate::strategy::Strategy;
 
 /// A primary verification whose checksum was computed (or failed), its row moved to succeeded
@@ -116,6 +118,78 @@ async fn complete_one_by_one(
     Ok(written)
 }
 
+/// What a secondary's verification of one copy reads before it computes the local checksum:
+/// the primary's verification row and the copy of the record kept at sync time (`None`: there
+/// is none).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct SecondaryInputs {
+    primary: Option<VerificationRecord>,
+    local: Option<StoredRecord>,
+}
+
+/// Claimed registry rows of replicable `name`, each with its [`SecondaryInputs`], read together: one
+/// read of the primary's rows and one of the local copies for the batch, instead of two per
+/// copy. Read when the batch is claimed: a change of the record since makes its row's
+/// compare-and-set fail (the row moves on with the change), so a verification never records
+/// a result against inputs older than its row. `None` when either read fails: each
+/// verification then reads its own (and meets the failure itself, with its record named).
+pub(crate) async fn with_secondary_inputs(
+    site: &Site,
+    name: &str,
+    rows: Vec<RegistryRecord>,
+) -> Vec<(RegistryRecord, Option<SecondaryInputs>)> {
+    let mut inputs = if rows.is_empty() {
+        None
+    } else {
+        read_secondary_inputs(site, name, &rows).await
+    };
+    rows.into_iter()
+        .map(|row| {
+            let of_row = inputs.as_mut().and_then(|i| i.remove(&row.model_id));
+            (row, of_row)
+        })
+        .collect()
+}
+
+async fn read_secondary_inputs(
+    site: &Site,
+    name: &str,
+    rows: &[RegistryRecord],
+) -> Option<HashMap<i64, SecondaryInputs>> {
+    let link = site.primary_link()?;
+    let ids: Vec<i64> = rows.iter().map(|row| row.model_id).collect();
+    let (primary, local) = futures::join!(
+        link.verifications(name, &ids),
+        site.records().get_many(name, &ids)
+    );
+    let (primary, local) = match (primary, local) {
+        (Ok(primary), Ok(local)) => (primary, local),
+        (Err(e), _) => {
+            debug!(replicable = name, error = %e, "reading the primary's checksums of a batch failed");
+            return None;
+        }
+        (_, Err(e)) => {
+            debug!(replicable = name, error = %e, "reading the copies of a batch failed");
+            return None;
+        }
+    };
+    let mut inputs: HashMap<i64, SecondaryInputs> = ids
+        .iter()
+        .map(|&id| (id, SecondaryInputs::default()))
+        .collect();
+    for row in primary {
+        if let Some(entry) = inputs.get_mut(&row.model_id) {
+            entry.primary = Some(row);
+        }
+    }
+    for record in local {
+        if let Some(entry) = inputs.get_mut(&record.model_id) {
+            entry.local = Some(record);
+        }
+    }
+    Some(inputs)
+}
+
 impl<'a, M: Replicable> ReplicationTarget<'a, M> {
     /// Verifies the record: on the primary, computes and stores the checksum and publishes
     /// `checksum_succeeded`; on a secondary, compares the local checksum with the primary's.
@@ -171,7 +245,7 @@ impl<'a, M: Replicable> ReplicationTarget<'a, M> {
                 return Ok(VerifyOutcome::ChangedDuringVerification);
             }
             row.version += 1;
-            self.verify_claimed_secondary(row).await
+            self.verify_claimed_secondary(row, None).await
         }
     }
 
@@ -275,10 +349,12 @@ impl<'a, M: Replicable> ReplicationTarget<'a, M> {
         })
     }
 
-    /// Completes a registry row whose verification the caller moved to `started` (secondary).
+    /// Completes a registry row whose verification the caller moved to `started` (secondary),
+    /// with its inputs when they were read for a batch ([`with_secondary_inputs`]).
     pub(crate) async fn verify_claimed_secondary(
         &self,
         row: RegistryRecord,
+        inputs: Option<SecondaryInputs>,
     ) -> Result<VerifyOutcome, ReplicatorError> {
         let span = info_span!(
             "verify",
@@ -286,25 +362,31 @@ impl<'a, M: Replicable> ReplicationTarget<'a, M> {
             id = self.id,
             side = "secondary"
         );
-        self.verify_claimed_secondary_inner(row)
+        self.verify_claimed_secondary_inner(row, inputs)
             .instrument(span)
             .await
     }
 
-    pub(super) async fn verify_claimed_secondary_inner(
+    async fn verify_claimed_secondary_inner(
         &self,
         mut row: RegistryRecord,
+        inputs: Option<SecondaryInputs>,
     ) -> Result<VerifyOutcome, ReplicatorError> {
         let site = self.site;
         let link = self.secondary_link("verify")?;
         let (policy, now) = (*site.retry_policy(), site.now());
         let jitter = fastrand::u32(0..crate::domain::retry::JITTER_RANGE);
         let name = M::REPLICABLE_NAME;
-        let primary_checksum = link
-            .verification(name, self.id)
-            .await
-            .map_err(|e| self.link_error(e))?
-            .and_then(|v| v.succeeded_checksum().map(str::to_owned));
+        let (primary, local_copy) = match inputs {
+            Some(inputs) => (inputs.primary, Some(inputs.local)),
+            None => (
+                link.verification(name, self.id)
+                    .await
+                    .map_err(|e| self.link_error(e))?,
+                None,
+            ),
+        };
+        let primary_checksum = primary.and_then(|v| v.succeeded_checksum().map(str::to_owned));
         let Some(primary_checksum) = primary_checksum else {
             // Nothing to compare with yet: disabled until the primary's checksum succeeds (its
             // `checksum_succeeded` event, or backfill, turns it back on), so that copies waiting
@@ -316,7 +398,10 @@ impl<'a, M: Replicable> ReplicationTarget<'a, M> {
         // The copy of the record kept at sync time names the resource this site holds; the
         // primary's record is asked for only when there is none. (The primary's checksum above
         // exists only while its record does.)
-        let local_copy = self.local_record().await?;
+        let local_copy = match local_copy {
+            Some(local_copy) => local_copy,
+            None => self.local_record().await?,
+        };
         let stored = match &local_copy {
             Some(local_copy) => Some(local_copy.clone()),
             None => link

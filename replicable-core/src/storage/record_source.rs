@@ -139,6 +139,19 @@ impl RecordStore for RoutedRecords {
         }
     }
 
+    async fn get_many(&self, name: &str, ids: &[i64]) -> Result<Vec<StoredRecord>, StoreError> {
+        match self.sources.get(name) {
+            Some(source) => {
+                let mut found = Vec::with_capacity(ids.len());
+                for &id in ids {
+                    found.extend(source.get(id).await?);
+                }
+                Ok(found)
+            }
+            None => self.catalogue.get_many(name, ids).await,
+        }
+    }
+
     async fn delete(&self, name: &str, model_id: i64) -> Result<bool, StoreError> {
         match self.sources.get(name) {
             Some(source) => source.delete(model_id).await,

@@ -44,6 +44,17 @@ pub trait RecordStore: Send + Sync + std::fmt::Debug {
     /// One record.
     async fn get(&self, name: &str, model_id: i64) -> Result<Option<StoredRecord>, StoreError>;
 
+    /// The records of `ids` that exist, in no particular order. The default reads them one by
+    /// one; a SQL store reads them in one statement (the engine reads the inputs of a claimed
+    /// batch this way).
+    async fn get_many(&self, name: &str, ids: &[i64]) -> Result<Vec<StoredRecord>, StoreError> {
+        let mut found = Vec::with_capacity(ids.len());
+        for &id in ids {
+            found.extend(self.get(name, id).await?);
+        }
+        Ok(found)
+    }
+
     /// Removes a record. Returns whether it existed.
     async fn delete(&self, name: &str, model_id: i64) -> Result<bool, StoreError>;
 

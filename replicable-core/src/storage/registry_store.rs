@@ -99,6 +99,29 @@ pub trait RegistryStore: Send + Sync + std::fmt::Debug {
         published_at: DateTime<Utc>,
     ) -> Result<RegistryRecord, StoreError>;
 
+    /// [`mark_changed`](Self::mark_changed) for a change that brought the record to
+    /// `generation`, unless the row already holds that generation or a newer one, synced (a
+    /// stale event): then nothing is written and `None` comes back. The default reads the row
+    /// first; a SQL store decides in the statement that writes it.
+    async fn mark_changed_unless_held(
+        &self,
+        name: &str,
+        model_id: i64,
+        now: DateTime<Utc>,
+        published_at: DateTime<Utc>,
+        generation: i64,
+    ) -> Result<Option<RegistryRecord>, StoreError> {
+        if let Some(row) = self.get(name, model_id).await?
+            && row.state == SyncState::Synced
+            && row.synced_generation.is_some_and(|held| held >= generation)
+        {
+            return Ok(None);
+        }
+        self.mark_changed(name, model_id, now, published_at)
+            .await
+            .map(Some)
+    }
+
     /// Creates pending rows for the ids that have none. Returns how many were created.
     async fn insert_pending(
         &self,
@@ -233,11 +256,63 @@ pub trait RegistryStore: Send + Sync + std::fmt::Debug {
     /// Returns how many rows changed.
     async fn enable_verification(&self, name: &str, model_ids: &[i64]) -> Result<u64, StoreError>;
 
+    /// The primary has a new checksum for the records of `model_ids` (`checksum_succeeded`):
+    /// their synced rows whose verification succeeded (against an older checksum) or is
+    /// disabled (waiting for one) go to verification pending. Rows in other states are left:
+    /// a copy being synced reads the checksum when it completes, one being verified compares
+    /// with the checksum it read. Returns how many rows changed.
+    ///
+    /// The default reads each row and writes it back with a compare-and-set; a SQL store
+    /// changes them in one statement.
+    async fn reverify(&self, name: &str, model_ids: &[i64]) -> Result<u64, StoreError> {
+        let mut changed = 0;
+        for &id in model_ids {
+            for attempt in 0.. {
+                let Some(mut row) = self.get(name, id).await? else {
+                    break;
+                };
+                let waiting = matches!(
+                    row.verification.verification_state,
+                    VerificationState::Succeeded | VerificationState::Disabled
+                );
+                if row.state != SyncState::Synced || !waiting {
+                    break;
+                }
+                row.verification.mark_pending();
+                if self.update(name, &row).await? {
+                    changed += 1;
+                    break;
+                }
+                if attempt >= 8 {
+                    return Err(StoreError::Backend {
+                        store: format!("{self:?}"),
+                        operation: "reverify",
+                        reason: format!("{name} {id}: the row kept changing under the write"),
+                    });
+                }
+            }
+        }
+        Ok(changed)
+    }
+
     /// Switches the replication of replicable `name` on this site on or off, persistently.
     async fn set_replication_enabled(&self, name: &str, enabled: bool) -> Result<(), StoreError>;
 
     /// Whether the replication of replicable `name` is on (the default).
     async fn replication_enabled(&self, name: &str) -> Result<bool, StoreError>;
+
+    /// Whether every switch of `names` is on (a switch never set is on): what a sync claim
+    /// reads, the site's switch and its replicable's. The default asks
+    /// [`replication_enabled`](Self::replication_enabled) for each; a SQL store reads them in
+    /// one statement.
+    async fn replication_enabled_all(&self, names: &[&str]) -> Result<bool, StoreError> {
+        for name in names {
+            if !self.replication_enabled(name).await? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
 
     /// The id of the last event the log cursor processed (0 before the first).
     async fn cursor(&self) -> Result<EventId, StoreError>;

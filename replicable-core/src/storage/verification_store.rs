@@ -40,6 +40,20 @@ pub trait VerificationStore: Send + Sync + std::fmt::Debug {
         model_id: i64,
     ) -> Result<Option<VerificationRecord>, StoreError>;
 
+    /// The rows of `ids` that exist, in no particular order. The default reads them one by
+    /// one; a SQL store reads them in one statement.
+    async fn get_many(
+        &self,
+        name: &str,
+        ids: &[i64],
+    ) -> Result<Vec<VerificationRecord>, StoreError> {
+        let mut found = Vec::with_capacity(ids.len());
+        for &id in ids {
+            found.extend(self.get(name, id).await?);
+        }
+        Ok(found)
+    }
+
     /// Creates the row in `pending`, or puts an existing row back to `pending` (the record
     /// changed). Returns the row as written.
     async fn mark_pending(

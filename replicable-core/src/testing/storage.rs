@@ -1251,6 +1251,167 @@ pub async fn enabling_verification_touches_disabled_synced_rows_only(
     );
 }
 
+/// Reads of many rows by id (records and the primary's verification rows) return the rows
+/// that exist, whatever the order of the ids and however many there are, and nothing for no
+/// ids.
+pub async fn many_rows_are_read_by_id_at_once(target: &dyn ConformanceTarget) {
+    let db = open(target).await;
+    assert!(
+        db.records.get_many(NAME, &[1, 2]).await.unwrap().is_empty(),
+        "nothing stored yet"
+    );
+    for id in [1, 2, 3] {
+        db.records
+            .upsert(NAME, id, &serde_json::json!({ "id": id }))
+            .await
+            .unwrap();
+        db.verification.mark_pending(NAME, id).await.unwrap();
+    }
+    db.records
+        .upsert(NAME, 2, &serde_json::json!({ "id": 2, "again": true }))
+        .await
+        .unwrap();
+    // More ids than one statement takes, most of them missing.
+    let mut ids: Vec<i64> = (100..1_600).collect();
+    ids.extend([3, 2]);
+    let mut records = db.records.get_many(NAME, &ids).await.unwrap();
+    records.sort_by_key(|r| r.model_id);
+    let mut expected = Vec::new();
+    for id in [2, 3] {
+        expected.push(db.records.get(NAME, id).await.unwrap().unwrap());
+    }
+    assert_eq!(records, expected);
+    assert_eq!(records[0].generation, 2, "the record as it is now");
+    assert!(db.records.get_many(NAME, &[]).await.unwrap().is_empty());
+    let mut rows = db.verification.get_many(NAME, &[3, 99, 1]).await.unwrap();
+    rows.sort_by_key(|r| r.model_id);
+    let mut expected = Vec::new();
+    for id in [1, 3] {
+        expected.push(db.verification.get(NAME, id).await.unwrap().unwrap());
+    }
+    assert_eq!(rows, expected);
+    assert!(
+        db.verification
+            .get_many(NAME, &[])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+/// A new checksum of the primary (`checksum_succeeded`) sends synced copies verified against
+/// an older one, or waiting for one, back to verification pending (their version bumped), and
+/// leaves copies in any other state as they were.
+pub async fn a_new_primary_checksum_sends_verified_and_waiting_copies_back(
+    target: &dyn ConformanceTarget,
+) {
+    let db = open(target).await;
+    synced_row(&db, 1, true).await;
+    let mut verified = synced_row(&db, 2, false).await;
+    verified.verification.start(t0()).unwrap();
+    verified.verification.succeed("old".into(), t0()).unwrap();
+    assert!(db.registry.update(NAME, &verified).await.unwrap());
+    // Left alone: a copy already waiting for verification, one being verified, one not synced.
+    synced_row(&db, 3, false).await;
+    let mut running = synced_row(&db, 4, false).await;
+    running.verification.start(t0()).unwrap();
+    assert!(db.registry.update(NAME, &running).await.unwrap());
+    db.registry.insert_pending(NAME, &[5], t0()).await.unwrap();
+    let mut before = Vec::new();
+    for id in 1..=5 {
+        before.push(registry(&db, id).await.unwrap());
+    }
+    assert_eq!(
+        db.registry
+            .reverify(NAME, &[1, 2, 3, 4, 5, 99])
+            .await
+            .unwrap(),
+        2
+    );
+    for (id, was) in (1..=5).zip(&before) {
+        let now = registry(&db, id).await.unwrap();
+        if id <= 2 {
+            assert_eq!(
+                now.verification.verification_state,
+                VerificationState::Pending,
+                "row {id}"
+            );
+            assert_eq!(now.verification.verification_started_at, None, "row {id}");
+            assert_eq!(
+                now.version,
+                was.version + 1,
+                "row {id}: a change bumps the version"
+            );
+            assert_eq!(
+                now.state,
+                SyncState::Synced,
+                "row {id}: the copy stays synced"
+            );
+        } else {
+            assert_eq!(&now, was, "row {id} is left as it was");
+        }
+    }
+    assert_eq!(
+        registry(&db, 2)
+            .await
+            .unwrap()
+            .verification
+            .verification_checksum,
+        Some("old".into()),
+        "the last checksum stays until the next verification"
+    );
+    assert_eq!(db.registry.reverify(NAME, &[]).await.unwrap(), 0);
+    counts_exact(&db, "after reverify", store_now(&db).await).await;
+}
+
+/// A change to a generation a synced row already holds (a stale event) writes nothing; a
+/// change to a newer generation, or to a record whose row is not synced or does not exist,
+/// marks the row pending with the change's time, as `mark_changed` does.
+pub async fn a_stale_change_leaves_a_synced_row_alone(target: &dyn ConformanceTarget) {
+    let db = open(target).await;
+    let held = synced_row(&db, 1, false).await;
+    assert_eq!(held.synced_generation, Some(1));
+    let published = t0() + secs(5);
+    for stale in [0, 1] {
+        assert_eq!(
+            db.registry
+                .mark_changed_unless_held(NAME, 1, t0(), published, stale)
+                .await
+                .unwrap(),
+            None,
+            "generation {stale} is held"
+        );
+    }
+    assert_eq!(registry(&db, 1).await.unwrap(), held, "nothing written");
+    let newer = db
+        .registry
+        .mark_changed_unless_held(NAME, 1, t0(), published, 2)
+        .await
+        .unwrap()
+        .expect("a newer generation marks the row");
+    assert_eq!(newer.state, SyncState::Pending);
+    assert_eq!(newer.changed_at, Some(published));
+    assert_eq!(newer, registry(&db, 1).await.unwrap());
+    // No row yet, and a row not synced: marked whatever the generation.
+    let created = db
+        .registry
+        .mark_changed_unless_held(NAME, 2, t0(), published, 1)
+        .await
+        .unwrap()
+        .expect("a new row");
+    assert_eq!(created.state, SyncState::Pending);
+    assert_eq!(created.changed_at, Some(published));
+    db.registry.insert_pending(NAME, &[3], t0()).await.unwrap();
+    assert!(
+        db.registry
+            .mark_changed_unless_held(NAME, 3, t0(), published, 0)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    counts_exact(&db, "after stale and fresh changes", store_now(&db).await).await;
+}
+
 /// The replication switch of a replicable is on by default and persists.
 pub async fn the_replication_switch_persists(target: &dyn ConformanceTarget) {
     let db = open(target).await;
@@ -1269,12 +1430,20 @@ pub async fn the_replication_switch_persists(target: &dyn ConformanceTarget) {
             .unwrap(),
         "switches are per replicable"
     );
+    let all = |names: &'static [&'static str]| {
+        let registry = other.registry.clone();
+        async move { registry.replication_enabled_all(names).await.unwrap() }
+    };
+    assert!(!all(&["another_item", NAME]).await, "one switch off is off");
+    assert!(all(&["another_item"]).await);
+    assert!(all(&[]).await);
     other
         .registry
         .set_replication_enabled(NAME, true)
         .await
         .unwrap();
     assert!(db.registry.replication_enabled(NAME).await.unwrap());
+    assert!(all(&["another_item", NAME]).await);
 }
 
 /// An operator's resync of many rows is scheduled behind a change that arrives meanwhile: a
@@ -1981,6 +2150,9 @@ macro_rules! storage_conformance_suite {
             verification_backfill_covers_records_without_a_row,
             enabling_verification_touches_disabled_synced_rows_only,
             the_replication_switch_persists,
+            many_rows_are_read_by_id_at_once,
+            a_stale_change_leaves_a_synced_row_alone,
+            a_new_primary_checksum_sends_verified_and_waiting_copies_back,
             a_resync_is_scheduled_behind_new_changes,
             a_failed_verification_sent_back_to_pending_keeps_its_retry_count,
             publishing_writes_record_verification_and_event_together,

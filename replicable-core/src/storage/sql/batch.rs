@@ -17,6 +17,9 @@ use crate::storage::Publication;
 /// Rows per statement: bounds the size of one statement (and of its JSON parameter).
 pub(super) const APPEND_CHUNK: usize = 5_000;
 
+/// Ids per statement of a read of many rows by id.
+pub(super) const MANY_CHUNK: usize = 1_000;
+
 /// Appends events on one connection inside a transaction the caller commits: `$rows` are
 /// `(replicable_name, event_name, payload JSON)`, in order, written one statement per run of
 /// one replicable and kind (see [`event_runs`]); `$p` qualifies the table (see `publish_on!`).
@@ -286,6 +289,20 @@ pub(super) fn id_rows(part: &[Publication]) -> String {
         .collect::<Vec<_>>()
         .join(",");
     format!("[{ids}]")
+}
+
+/// `[id, ...]` of `ids`, for [`ids_in`].
+pub(super) fn json_ids(ids: &[i64]) -> String {
+    let ids = ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
+    format!("[{ids}]")
+}
+
+/// `(SELECT ...)`: the ids of [`json_ids`] in `$1`, as the right-hand side of `IN`.
+pub(super) fn ids_in(d: Dialect) -> String {
+    format!(
+        "(SELECT CAST(value AS BIGINT) FROM {})",
+        json_rows(d, Json::Array)
+    )
 }
 
 /// The events of a batch as [`append_on`] takes them, each payload carrying its record's new

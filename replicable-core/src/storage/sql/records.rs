@@ -6,6 +6,7 @@ use async_trait::async_trait;
 use sqlx::AssertSqlSafe;
 
 use super::SqlStore;
+use super::batch::{MANY_CHUNK, ids_in, json_ids};
 use super::event_log::upsert_record_sql;
 use crate::domain::error::StoreError;
 use crate::storage::{RecordStore, StoredRecord};
@@ -63,17 +64,32 @@ impl RecordStore for SqlStore {
             .fetch_optional(&self.pool)
             .await
             .map_err(self.backend("read record"))?;
-        row.map(|row| {
-            let body: String = self.get(&row, "body")?;
-            Ok(StoredRecord {
-                model_id,
-                generation: self.get(&row, "generation")?,
-                body: serde_json::from_str(&body).map_err(|e| {
-                    self.corrupt(format!("{name} {model_id}: body is not JSON: {e}"))
-                })?,
-            })
-        })
-        .transpose()
+        row.map(|row| self.stored_record(name, model_id, &row))
+            .transpose()
+    }
+
+    async fn get_many(&self, name: &str, ids: &[i64]) -> Result<Vec<StoredRecord>, StoreError> {
+        let Some(t) = self.existing_tables(name).await? else {
+            return Ok(Vec::new());
+        };
+        let n = &t.name;
+        let sql = format!(
+            "SELECT {n}_id AS model_id, generation, body FROM {n}_records WHERE {n}_id IN {}",
+            ids_in(self.dialect)
+        );
+        let mut found = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(MANY_CHUNK) {
+            let rows = sqlx::query(AssertSqlSafe(sql.clone()))
+                .bind(json_ids(chunk))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(self.backend("read records"))?;
+            for row in rows {
+                let model_id = self.get(&row, "model_id")?;
+                found.push(self.stored_record(name, model_id, &row)?);
+            }
+        }
+        Ok(found)
     }
 
     async fn delete(&self, name: &str, model_id: i64) -> Result<bool, StoreError> {
@@ -147,5 +163,23 @@ impl SqlStore {
             .await
             .map_err(self.backend("list ids"))?;
         rows.iter().map(|row| self.get(row, "id")).collect()
+    }
+}
+
+impl SqlStore {
+    /// A record read back from a `generation, body` row.
+    fn stored_record(
+        &self,
+        name: &str,
+        model_id: i64,
+        row: &sqlx::any::AnyRow,
+    ) -> Result<StoredRecord, StoreError> {
+        let body: String = self.get(row, "body")?;
+        Ok(StoredRecord {
+            model_id,
+            generation: self.get(row, "generation")?,
+            body: serde_json::from_str(&body)
+                .map_err(|e| self.corrupt(format!("{name} {model_id}: body is not JSON: {e}")))?,
+        })
     }
 }

@@ -70,14 +70,16 @@ impl SqlStore {
     }
 
     /// Creates the row in `pending` or puts it back there, noting `changed_at` unless an older
-    /// change is noted already; in one statement.
+    /// change is noted already; in one statement. With `unless_held`, an existing row that
+    /// holds that generation or a newer one synced is left as it is (`None`).
     async fn upsert_pending(
         &self,
         name: &str,
         model_id: i64,
         now: DateTime<Utc>,
         changed_at: Option<DateTime<Utc>>,
-    ) -> Result<RegistryRecord, StoreError> {
+        unless_held: Option<i64>,
+    ) -> Result<Option<RegistryRecord>, StoreError> {
         let t = self.tables(name).await?;
         let n = &t.name;
         let sql = format!(
@@ -87,6 +89,9 @@ impl SqlStore {
                changed_at = CASE WHEN {n}_registry.changed_at IS NULL THEN $3 \
                  WHEN $3 IS NULL OR {n}_registry.changed_at <= $3 THEN {n}_registry.changed_at \
                  ELSE $3 END \
+             WHERE $4 IS NULL OR NOT ({n}_registry.state = 2 \
+               AND {n}_registry.synced_generation IS NOT NULL \
+               AND {n}_registry.synced_generation >= $4) \
              RETURNING {}",
             pending_assignments(&format!("{n}_registry"), "NULL"),
             t.registry_columns
@@ -96,10 +101,11 @@ impl SqlStore {
             .bind(model_id)
             .bind(micros(now))
             .bind(opt_micros(changed_at))
-            .fetch_one(&mut *w)
+            .bind(unless_held)
+            .fetch_optional(&mut *w)
             .await
             .map_err(self.backend("mark registry row pending"))?;
-        self.read_registry(&row)
+        row.map(|row| self.read_registry(&row)).transpose()
     }
 
     fn read_registry(&self, row: &AnyRow) -> Result<RegistryRecord, StoreError> {
@@ -155,7 +161,9 @@ impl RegistryStore for SqlStore {
         model_id: i64,
         now: DateTime<Utc>,
     ) -> Result<RegistryRecord, StoreError> {
-        self.upsert_pending(name, model_id, now, None).await
+        self.upsert_pending(name, model_id, now, None, None)
+            .await?
+            .ok_or_else(|| self.corrupt(format!("{name} {model_id}: the upsert returned no row")))
     }
 
     async fn mark_changed(
@@ -165,7 +173,20 @@ impl RegistryStore for SqlStore {
         now: DateTime<Utc>,
         published_at: DateTime<Utc>,
     ) -> Result<RegistryRecord, StoreError> {
-        self.upsert_pending(name, model_id, now, Some(published_at))
+        self.upsert_pending(name, model_id, now, Some(published_at), None)
+            .await?
+            .ok_or_else(|| self.corrupt(format!("{name} {model_id}: the upsert returned no row")))
+    }
+
+    async fn mark_changed_unless_held(
+        &self,
+        name: &str,
+        model_id: i64,
+        now: DateTime<Utc>,
+        published_at: DateTime<Utc>,
+        generation: i64,
+    ) -> Result<Option<RegistryRecord>, StoreError> {
+        self.upsert_pending(name, model_id, now, Some(published_at), Some(generation))
             .await
     }
 
@@ -536,6 +557,19 @@ impl RegistryStore for SqlStore {
         .await
     }
 
+    async fn reverify(&self, name: &str, model_ids: &[i64]) -> Result<u64, StoreError> {
+        let t = self.tables(name).await?;
+        let n = &t.name;
+        self.update_ids(model_ids, "reverify", |list| {
+            format!(
+                "UPDATE {n}_registry SET verification_state = 0, verification_retry_at = NULL, \
+                 verification_started_at = NULL, version = version + 1 \
+                 WHERE {n}_id IN ({list}) AND state = 2 AND verification_state IN (2, 4)"
+            )
+        })
+        .await
+    }
+
     async fn set_replication_enabled(&self, name: &str, enabled: bool) -> Result<(), StoreError> {
         let mut w = self.writer().await?;
         sqlx::query(
@@ -563,6 +597,29 @@ impl RegistryStore for SqlStore {
             .map(|row| self.get::<i16>(&row, "replication_enabled"))
             .transpose()?
             .is_none_or(|v| v != 0))
+    }
+
+    async fn replication_enabled_all(&self, names: &[&str]) -> Result<bool, StoreError> {
+        if names.is_empty() {
+            return Ok(true);
+        }
+        let params = (1..=names.len())
+            .map(|i| format!("${i}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "SELECT COUNT(*) AS off FROM replicable_settings \
+             WHERE replication_enabled = 0 AND replicable_name IN ({params})"
+        );
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        for name in names {
+            query = query.bind((*name).to_owned());
+        }
+        let row = query
+            .fetch_one(&self.pool)
+            .await
+            .map_err(self.backend("read the replication switches"))?;
+        Ok(self.get::<i64>(&row, "off")? == 0)
     }
 
     async fn cursor(&self) -> Result<EventId, StoreError> {

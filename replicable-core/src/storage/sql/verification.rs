@@ -123,6 +123,35 @@ impl VerificationStore for SqlStore {
             .transpose()
     }
 
+    async fn get_many(
+        &self,
+        name: &str,
+        ids: &[i64],
+    ) -> Result<Vec<VerificationRecord>, StoreError> {
+        let Some(t) = self.existing_tables(name).await? else {
+            return Ok(Vec::new());
+        };
+        let sql = format!(
+            "SELECT {} FROM {}_verification WHERE {}_id IN {}",
+            t.verification_columns,
+            t.name,
+            t.name,
+            super::batch::ids_in(self.dialect)
+        );
+        let mut found = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(super::batch::MANY_CHUNK) {
+            let rows = sqlx::query(AssertSqlSafe(sql.clone()))
+                .bind(super::batch::json_ids(chunk))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(self.backend("read verification rows"))?;
+            for row in rows {
+                found.push(self.read_verification_record(&row)?);
+            }
+        }
+        Ok(found)
+    }
+
     async fn mark_pending(
         &self,
         name: &str,
