@@ -81,6 +81,8 @@ impl Contender {
 struct FrameworkRun {
     took: Duration,
     publishing: Duration,
+    /// The CPU time the bench process (both sites, every thread) used during the run.
+    cpu: Option<env::CpuTime>,
     /// The process's resident memory before the run, and its peak during it.
     rss: Option<(u64, u64)>,
 }
@@ -169,7 +171,7 @@ pub async fn run(bench: &Bench, name: &str, set: BlobSet) -> Result<Report, Erro
                     runs.push(run);
                     run.took
                 }
-                tool => tool_run(bench, &source, tool).await?,
+                tool => tool_run(bench, &source, tool, set).await?,
             };
             timings[i].samples.push(took);
         }
@@ -182,6 +184,18 @@ pub async fn run(bench: &Bench, name: &str, set: BlobSet) -> Result<Report, Erro
             "framework: publishing the {} events (batches of 1,000, engines running) took {} of it (median)",
             set.count,
             duration(publishing)
+        ));
+    }
+    let mut cpu: Vec<env::CpuTime> = runs.iter().filter_map(|r| r.cpu).collect();
+    cpu.sort_by_key(|c| c.total());
+    if let Some(cpu) = cpu.get(cpu.len() / 2) {
+        report.note(format!(
+            "framework: CPU time of the bench process during a run (both sites, all threads): \
+             {} user + {} system (median run), {} per file; it moves less than the wall time \
+             when the disk is slow or the machine busy",
+            duration(cpu.user),
+            duration(cpu.system),
+            duration(cpu.total() / u32::try_from(set.count).unwrap_or(u32::MAX).max(1))
         ));
     }
     if set.peak_memory {
@@ -228,6 +242,7 @@ async fn framework_run(bench: &Bench, source: &Path, set: BlobSet) -> Result<Fra
     let engines = sites.start_engines().await?;
     let baseline = env::current_rss();
     let peak_reset = set.peak_memory && env::reset_peak_rss();
+    let cpu_before = env::process_cpu();
     let started = Instant::now();
     // As an application registering many files does: batch publishes (one transaction, one
     // wait for the disk, per batch).
@@ -246,6 +261,9 @@ async fn framework_run(bench: &Bench, source: &Path, set: BlobSet) -> Result<Fra
     )
     .await;
     let took = started.elapsed();
+    let cpu = env::process_cpu()
+        .zip(cpu_before)
+        .map(|(after, before)| after.since(before));
     let rss = peak_reset.then(env::peak_rss).flatten().zip(baseline);
     engines.shutdown().await;
     waited?;
@@ -255,16 +273,22 @@ async fn framework_run(bench: &Bench, source: &Path, set: BlobSet) -> Result<Fra
     }
     sites.drop_databases(bench).await?;
     drop(sites);
-    bench.discard(&dir).await?;
+    put_away(bench, &dir, set).await?;
     Ok(FrameworkRun {
         took,
         publishing,
+        cpu,
         rss,
     })
 }
 
 /// One run of a reference tool into a fresh directory.
-async fn tool_run(bench: &Bench, source: &Path, tool: Contender) -> Result<Duration, Error> {
+async fn tool_run(
+    bench: &Bench,
+    source: &Path,
+    tool: Contender,
+    set: BlobSet,
+) -> Result<Duration, Error> {
     let dir = bench.fresh_dir("tool")?;
     let from = source.join("blobs");
     let to = dir.join("copy");
@@ -292,6 +316,17 @@ async fn tool_run(bench: &Bench, source: &Path, tool: Contender) -> Result<Durat
         }
         Contender::Framework => unreachable!("not a tool"),
     };
-    bench.discard(&dir).await?;
+    put_away(bench, &dir, set).await?;
     Ok(took)
+}
+
+/// Ends a run: a run of many small files is set aside until the bench ends (see
+/// [`Bench::set_aside`]), any other is deleted now (its few inodes do not slow the next run,
+/// and its gigabytes would add up).
+async fn put_away(bench: &Bench, dir: &Path, set: BlobSet) -> Result<(), Error> {
+    if set.count >= 1_000 && set.size < 1024 * 1024 {
+        bench.set_aside(dir).await
+    } else {
+        bench.discard(dir).await
+    }
 }

@@ -211,6 +211,22 @@ impl Bench {
         }
     }
 
+    /// Moves a run's directory of many small files aside, to be deleted with the work
+    /// directory when the bench ends, and flushes the disk. Deleting thousands of files slows
+    /// the creation of new ones for minutes on some file systems (ext4 without a journal
+    /// skips inodes freed in the last one to five minutes, reading each one's inode block to
+    /// tell), which would charge one contender's cleanup to the next one's run.
+    pub async fn set_aside(&self, dir: &Path) -> Result<(), Error> {
+        if dir.exists() {
+            let aside = self.work().join("set-aside");
+            std::fs::create_dir_all(&aside)?;
+            let n = self.next_run.fetch_add(1, Ordering::Relaxed);
+            std::fs::rename(dir, aside.join(format!("run-{n}")))?;
+        }
+        flush_disks().await;
+        Ok(())
+    }
+
     /// Removes a run's directory and flushes the disk, so that the next run does not pay for
     /// this one's deletions.
     pub async fn discard(&self, dir: &Path) -> Result<(), Error> {
@@ -395,6 +411,46 @@ pub fn current_rss() -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
+}
+
+/// The CPU time this process has used so far, all threads: user and system
+/// (`/proc/self/stat`, whose times are in the kernel's fixed `USER_HZ` of 100 a second).
+pub fn process_cpu() -> Option<CpuTime> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The command name (field 2) may hold spaces; the fields after its `)` are plain.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    let ticks = |i: usize| -> Option<Duration> {
+        Some(Duration::from_millis(
+            fields.get(i)?.parse::<u64>().ok()? * 10,
+        ))
+    };
+    Some(CpuTime {
+        user: ticks(11)?,
+        system: ticks(12)?,
+    })
+}
+
+/// CPU time, user and system.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct CpuTime {
+    pub user: Duration,
+    pub system: Duration,
+}
+
+impl CpuTime {
+    /// The time from `earlier` to this one.
+    pub fn since(self, earlier: CpuTime) -> CpuTime {
+        CpuTime {
+            user: self.user.saturating_sub(earlier.user),
+            system: self.system.saturating_sub(earlier.system),
+        }
+    }
+
+    pub fn total(self) -> Duration {
+        self.user + self.system
+    }
 }
 
 /// Resets the peak resident memory to the current one (`/proc/self/clear_refs`, value 5).

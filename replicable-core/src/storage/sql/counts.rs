@@ -345,7 +345,7 @@ impl SqlStore {
     /// [`FOLD_ABOVE`] rows is folded afterwards.
     pub(super) async fn counters(&self, t: &Tables) -> Result<AnyRow, StoreError> {
         let row = sqlx::query(AssertSqlSafe(read_sql(&t.name)))
-            .fetch_one(&self.pool)
+            .fetch_one(&mut *self.reader().await?)
             .await
             .map_err(self.backend("read counts"))?;
         if self.dialect == Dialect::Postgres && self.get::<i64>(&row, "slots")? > FOLD_ABOVE {

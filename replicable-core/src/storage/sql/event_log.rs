@@ -151,7 +151,7 @@ impl EventLog for SqlStore {
         let rows = sqlx::query(AssertSqlSafe(sql))
             .bind(after)
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *self.reader().await?)
             .await
             .map_err(self.backend("read events"))?;
         rows.iter().map(|row| self.read_entry(row)).collect()
@@ -159,7 +159,7 @@ impl EventLog for SqlStore {
 
     async fn last_event_id(&self) -> Result<Option<EventId>, StoreError> {
         let row = sqlx::query("SELECT id FROM replicable_events ORDER BY id DESC LIMIT 1")
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *self.reader().await?)
             .await
             .map_err(self.backend("read the last event id"))?;
         row.map(|row| row.try_get::<i64, _>("id"))

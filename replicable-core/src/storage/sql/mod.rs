@@ -17,6 +17,7 @@ mod counts;
 mod event_log;
 mod group_commit;
 mod in_transaction;
+mod readers;
 mod records;
 mod registry;
 pub mod schema;
@@ -92,8 +93,9 @@ impl Dialect {
 #[derive(Debug, Clone)]
 pub struct SqlOptions {
     /// Most connections in the pool (default: 4 for SQLite, 8 for PostgreSQL). On SQLite the
-    /// pool reads; writes go through two more connections the store keeps for them (one
-    /// writer at a time).
+    /// store also keeps up to this many connections of its own that read, and two that write
+    /// (one writer at a time); the pool then serves only tools that ask for it
+    /// ([`SqlStore::pool`]).
     pub max_connections: Option<u32>,
     /// PostgreSQL only: the schema (namespace) to keep the tables in; created if missing.
     pub schema: Option<String>,
@@ -181,6 +183,8 @@ pub struct SqlStore {
     /// SQLite: the queue of this store's writers and the connections they write on (see
     /// [`SqlStore::writer`]).
     write_gate: Arc<tokio::sync::Mutex<Writers>>,
+    /// SQLite: the connections this store reads on (see [`SqlStore::reader`]).
+    readers: Arc<readers::Readers>,
     /// Bumped after each append this store committed (see [`EventLog::appends`]).
     appended: tokio::sync::watch::Sender<u64>,
     /// The store itself, for the group commit's task.
@@ -521,11 +525,12 @@ impl SqlStore {
                 })
         };
         let sync_every_commit = options.sync_every_commit;
+        let max_connections = options.max_connections.unwrap_or(match dialect {
+            Dialect::Sqlite => 4,
+            Dialect::Postgres => 8,
+        });
         let pool = pool_options(sync_every_commit)
-            .max_connections(options.max_connections.unwrap_or(match dialect {
-                Dialect::Sqlite => 4,
-                Dialect::Postgres => 8,
-            }))
+            .max_connections(max_connections)
             .connect_with(connect_options.clone())
             .await
             .map_err(|e| open_error(e.to_string()))?;
@@ -555,6 +560,11 @@ impl SqlStore {
             }
             Dialect::Sqlite => None,
         };
+        let readers = readers::Readers::new(
+            usize::try_from(max_connections).unwrap_or(usize::MAX),
+            connect_options.clone(),
+            sync_every_commit,
+        );
         let store = Arc::new_cyclic(|me| Self {
             pool,
             connect_options,
@@ -567,6 +577,7 @@ impl SqlStore {
             tables: Mutex::new(HashMap::new()),
             group: group_commit::GroupCommit::default(),
             write_gate: Arc::new(tokio::sync::Mutex::new(Writers::default())),
+            readers,
             appended: tokio::sync::watch::Sender::new(0),
             me: me.clone(),
         });
@@ -614,6 +625,25 @@ impl SqlStore {
                 .acquire()
                 .await
                 .map(Writer::Pool)
+                .map_err(self.backend("acquire a connection")),
+        }
+    }
+
+    /// A connection to read one statement on: on SQLite one of the store's reading
+    /// connections (see [`readers`]), on PostgreSQL a pooled one. Drop it when the read is
+    /// done.
+    pub(crate) async fn reader(&self) -> Result<readers::Reader, StoreError> {
+        match self.dialect {
+            Dialect::Sqlite => self
+                .readers
+                .take()
+                .await
+                .map_err(self.backend("open a reading connection")),
+            Dialect::Postgres => self
+                .pool
+                .acquire()
+                .await
+                .map(readers::Reader::Pool)
                 .map_err(self.backend("acquire a connection")),
         }
     }
@@ -689,7 +719,7 @@ impl SqlStore {
     pub async fn database_now(&self) -> Result<DateTime<Utc>, StoreError> {
         let sql = format!("SELECT {} AS now", self.dialect.now_micros());
         let row = sqlx::query(AssertSqlSafe(sql))
-            .fetch_one(&self.pool)
+            .fetch_one(&mut *self.reader().await?)
             .await
             .map_err(self.backend("read the database clock"))?;
         self.time(self.get(&row, "now")?)
@@ -704,6 +734,7 @@ impl SqlStore {
         for conn in [normal, durable].into_iter().flatten() {
             let _ = conn.close().await;
         }
+        self.readers.close().await;
         self.pool.close().await;
     }
 
@@ -894,7 +925,7 @@ impl SqlStore {
     pub async fn schema_version(&self, component: &str) -> Result<Option<i64>, StoreError> {
         sqlx::query("SELECT version FROM replicable_schema WHERE component = $1")
             .bind(component.to_owned())
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *self.reader().await?)
             .await
             .map_err(self.backend("read schema version"))?
             .map(|row| self.get(&row, "version"))
@@ -934,6 +965,55 @@ mod tests {
             .execute(conn)
             .await
             .unwrap();
+    }
+
+    #[cfg(feature = "sqlite")]
+    #[tokio::test]
+    async fn reading_connections_are_reused_bounded_and_see_every_commit() {
+        use std::time::Duration;
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("site.db").display());
+        let options = SqlOptions {
+            max_connections: Some(2),
+            ..SqlOptions::default()
+        };
+        let store = SqlStore::open_with(&url, options).await.unwrap();
+        let (mut first, second) = (store.reader().await.unwrap(), store.reader().await.unwrap());
+        // Both held: a third waits for one to come back.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(100), store.reader())
+                .await
+                .is_err(),
+            "no more than max_connections reading connections at once"
+        );
+        // A reader that was idle sees what the writer committed since.
+        assert!(lease_holders_on(&mut first).await.is_empty());
+        drop(second);
+        assert_eq!(
+            store.readers.idle(),
+            1,
+            "a connection goes back when its read is done"
+        );
+        insert_lease(&mut *store.writer().await.unwrap(), "written").await;
+        assert_eq!(lease_holders_on(&mut first).await, ["written"]);
+        drop(first);
+        assert_eq!(store.readers.idle(), 2);
+        let mut again = store.reader().await.unwrap();
+        assert_eq!(store.readers.idle(), 1, "an idle connection is reused");
+        assert_eq!(lease_holders_on(&mut again).await, ["written"]);
+        drop(again);
+        store.close().await;
+        assert!(
+            store.reader().await.is_err(),
+            "a closed store reads no more"
+        );
+    }
+
+    async fn lease_holders_on(conn: &mut AnyConnection) -> Vec<String> {
+        sqlx::query_scalar("SELECT holder FROM replicable_leases ORDER BY holder")
+            .fetch_all(conn)
+            .await
+            .unwrap()
     }
 
     #[cfg(feature = "sqlite")]

@@ -61,7 +61,7 @@ impl RecordStore for SqlStore {
         let sql = format!("SELECT generation, body FROM {n}_records WHERE {n}_id = $1");
         let row = sqlx::query(AssertSqlSafe(sql))
             .bind(model_id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *self.reader().await?)
             .await
             .map_err(self.backend("read record"))?;
         row.map(|row| self.stored_record(name, model_id, &row))
@@ -81,7 +81,7 @@ impl RecordStore for SqlStore {
         for chunk in ids.chunks(MANY_CHUNK) {
             let rows = sqlx::query(AssertSqlSafe(sql.clone()))
                 .bind(json_ids(chunk))
-                .fetch_all(&self.pool)
+                .fetch_all(&mut *self.reader().await?)
                 .await
                 .map_err(self.backend("read records"))?;
             for row in rows {
@@ -159,7 +159,7 @@ impl SqlStore {
             .bind(range.start)
             .bind(range.end)
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *self.reader().await?)
             .await
             .map_err(self.backend("list ids"))?;
         rows.iter().map(|row| self.get(row, "id")).collect()

@@ -149,7 +149,7 @@ impl RegistryStore for SqlStore {
         );
         let row = sqlx::query(AssertSqlSafe(sql))
             .bind(model_id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *self.reader().await?)
             .await
             .map_err(self.backend("read registry row"))?;
         row.map(|row| self.read_registry(&row)).transpose()
@@ -341,7 +341,7 @@ impl RegistryStore for SqlStore {
             .bind(micros(cutoffs.heartbeat_before))
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
             .bind(micros(cutoffs.sync_started_before))
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *self.reader().await?)
             .await
             .map_err(self.backend("find stuck registry rows"))?;
         self.read_registries(&rows)
@@ -448,7 +448,7 @@ impl RegistryStore for SqlStore {
         }
         let rows = query
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *self.reader().await?)
             .await
             .map_err(self.backend("list registry rows"))?;
         self.read_registries(&rows)
@@ -498,7 +498,7 @@ impl RegistryStore for SqlStore {
             self.dialect.now_micros()
         );
         let row = sqlx::query(AssertSqlSafe(sql))
-            .fetch_one(&self.pool)
+            .fetch_one(&mut *self.reader().await?)
             .await
             .map_err(self.backend("count the sync queue"))?;
         Ok(self.counter(&row, "pending")? + self.counter(&row, "due")?)
@@ -539,7 +539,7 @@ impl RegistryStore for SqlStore {
             .bind(range.start)
             .bind(range.end)
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *self.reader().await?)
             .await
             .map_err(self.backend("list copies waiting for the primary's checksum"))?;
         rows.iter().map(|row| self.get(row, "id")).collect()
@@ -590,7 +590,7 @@ impl RegistryStore for SqlStore {
             "SELECT replication_enabled FROM replicable_settings WHERE replicable_name = $1",
         )
         .bind(name.to_owned())
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *self.reader().await?)
         .await
         .map_err(self.backend("read the replication switch"))?;
         Ok(row
@@ -616,7 +616,7 @@ impl RegistryStore for SqlStore {
             query = query.bind((*name).to_owned());
         }
         let row = query
-            .fetch_one(&self.pool)
+            .fetch_one(&mut *self.reader().await?)
             .await
             .map_err(self.backend("read the replication switches"))?;
         Ok(self.get::<i64>(&row, "off")? == 0)
@@ -624,7 +624,7 @@ impl RegistryStore for SqlStore {
 
     async fn cursor(&self) -> Result<EventId, StoreError> {
         let row = sqlx::query("SELECT last_event_id FROM replicable_cursor WHERE id = 1")
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *self.reader().await?)
             .await
             .map_err(self.backend("read cursor"))?;
         Ok(row
@@ -648,7 +648,7 @@ impl RegistryStore for SqlStore {
 
     async fn cursor_gaps(&self) -> Result<Vec<CursorGap>, StoreError> {
         let row = sqlx::query("SELECT gaps FROM replicable_cursor WHERE id = 1")
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *self.reader().await?)
             .await
             .map_err(self.backend("read cursor gaps"))?;
         let Some(text) = row
@@ -734,7 +734,7 @@ impl RegistryStore for SqlStore {
             "SELECT secondary, cursor, report, received_at FROM replicable_secondary_status \
              ORDER BY secondary",
         )
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.reader().await?)
         .await
         .map_err(self.backend("read the secondaries' status"))?;
         rows.iter()
@@ -816,7 +816,7 @@ impl RegistryStore for SqlStore {
              FROM replicable_skipped_events ORDER BY event_id LIMIT $1",
         )
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.reader().await?)
         .await
         .map_err(self.backend("read skipped events"))?;
         rows.iter()

@@ -116,7 +116,7 @@ impl VerificationStore for SqlStore {
         );
         let row = sqlx::query(AssertSqlSafe(sql))
             .bind(model_id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *self.reader().await?)
             .await
             .map_err(self.backend("read verification row"))?;
         row.map(|row| self.read_verification_record(&row))
@@ -142,7 +142,7 @@ impl VerificationStore for SqlStore {
         for chunk in ids.chunks(super::batch::MANY_CHUNK) {
             let rows = sqlx::query(AssertSqlSafe(sql.clone()))
                 .bind(super::batch::json_ids(chunk))
-                .fetch_all(&self.pool)
+                .fetch_all(&mut *self.reader().await?)
                 .await
                 .map_err(self.backend("read verification rows"))?;
             for row in rows {
@@ -239,7 +239,7 @@ impl VerificationStore for SqlStore {
             .bind(micros(cutoffs.verification_started_before))
             .bind(micros(cutoffs.heartbeat_before))
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *self.reader().await?)
             .await
             .map_err(self.backend("find stuck verifications"))?;
         self.read_verification_records(&rows)
