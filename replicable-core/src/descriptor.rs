@@ -19,6 +19,7 @@ use crate::replicator::{
     VerifyOutcome,
 };
 use crate::site::Site;
+use crate::storage::StoredRecord;
 use crate::strategy::Strategy;
 
 type ConsumeFn =
@@ -34,6 +35,7 @@ type RunClaimedPrimaryFn = for<'a> fn(
 type CheckClaimedPrimaryFn = for<'a> fn(
     &'a Site,
     VerificationRecord,
+    Option<Option<StoredRecord>>,
 ) -> BoxFuture<'a, Result<PrimaryCheck, ReplicatorError>>;
 type RemoveOrphanFn = for<'a> fn(&'a Site, i64) -> BoxFuture<'a, Result<bool, ReplicatorError>>;
 type RunClaimedSecondaryFn = for<'a> fn(
@@ -149,10 +151,11 @@ fn run_claimed_primary<M: Replicable>(
 fn check_claimed_primary<M: Replicable>(
     site: &Site,
     row: VerificationRecord,
+    record: Option<Option<StoredRecord>>,
 ) -> BoxFuture<'_, Result<PrimaryCheck, ReplicatorError>> {
     async move {
         ReplicationTarget::<M>::new(site, row.model_id)
-            .check_claimed_primary(row)
+            .check_claimed_primary(row, record)
             .await
     }
     .boxed()
@@ -268,8 +271,9 @@ impl ReplicableDescriptor {
         &self,
         site: &'a Site,
         row: VerificationRecord,
+        record: Option<Option<StoredRecord>>,
     ) -> BoxFuture<'a, Result<PrimaryCheck, ReplicatorError>> {
-        (self.check_claimed_primary_verification)(site, row)
+        (self.check_claimed_primary_verification)(site, row, record)
     }
 
     /// Completes a secondary registry row whose verification a worker claimed.

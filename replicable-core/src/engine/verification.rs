@@ -22,7 +22,11 @@ use super::idle::{Idle, Pace, Wake};
 use crate::descriptor::ReplicableDescriptor;
 use crate::domain::error::ReplicatorError;
 use crate::domain::registry::RegistryRecord;
-use crate::replicator::{PrimaryCheck, SecondaryInputs, with_secondary_inputs};
+use crate::domain::verification::VerificationRecord;
+use crate::replicator::{
+    PrimaryCheck, SecondaryInputs, with_primary_records, with_secondary_inputs,
+};
+use crate::storage::StoredRecord;
 
 /// Verification of one replicable (primary or secondary).
 pub(crate) async fn verification_loop(
@@ -81,10 +85,14 @@ pub(crate) async fn verification_loop(
             let now = site.now();
             let limit = target - held;
             let claimed = if site.is_primary() {
-                site.verification_store()
-                    .claim(name, now, limit)
-                    .await
-                    .map(|rows| rows.into_iter().map(Claimed::Primary).collect::<Vec<_>>())
+                match site.verification_store().claim(name, now, limit).await {
+                    Ok(rows) => Ok(with_primary_records(site, name, rows)
+                        .await
+                        .into_iter()
+                        .map(|claimed| Claimed::Primary(Box::new(claimed)))
+                        .collect::<Vec<_>>()),
+                    Err(e) => Err(e),
+                }
             } else {
                 match site
                     .registry_store()
@@ -167,7 +175,8 @@ fn rows_to_hold(pace: &Pace, concurrency: usize, batch: usize, claim_timeout: Du
 
 /// A claimed row.
 enum Claimed {
-    Primary(crate::domain::verification::VerificationRecord),
+    /// With its record, when that was read for the batch.
+    Primary(Box<(VerificationRecord, Option<Option<StoredRecord>>)>),
     /// With what its check compares, when that was read for the batch.
     Secondary(Box<(RegistryRecord, Option<SecondaryInputs>)>),
 }
@@ -190,9 +199,10 @@ fn start_check(
     checks.spawn(async move {
         let started = Instant::now();
         match row {
-            Claimed::Primary(row) => {
+            Claimed::Primary(claimed) => {
+                let (row, record) = *claimed;
                 let check = replicable
-                    .check_claimed_primary_verification(&shared.site, row)
+                    .check_claimed_primary_verification(&shared.site, row, record)
                     .await;
                 // The receiver lives until every sender is gone.
                 let _ = to_record.send(check);

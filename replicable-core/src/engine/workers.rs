@@ -133,9 +133,10 @@ async fn verify_on_primary(
     concurrency: usize,
 ) -> Vec<Result<VerifyOutcome, ReplicatorError>> {
     let (finished, mut to_record) = tokio::sync::mpsc::unbounded_channel();
+    let rows = crate::replicator::with_primary_records(site, replicable.name, rows).await;
     let check = async move {
         let mut checks = futures::stream::iter(rows)
-            .map(|row| replicable.check_claimed_primary_verification(site, row))
+            .map(|(row, record)| replicable.check_claimed_primary_verification(site, row, record))
             .buffer_unordered(concurrency.max(1));
         while let Some(check) = checks.next().await {
             // The receiver lives until every sender is gone.

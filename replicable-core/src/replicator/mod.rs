@@ -28,7 +28,8 @@ mod verify;
 
 pub use sync::SyncAttempt;
 pub(crate) use verify::{
-    PrimaryCheck, SecondaryInputs, complete_primary_verifications, with_secondary_inputs,
+    PrimaryCheck, SecondaryInputs, complete_primary_verifications, with_primary_records,
+    with_secondary_inputs,
 };
 
 /// How many times a write that lost a compare-and-set race is retried before giving up.

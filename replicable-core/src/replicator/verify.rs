@@ -190,6 +190,36 @@ async fn read_secondary_inputs(
     Some(inputs)
 }
 
+/// Claimed verification rows of replicable `name` on the primary, each with its record, read
+/// together in one statement instead of one per check. Read when the batch is claimed: a
+/// publication since puts the row back to pending (its version bumped in the publishing
+/// transaction), so the check's result against the older record is not written. `None` for
+/// every row when the read fails: each check then reads its own.
+pub(crate) async fn with_primary_records(
+    site: &Site,
+    name: &str,
+    rows: Vec<VerificationRecord>,
+) -> Vec<(VerificationRecord, Option<Option<StoredRecord>>)> {
+    let ids: Vec<i64> = rows.iter().map(|row| row.model_id).collect();
+    let mut records: Option<HashMap<i64, StoredRecord>> = if ids.is_empty() {
+        None
+    } else {
+        match site.records().get_many(name, &ids).await {
+            Ok(found) => Some(found.into_iter().map(|r| (r.model_id, r)).collect()),
+            Err(e) => {
+                debug!(replicable = name, error = %e, "reading the records of a batch failed");
+                None
+            }
+        }
+    };
+    rows.into_iter()
+        .map(|row| {
+            let record = records.as_mut().map(|found| found.remove(&row.model_id));
+            (row, record)
+        })
+        .collect()
+}
+
 impl<'a, M: Replicable> ReplicationTarget<'a, M> {
     /// Verifies the record: on the primary, computes and stores the checksum and publishes
     /// `checksum_succeeded`; on a secondary, compares the local checksum with the primary's.
@@ -256,7 +286,7 @@ impl<'a, M: Replicable> ReplicationTarget<'a, M> {
         &self,
         row: VerificationRecord,
     ) -> Result<VerifyOutcome, ReplicatorError> {
-        let check = self.check_claimed_primary(row).await?;
+        let check = self.check_claimed_primary(row, None).await?;
         complete_primary_verifications(self.site, vec![check])
             .await
             .pop()
@@ -265,10 +295,12 @@ impl<'a, M: Replicable> ReplicationTarget<'a, M> {
 
     /// Computes the checksum of a verification row the caller moved to `started` (primary),
     /// and moves the row to succeeded or failed, without writing it: what
-    /// [`complete_primary_verifications`] records.
+    /// [`complete_primary_verifications`] records. `record` is the record when it was read
+    /// for the claimed batch ([`with_primary_records`]; `Some(None)`: there is none).
     pub(crate) async fn check_claimed_primary(
         &self,
         row: VerificationRecord,
+        record: Option<Option<StoredRecord>>,
     ) -> Result<PrimaryCheck, ReplicatorError> {
         let span = info_span!(
             "verify",
@@ -276,17 +308,24 @@ impl<'a, M: Replicable> ReplicationTarget<'a, M> {
             id = self.id,
             side = "primary"
         );
-        self.check_claimed_primary_inner(row).instrument(span).await
+        self.check_claimed_primary_inner(row, record)
+            .instrument(span)
+            .await
     }
 
     async fn check_claimed_primary_inner(
         &self,
         mut row: VerificationRecord,
+        record: Option<Option<StoredRecord>>,
     ) -> Result<PrimaryCheck, ReplicatorError> {
         let site = self.site;
         let (policy, now) = (*site.retry_policy(), site.now());
         let jitter = fastrand::u32(0..crate::domain::retry::JITTER_RANGE);
-        let checksum = match self.local_record().await? {
+        let record = match record {
+            Some(record) => record,
+            None => self.local_record().await?,
+        };
+        let checksum = match record {
             None => Err(format!(
                 "{} {} is not in the primary's records",
                 M::REPLICABLE_NAME,

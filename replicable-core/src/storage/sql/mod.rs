@@ -994,7 +994,7 @@ mod tests {
             1,
             "a connection goes back when its read is done"
         );
-        insert_lease(&mut *store.writer().await.unwrap(), "written").await;
+        insert_lease(&mut store.writer().await.unwrap(), "written").await;
         assert_eq!(lease_holders_on(&mut first).await, ["written"]);
         drop(first);
         assert_eq!(store.readers.idle(), 2);
