@@ -24,6 +24,8 @@ use crate::strategy::Strategy;
 
 type ConsumeFn =
     for<'a> fn(&'a Site, &'a Event) -> BoxFuture<'a, Result<ConsumeOutcome, ReplicatorError>>;
+type ConsumeChecksumsFn =
+    for<'a> fn(&'a Site, &'a [i64]) -> BoxFuture<'a, Result<u64, ReplicatorError>>;
 type SyncFn = for<'a> fn(&'a Site, i64) -> BoxFuture<'a, Result<SyncOutcome, ReplicatorError>>;
 type RunClaimedSyncFn =
     for<'a> fn(&'a Site, RegistryRecord) -> BoxFuture<'a, Result<SyncOutcome, ReplicatorError>>;
@@ -61,6 +63,7 @@ pub struct ReplicableDescriptor {
     type_name: fn() -> &'static str,
     consume: ConsumeFn,
     record_intent: ConsumeFn,
+    consume_checksums: ConsumeChecksumsFn,
     sync: SyncFn,
     run_claimed_sync: RunClaimedSyncFn,
     verify: VerifyFn,
@@ -110,6 +113,21 @@ fn record_intent<'a, M: Replicable>(
     async move {
         ReplicationTarget::<M>::new(site, event.payload.model_id)
             .record_intent(event)
+            .await
+    }
+    .boxed()
+}
+
+fn consume_checksums<'a, M: Replicable>(
+    site: &'a Site,
+    ids: &'a [i64],
+) -> BoxFuture<'a, Result<u64, ReplicatorError>> {
+    async move {
+        let Some((first, more)) = ids.split_first() else {
+            return Ok(0);
+        };
+        ReplicationTarget::<M>::new(site, *first)
+            .consume_checksums_succeeded(more)
             .await
     }
     .boxed()
@@ -193,6 +211,7 @@ impl ReplicableDescriptor {
             type_name: std::any::type_name::<M>,
             consume: consume::<M>,
             record_intent: record_intent::<M>,
+            consume_checksums: consume_checksums::<M>,
             sync: sync::<M>,
             run_claimed_sync: run_claimed_sync::<M>,
             verify: verify::<M>,
@@ -226,6 +245,17 @@ impl ReplicableDescriptor {
         event: &'a Event,
     ) -> BoxFuture<'a, Result<ConsumeOutcome, ReplicatorError>> {
         (self.record_intent)(site, event)
+    }
+
+    /// Consumes `checksum_succeeded` for the records `ids` on a secondary at once (what
+    /// [`consume`](Self::consume) does for each, in one statement): the log cursor's run of
+    /// them. Returns how many copies went back to verification pending.
+    pub(crate) fn consume_checksums<'a>(
+        &self,
+        site: &'a Site,
+        ids: &'a [i64],
+    ) -> BoxFuture<'a, Result<u64, ReplicatorError>> {
+        (self.consume_checksums)(site, ids)
     }
 
     /// Syncs one record on a secondary.

@@ -427,3 +427,64 @@ async fn idle_engines_pick_up_a_new_event_without_waiting_out_their_backoff() {
     secondary.shutdown().await;
     primary.shutdown().await;
 }
+
+/// A run of `checksum_succeeded` events of a replicable whose strategy does not verify is not
+/// consumed together: each event is skipped on its own, with its reason, and the cursor moves
+/// past them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_of_refused_checksum_events_is_skipped_event_by_event() {
+    let (a, b) = (SqliteTarget::new(), SqliteTarget::new());
+    let p = pair(
+        replicable_core::storage::open(&a.url).await.unwrap(),
+        replicable_core::storage::open(&b.url).await.unwrap(),
+        None,
+    );
+    use replicable_core::event::NewEvent;
+    use replicable_core::{EventKind, EventPayload, Resource};
+    let events: Vec<NewEvent> = (1..=3)
+        .map(|id| NewEvent {
+            replicable_name: "fragile".into(),
+            kind: EventKind::ChecksumSucceeded,
+            payload: EventPayload {
+                model_id: id,
+                resource: Resource::Blob {
+                    key: format!("fragile/{id}"),
+                },
+                generation: None,
+                record: None,
+                checksum: Some("0".repeat(64)),
+            },
+        })
+        .collect();
+    let ids = p
+        .primary
+        .event_log()
+        .append(&events, p.primary.now())
+        .await
+        .unwrap();
+    let report = replicable_core::log_cursor::catch_up(&p.secondary, 50)
+        .await
+        .unwrap();
+    assert_eq!(
+        (report.read, report.consumed, report.skipped),
+        (3, 0, 3),
+        "{report:?}"
+    );
+    assert_eq!(Some(&report.cursor), ids.last());
+    let skipped = p
+        .secondary
+        .registry_store()
+        .skipped_events(10)
+        .await
+        .unwrap();
+    let mut skipped_ids: Vec<_> = skipped.iter().map(|s| s.event_id).collect();
+    skipped_ids.sort_unstable();
+    assert_eq!(skipped_ids, ids);
+    for s in &skipped {
+        assert!(
+            s.reason.contains("does not support `checksum_succeeded`"),
+            "{}",
+            s.reason
+        );
+    }
+}

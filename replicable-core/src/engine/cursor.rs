@@ -8,7 +8,9 @@ use std::collections::HashMap;
 
 use crate::descriptor::{ReplicableDescriptor, registered_replicables};
 use crate::domain::error::ReplicatorError;
-use crate::domain::event::{CursorGap, Event, EventId, LogEntry, SkippedEvent, StoredEvent};
+use crate::domain::event::{
+    CursorGap, Event, EventId, EventKind, LogEntry, SkippedEvent, StoredEvent,
+};
 use crate::site::Site;
 
 /// How many events one batch reads.
@@ -300,10 +302,24 @@ impl LogCursor {
             match link.events_after(start, self.batch_size).await {
                 Ok(events) => {
                     batch.report.read += events.len();
-                    for entry in events {
-                        let id = entry.id();
-                        let previous = batch.report.cursor;
-                        match batch.consume(entry).await {
+                    let mut events = events.into_iter().peekable();
+                    while let Some(entry) = events.next() {
+                        // Consecutive `checksum_succeeded` events of one replicable (the
+                        // primary appends a verified group together) are consumed together.
+                        let mut run = vec![entry];
+                        if let Some(name) = batch.checksum_of(&run[0]) {
+                            while let Some(next) =
+                                events.next_if(|e| batch.checksum_of(e) == Some(name))
+                            {
+                                run.push(next);
+                            }
+                        }
+                        let ids: Vec<EventId> = run.iter().map(LogEntry::id).collect();
+                        let consumed = match run.len() {
+                            1 => batch.consume(run.pop().expect("one entry")).await,
+                            _ => batch.consume_checksums(run).await,
+                        };
+                        match consumed {
                             Ok(()) => {}
                             Err(Halt::Lost) => return Err(lost()),
                             Err(Halt::Stop(reason)) => {
@@ -311,12 +327,15 @@ impl LogCursor {
                                 break;
                             }
                         }
-                        // A jump from a fresh cursor (0) is the log's start, or events
-                        // retention deleted: not ids still to come.
-                        if previous > 0 && id > previous + 1 {
-                            gaps.open(previous + 1, id - 1, site.now());
+                        for id in ids {
+                            let previous = batch.report.cursor;
+                            // A jump from a fresh cursor (0) is the log's start, or events
+                            // retention deleted: not ids still to come.
+                            if previous > 0 && id > previous + 1 {
+                                gaps.open(previous + 1, id - 1, site.now());
+                            }
+                            batch.report.cursor = id;
                         }
-                        batch.report.cursor = id;
                     }
                 }
                 // Nothing read, nothing consumed past the gaps: save what the gaps did.
@@ -374,8 +393,8 @@ enum Halt {
 }
 
 impl Batch<'_> {
-    /// Consumes one entry, or records it as skipped.
-    async fn consume(&mut self, entry: LogEntry) -> Result<(), Halt> {
+    /// Renews the lease when a third of it has passed since the last renewal.
+    async fn keep_lease(&mut self) -> Result<(), Halt> {
         let site = &self.cursor.site;
         if site.now() - self.renewed_at >= self.renew_every {
             match self.cursor.renew().await {
@@ -384,6 +403,64 @@ impl Batch<'_> {
                 Err(e) => return Err(Halt::Stop(e.to_string())),
             }
         }
+        Ok(())
+    }
+
+    /// The replicable of `entry` when it is a `checksum_succeeded` event of a replicable this
+    /// binary knows (one that may join a run consumed together).
+    fn checksum_of(&self, entry: &LogEntry) -> Option<&'static str> {
+        match entry {
+            LogEntry::Event(raw)
+                if EventKind::from_name(&raw.event_name) == Some(EventKind::ChecksumSucceeded) =>
+            {
+                self.catalogue
+                    .get(raw.replicable_name.as_str())
+                    .map(|d| d.name)
+            }
+            _ => None,
+        }
+    }
+
+    /// Consumes a run of `checksum_succeeded` events of one replicable (see
+    /// [`checksum_of`](Self::checksum_of)) in one statement. A run that cannot be taken
+    /// together (an event that does not decode, or a refusal) is consumed one event at a time,
+    /// so that each event is consumed or skipped exactly as alone.
+    async fn consume_checksums(&mut self, run: Vec<LogEntry>) -> Result<(), Halt> {
+        self.keep_lease().await?;
+        let site = &self.cursor.site;
+        let events: Option<Vec<Event>> = run
+            .iter()
+            .map(|entry| Event::try_from(entry.clone()).ok())
+            .collect();
+        let descriptor = run
+            .first()
+            .and_then(|entry| self.checksum_of(entry))
+            .and_then(|name| self.catalogue.get(name).copied());
+        if let (Some(events), Some(descriptor)) = (events, descriptor) {
+            let ids: Vec<i64> = events.iter().map(|e| e.payload.model_id).collect();
+            match descriptor.consume_checksums(site, &ids).await {
+                Ok(_) => {
+                    self.report.consumed += run.len();
+                    if !self.touched.contains(&descriptor.name) {
+                        self.touched.push(descriptor.name);
+                    }
+                    return Ok(());
+                }
+                Err(e) if is_transient(&e) => return Err(Halt::Stop(e.to_string())),
+                // Refused: each event alone, to be skipped with its own record.
+                Err(_) => {}
+            }
+        }
+        for entry in run {
+            self.consume(entry).await?;
+        }
+        Ok(())
+    }
+
+    /// Consumes one entry, or records it as skipped.
+    async fn consume(&mut self, entry: LogEntry) -> Result<(), Halt> {
+        self.keep_lease().await?;
+        let site = &self.cursor.site;
         let event_id = entry.id();
         let outcome = match entry {
             LogEntry::Event(raw) => {

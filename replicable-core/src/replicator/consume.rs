@@ -161,6 +161,25 @@ impl<'a, M: Replicable> ReplicationTarget<'a, M> {
         })
     }
 
+    /// `checksum_succeeded` for this record and the others of `more` (records of the same
+    /// replicable), consumed together as [`consume`](Self::consume) consumes each: one
+    /// statement for all of them. Returns how many copies went back to verification pending.
+    pub(crate) async fn consume_checksums_succeeded(
+        &self,
+        more: &[i64],
+    ) -> Result<u64, ReplicatorError> {
+        self.ensure_supported(EventKind::ChecksumSucceeded)?;
+        self.secondary_link("consume")?;
+        let ids: Vec<i64> = std::iter::once(self.id)
+            .chain(more.iter().copied())
+            .collect();
+        self.site
+            .registry_store()
+            .reverify(M::REPLICABLE_NAME, &ids)
+            .await
+            .map_err(|e| self.store_error(e))
+    }
+
     pub(super) async fn remove_local(&self, resource: &Resource) -> Result<(), ReplicatorError> {
         // The copy first and the registry row last: if removing the copy fails, the row and
         // the stored record still name it, so backfill can remove it later. A sync in flight

@@ -577,6 +577,51 @@ pub async fn checksum_succeeded_resets_secondary_verification<M: Replicable>(h: 
     );
 }
 
+/// A run of `checksum_succeeded` events (a primary that verified several records in a row),
+/// read by the log cursor in one batch, puts every verified copy back to verification pending,
+/// and the cursor moves past all of them.
+pub async fn a_run_of_checksum_events_resets_every_verified_copy<M: Replicable>(h: &Harness<M>) {
+    let ids = [171, 172, 173];
+    for id in ids {
+        h.create_and_publish(id).await;
+    }
+    catch_up(&h.secondary).await;
+    for id in ids {
+        h.build(id).replicator(&h.primary).verify().await.unwrap();
+    }
+    let last = h.primary.event_log().last_event_id().await.unwrap();
+    for id in ids {
+        // Verified against the checksum the events are about to announce.
+        let outcome = h.build(id).replicator(&h.secondary).verify().await.unwrap();
+        assert!(
+            matches!(outcome, VerifyOutcome::Succeeded { .. }),
+            "{id}: {outcome:?}"
+        );
+    }
+    let report = catch_up(&h.secondary).await;
+    assert_eq!(
+        (report.consumed, report.skipped),
+        (ids.len(), 0),
+        "{report:?}"
+    );
+    assert_eq!(Some(report.cursor), last);
+    for id in ids {
+        let row = h
+            .build(id)
+            .replicator(&h.secondary)
+            .target()
+            .registry_record()
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            row.verification.verification_state,
+            VerificationState::Pending,
+            "{id}"
+        );
+    }
+}
+
 /// Status counts on both sides follow the rows.
 pub async fn counts_are_right<M: Replicable>(h: &Harness<M>) {
     for id in [161, 162] {
