@@ -103,14 +103,6 @@ pub(crate) struct Shared {
     replicables: Vec<&'static ReplicableDescriptor>,
 }
 
-impl Shared {
-    /// Whether replication of `name` (or of the whole site) is paused.
-    pub(crate) async fn replication_paused(&self, name: &str) -> Result<bool, StoreError> {
-        let store = self.site.registry_store();
-        Ok(!store.replication_enabled_all(&[SITE_SWITCH, name]).await?)
-    }
-}
-
 impl Engine {
     /// An engine for `site` running `replicables` (find them with
     /// [`find_replicable`](crate::descriptor::find_replicable) or

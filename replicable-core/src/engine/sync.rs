@@ -121,20 +121,17 @@ pub(crate) async fn sync_loop(
             }
         }
         linger_until = None;
-        let paused = match shared.replication_paused(name).await {
-            Ok(paused) => paused,
-            Err(e) => {
-                warn!(replicable = name, error = %e, "cannot read the replication switch");
-                true
-            }
-        };
-        let claimed = if paused {
-            Ok(Vec::new())
-        } else {
-            site.registry_store()
-                .claim_for_sync(name, site.now(), permits.len())
-                .await
-        };
+        // Nothing is claimed while the site's or this replicable's replication is paused
+        // (the switches are read with the claim).
+        let claimed = site
+            .registry_store()
+            .claim_for_sync_while_enabled(
+                name,
+                &[super::SITE_SWITCH, name],
+                site.now(),
+                permits.len(),
+            )
+            .await;
         let rows = match claimed {
             Ok(rows) => rows,
             Err(e) => {

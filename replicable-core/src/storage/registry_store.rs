@@ -146,6 +146,24 @@ pub trait RegistryStore: Send + Sync + std::fmt::Debug {
         limit: usize,
     ) -> Result<Vec<RegistryRecord>, StoreError>;
 
+    /// [`claim_for_sync`](Self::claim_for_sync) unless one of the replication switches
+    /// `switches` is off (see [`replication_enabled_all`](Self::replication_enabled_all)):
+    /// then nothing is claimed. What the engine's sync workers call. The default reads the
+    /// switches, then claims; a SQL store reads them in the claiming statement, so that a
+    /// pause holds from the next claim on, with one statement instead of two.
+    async fn claim_for_sync_while_enabled(
+        &self,
+        name: &str,
+        switches: &[&str],
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<RegistryRecord>, StoreError> {
+        if !self.replication_enabled_all(switches).await? {
+            return Ok(Vec::new());
+        }
+        self.claim_for_sync(name, now, limit).await
+    }
+
     /// Moves up to `limit` synced rows whose verification is due to verification `started` and
     /// returns them, never verified first, then least recently verified (`verified_at`), then
     /// by id. No two callers get the same row. Due-ness and the `verification_started_at` /

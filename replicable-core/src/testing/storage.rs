@@ -1412,6 +1412,44 @@ pub async fn a_stale_change_leaves_a_synced_row_alone(target: &dyn ConformanceTa
     counts_exact(&db, "after stale and fresh changes", store_now(&db).await).await;
 }
 
+/// A sync claim made while a replication switch is off (the site's, or the replicable's)
+/// takes nothing and leaves the rows due; once every switch is on again it takes them.
+pub async fn a_sync_claim_takes_nothing_while_replication_is_paused(
+    target: &dyn ConformanceTarget,
+) {
+    let db = open(target).await;
+    db.registry
+        .insert_pending(NAME, &[1, 2], t0())
+        .await
+        .unwrap();
+    let switches = ["conformance_site", NAME];
+    let claim = |db: &Db| {
+        let registry = db.registry.clone();
+        async move {
+            registry
+                .claim_for_sync_while_enabled(NAME, &switches, Utc::now(), 10)
+                .await
+                .unwrap()
+        }
+    };
+    for off in switches {
+        db.registry
+            .set_replication_enabled(off, false)
+            .await
+            .unwrap();
+        assert!(claim(&db).await.is_empty(), "`{off}` is off");
+        assert_eq!(registry(&db, 1).await.unwrap().state, SyncState::Pending);
+        db.registry
+            .set_replication_enabled(off, true)
+            .await
+            .unwrap();
+    }
+    let mut claimed: Vec<i64> = claim(&db).await.iter().map(|r| r.model_id).collect();
+    claimed.sort_unstable();
+    assert_eq!(claimed, [1, 2]);
+    assert_eq!(registry(&db, 2).await.unwrap().state, SyncState::Started);
+}
+
 /// The replication switch of a replicable is on by default and persists.
 pub async fn the_replication_switch_persists(target: &dyn ConformanceTarget) {
     let db = open(target).await;
@@ -2151,6 +2189,7 @@ macro_rules! storage_conformance_suite {
             enabling_verification_touches_disabled_synced_rows_only,
             the_replication_switch_persists,
             many_rows_are_read_by_id_at_once,
+            a_sync_claim_takes_nothing_while_replication_is_paused,
             a_stale_change_leaves_a_synced_row_alone,
             a_new_primary_checksum_sends_verified_and_waiting_copies_back,
             a_resync_is_scheduled_behind_new_changes,

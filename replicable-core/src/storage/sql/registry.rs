@@ -132,6 +132,63 @@ impl SqlStore {
         })
     }
 
+    /// Claims due rows for sync in one statement, unless one of `switches` is off (read in the
+    /// same statement).
+    async fn claim_due_for_sync(
+        &self,
+        name: &str,
+        now: DateTime<Utc>,
+        switches: &[&str],
+        limit: usize,
+    ) -> Result<Vec<RegistryRecord>, StoreError> {
+        // Due-ness and the times set are on the database's clock.
+        let _ = now;
+        let t = self.tables(name).await?;
+        let n = &t.name;
+        let paused = if switches.is_empty() {
+            String::new()
+        } else {
+            let params = (2..2 + switches.len())
+                .map(|i| format!("${i}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            format!(
+                "AND NOT EXISTS (SELECT 1 FROM replicable_settings \
+                   WHERE replication_enabled = 0 AND replicable_name IN ({params})) "
+            )
+        };
+        // One statement: choose the due rows in scheduling order (rows never tried first, then
+        // by retry time) and start them. The chosen rows are locked (PostgreSQL: skipping rows
+        // another worker holds; SQLite: the database's one writer) until they are started.
+        let sql = format!(
+            "WITH due AS (SELECT {n}_id FROM {n}_registry \
+               WHERE (state = 0 OR (state = 3 AND (retry_at IS NULL OR retry_at <= {now}))) \
+               {paused}\
+               ORDER BY CASE WHEN state = 0 AND last_synced_at IS NULL AND retry_at IS NULL \
+                 THEN 0 ELSE 1 END, retry_at NULLS FIRST, {n}_id LIMIT $1{}) \
+             UPDATE {n}_registry SET state = 1, last_synced_at = {now}, heartbeat_at = {now}, \
+               change_pending = 0, version = version + 1 \
+             WHERE {n}_id IN (SELECT {n}_id FROM due) RETURNING {}",
+            self.dialect.skip_locked(),
+            t.registry_columns,
+            now = self.dialect.now_micros(),
+        );
+        let mut query =
+            sqlx::query(AssertSqlSafe(sql)).bind(i64::try_from(limit).unwrap_or(i64::MAX));
+        for switch in switches {
+            query = query.bind((*switch).to_owned());
+        }
+        let mut w = self.writer().await?;
+        let rows = query
+            .fetch_all(&mut *w)
+            .await
+            .map_err(self.backend("claim registry rows for sync"))?;
+        let mut claimed = self.read_registries(&rows)?;
+        // The rows all start now; the order only decides which task is spawned first.
+        claimed.sort_by_key(|r| (r.retry_at.is_some(), r.retry_at, r.model_id));
+        Ok(claimed)
+    }
+
     fn read_registries(&self, rows: &[AnyRow]) -> Result<Vec<RegistryRecord>, StoreError> {
         rows.iter().map(|row| self.read_registry(row)).collect()
     }
@@ -258,35 +315,17 @@ impl RegistryStore for SqlStore {
         now: DateTime<Utc>,
         limit: usize,
     ) -> Result<Vec<RegistryRecord>, StoreError> {
-        // Due-ness and the times set are on the database's clock.
-        let _ = now;
-        let t = self.tables(name).await?;
-        let n = &t.name;
-        // One statement: choose the due rows in scheduling order (rows never tried first, then
-        // by retry time) and start them. The chosen rows are locked (PostgreSQL: skipping rows
-        // another worker holds; SQLite: the database's one writer) until they are started.
-        let sql = format!(
-            "WITH due AS (SELECT {n}_id FROM {n}_registry \
-               WHERE state = 0 OR (state = 3 AND (retry_at IS NULL OR retry_at <= {now})) \
-               ORDER BY CASE WHEN state = 0 AND last_synced_at IS NULL AND retry_at IS NULL \
-                 THEN 0 ELSE 1 END, retry_at NULLS FIRST, {n}_id LIMIT $1{}) \
-             UPDATE {n}_registry SET state = 1, last_synced_at = {now}, heartbeat_at = {now}, \
-               change_pending = 0, version = version + 1 \
-             WHERE {n}_id IN (SELECT {n}_id FROM due) RETURNING {}",
-            self.dialect.skip_locked(),
-            t.registry_columns,
-            now = self.dialect.now_micros(),
-        );
-        let mut w = self.writer().await?;
-        let rows = sqlx::query(AssertSqlSafe(sql))
-            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-            .fetch_all(&mut *w)
-            .await
-            .map_err(self.backend("claim registry rows for sync"))?;
-        let mut claimed = self.read_registries(&rows)?;
-        // The rows all start now; the order only decides which task is spawned first.
-        claimed.sort_by_key(|r| (r.retry_at.is_some(), r.retry_at, r.model_id));
-        Ok(claimed)
+        self.claim_due_for_sync(name, now, &[], limit).await
+    }
+
+    async fn claim_for_sync_while_enabled(
+        &self,
+        name: &str,
+        switches: &[&str],
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<RegistryRecord>, StoreError> {
+        self.claim_due_for_sync(name, now, switches, limit).await
     }
 
     async fn claim_for_verification(
