@@ -69,6 +69,17 @@ impl Dialect {
         }
     }
 
+    /// The clause that makes SQLite walk `index` for a claim (` INDEXED BY index`; nothing on
+    /// PostgreSQL, whose planner has statistics). Without it SQLite, which has no statistics
+    /// unless `ANALYZE` ran, picks the index on the state alone and sorts every due row: a
+    /// claim among 20,000 due rows took a millisecond, under the write lock.
+    fn indexed_by(self, index: &str) -> String {
+        match self {
+            Self::Sqlite => format!(" INDEXED BY {index}"),
+            Self::Postgres => String::new(),
+        }
+    }
+
     /// The database's current time in microseconds since the Unix epoch, as an SQL expression
     /// with the same value wherever it appears in one statement. Leases, claims and heartbeats
     /// are measured on this clock, not on the clocks of the machines sharing the database.

@@ -10,7 +10,7 @@ use super::Dialect;
 pub const CORE_VERSION: i64 = 4;
 
 /// The newest version of a replicable's tables this build knows.
-pub const REPLICABLE_VERSION: i64 = 5;
+pub const REPLICABLE_VERSION: i64 = 6;
 
 /// The component name of the shared tables in `replicable_schema`.
 pub const CORE_COMPONENT: &str = "core";
@@ -193,6 +193,28 @@ pub fn replicable_migrations(
     if step(5) {
         // Counts kept as rows change (status and metrics read them instead of scanning).
         steps.extend(super::counts::migration(dialect, name, qualifier));
+    }
+    if step(6) {
+        // The claims' scheduling orders over the due rows only, so that a claim walks an index
+        // and stops at its limit rather than sorting every due row. (PostgreSQL sorts NULLs
+        // last unless told; SQLite sorts them first and takes no NULLS clause in an index.)
+        let nulls_first = match dialect {
+            Dialect::Postgres => " NULLS FIRST",
+            Dialect::Sqlite => "",
+        };
+        steps.push(format!(
+            "CREATE INDEX {name}_registry_sync_order ON {name}_registry \
+             (({}), retry_at{nulls_first}, {name}_id) WHERE state IN (0, 3)",
+            super::registry::SYNC_ORDER_KEY
+        ));
+        steps.push(format!(
+            "CREATE INDEX {name}_registry_verification_order ON {name}_registry \
+             (verified_at{nulls_first}, {name}_id) WHERE state = 2 AND verification_state IN (0, 3)"
+        ));
+        steps.push(format!(
+            "CREATE INDEX {name}_verification_order ON {name}_verification \
+             (verified_at{nulls_first}, {name}_id) WHERE verification_state IN (0, 3)"
+        ));
     }
     steps
 }
