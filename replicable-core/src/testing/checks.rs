@@ -5,7 +5,7 @@ use crate::descriptor::ReplicableDescriptor;
 use crate::descriptor::{find_replicable, registered_replicables};
 use crate::domain::error::ReplicatorError;
 use crate::domain::event::{Event, EventKind, EventPayload, NewEvent};
-use crate::domain::registry::SyncState;
+use crate::domain::registry::{RegistryRecord, SyncState};
 use crate::domain::resource::Resource;
 use crate::domain::selective_sync::SelectiveSync;
 use crate::domain::verification::{CHECKSUM_MISMATCH, VerificationState};
@@ -59,12 +59,15 @@ async fn catch_up(site: &Site) -> cursor::CursorReport {
         .expect("the log cursor runs")
 }
 
-async fn registry_state<M: Replicable>(site: &Site, id: i64) -> Option<SyncState> {
+async fn registry_row<M: Replicable>(site: &Site, id: i64) -> Option<RegistryRecord> {
     crate::replicator::ReplicationTarget::<M>::new(site, id)
         .registry_record()
         .await
         .expect("reading the registry")
-        .map(|row| row.state)
+}
+
+async fn registry_state<M: Replicable>(site: &Site, id: i64) -> Option<SyncState> {
+    registry_row::<M>(site, id).await.map(|row| row.state)
 }
 
 /// The model is in the registered replicables, found by its name, with its strategy's data type.
@@ -606,14 +609,7 @@ pub async fn a_run_of_checksum_events_resets_every_verified_copy<M: Replicable>(
     );
     assert_eq!(Some(report.cursor), last);
     for id in ids {
-        let row = h
-            .build(id)
-            .replicator(&h.secondary)
-            .target()
-            .registry_record()
-            .await
-            .unwrap()
-            .unwrap();
+        let row = registry_row::<M>(&h.secondary, id).await.unwrap();
         assert_eq!(
             row.verification.verification_state,
             VerificationState::Pending,
