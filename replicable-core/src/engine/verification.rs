@@ -55,6 +55,7 @@ pub(crate) async fn verification_loop(
     let mut idle = Idle::new(shared.config.idle);
     // Whether the last claim found rows: if not, wait for new work before claiming again.
     let mut found = true;
+    let mut last_claim: Option<Instant> = None;
     loop {
         if shared.cancel.is_cancelled() {
             break;
@@ -82,6 +83,23 @@ pub(crate) async fn verification_loop(
         // Claim when what is held runs low (half the target), unless the last claim found
         // nothing and no wake came since.
         if found && held <= target / 2 {
+            // While checks are held, claims come at most every `CLAIM_GAP`: work that
+            // trickles in (a sync ending every millisecond) is then claimed several rows per
+            // statement instead of one or two, and each claim is a write under the database's
+            // one writer. With nothing held, the claim is made at once.
+            if held > 0
+                && let Some(due) = last_claim.map(|at| at + CLAIM_GAP)
+                && Instant::now() < due
+            {
+                // A check ending meanwhile lets the next held row start (the loop's top).
+                tokio::select! {
+                    _ = shared.cancel.cancelled() => break,
+                    _ = freed.changed() => {}
+                    _ = tokio::time::sleep_until(due.into()) => {}
+                }
+                continue;
+            }
+            last_claim = Some(Instant::now());
             let now = site.now();
             let limit = target - held;
             let claimed = if site.is_primary() {
@@ -157,6 +175,10 @@ pub(crate) async fn verification_loop(
     checks.close();
     checks.wait().await;
 }
+
+/// The shortest time between two claims of one replicable's verification loop while it holds
+/// rows (see `verification_loop`).
+const CLAIM_GAP: Duration = Duration::from_millis(10);
 
 /// Rows to hold (running and waiting): `concurrency` until a check has been measured, then as
 /// many as `concurrency` workers get through in a quarter of `claim_timeout` at the measured
