@@ -303,7 +303,7 @@ impl LogCursor {
                 Ok(events) => {
                     batch.report.read += events.len();
                     let mut events = events.into_iter().peekable();
-                    while let Some(entry) = events.next() {
+                    'events: while let Some(entry) = events.next() {
                         // Consecutive `checksum_succeeded` events of one replicable (the
                         // primary appends a verified group together) are consumed together.
                         let mut run = vec![entry];
@@ -314,27 +314,35 @@ impl LogCursor {
                                 run.push(next);
                             }
                         }
-                        let ids: Vec<EventId> = run.iter().map(LogEntry::id).collect();
-                        let consumed = match run.len() {
-                            1 => batch.consume(run.pop().expect("one entry")).await,
-                            _ => batch.consume_checksums(run).await,
-                        };
-                        match consumed {
-                            Ok(()) => {}
-                            Err(Halt::Lost) => return Err(lost()),
-                            Err(Halt::Stop(reason)) => {
-                                stop = Some(reason);
-                                break;
+                        if run.len() > 1 {
+                            let ids: Vec<EventId> = run.iter().map(LogEntry::id).collect();
+                            match batch.consume_checksums(run).await {
+                                Ok(None) => {
+                                    for id in ids {
+                                        batch.advance(&mut gaps, id);
+                                    }
+                                    continue;
+                                }
+                                // Not taken together: one event at a time, below.
+                                Ok(Some(back)) => run = back,
+                                Err(Halt::Lost) => return Err(lost()),
+                                Err(Halt::Stop(reason)) => {
+                                    stop = Some(reason);
+                                    break;
+                                }
                             }
                         }
-                        for id in ids {
-                            let previous = batch.report.cursor;
-                            // A jump from a fresh cursor (0) is the log's start, or events
-                            // retention deleted: not ids still to come.
-                            if previous > 0 && id > previous + 1 {
-                                gaps.open(previous + 1, id - 1, site.now());
+                        for entry in run {
+                            let id = entry.id();
+                            match batch.consume(entry).await {
+                                Ok(()) => {}
+                                Err(Halt::Lost) => return Err(lost()),
+                                Err(Halt::Stop(reason)) => {
+                                    stop = Some(reason);
+                                    break 'events;
+                                }
                             }
-                            batch.report.cursor = id;
+                            batch.advance(&mut gaps, id);
                         }
                     }
                 }
@@ -421,11 +429,26 @@ impl Batch<'_> {
         }
     }
 
+    /// Moves the batch's cursor to `id`, first opening a gap for the ids it steps over.
+    fn advance(&mut self, gaps: &mut Gaps, id: EventId) {
+        let previous = self.report.cursor;
+        // A jump from a fresh cursor (0) is the log's start, or events retention deleted: not
+        // ids still to come.
+        if previous > 0 && id > previous + 1 {
+            gaps.open(previous + 1, id - 1, self.cursor.site.now());
+        }
+        self.report.cursor = id;
+    }
+
     /// Consumes a run of `checksum_succeeded` events of one replicable (see
-    /// [`checksum_of`](Self::checksum_of)) in one statement. A run that cannot be taken
-    /// together (an event that does not decode, or a refusal) is consumed one event at a time,
-    /// so that each event is consumed or skipped exactly as alone.
-    async fn consume_checksums(&mut self, run: Vec<LogEntry>) -> Result<(), Halt> {
+    /// [`checksum_of`](Self::checksum_of)) in one statement: `None` when done. A run that
+    /// cannot be taken together (an event that does not decode, or a refusal) comes back, to be
+    /// consumed one event at a time, so that each event is consumed or skipped (and the cursor
+    /// moves) exactly as alone.
+    async fn consume_checksums(
+        &mut self,
+        run: Vec<LogEntry>,
+    ) -> Result<Option<Vec<LogEntry>>, Halt> {
         self.keep_lease().await?;
         let site = &self.cursor.site;
         let events: Option<Vec<Event>> = run
@@ -436,25 +459,22 @@ impl Batch<'_> {
             .first()
             .and_then(|entry| self.checksum_of(entry))
             .and_then(|name| self.catalogue.get(name).copied());
-        if let (Some(events), Some(descriptor)) = (events, descriptor) {
-            let ids: Vec<i64> = events.iter().map(|e| e.payload.model_id).collect();
-            match descriptor.consume_checksums(site, &ids).await {
-                Ok(_) => {
-                    self.report.consumed += run.len();
-                    if !self.touched.contains(&descriptor.name) {
-                        self.touched.push(descriptor.name);
-                    }
-                    return Ok(());
+        let (Some(events), Some(descriptor)) = (events, descriptor) else {
+            return Ok(Some(run));
+        };
+        let ids: Vec<i64> = events.iter().map(|e| e.payload.model_id).collect();
+        match descriptor.consume_checksums(site, &ids).await {
+            Ok(_) => {
+                self.report.consumed += run.len();
+                if !self.touched.contains(&descriptor.name) {
+                    self.touched.push(descriptor.name);
                 }
-                Err(e) if is_transient(&e) => return Err(Halt::Stop(e.to_string())),
-                // Refused: each event alone, to be skipped with its own record.
-                Err(_) => {}
+                Ok(None)
             }
+            Err(e) if is_transient(&e) => Err(Halt::Stop(e.to_string())),
+            // Refused: each event alone, to be skipped with its own record.
+            Err(_) => Ok(Some(run)),
         }
-        for entry in run {
-            self.consume(entry).await?;
-        }
-        Ok(())
     }
 
     /// Consumes one entry, or records it as skipped.
