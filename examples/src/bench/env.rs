@@ -433,7 +433,7 @@ pub fn process_cpu() -> Option<CpuTime> {
 }
 
 /// CPU time, user and system.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy)]
 pub struct CpuTime {
     pub user: Duration,
     pub system: Duration,
@@ -448,6 +448,7 @@ impl CpuTime {
         }
     }
 
+    /// User and system together.
     pub fn total(self) -> Duration {
         self.user + self.system
     }

@@ -307,16 +307,19 @@ impl LogCursor {
                         // Consecutive `checksum_succeeded` events of one replicable (the
                         // primary appends a verified group together) are consumed together.
                         let mut run = vec![entry];
-                        if let Some(name) = batch.checksum_of(&run[0]) {
-                            while let Some(next) =
-                                events.next_if(|e| batch.checksum_of(e) == Some(name))
-                            {
+                        let of_run = batch.checksum_of(&run[0]);
+                        if let Some(descriptor) = of_run {
+                            while let Some(next) = events.next_if(|e| {
+                                batch.checksum_of(e).map(|d| d.name) == Some(descriptor.name)
+                            }) {
                                 run.push(next);
                             }
                         }
-                        if run.len() > 1 {
+                        if let Some(descriptor) = of_run
+                            && run.len() > 1
+                        {
                             let ids: Vec<EventId> = run.iter().map(LogEntry::id).collect();
-                            match batch.consume_checksums(run).await {
+                            match batch.consume_checksums(descriptor, run).await {
                                 Ok(None) => {
                                     for id in ids {
                                         batch.advance(&mut gaps, id);
@@ -416,14 +419,12 @@ impl Batch<'_> {
 
     /// The replicable of `entry` when it is a `checksum_succeeded` event of a replicable this
     /// binary knows (one that may join a run consumed together).
-    fn checksum_of(&self, entry: &LogEntry) -> Option<&'static str> {
+    fn checksum_of(&self, entry: &LogEntry) -> Option<&'static ReplicableDescriptor> {
         match entry {
             LogEntry::Event(raw)
                 if EventKind::from_name(&raw.event_name) == Some(EventKind::ChecksumSucceeded) =>
             {
-                self.catalogue
-                    .get(raw.replicable_name.as_str())
-                    .map(|d| d.name)
+                self.catalogue.get(raw.replicable_name.as_str()).copied()
             }
             _ => None,
         }
@@ -440,13 +441,14 @@ impl Batch<'_> {
         self.report.cursor = id;
     }
 
-    /// Consumes a run of `checksum_succeeded` events of one replicable (see
+    /// Consumes a run of `checksum_succeeded` events of `descriptor`'s replicable (see
     /// [`checksum_of`](Self::checksum_of)) in one statement: `None` when done. A run that
     /// cannot be taken together (an event that does not decode, or a refusal) comes back, to be
     /// consumed one event at a time, so that each event is consumed or skipped (and the cursor
     /// moves) exactly as alone.
     async fn consume_checksums(
         &mut self,
+        descriptor: &'static ReplicableDescriptor,
         run: Vec<LogEntry>,
     ) -> Result<Option<Vec<LogEntry>>, Halt> {
         self.keep_lease().await?;
@@ -455,11 +457,7 @@ impl Batch<'_> {
             .iter()
             .map(|entry| Event::try_from(entry.clone()).ok())
             .collect();
-        let descriptor = run
-            .first()
-            .and_then(|entry| self.checksum_of(entry))
-            .and_then(|name| self.catalogue.get(name).copied());
-        let (Some(events), Some(descriptor)) = (events, descriptor) else {
+        let Some(events) = events else {
             return Ok(Some(run));
         };
         let ids: Vec<i64> = events.iter().map(|e| e.payload.model_id).collect();

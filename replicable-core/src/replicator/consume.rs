@@ -146,15 +146,7 @@ impl<'a, M: Replicable> ReplicationTarget<'a, M> {
     pub(super) async fn consume_checksum_succeeded(
         &self,
     ) -> Result<ConsumeOutcome, ReplicatorError> {
-        // A synced copy waiting for the primary's checksum (disabled) or verified against an
-        // older one (succeeded) is verified again; see `RegistryStore::reverify`.
-        let changed = self
-            .site
-            .registry_store()
-            .reverify(M::REPLICABLE_NAME, &[self.id])
-            .await
-            .map_err(|e| self.store_error(e))?;
-        Ok(if changed > 0 {
+        Ok(if self.consume_checksums_succeeded(&[]).await? > 0 {
             ConsumeOutcome::VerificationReset
         } else {
             ConsumeOutcome::Ignored
@@ -163,7 +155,9 @@ impl<'a, M: Replicable> ReplicationTarget<'a, M> {
 
     /// `checksum_succeeded` for this record and the others of `more` (records of the same
     /// replicable), consumed together as [`consume`](Self::consume) consumes each: one
-    /// statement for all of them. Returns how many copies went back to verification pending.
+    /// statement for all of them. A synced copy waiting for the primary's checksum (disabled)
+    /// or verified against an older one (succeeded) is verified again (see
+    /// `RegistryStore::reverify`). Returns how many copies went back to verification pending.
     pub(crate) async fn consume_checksums_succeeded(
         &self,
         more: &[i64],

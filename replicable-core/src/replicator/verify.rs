@@ -121,73 +121,60 @@ async fn complete_one_by_one(
 /// What a secondary's verification of one copy reads before it computes the local checksum:
 /// the primary's verification row and the copy of the record kept at sync time (`None`: there
 /// is none).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug)]
 pub(crate) struct SecondaryInputs {
     primary: Option<VerificationRecord>,
     local: Option<StoredRecord>,
 }
 
-/// Claimed registry rows of replicable `name`, each with its [`SecondaryInputs`], read together: one
-/// read of the primary's rows and one of the local copies for the batch, instead of two per
-/// copy. Read when the batch is claimed: a change of the record since makes its row's
-/// compare-and-set fail (the row moves on with the change), so a verification never records
-/// a result against inputs older than its row. `None` when either read fails: each
+/// Claimed registry rows of replicable `name`, each with its [`SecondaryInputs`], read
+/// together: one read of the primary's rows and one of the local copies for the batch, instead
+/// of two per copy. Read when the batch is claimed: a change of the record since makes its
+/// row's compare-and-set fail (the row moves on with the change), so a verification never
+/// records a result against inputs older than its row. No inputs when either read fails: each
 /// verification then reads its own (and meets the failure itself, with its record named).
 pub(crate) async fn with_secondary_inputs(
     site: &Site,
     name: &str,
     rows: Vec<RegistryRecord>,
 ) -> Vec<(RegistryRecord, Option<SecondaryInputs>)> {
-    let mut inputs = if rows.is_empty() {
-        None
-    } else {
-        read_secondary_inputs(site, name, &rows).await
+    let ids: Vec<i64> = rows.iter().map(|row| row.model_id).collect();
+    let mut read = match site.primary_link() {
+        Some(link) if !ids.is_empty() => {
+            match futures::join!(
+                link.verifications(name, &ids),
+                site.records().get_many(name, &ids)
+            ) {
+                (Ok(primary), Ok(local)) => Some((
+                    by_id(primary, |row| row.model_id),
+                    by_id(local, |record| record.model_id),
+                )),
+                (Err(e), _) => {
+                    debug!(replicable = name, error = %e, "reading the primary's checksums of a batch failed");
+                    None
+                }
+                (_, Err(e)) => {
+                    debug!(replicable = name, error = %e, "reading the copies of a batch failed");
+                    None
+                }
+            }
+        }
+        _ => None,
     };
     rows.into_iter()
         .map(|row| {
-            let of_row = inputs.as_mut().and_then(|i| i.remove(&row.model_id));
-            (row, of_row)
+            let inputs = read.as_mut().map(|(primary, local)| SecondaryInputs {
+                primary: primary.remove(&row.model_id),
+                local: local.remove(&row.model_id),
+            });
+            (row, inputs)
         })
         .collect()
 }
 
-async fn read_secondary_inputs(
-    site: &Site,
-    name: &str,
-    rows: &[RegistryRecord],
-) -> Option<HashMap<i64, SecondaryInputs>> {
-    let link = site.primary_link()?;
-    let ids: Vec<i64> = rows.iter().map(|row| row.model_id).collect();
-    let (primary, local) = futures::join!(
-        link.verifications(name, &ids),
-        site.records().get_many(name, &ids)
-    );
-    let (primary, local) = match (primary, local) {
-        (Ok(primary), Ok(local)) => (primary, local),
-        (Err(e), _) => {
-            debug!(replicable = name, error = %e, "reading the primary's checksums of a batch failed");
-            return None;
-        }
-        (_, Err(e)) => {
-            debug!(replicable = name, error = %e, "reading the copies of a batch failed");
-            return None;
-        }
-    };
-    let mut inputs: HashMap<i64, SecondaryInputs> = ids
-        .iter()
-        .map(|&id| (id, SecondaryInputs::default()))
-        .collect();
-    for row in primary {
-        if let Some(entry) = inputs.get_mut(&row.model_id) {
-            entry.primary = Some(row);
-        }
-    }
-    for record in local {
-        if let Some(entry) = inputs.get_mut(&record.model_id) {
-            entry.local = Some(record);
-        }
-    }
-    Some(inputs)
+/// `items` by the id `id_of` names.
+fn by_id<T>(items: Vec<T>, id_of: impl Fn(&T) -> i64) -> HashMap<i64, T> {
+    items.into_iter().map(|item| (id_of(&item), item)).collect()
 }
 
 /// Claimed verification rows of replicable `name` on the primary, each with its record, read
@@ -205,7 +192,7 @@ pub(crate) async fn with_primary_records(
         None
     } else {
         match site.records().get_many(name, &ids).await {
-            Ok(found) => Some(found.into_iter().map(|r| (r.model_id, r)).collect()),
+            Ok(found) => Some(by_id(found, |record| record.model_id)),
             Err(e) => {
                 debug!(replicable = name, error = %e, "reading the records of a batch failed");
                 None

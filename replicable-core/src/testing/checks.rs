@@ -618,6 +618,47 @@ pub async fn a_run_of_checksum_events_resets_every_verified_copy<M: Replicable>(
     }
 }
 
+/// The inputs of a claimed verification batch are read when it is claimed; a change of the
+/// record arriving before the check runs makes the check record nothing (its row has moved
+/// on with the change), so no result stands against inputs older than the row.
+pub async fn a_verification_whose_record_changed_since_its_claim_records_nothing<M: Replicable>(
+    h: &Harness<M>,
+) {
+    let id = 181;
+    synced_and_primary_verified(h, id).await;
+    let registry = h.secondary.registry_store();
+    let claimed = registry
+        .claim_for_verification(name::<M>(), h.secondary.now(), 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        claimed.iter().map(|row| row.model_id).collect::<Vec<_>>(),
+        [id]
+    );
+    let claimed =
+        crate::replicator::with_secondary_inputs(&h.secondary, name::<M>(), claimed).await;
+    assert!(claimed[0].1.is_some(), "the batch's inputs were read");
+    registry
+        .mark_changed(name::<M>(), id, h.secondary.now(), h.secondary.now())
+        .await
+        .unwrap();
+    for (row, inputs) in claimed {
+        assert_eq!(
+            descriptor::<M>()
+                .run_claimed_secondary_verification_with(&h.secondary, row, inputs)
+                .await
+                .unwrap(),
+            VerifyOutcome::ChangedDuringVerification
+        );
+    }
+    let row = registry_row::<M>(&h.secondary, id).await.unwrap();
+    assert_eq!(row.state, SyncState::Pending, "the change stands");
+    assert_ne!(
+        row.verification.verification_state,
+        VerificationState::Succeeded
+    );
+}
+
 /// Status counts on both sides follow the rows.
 pub async fn counts_are_right<M: Replicable>(h: &Harness<M>) {
     for id in [161, 162] {

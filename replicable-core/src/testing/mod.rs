@@ -57,6 +57,7 @@ macro_rules! replicator_test_suite {
             verification_waits_for_the_primary_checksum,
             checksum_succeeded_resets_secondary_verification,
             a_run_of_checksum_events_resets_every_verified_copy,
+            a_verification_whose_record_changed_since_its_claim_records_nothing,
             counts_are_right,
             unknown_events_are_skipped_without_stopping_the_cursor,
             backfill_registers_records_without_events_and_removes_orphans,

@@ -9,6 +9,9 @@ use std::collections::HashSet;
 use std::ops::Range;
 use std::sync::Arc;
 
+use sqlx::AssertSqlSafe;
+use sqlx::any::AnyRow;
+
 use super::event_log::serialize_error;
 use super::{Dialect, SqlStore, Tables};
 use crate::domain::error::StoreError;
@@ -18,7 +21,7 @@ use crate::storage::Publication;
 pub(super) const APPEND_CHUNK: usize = 5_000;
 
 /// Ids per statement of a read of many rows by id.
-pub(super) const MANY_CHUNK: usize = 1_000;
+const MANY_CHUNK: usize = 1_000;
 
 /// Appends events on one connection inside a transaction the caller commits: `$rows` are
 /// `(replicable_name, event_name, payload JSON)`, in order, written one statement per run of
@@ -283,26 +286,46 @@ pub(super) fn record_rows(store: &SqlStore, part: &[Publication]) -> Result<Stri
 
 /// `[id, ...]`: the record ids of a segment.
 pub(super) fn id_rows(part: &[Publication]) -> String {
-    let ids = part
+    let ids: Vec<i64> = part
         .iter()
-        .map(|publication| publication.event.payload.model_id.to_string())
-        .collect::<Vec<_>>()
-        .join(",");
-    format!("[{ids}]")
+        .map(|publication| publication.event.payload.model_id)
+        .collect();
+    json_ids(&ids)
 }
 
-/// `[id, ...]` of `ids`, for [`ids_in`].
-pub(super) fn json_ids(ids: &[i64]) -> String {
+/// `[id, ...]` of `ids`.
+fn json_ids(ids: &[i64]) -> String {
     let ids = ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
     format!("[{ids}]")
 }
 
-/// `(SELECT ...)`: the ids of [`json_ids`] in `$1`, as the right-hand side of `IN`.
-pub(super) fn ids_in(d: Dialect) -> String {
-    format!(
-        "(SELECT CAST(value AS BIGINT) FROM {})",
-        json_rows(d, Json::Array)
-    )
+impl SqlStore {
+    /// The rows `select` reads for `ids`: `select(ids_in)` is a statement whose `WHERE` takes
+    /// `ids_in` as the right-hand side of `IN` (the ids, as one JSON parameter), run once per
+    /// [`MANY_CHUNK`] ids. What a read of many rows by id (`get_many`) runs.
+    pub(super) async fn rows_by_ids(
+        &self,
+        ids: &[i64],
+        operation: &'static str,
+        select: impl Fn(&str) -> String,
+    ) -> Result<Vec<AnyRow>, StoreError> {
+        let ids_in = format!(
+            "(SELECT CAST(value AS BIGINT) FROM {})",
+            json_rows(self.dialect, Json::Array)
+        );
+        let sql = select(&ids_in);
+        let mut found = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(MANY_CHUNK) {
+            found.extend(
+                sqlx::query(AssertSqlSafe(sql.clone()))
+                    .bind(json_ids(chunk))
+                    .fetch_all(&mut *self.reader().await?)
+                    .await
+                    .map_err(self.backend(operation))?,
+            );
+        }
+        Ok(found)
+    }
 }
 
 /// The events of a batch as [`append_on`] takes them, each payload carrying its record's new

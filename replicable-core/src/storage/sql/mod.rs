@@ -574,7 +574,6 @@ impl SqlStore {
         let readers = readers::Readers::new(
             usize::try_from(max_connections).unwrap_or(usize::MAX),
             connect_options.clone(),
-            sync_every_commit,
         );
         let store = Arc::new_cyclic(|me| Self {
             pool,
@@ -963,10 +962,7 @@ mod tests {
     }
 
     async fn lease_holders(store: &SqlStore) -> Vec<String> {
-        sqlx::query_scalar("SELECT holder FROM replicable_leases ORDER BY holder")
-            .fetch_all(&store.pool)
-            .await
-            .unwrap()
+        lease_holders_on(&mut store.pool.acquire().await.unwrap()).await
     }
 
     /// Writes a lease row named `holder` on `conn`.

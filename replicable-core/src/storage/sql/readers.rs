@@ -24,20 +24,14 @@ pub(crate) struct Readers {
     /// One permit per connection in use; closed when the store closes.
     permits: Arc<Semaphore>,
     connect_options: AnyConnectOptions,
-    sync_every_commit: bool,
 }
 
 impl Readers {
-    pub(crate) fn new(
-        limit: usize,
-        connect_options: AnyConnectOptions,
-        sync_every_commit: bool,
-    ) -> Arc<Self> {
+    pub(crate) fn new(limit: usize, connect_options: AnyConnectOptions) -> Arc<Self> {
         Arc::new(Self {
             idle: Mutex::new(Vec::new()),
             permits: Arc::new(Semaphore::new(limit.max(1))),
             connect_options,
-            sync_every_commit,
         })
     }
 
@@ -55,8 +49,8 @@ impl Readers {
             Some(conn) => conn,
             None => {
                 let mut conn = AnyConnection::connect_with(&self.connect_options).await?;
-                prepare_connection(&mut conn, Dialect::Sqlite, None, self.sync_every_commit)
-                    .await?;
+                // It commits nothing: how commits wait for the disk does not matter here.
+                prepare_connection(&mut conn, Dialect::Sqlite, None, false).await?;
                 conn
             }
         };

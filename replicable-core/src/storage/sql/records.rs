@@ -6,7 +6,6 @@ use async_trait::async_trait;
 use sqlx::AssertSqlSafe;
 
 use super::SqlStore;
-use super::batch::{MANY_CHUNK, ids_in, json_ids};
 use super::event_log::upsert_record_sql;
 use crate::domain::error::StoreError;
 use crate::storage::{RecordStore, StoredRecord};
@@ -73,23 +72,17 @@ impl RecordStore for SqlStore {
             return Ok(Vec::new());
         };
         let n = &t.name;
-        let sql = format!(
-            "SELECT {n}_id AS model_id, generation, body FROM {n}_records WHERE {n}_id IN {}",
-            ids_in(self.dialect)
-        );
-        let mut found = Vec::with_capacity(ids.len());
-        for chunk in ids.chunks(MANY_CHUNK) {
-            let rows = sqlx::query(AssertSqlSafe(sql.clone()))
-                .bind(json_ids(chunk))
-                .fetch_all(&mut *self.reader().await?)
-                .await
-                .map_err(self.backend("read records"))?;
-            for row in rows {
-                let model_id = self.get(&row, "model_id")?;
-                found.push(self.stored_record(name, model_id, &row)?);
-            }
-        }
-        Ok(found)
+        let rows = self
+            .rows_by_ids(ids, "read records", |ids_in| {
+                format!(
+                    "SELECT {n}_id AS model_id, generation, body FROM {n}_records \
+                     WHERE {n}_id IN {ids_in}"
+                )
+            })
+            .await?;
+        rows.iter()
+            .map(|row| self.stored_record(name, self.get(row, "model_id")?, row))
+            .collect()
     }
 
     async fn delete(&self, name: &str, model_id: i64) -> Result<bool, StoreError> {
@@ -164,9 +157,7 @@ impl SqlStore {
             .map_err(self.backend("list ids"))?;
         rows.iter().map(|row| self.get(row, "id")).collect()
     }
-}
 
-impl SqlStore {
     /// A record read back from a `generation, body` row.
     fn stored_record(
         &self,

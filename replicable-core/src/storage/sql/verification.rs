@@ -133,25 +133,17 @@ impl VerificationStore for SqlStore {
         let Some(t) = self.existing_tables(name).await? else {
             return Ok(Vec::new());
         };
-        let sql = format!(
-            "SELECT {} FROM {}_verification WHERE {}_id IN {}",
-            t.verification_columns,
-            t.name,
-            t.name,
-            super::batch::ids_in(self.dialect)
-        );
-        let mut found = Vec::with_capacity(ids.len());
-        for chunk in ids.chunks(super::batch::MANY_CHUNK) {
-            let rows = sqlx::query(AssertSqlSafe(sql.clone()))
-                .bind(super::batch::json_ids(chunk))
-                .fetch_all(&mut *self.reader().await?)
-                .await
-                .map_err(self.backend("read verification rows"))?;
-            for row in rows {
-                found.push(self.read_verification_record(&row)?);
-            }
-        }
-        Ok(found)
+        let rows = self
+            .rows_by_ids(ids, "read verification rows", |ids_in| {
+                format!(
+                    "SELECT {} FROM {}_verification WHERE {}_id IN {ids_in}",
+                    t.verification_columns, t.name, t.name
+                )
+            })
+            .await?;
+        rows.iter()
+            .map(|row| self.read_verification_record(row))
+            .collect()
     }
 
     async fn mark_pending(
