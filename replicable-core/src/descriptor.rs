@@ -15,8 +15,8 @@ use crate::domain::resource::{DataType, Resource};
 use crate::domain::verification::VerificationRecord;
 use crate::model::Replicable;
 use crate::replicator::{
-    ConsumeOutcome, PrimaryCheck, ReplicationTarget, SecondaryInputs, SyncAttempt, SyncOutcome,
-    VerifyOutcome,
+    ConsumeOutcome, PrimaryCheck, ReplicationTarget, SecondaryInputs, SyncAttempt, SyncInputs,
+    SyncOutcome, VerifyOutcome,
 };
 use crate::site::Site;
 use crate::storage::StoredRecord;
@@ -27,8 +27,11 @@ type ConsumeFn =
 type ConsumeChecksumsFn =
     for<'a> fn(&'a Site, &'a [i64]) -> BoxFuture<'a, Result<u64, ReplicatorError>>;
 type SyncFn = for<'a> fn(&'a Site, i64) -> BoxFuture<'a, Result<SyncOutcome, ReplicatorError>>;
-type RunClaimedSyncFn =
-    for<'a> fn(&'a Site, RegistryRecord) -> BoxFuture<'a, Result<SyncOutcome, ReplicatorError>>;
+type RunClaimedSyncFn = for<'a> fn(
+    &'a Site,
+    RegistryRecord,
+    Option<SyncInputs>,
+) -> BoxFuture<'a, Result<SyncOutcome, ReplicatorError>>;
 type VerifyFn = for<'a> fn(&'a Site, i64) -> BoxFuture<'a, Result<VerifyOutcome, ReplicatorError>>;
 type RunClaimedPrimaryFn = for<'a> fn(
     &'a Site,
@@ -143,8 +146,11 @@ fn sync<M: Replicable>(
 fn run_claimed_sync<M: Replicable>(
     site: &Site,
     row: RegistryRecord,
+    inputs: Option<SyncInputs>,
 ) -> BoxFuture<'_, Result<SyncOutcome, ReplicatorError>> {
-    SyncAttempt::<M>::claimed(site, row).run().boxed()
+    SyncAttempt::<M>::claimed_with(site, row, inputs)
+        .run()
+        .boxed()
 }
 
 fn verify<M: Replicable>(
@@ -273,7 +279,18 @@ impl ReplicableDescriptor {
         site: &'a Site,
         row: RegistryRecord,
     ) -> BoxFuture<'a, Result<SyncOutcome, ReplicatorError>> {
-        (self.run_claimed_sync)(site, row)
+        (self.run_claimed_sync)(site, row, None)
+    }
+
+    /// [`run_claimed_sync`](Self::run_claimed_sync) with the inputs read for the claimed batch
+    /// ([`with_sync_inputs`](crate::replicator::with_sync_inputs)).
+    pub(crate) fn run_claimed_sync_with<'a>(
+        &self,
+        site: &'a Site,
+        row: RegistryRecord,
+        inputs: Option<SyncInputs>,
+    ) -> BoxFuture<'a, Result<SyncOutcome, ReplicatorError>> {
+        (self.run_claimed_sync)(site, row, inputs)
     }
 
     /// Verifies one record (on the primary or a secondary).

@@ -18,6 +18,7 @@ use crate::descriptor::ReplicableDescriptor;
 use crate::domain::failure::SyncFailure;
 use crate::domain::registry::RegistryRecord;
 use crate::domain::verification::humanize;
+use crate::replicator::{SyncInputs, with_sync_inputs};
 use std::time::Duration;
 
 /// A sync the engine started and has not seen end.
@@ -152,7 +153,8 @@ pub(crate) async fn sync_loop(
         idle.busy();
         // Fewer rows due than room for them: the rest of the capacity goes back (below).
         let unused = permits.len() > rows.len();
-        for (row, permit) in rows.into_iter().zip(permits.drain(..)) {
+        let rows = with_sync_inputs(site, name, replicable.verifiable, rows).await;
+        for ((row, inputs), permit) in rows.into_iter().zip(permits.drain(..)) {
             if shared.cancel.is_cancelled() {
                 // Stopping: what was claimed but not started goes back as it was.
                 release_row(&shared, replicable, &row).await;
@@ -162,6 +164,7 @@ pub(crate) async fn sync_loop(
                 &shared,
                 replicable,
                 row,
+                inputs,
                 permit,
                 running.clone(),
                 pace.clone(),
@@ -177,6 +180,7 @@ fn spawn_sync(
     shared: &Arc<Shared>,
     replicable: &'static ReplicableDescriptor,
     row: RegistryRecord,
+    inputs: Option<SyncInputs>,
     permits: (OwnedSemaphorePermit, OwnedSemaphorePermit),
     running: Arc<AtomicUsize>,
     pace: Arc<Pace>,
@@ -195,7 +199,7 @@ fn spawn_sync(
     let handle = shared.tracker.spawn(
         async move {
             let started = std::time::Instant::now();
-            let due_again = run_one(&task_shared, replicable, row).await;
+            let due_again = run_one(&task_shared, replicable, row, inputs).await;
             pace.add(started.elapsed());
             // Released before the wakes below, so that the loops they wake see them free.
             drop(permits);
@@ -251,13 +255,15 @@ async fn run_one(
     shared: &Shared,
     replicable: &'static ReplicableDescriptor,
     row: RegistryRecord,
+    inputs: Option<SyncInputs>,
 ) -> bool {
     let site = &shared.site;
     let timeout = site.timeouts().sync;
     #[cfg(feature = "metrics")]
     let started = chrono::Utc::now();
     let attempt =
-        std::panic::AssertUnwindSafe(replicable.run_claimed_sync(site, row.clone())).catch_unwind();
+        std::panic::AssertUnwindSafe(replicable.run_claimed_sync_with(site, row.clone(), inputs))
+            .catch_unwind();
     let mut made_visible = false;
     let mut due_again = false;
     let failure = match tokio::time::timeout(timeout, attempt).await {

@@ -68,8 +68,11 @@ pub async fn sync_due(
         claimed: rows.len(),
         ..PassReport::default()
     };
+    let rows =
+        crate::replicator::with_sync_inputs(site, replicable.name, replicable.verifiable, rows)
+            .await;
     let mut outcomes = futures::stream::iter(rows)
-        .map(|row| replicable.run_claimed_sync(site, row))
+        .map(|(row, inputs)| replicable.run_claimed_sync_with(site, row, inputs))
         .buffer_unordered(concurrency.max(1));
     while let Some(outcome) = outcomes.next().await {
         if let Err(e) = &outcome {

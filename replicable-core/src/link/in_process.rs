@@ -119,6 +119,14 @@ impl PrimaryLink for InProcessPrimary {
             .map_err(failed(format!("{name} {model_id}")))
     }
 
+    async fn records(&self, name: &str, ids: &[i64]) -> Result<Vec<StoredRecord>, LinkError> {
+        self.primary
+            .records
+            .get_many(name, ids)
+            .await
+            .map_err(failed(format!("{} {name} records", ids.len())))
+    }
+
     async fn record_ids(
         &self,
         name: &str,

@@ -59,6 +59,18 @@ pub trait PrimaryLink: Send + Sync + std::fmt::Debug {
     /// A record as the primary has it now; `None` if it does not exist.
     async fn record(&self, name: &str, model_id: i64) -> Result<Option<StoredRecord>, LinkError>;
 
+    /// The records of `ids` as the primary has them now, those that exist, in no particular
+    /// order: what a secondary syncs a claimed batch from. The default asks
+    /// [`record`](Self::record) for each; a link that can read them together (the in-process
+    /// link: one statement) overrides it.
+    async fn records(&self, name: &str, ids: &[i64]) -> Result<Vec<StoredRecord>, LinkError> {
+        let mut found = Vec::with_capacity(ids.len());
+        for &id in ids {
+            found.extend(self.record(name, id).await?);
+        }
+        Ok(found)
+    }
+
     /// The primary's record ids in `range`, ascending, at most `limit`.
     async fn record_ids(
         &self,

@@ -27,6 +27,7 @@ mod sync;
 mod verify;
 
 pub use sync::SyncAttempt;
+pub(crate) use sync::{SyncInputs, with_sync_inputs};
 pub(crate) use verify::{
     PrimaryCheck, SecondaryInputs, complete_primary_verifications, with_primary_records,
     with_secondary_inputs,
@@ -450,4 +451,9 @@ impl<'a, M: Replicable> ReplicationTarget<'a, M> {
             .await
             .map_err(|e| self.store_error(e))
     }
+}
+
+/// `items` by the id `id_of` names.
+fn by_id<T>(items: Vec<T>, id_of: impl Fn(&T) -> i64) -> std::collections::HashMap<i64, T> {
+    items.into_iter().map(|item| (id_of(&item), item)).collect()
 }

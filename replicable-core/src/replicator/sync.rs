@@ -10,6 +10,7 @@ use crate::domain::error::ReplicatorError;
 use crate::domain::failure::SyncFailure;
 use crate::domain::registry::{RegistryRecord, SyncState};
 use crate::domain::resource::Resource;
+use crate::domain::verification::VerificationRecord;
 use crate::link::PrimaryLink;
 use crate::model::Replicable;
 use crate::site::Site;
@@ -60,6 +61,7 @@ impl<'a, M: Replicable> ReplicationTarget<'a, M> {
                 return Ok(Some(SyncAttempt {
                     target: self.clone(),
                     row,
+                    inputs: None,
                 }));
             }
         }
@@ -67,10 +69,67 @@ impl<'a, M: Replicable> ReplicationTarget<'a, M> {
     }
 }
 
+/// What a claimed sync reads from the primary before it copies: the record as the primary
+/// has it (`None`: it does not exist) and its verification row (`None`: there is none).
+#[derive(Debug)]
+pub(crate) struct SyncInputs {
+    record: Option<StoredRecord>,
+    primary: Option<VerificationRecord>,
+}
+
+/// Claimed registry rows of replicable `name`, each with its [`SyncInputs`], read together:
+/// one read of the primary's records and, for a strategy that verifies, one of its
+/// verification rows, instead of two per sync. Read right after the claim, as a sync reads
+/// them when it starts (a change since is caught as for any sync: the event marks the row, and
+/// the attempt's guard and completion see it). No inputs when a read fails: each sync then
+/// reads its own (and meets the failure itself, with its record named).
+pub(crate) async fn with_sync_inputs(
+    site: &Site,
+    name: &str,
+    verifiable: bool,
+    rows: Vec<RegistryRecord>,
+) -> Vec<(RegistryRecord, Option<SyncInputs>)> {
+    let ids: Vec<i64> = rows.iter().map(|row| row.model_id).collect();
+    let read = match site.primary_link() {
+        Some(link) if !ids.is_empty() => {
+            let primary = async {
+                if verifiable {
+                    link.verifications(name, &ids).await
+                } else {
+                    Ok(Vec::new())
+                }
+            };
+            match futures::join!(link.records(name, &ids), primary) {
+                (Ok(records), Ok(primary)) => Some((
+                    super::by_id(records, |record| record.model_id),
+                    super::by_id(primary, |row| row.model_id),
+                )),
+                (Err(e), _) | (_, Err(e)) => {
+                    debug!(replicable = name, error = %e, "reading the primary's side of a sync batch failed");
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
+    let mut read = read;
+    rows.into_iter()
+        .map(|row| {
+            let inputs = read.as_mut().map(|(records, primary)| SyncInputs {
+                record: records.remove(&row.model_id),
+                primary: primary.remove(&row.model_id),
+            });
+            (row, inputs)
+        })
+        .collect()
+}
+
 /// A sync whose registry row is `started`, ready to copy the resource.
 pub struct SyncAttempt<'a, M: Replicable> {
     target: ReplicationTarget<'a, M>,
     row: RegistryRecord,
+    /// What was read for it with its claimed batch, taken when it runs.
+    inputs: Option<SyncInputs>,
 }
 
 impl<M: Replicable> std::fmt::Debug for SyncAttempt<'_, M> {
@@ -85,9 +144,19 @@ impl<M: Replicable> std::fmt::Debug for SyncAttempt<'_, M> {
 impl<'a, M: Replicable> SyncAttempt<'a, M> {
     /// An attempt for a row the caller already moved to `started` (claimed by a worker).
     pub fn claimed(site: &'a Site, row: RegistryRecord) -> Self {
+        Self::claimed_with(site, row, None)
+    }
+
+    /// [`claimed`](Self::claimed), with what was read for it with its claimed batch.
+    pub(crate) fn claimed_with(
+        site: &'a Site,
+        row: RegistryRecord,
+        inputs: Option<SyncInputs>,
+    ) -> Self {
         Self {
             target: ReplicationTarget::new(site, row.model_id),
             row,
+            inputs,
         }
     }
 
@@ -103,14 +172,19 @@ impl<'a, M: Replicable> SyncAttempt<'a, M> {
         self.run_inner().instrument(span).await
     }
 
-    async fn run_inner(self) -> Result<SyncOutcome, ReplicatorError> {
+    async fn run_inner(mut self) -> Result<SyncOutcome, ReplicatorError> {
+        let inputs = self.inputs.take();
         let target = &self.target;
         let site = target.site;
         let name = M::REPLICABLE_NAME;
         let link = target.secondary_link("sync")?;
         let mut resource = None;
         let mut attempted = None;
-        let copied = match link.record(name, target.id).await {
+        let (record, primary) = match inputs {
+            Some(SyncInputs { record, primary }) => (Ok(record), Some(primary)),
+            None => (link.record(name, target.id).await, None),
+        };
+        let copied = match record {
             Ok(Some(stored)) => {
                 let record = target.decode(&stored)?;
                 resource = Some(record.resource());
@@ -120,7 +194,7 @@ impl<'a, M: Replicable> SyncAttempt<'a, M> {
                     return Ok(SyncOutcome::OutOfScope);
                 }
                 let version = self.row.version;
-                let copy = self.copy(link, &record, &stored);
+                let copy = self.copy(link, &record, &stored, primary);
                 let copied = heartbeating(site.timeouts().heartbeat_interval, copy, || {
                     site.registry_store()
                         .heartbeat(name, target.id, version, site.now())
@@ -284,13 +358,18 @@ impl<'a, M: Replicable> SyncAttempt<'a, M> {
         link: &dyn PrimaryLink,
         record: &M,
         stored: &StoredRecord,
+        primary: Option<Option<VerificationRecord>>,
     ) -> Result<(Option<String>, bool), SyncFailure> {
         let target = &self.target;
         let primary_checksum = if M::Strategy::VERIFIABLE {
-            link.verification(M::REPLICABLE_NAME, target.id)
-                .await
-                .map_err(|e| SyncFailure::new(e.to_string()))?
-                .and_then(|v| v.succeeded_checksum().map(str::to_owned))
+            let primary = match primary {
+                Some(primary) => primary,
+                None => link
+                    .verification(M::REPLICABLE_NAME, target.id)
+                    .await
+                    .map_err(|e| SyncFailure::new(e.to_string()))?,
+            };
+            primary.and_then(|v| v.succeeded_checksum().map(str::to_owned))
         } else {
             None
         };

@@ -146,8 +146,8 @@ pub(crate) async fn with_secondary_inputs(
                 site.records().get_many(name, &ids)
             ) {
                 (Ok(primary), Ok(local)) => Some((
-                    by_id(primary, |row| row.model_id),
-                    by_id(local, |record| record.model_id),
+                    super::by_id(primary, |row| row.model_id),
+                    super::by_id(local, |record| record.model_id),
                 )),
                 (Err(e), _) => {
                     debug!(replicable = name, error = %e, "reading the primary's checksums of a batch failed");
@@ -172,11 +172,6 @@ pub(crate) async fn with_secondary_inputs(
         .collect()
 }
 
-/// `items` by the id `id_of` names.
-fn by_id<T>(items: Vec<T>, id_of: impl Fn(&T) -> i64) -> HashMap<i64, T> {
-    items.into_iter().map(|item| (id_of(&item), item)).collect()
-}
-
 /// Claimed verification rows of replicable `name` on the primary, each with its record, read
 /// together in one statement instead of one per check. Read when the batch is claimed: a
 /// publication since puts the row back to pending (its version bumped in the publishing
@@ -192,7 +187,7 @@ pub(crate) async fn with_primary_records(
         None
     } else {
         match site.records().get_many(name, &ids).await {
-            Ok(found) => Some(by_id(found, |record| record.model_id)),
+            Ok(found) => Some(super::by_id(found, |record| record.model_id)),
             Err(e) => {
                 debug!(replicable = name, error = %e, "reading the records of a batch failed");
                 None

@@ -1299,6 +1299,148 @@ pub async fn many_rows_are_read_by_id_at_once(target: &dyn ConformanceTarget) {
     );
 }
 
+/// Registry updates made at once (the sync and verification workers each end with one) are
+/// each a compare-and-set of their own: every row written exactly as sent, of two updates of
+/// one row from the same version exactly one written, an update from an older version
+/// refused, and each caller told which.
+pub async fn concurrent_registry_updates_each_get_their_own_answer(target: &dyn ConformanceTarget) {
+    let db = open(target).await;
+    let ids: Vec<i64> = (1..=60).collect();
+    let mut rows = Vec::new();
+    for &id in &ids {
+        rows.push(synced_row(&db, id, false).await);
+    }
+    let policy = RetryPolicy::default();
+    // Every column a worker writes moves: the sync's failure and backoff, the verification's
+    // result and times, the heartbeat, the change marks.
+    let sent: Vec<RegistryRecord> = rows
+        .iter()
+        .map(|row| {
+            let mut row = row.clone();
+            let id = row.model_id;
+            if id % 2 == 0 {
+                row.verification.start(t0() + secs(id)).unwrap();
+                row.verification
+                    .fail_mismatch(format!("local-{id}"), t0() + secs(id), &policy, 7)
+                    .unwrap();
+                row.mark_failed(
+                    &SyncFailure::new(format!("failure of {id}")),
+                    t0() + secs(id),
+                    &policy,
+                    3,
+                )
+                .unwrap();
+            } else {
+                row.verification.start(t0() + secs(id)).unwrap();
+                row.verification
+                    .succeed(format!("sum-{id}"), t0() + secs(2 * id))
+                    .unwrap();
+            }
+            row.heartbeat_at = Some(t0() + secs(3 * id));
+            row.changed_at = Some(t0() + secs(4 * id));
+            row.change_pending = id % 3 == 0;
+            row
+        })
+        .collect();
+    // Rows 1-10 also get a rival update from the same version; row 60 one from before it.
+    let mut rivals: Vec<RegistryRecord> = rows[..10]
+        .iter()
+        .map(|row| {
+            let mut row = row.clone();
+            row.last_sync_failure = Some(format!("rival of {}", row.model_id));
+            row
+        })
+        .collect();
+    let mut stale = rows[59].clone();
+    stale.version -= 1;
+    rivals.push(stale);
+    let all: Vec<&RegistryRecord> = sent.iter().chain(rivals.iter()).collect();
+    let answers = futures::future::join_all(all.iter().map(|row| db.registry.update(NAME, row)))
+        .await
+        .into_iter()
+        .collect::<Result<Vec<bool>, _>>()
+        .unwrap();
+    let (sent_answers, rival_answers) = answers.split_at(sent.len());
+    assert!(
+        !rival_answers[10],
+        "an update from an older version is refused"
+    );
+    for (i, row) in sent.iter().enumerate() {
+        let stored = registry(&db, row.model_id).await.unwrap();
+        let winner = match rival_answers.get(i).filter(|_| i < 10) {
+            Some(&rival) => {
+                assert_ne!(
+                    sent_answers[i], rival,
+                    "exactly one of two updates of row {} from one version is written",
+                    row.model_id
+                );
+                if rival { &rivals[i] } else { row }
+            }
+            None => {
+                assert!(sent_answers[i], "row {} is written", row.model_id);
+                row
+            }
+        };
+        let mut expected = winner.clone();
+        expected.version += 1;
+        assert_eq!(
+            stored, expected,
+            "row {} as its update sent it",
+            row.model_id
+        );
+    }
+}
+
+/// Record copies written at once (each sync keeps one) are each kept unless older than the
+/// copy already there: every new copy stored as sent, an older one refused and told so, and
+/// of two copies of one record the newer is what stays.
+pub async fn concurrent_record_copies_keep_the_newest(target: &dyn ConformanceTarget) {
+    let db = open(target).await;
+    let copy = |id: i64, generation: i64| StoredRecord {
+        model_id: id,
+        generation,
+        body: serde_json::json!({ "id": id, "generation": generation, "text": "ä \"quoted\"" }),
+    };
+    // Record 50 already holds generation 5.
+    assert!(
+        db.records
+            .put_unless_older(NAME, &copy(50, 5))
+            .await
+            .unwrap()
+    );
+    let mut copies: Vec<StoredRecord> = (1..=40).map(|id| copy(id, id % 4 + 2)).collect();
+    // Records 1-10 are also sent generation 1 (older), record 50 generation 3 (older).
+    copies.extend((1..=10).map(|id| copy(id, 1)));
+    copies.push(copy(50, 3));
+    let answers = futures::future::join_all(
+        copies
+            .iter()
+            .map(|record| db.records.put_unless_older(NAME, record)),
+    )
+    .await
+    .into_iter()
+    .collect::<Result<Vec<bool>, _>>()
+    .unwrap();
+    for (record, written) in copies.iter().zip(&answers).take(40) {
+        assert!(written, "record {} is a new copy", record.model_id);
+        assert_eq!(
+            db.records
+                .get(NAME, record.model_id)
+                .await
+                .unwrap()
+                .as_ref(),
+            Some(record),
+            "record {} keeps its newest copy, whatever came when",
+            record.model_id
+        );
+    }
+    assert!(!answers[50], "an older copy than the one held is refused");
+    assert_eq!(
+        db.records.get(NAME, 50).await.unwrap().unwrap(),
+        copy(50, 5)
+    );
+}
+
 /// A new checksum of the primary (`checksum_succeeded`) sends synced copies verified against
 /// an older one, or waiting for one, back to verification pending (their version bumped), and
 /// leaves copies in any other state as they were.
@@ -1858,6 +2000,15 @@ pub async fn completed_verifications_append_their_events_together(target: &dyn C
         let row = db.verification.get(NAME, id).await.unwrap().unwrap();
         assert_eq!(row.verification.verification_state, state, "{id}");
     }
+    // A written row is stored exactly as sent: every verification column.
+    for c in completed.iter().filter(|c| c.row.model_id != 3) {
+        let mut expected = c.row.clone();
+        expected.version += 1;
+        assert_eq!(
+            db.verification.get(NAME, c.row.model_id).await.unwrap(),
+            Some(expected)
+        );
+    }
     // Nothing to announce: rows only, no event.
     let none = db
         .events
@@ -2189,6 +2340,8 @@ macro_rules! storage_conformance_suite {
             enabling_verification_touches_disabled_synced_rows_only,
             the_replication_switch_persists,
             many_rows_are_read_by_id_at_once,
+            concurrent_registry_updates_each_get_their_own_answer,
+            concurrent_record_copies_keep_the_newest,
             a_sync_claim_takes_nothing_while_replication_is_paused,
             a_stale_change_leaves_a_synced_row_alone,
             a_new_primary_checksum_sends_verified_and_waiting_copies_back,

@@ -10,7 +10,11 @@ use super::batch::{
     delete_batch_sql, event_rows, event_runs, id_rows, publish_batch_on, record_rows, table_of,
     upsert_records_batch_sql, verification_pending_batch_sql,
 };
-use super::verification::{bind_verification, verification_assignments};
+use super::group_commit::statement_rounds;
+use super::verification::{
+    bind_verification, verification_assignments, verification_assignments_from_json,
+    verification_json,
+};
 use super::{Dialect, SqlStore, Tables, micros};
 use crate::domain::error::StoreError;
 use crate::domain::event::{DamagedEvent, EventId, EventKind, LogEntry, NewEvent, StoredEvent};
@@ -206,7 +210,13 @@ impl EventLog for SqlStore {
     ) -> Result<Option<Published>, StoreError> {
         let published = match self.dialect {
             // One writer, one sync per commit: concurrent publishes share commits.
-            Dialect::Sqlite => self.publish_in_group(publication, now).await,
+            Dialect::Sqlite => {
+                self.write_grouped(super::group_commit::PublishWrite {
+                    publication: publication.clone(),
+                    now,
+                })
+                .await
+            }
             Dialect::Postgres => self.publish_now(publication, now).await,
         };
         self.announce_appended(published).map(Some)
@@ -241,25 +251,58 @@ impl EventLog for SqlStore {
             self.begin_write().await
         }
         .map_err(&err)?;
-        // The compare-and-set of `VerificationStore::update`.
-        let sql = format!(
-            "UPDATE {n}_verification SET {}, version = version + 1 \
-             WHERE {n}_id = $11 AND version = $12",
-            verification_assignments(1)
-        );
-        let mut written = Vec::with_capacity(completed.len());
-        for c in completed {
-            let done = bind_verification(
-                sqlx::query(AssertSqlSafe(sql.clone())),
-                &c.row.verification,
-                c.row.heartbeat_at,
-            )
-            .bind(c.row.model_id)
-            .bind(c.row.version)
-            .execute(&mut *tx)
-            .await
-            .map_err(&err)?;
-            written.push(done.rows_affected() == 1);
+        // The compare-and-set of `VerificationStore::update`, for each row.
+        let mut written = vec![false; completed.len()];
+        match self.dialect {
+            // One statement per round (a row named twice goes to the next): the group's rows
+            // as one JSON parameter.
+            Dialect::Sqlite => {
+                let sql = format!(
+                    "UPDATE {n}_verification SET {}, version = version + 1 \
+                     FROM json_each($1) AS j \
+                     WHERE {n}_id = j.value ->> 0 AND version = j.value ->> 11 \
+                     RETURNING {n}_id AS id",
+                    verification_assignments_from_json(1)
+                );
+                for (_, round) in statement_rounds(completed, |c| (name, c.row.model_id)) {
+                    let rows: Vec<(i64, serde_json::Value)> = round
+                        .iter()
+                        .map(|&i| {
+                            let row = &completed[i].row;
+                            let mut values = vec![serde_json::Value::from(row.model_id)];
+                            values.extend(verification_json(&row.verification, row.heartbeat_at));
+                            values.push(row.version.into());
+                            (row.model_id, serde_json::Value::Array(values))
+                        })
+                        .collect();
+                    let done = self
+                        .write_json_rows(&mut tx, &sql, &rows, "record verifications")
+                        .await?;
+                    for (&i, done) in round.iter().zip(done) {
+                        written[i] = done;
+                    }
+                }
+            }
+            Dialect::Postgres => {
+                let sql = format!(
+                    "UPDATE {n}_verification SET {}, version = version + 1 \
+                     WHERE {n}_id = $11 AND version = $12",
+                    verification_assignments(1)
+                );
+                for (c, written) in completed.iter().zip(written.iter_mut()) {
+                    let done = bind_verification(
+                        sqlx::query(AssertSqlSafe(sql.clone())),
+                        &c.row.verification,
+                        c.row.heartbeat_at,
+                    )
+                    .bind(c.row.model_id)
+                    .bind(c.row.version)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(&err)?;
+                    *written = done.rows_affected() == 1;
+                }
+            }
         }
         let rows = completed
             .iter()

@@ -5,8 +5,9 @@ use std::ops::Range;
 use async_trait::async_trait;
 use sqlx::AssertSqlSafe;
 
-use super::SqlStore;
 use super::event_log::upsert_record_sql;
+use super::group_commit::{RecordWrite, statement_rounds};
+use super::{Dialect, SqlStore};
 use crate::domain::error::StoreError;
 use crate::storage::{RecordStore, StoredRecord};
 
@@ -34,22 +35,17 @@ impl RecordStore for SqlStore {
         name: &str,
         record: &StoredRecord,
     ) -> Result<bool, StoreError> {
-        let t = self.tables(name).await?;
-        let n = &t.name;
-        let sql = format!(
-            "INSERT INTO {n}_records ({n}_id, generation, body) VALUES ($1, $2, $3) \
-             ON CONFLICT ({n}_id) DO UPDATE SET generation = excluded.generation, \
-             body = excluded.body WHERE {n}_records.generation <= excluded.generation"
-        );
-        let mut w = self.writer().await?;
-        let done = sqlx::query(AssertSqlSafe(sql))
-            .bind(record.model_id)
-            .bind(record.generation)
-            .bind(record.body.to_string())
-            .execute(&mut *w)
-            .await
-            .map_err(self.backend("write record copy"))?;
-        Ok(done.rows_affected() == 1)
+        match self.dialect {
+            // One writer: copies arriving while one is written share the next statement.
+            Dialect::Sqlite => {
+                self.write_grouped(RecordWrite {
+                    name: name.to_owned(),
+                    record: record.clone(),
+                })
+                .await
+            }
+            Dialect::Postgres => self.put_unless_older_now(name, record).await,
+        }
     }
 
     async fn get(&self, name: &str, model_id: i64) -> Result<Option<StoredRecord>, StoreError> {
@@ -113,6 +109,72 @@ impl RecordStore for SqlStore {
 }
 
 impl SqlStore {
+    /// [`RecordStore::put_unless_older`], one record in its own statement.
+    pub(super) async fn put_unless_older_now(
+        &self,
+        name: &str,
+        record: &StoredRecord,
+    ) -> Result<bool, StoreError> {
+        let t = self.tables(name).await?;
+        let n = &t.name;
+        let sql = format!(
+            "INSERT INTO {n}_records ({n}_id, generation, body) VALUES ($1, $2, $3) \
+             ON CONFLICT ({n}_id) DO UPDATE SET generation = excluded.generation, \
+             body = excluded.body WHERE {n}_records.generation <= excluded.generation"
+        );
+        let mut w = self.writer().await?;
+        let done = sqlx::query(AssertSqlSafe(sql))
+            .bind(record.model_id)
+            .bind(record.generation)
+            .bind(record.body.to_string())
+            .execute(&mut *w)
+            .await
+            .map_err(self.backend("write record copy"))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// [`RecordStore::put_unless_older`] of many records (SQLite): one statement per
+    /// replicable and round (see [`statement_rounds`]), the records as one JSON parameter;
+    /// returns whether each was written, in the order of `group`.
+    pub(super) async fn put_many_unless_older_now(
+        &self,
+        group: &[RecordWrite],
+    ) -> Result<Vec<bool>, StoreError> {
+        let mut written = vec![false; group.len()];
+        let mut w = self.writer().await?;
+        for (name, writes) in statement_rounds(group, |w| (&w.name, w.record.model_id)) {
+            let t = self.tables(name).await?;
+            let n = &t.name;
+            // `WHERE true` tells SQLite's parser that `ON CONFLICT` belongs to the insert.
+            let sql = format!(
+                "INSERT INTO {n}_records ({n}_id, generation, body) \
+                 SELECT value ->> 0, value ->> 1, value ->> 2 FROM json_each($1) WHERE true \
+                 ON CONFLICT ({n}_id) DO UPDATE SET generation = excluded.generation, \
+                 body = excluded.body WHERE {n}_records.generation <= excluded.generation \
+                 RETURNING {n}_id AS id"
+            );
+            let rows: Vec<(i64, serde_json::Value)> = writes
+                .iter()
+                .map(|&i| {
+                    let record = &group[i].record;
+                    let row = serde_json::json!([
+                        record.model_id,
+                        record.generation,
+                        record.body.to_string()
+                    ]);
+                    (record.model_id, row)
+                })
+                .collect();
+            let done = self
+                .write_json_rows(&mut w, &sql, &rows, "write record copies")
+                .await?;
+            for (&i, done) in writes.iter().zip(done) {
+                written[i] = done;
+            }
+        }
+        Ok(written)
+    }
+
     /// Deletes the row of `model_id` from replicable `name`'s table `<name>_<kind>`. Returns
     /// whether it existed.
     pub(super) async fn delete_row(

@@ -8,10 +8,12 @@ use chrono::{DateTime, Utc};
 use sqlx::AssertSqlSafe;
 use sqlx::any::AnyRow;
 
+use super::group_commit::{RegistryWrite, statement_rounds};
 use super::verification::{
     VERIFICATION_ORDER, VERIFICATION_STUCK, bind_verification, verification_assignments,
+    verification_assignments_from_json, verification_json,
 };
-use super::{SqlStore, micros, opt_micros};
+use super::{Dialect, SqlStore, micros, opt_micros};
 use crate::domain::error::StoreError;
 use crate::domain::event::{CursorGap, EventId, SkippedEvent};
 use crate::domain::registry::{RegistryRecord, StuckCutoffs, SyncState};
@@ -40,7 +42,98 @@ fn pending_assignments(row: &str, retry_at: &str) -> String {
     )
 }
 
+/// A registry row as the JSON array a grouped update reads (`j.value ->> i`): the id, the
+/// columns in the order of the statement, the version it was read at.
+fn registry_json(row: &RegistryRecord) -> serde_json::Value {
+    let mut values: Vec<serde_json::Value> = vec![
+        row.model_id.into(),
+        row.state.value().into(),
+        row.retry_count.into(),
+        opt_micros(row.retry_at).into(),
+        row.last_sync_failure.clone().into(),
+        opt_micros(row.last_synced_at).into(),
+        i16::from(row.missing_on_primary).into(),
+        row.synced_generation.into(),
+        i16::from(row.change_pending).into(),
+    ];
+    values.extend(verification_json(&row.verification, row.heartbeat_at));
+    values.push(opt_micros(row.changed_at).into());
+    values.push(row.version.into());
+    serde_json::Value::Array(values)
+}
+
 impl SqlStore {
+    /// [`RegistryStore::update`], one row in its own statement.
+    pub(super) async fn update_registry_now(
+        &self,
+        name: &str,
+        row: &RegistryRecord,
+    ) -> Result<bool, StoreError> {
+        let t = self.tables(name).await?;
+        let n = &t.name;
+        let sql = format!(
+            "UPDATE {n}_registry SET state = $1, retry_count = $2, retry_at = $3, \
+             last_sync_failure = $4, last_synced_at = $5, missing_on_primary = $6, \
+             synced_generation = $7, change_pending = $8, {}, changed_at = $19, \
+             version = version + 1 WHERE {n}_id = $20 AND version = $21",
+            verification_assignments(9)
+        );
+        let mut w = self.writer().await?;
+        let query = sqlx::query(AssertSqlSafe(sql))
+            .bind(row.state.value())
+            .bind(i64::from(row.retry_count))
+            .bind(opt_micros(row.retry_at))
+            .bind(row.last_sync_failure.clone())
+            .bind(opt_micros(row.last_synced_at))
+            .bind(i16::from(row.missing_on_primary))
+            .bind(row.synced_generation)
+            .bind(i16::from(row.change_pending));
+        let done = bind_verification(query, &row.verification, row.heartbeat_at)
+            .bind(opt_micros(row.changed_at))
+            .bind(row.model_id)
+            .bind(row.version)
+            .execute(&mut *w)
+            .await
+            .map_err(self.backend("update registry row"))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// [`RegistryStore::update`] of many rows (SQLite): one statement per replicable and
+    /// round, its rows as one JSON parameter, each a compare-and-set on its version; returns
+    /// whether each was written, in the order of `group` (see [`statement_rounds`]).
+    pub(super) async fn update_registries_now(
+        &self,
+        group: &[RegistryWrite],
+    ) -> Result<Vec<bool>, StoreError> {
+        let mut written = vec![false; group.len()];
+        let mut w = self.writer().await?;
+        for (name, writes) in statement_rounds(group, |w| (&w.name, w.row.model_id)) {
+            let t = self.tables(name).await?;
+            let n = &t.name;
+            let sql = format!(
+                "UPDATE {n}_registry SET state = j.value ->> 1, retry_count = j.value ->> 2, \
+                 retry_at = j.value ->> 3, last_sync_failure = j.value ->> 4, \
+                 last_synced_at = j.value ->> 5, missing_on_primary = j.value ->> 6, \
+                 synced_generation = j.value ->> 7, change_pending = j.value ->> 8, {}, \
+                 changed_at = j.value ->> 19, version = version + 1 \
+                 FROM json_each($1) AS j \
+                 WHERE {n}_id = j.value ->> 0 AND version = j.value ->> 20 RETURNING {n}_id AS id",
+                verification_assignments_from_json(9)
+            );
+            let rows: Vec<(i64, serde_json::Value)> = writes
+                .iter()
+                .map(|&i| (group[i].row.model_id, registry_json(&group[i].row)))
+                .collect();
+            let done = self
+                .write_json_rows(&mut w, &sql, &rows, "update registry rows")
+                .await?;
+            for (&i, done) in writes.iter().zip(done) {
+                written[i] = done;
+            }
+        }
+        Ok(written)
+    }
+
     /// Runs `statement(list)` for the ids in chunks, `list` being their placeholders (`$1, ...`),
     /// and returns the rows it changed in all.
     async fn update_ids(
@@ -289,33 +382,17 @@ impl RegistryStore for SqlStore {
     }
 
     async fn update(&self, name: &str, row: &RegistryRecord) -> Result<bool, StoreError> {
-        let t = self.tables(name).await?;
-        let n = &t.name;
-        let sql = format!(
-            "UPDATE {n}_registry SET state = $1, retry_count = $2, retry_at = $3, \
-             last_sync_failure = $4, last_synced_at = $5, missing_on_primary = $6, \
-             synced_generation = $7, change_pending = $8, {}, changed_at = $19, \
-             version = version + 1 WHERE {n}_id = $20 AND version = $21",
-            verification_assignments(9)
-        );
-        let mut w = self.writer().await?;
-        let query = sqlx::query(AssertSqlSafe(sql))
-            .bind(row.state.value())
-            .bind(i64::from(row.retry_count))
-            .bind(opt_micros(row.retry_at))
-            .bind(row.last_sync_failure.clone())
-            .bind(opt_micros(row.last_synced_at))
-            .bind(i16::from(row.missing_on_primary))
-            .bind(row.synced_generation)
-            .bind(i16::from(row.change_pending));
-        let done = bind_verification(query, &row.verification, row.heartbeat_at)
-            .bind(opt_micros(row.changed_at))
-            .bind(row.model_id)
-            .bind(row.version)
-            .execute(&mut *w)
-            .await
-            .map_err(self.backend("update registry row"))?;
-        Ok(done.rows_affected() == 1)
+        match self.dialect {
+            // One writer: updates arriving while one is written share the next statement.
+            Dialect::Sqlite => {
+                self.write_grouped(RegistryWrite {
+                    name: name.to_owned(),
+                    row: row.clone(),
+                })
+                .await
+            }
+            Dialect::Postgres => self.update_registry_now(name, row).await,
+        }
     }
 
     async fn claim_for_sync(

@@ -12,25 +12,58 @@ use crate::domain::registry::StuckCutoffs;
 use crate::domain::verification::{Verification, VerificationRecord, VerificationState};
 use crate::storage::{VerificationCounts, VerificationStore};
 
+/// The verification columns both tables share, in the order they are written.
+const VERIFICATION_COLUMNS: [&str; 10] = [
+    "verification_state",
+    "verification_checksum",
+    "verified_at",
+    "verification_started_at",
+    "verification_retry_at",
+    "verification_retry_count",
+    "verification_failure",
+    "checksum_mismatch",
+    "verification_checksum_mismatched",
+    "heartbeat_at",
+];
+
 /// The `SET` list writing every verification column from `$first` on (10 parameters).
 pub(super) fn verification_assignments(first: usize) -> String {
+    VERIFICATION_COLUMNS
+        .iter()
+        .enumerate()
+        .map(|(i, column)| format!("{column} = ${}", first + i))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The `SET` list writing every verification column from the elements of the JSON array
+/// `j.value` from index `first` on (see [`verification_json`]): a multi-row update.
+pub(super) fn verification_assignments_from_json(first: usize) -> String {
+    VERIFICATION_COLUMNS
+        .iter()
+        .enumerate()
+        .map(|(i, column)| format!("{column} = j.value ->> {}", first + i))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The values of [`verification_assignments_from_json`], in its order.
+pub(super) fn verification_json(
+    v: &Verification,
+    heartbeat_at: Option<DateTime<Utc>>,
+) -> [serde_json::Value; 10] {
     [
-        "verification_state",
-        "verification_checksum",
-        "verified_at",
-        "verification_started_at",
-        "verification_retry_at",
-        "verification_retry_count",
-        "verification_failure",
-        "checksum_mismatch",
-        "verification_checksum_mismatched",
-        "heartbeat_at",
+        v.verification_state.value().into(),
+        v.verification_checksum.clone().into(),
+        opt_micros(v.verified_at).into(),
+        opt_micros(v.verification_started_at).into(),
+        opt_micros(v.verification_retry_at).into(),
+        v.verification_retry_count.into(),
+        v.verification_failure.clone().into(),
+        i16::from(v.checksum_mismatch).into(),
+        v.verification_checksum_mismatched.clone().into(),
+        opt_micros(heartbeat_at).into(),
     ]
-    .iter()
-    .enumerate()
-    .map(|(i, column)| format!("{column} = ${}", first + i))
-    .collect::<Vec<_>>()
-    .join(", ")
 }
 
 /// Binds the values of [`verification_assignments`].
