@@ -90,6 +90,101 @@ impl ConfinedLocalFileSystem {
     fn check(&self, location: &Path) -> Result<()> {
         self.confined_path(location).map(|_| ())
     }
+
+    /// The blocking part of a get: what `LocalFileSystem` would answer (the same metadata,
+    /// e-tag, preconditions and ranges), with a range of up to [`READ_CHUNK`] already read.
+    fn open_for_get(&self, location: Path, options: GetOptions) -> Result<OpenedGet> {
+        use std::io::{Read, Seek, SeekFrom};
+        let path = self.confined_path(&location)?;
+        let file = std::fs::File::open(&path).map_err(|e| open_error(&path, e))?;
+        let metadata = file.metadata().map_err(|e| open_error(&path, e))?;
+        if !metadata.is_file() {
+            return Err(object_store::Error::Generic {
+                store: STORE,
+                source: format!("`{}` exists but is not a regular file", path.display()).into(),
+            });
+        }
+        let meta = object_meta(location, &metadata);
+        options.check_preconditions(&meta)?;
+        let range = match &options.range {
+            Some(range) => range
+                .as_range(meta.size)
+                .map_err(|e| object_store::Error::Generic {
+                    store: STORE,
+                    source: format!("reading `{}`: {e}", path.display()).into(),
+                })?,
+            None => 0..meta.size,
+        };
+        let len = range.end - range.start;
+        if options.head || len > READ_CHUNK as u64 {
+            return Ok(OpenedGet {
+                meta,
+                range,
+                body: Opened::File(file, path),
+            });
+        }
+        let mut file = file;
+        let mut buf = vec![0; len as usize];
+        file.seek(SeekFrom::Start(range.start))
+            .and_then(|_| file.read_exact(&mut buf))
+            .map_err(|e| object_store::Error::Generic {
+                store: STORE,
+                source: format!("reading `{}`: {e}", path.display()).into(),
+            })?;
+        Ok(OpenedGet {
+            meta,
+            range,
+            body: Opened::Read(bytes::Bytes::from(buf)),
+        })
+    }
+}
+
+/// A file opened for a get, its range read already when it was small.
+struct OpenedGet {
+    meta: ObjectMeta,
+    range: std::ops::Range<u64>,
+    body: Opened,
+}
+
+enum Opened {
+    Read(bytes::Bytes),
+    File(std::fs::File, PathBuf),
+}
+
+fn open_error(path: &FsPath, e: std::io::Error) -> object_store::Error {
+    if e.kind() == std::io::ErrorKind::NotFound {
+        object_store::Error::NotFound {
+            path: path.display().to_string(),
+            source: Box::new(e),
+        }
+    } else {
+        object_store::Error::Generic {
+            store: STORE,
+            source: format!("cannot open `{}`: {e}", path.display()).into(),
+        }
+    }
+}
+
+/// The metadata of a file as `LocalFileSystem` reports it, e-tag included (its form is
+/// `"<inode>-<mtime in microseconds>-<size>"` in hex), so that an e-tag from a get made here
+/// matches the one a listing or a conditional request of the inner store computes.
+fn object_meta(location: Path, metadata: &std::fs::Metadata) -> ObjectMeta {
+    #[cfg(unix)]
+    let inode = std::os::unix::fs::MetadataExt::ino(metadata);
+    #[cfg(not(unix))]
+    let inode = 0u64;
+    let modified = metadata.modified().unwrap_or(std::time::UNIX_EPOCH);
+    let micros = modified
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_micros();
+    ObjectMeta {
+        location,
+        last_modified: modified.into(),
+        size: metadata.len(),
+        e_tag: Some(format!("\"{inode:x}-{micros:x}-{:x}\"", metadata.len())),
+        version: None,
+    }
 }
 
 const STORE: &str = "ConfinedLocalFileSystem";
@@ -185,30 +280,30 @@ impl ObjectStore for ConfinedLocalFileSystem {
     }
 
     async fn get_opts(&self, location: &Path, options: GetOptions) -> Result<GetResult> {
-        let file = self.confined_path(location)?;
-        match self.inner.get_opts(location, options).await {
-            // `LocalFileSystem` calls a directory "not found"; it is there, and unreadable.
-            Err(object_store::Error::NotFound { .. })
-                if std::fs::symlink_metadata(&file).is_ok_and(|m| !m.is_file()) =>
-            {
-                Err(object_store::Error::Generic {
-                    store: STORE,
-                    source: format!("`{}` exists but is not a regular file", file.display()).into(),
-                })
+        // Everything up to the first bytes happens on one blocking task: the link check, the
+        // open, the metadata, the preconditions and, for a range that fits in one chunk, the
+        // read itself (a small blob costs one thread hand-off instead of two, and the link
+        // check's `stat`s no longer run on an async worker).
+        let this = self.clone();
+        let location = location.clone();
+        let opened = tokio::task::spawn_blocking(move || this.open_for_get(location, options))
+            .await
+            .map_err(|e| object_store::Error::JoinError { source: e })??;
+        let payload = match opened.body {
+            Opened::Read(bytes) => {
+                GetResultPayload::Stream(futures::stream::once(async move { Ok(bytes) }).boxed())
             }
-            Ok(mut result) => {
-                let range = result.range.clone();
-                let empty = GetResultPayload::Stream(futures::stream::empty().boxed());
-                result.payload = match std::mem::replace(&mut result.payload, empty) {
-                    GetResultPayload::File(file, path) => {
-                        GetResultPayload::Stream(read_in_chunks(file, path, range))
-                    }
-                    stream => stream,
-                };
-                Ok(result)
+            Opened::File(file, path) => {
+                GetResultPayload::Stream(read_in_chunks(file, path, opened.range.clone()))
             }
-            other => other,
-        }
+        };
+        Ok(GetResult {
+            payload,
+            meta: opened.meta,
+            range: opened.range,
+            attributes: Default::default(),
+            extensions: Default::default(),
+        })
     }
 
     async fn get_ranges(
@@ -318,6 +413,65 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(&part[..], &data[100..READ_CHUNK + 200]);
+
+        // Metadata, e-tags and preconditions are the inner store's: a listing's e-tag is the
+        // one a get reports, and a get conditioned on it answers "not modified".
+        let got = store.get(&path).await.unwrap();
+        let listed: Vec<ObjectMeta> = store
+            .list(Some(&Path::from("pkg")))
+            .map(|m| m.unwrap())
+            .collect()
+            .await;
+        let listed = listed.iter().find(|m| m.location == path).unwrap();
+        assert_eq!(got.meta.e_tag, listed.e_tag);
+        assert_eq!(got.meta.size, data.len() as u64);
+        assert_eq!(got.meta.last_modified, listed.last_modified);
+        let again = GetOptions {
+            if_none_match: got.meta.e_tag.clone(),
+            ..GetOptions::default()
+        };
+        assert!(matches!(
+            store.get_opts(&path, again).await,
+            Err(object_store::Error::NotModified { .. })
+        ));
+        let stale = GetOptions {
+            if_match: Some("\"0-0-0\"".into()),
+            ..GetOptions::default()
+        };
+        assert!(matches!(
+            store.get_opts(&path, stale).await,
+            Err(object_store::Error::Precondition { .. })
+        ));
+        let head = store.head(&path).await.unwrap();
+        assert_eq!(head.e_tag, got.meta.e_tag);
+        let past_the_end = GetOptions {
+            range: Some(GetRange::Offset(data.len() as u64 + 1)),
+            ..GetOptions::default()
+        };
+        assert!(store.get_opts(&path, past_the_end).await.is_err());
+
+        // A small blob comes whole in one chunk; a missing one is "not found"; a directory
+        // is no blob.
+        let small = Path::from("pkg/small.bin");
+        store
+            .put(&small, PutPayload::from(vec![7u8; 4096]))
+            .await
+            .unwrap();
+        let chunks: Vec<bytes::Bytes> = store
+            .get(&small)
+            .await
+            .unwrap()
+            .into_stream()
+            .map(|c| c.unwrap())
+            .collect()
+            .await;
+        assert_eq!(chunks, vec![bytes::Bytes::from(vec![7u8; 4096])]);
+        assert!(matches!(
+            store.get(&Path::from("pkg/none.bin")).await,
+            Err(object_store::Error::NotFound { .. })
+        ));
+        let err = store.get(&Path::from("pkg")).await.unwrap_err();
+        assert!(err.to_string().contains("not a regular file"), "{err}");
 
         let empty = Path::from("pkg/empty.bin");
         store.put(&empty, PutPayload::default()).await.unwrap();
