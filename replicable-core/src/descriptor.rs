@@ -26,6 +26,8 @@ type ConsumeFn =
     for<'a> fn(&'a Site, &'a Event) -> BoxFuture<'a, Result<ConsumeOutcome, ReplicatorError>>;
 type ConsumeChecksumsFn =
     for<'a> fn(&'a Site, &'a [i64]) -> BoxFuture<'a, Result<u64, ReplicatorError>>;
+type RecordChangesFn =
+    for<'a> fn(&'a Site, &'a [Event]) -> BoxFuture<'a, Result<u64, ReplicatorError>>;
 type SyncFn = for<'a> fn(&'a Site, i64) -> BoxFuture<'a, Result<SyncOutcome, ReplicatorError>>;
 type RunClaimedSyncFn = for<'a> fn(
     &'a Site,
@@ -67,6 +69,7 @@ pub struct ReplicableDescriptor {
     consume: ConsumeFn,
     record_intent: ConsumeFn,
     consume_checksums: ConsumeChecksumsFn,
+    record_changes: RecordChangesFn,
     sync: SyncFn,
     run_claimed_sync: RunClaimedSyncFn,
     verify: VerifyFn,
@@ -134,6 +137,13 @@ fn consume_checksums<'a, M: Replicable>(
             .await
     }
     .boxed()
+}
+
+fn record_changes<'a, M: Replicable>(
+    site: &'a Site,
+    events: &'a [Event],
+) -> BoxFuture<'a, Result<u64, ReplicatorError>> {
+    ReplicationTarget::<M>::record_changes(site, events).boxed()
 }
 
 fn sync<M: Replicable>(
@@ -218,6 +228,7 @@ impl ReplicableDescriptor {
             consume: consume::<M>,
             record_intent: record_intent::<M>,
             consume_checksums: consume_checksums::<M>,
+            record_changes: record_changes::<M>,
             sync: sync::<M>,
             run_claimed_sync: run_claimed_sync::<M>,
             verify: verify::<M>,
@@ -262,6 +273,17 @@ impl ReplicableDescriptor {
         ids: &'a [i64],
     ) -> BoxFuture<'a, Result<u64, ReplicatorError>> {
         (self.consume_checksums)(site, ids)
+    }
+
+    /// Records `created` / `updated` events of this replicable on a secondary as intent at
+    /// once (what [`record_intent`](Self::record_intent) does for each, in one write): the log
+    /// cursor's run of them. No record may be named twice. Returns how many rows were marked.
+    pub(crate) fn record_changes<'a>(
+        &self,
+        site: &'a Site,
+        events: &'a [Event],
+    ) -> BoxFuture<'a, Result<u64, ReplicatorError>> {
+        (self.record_changes)(site, events)
     }
 
     /// Syncs one record on a secondary.

@@ -488,3 +488,89 @@ async fn a_run_of_refused_checksum_events_is_skipped_event_by_event() {
         );
     }
 }
+
+/// The engine's cursor records a run of `created` / `updated` events of one replicable
+/// together, and each event still counts as it would alone: a refused event in the run is
+/// skipped on its own with its reason, the others mark their rows pending, a record named
+/// again starts a new run, and the cursor moves past them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_of_changes_is_recorded_together_and_a_refused_one_skipped_alone() {
+    let (a, b) = (SqliteTarget::new(), SqliteTarget::new());
+    let p = pair(
+        replicable_core::storage::open(&a.url).await.unwrap(),
+        replicable_core::storage::open(&b.url).await.unwrap(),
+        None,
+    );
+    use replicable_core::event::NewEvent;
+    use replicable_core::{EventKind, EventPayload, Resource};
+    let event = |id: i64, kind: EventKind| NewEvent {
+        replicable_name: "engine_file".into(),
+        kind,
+        payload: EventPayload {
+            model_id: id,
+            resource: Resource::Blob {
+                key: format!("files/{id}.bin"),
+            },
+            generation: None,
+            record: None,
+            checksum: None,
+        },
+    };
+    // Blobs never change: `updated` is refused.
+    let events = vec![
+        event(1, EventKind::Created),
+        event(2, EventKind::Created),
+        event(3, EventKind::Updated),
+        event(4, EventKind::Created),
+        event(1, EventKind::Created),
+        event(5, EventKind::Created),
+        event(6, EventKind::Created),
+    ];
+    let ids = p
+        .primary
+        .event_log()
+        .append(&events, p.primary.now())
+        .await
+        .unwrap();
+    let cursor = LogCursor::with_holder(&p.secondary, "runs").intent_only(true);
+    let report = cursor.process_batch().await.unwrap();
+    assert_eq!(
+        (report.read, report.consumed, report.skipped),
+        (7, 6, 1),
+        "{report:?}"
+    );
+    assert_eq!(Some(&report.cursor), ids.last());
+    let skipped = p
+        .secondary
+        .registry_store()
+        .skipped_events(10)
+        .await
+        .unwrap();
+    assert_eq!(skipped.len(), 1, "{skipped:?}");
+    assert_eq!(skipped[0].event_id, ids[2]);
+    assert!(
+        skipped[0].reason.contains("does not support `updated`"),
+        "{}",
+        skipped[0].reason
+    );
+    for id in [1, 2, 4, 5, 6] {
+        let row = p
+            .secondary
+            .registry_store()
+            .get("engine_file", id)
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("row {id} is recorded"));
+        assert_eq!(row.state, SyncState::Pending, "row {id}");
+        assert!(row.changed_at.is_some(), "row {id} notes its change");
+    }
+    assert!(
+        p.secondary
+            .registry_store()
+            .get("engine_file", 3)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(counts(&p.secondary, "engine_file").await.pending, 5);
+}

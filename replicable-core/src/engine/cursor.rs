@@ -305,21 +305,30 @@ impl LogCursor {
                     let mut events = events.into_iter().peekable();
                     'events: while let Some(entry) = events.next() {
                         // Consecutive `checksum_succeeded` events of one replicable (the
-                        // primary appends a verified group together) are consumed together.
+                        // primary appends a verified group together) are consumed together,
+                        // and so are consecutive `created` / `updated` events of one
+                        // replicable while the cursor records intent only (a run ends before
+                        // a record it already names).
                         let mut run = vec![entry];
-                        let of_run = batch.checksum_of(&run[0]);
-                        if let Some(descriptor) = of_run {
+                        let of_run = batch.run_of(&run[0]);
+                        if let Some((descriptor, kind)) = of_run {
+                            let mut named: std::collections::HashSet<i64> =
+                                run_model_id(&run[0]).into_iter().collect();
                             while let Some(next) = events.next_if(|e| {
-                                batch.checksum_of(e).map(|d| d.name) == Some(descriptor.name)
+                                batch.run_of(e).map(|(d, k)| (d.name, k))
+                                    == Some((descriptor.name, kind))
+                                    && (kind == RunKind::Checksums
+                                        || run_model_id(e).is_some_and(|id| !named.contains(&id)))
                             }) {
+                                named.extend(run_model_id(&next));
                                 run.push(next);
                             }
                         }
-                        if let Some(descriptor) = of_run
+                        if let Some((descriptor, kind)) = of_run
                             && run.len() > 1
                         {
                             let ids: Vec<EventId> = run.iter().map(LogEntry::id).collect();
-                            match batch.consume_checksums(descriptor, run).await {
+                            match batch.consume_run(descriptor, kind, run).await {
                                 Ok(None) => {
                                     for id in ids {
                                         batch.advance(&mut gaps, id);
@@ -395,6 +404,24 @@ struct Batch<'a> {
     touched: Vec<&'static str>,
 }
 
+/// What a run of events consumed together is made of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RunKind {
+    /// `checksum_succeeded` events.
+    Checksums,
+    /// `created` / `updated` events, recorded as intent.
+    Changes,
+}
+
+/// The record an event names, read from its payload without decoding the rest (`None`: no
+/// readable id; the event is then consumed alone).
+fn run_model_id(entry: &LogEntry) -> Option<i64> {
+    match entry {
+        LogEntry::Event(raw) => raw.payload.get("model_id")?.as_i64(),
+        LogEntry::Damaged(_) => None,
+    }
+}
+
 /// Why a batch ends before its last entry.
 enum Halt {
     /// The lease passed to another cursor: save nothing.
@@ -417,17 +444,20 @@ impl Batch<'_> {
         Ok(())
     }
 
-    /// The replicable of `entry` when it is a `checksum_succeeded` event of a replicable this
-    /// binary knows (one that may join a run consumed together).
-    fn checksum_of(&self, entry: &LogEntry) -> Option<&'static ReplicableDescriptor> {
-        match entry {
-            LogEntry::Event(raw)
-                if EventKind::from_name(&raw.event_name) == Some(EventKind::ChecksumSucceeded) =>
-            {
-                self.catalogue.get(raw.replicable_name.as_str()).copied()
-            }
-            _ => None,
-        }
+    /// The replicable of `entry` and the kind of run it may join, when it is an event of a
+    /// replicable this binary knows that may be consumed with its neighbours:
+    /// `checksum_succeeded`, or (recording intent only) `created` / `updated`.
+    fn run_of(&self, entry: &LogEntry) -> Option<(&'static ReplicableDescriptor, RunKind)> {
+        let LogEntry::Event(raw) = entry else {
+            return None;
+        };
+        let kind = match EventKind::from_name(&raw.event_name)? {
+            EventKind::ChecksumSucceeded => RunKind::Checksums,
+            EventKind::Created | EventKind::Updated if self.cursor.intent_only => RunKind::Changes,
+            _ => return None,
+        };
+        let descriptor = self.catalogue.get(raw.replicable_name.as_str()).copied()?;
+        Some((descriptor, kind))
     }
 
     /// Moves the batch's cursor to `id`, first opening a gap for the ids it steps over.
@@ -441,14 +471,14 @@ impl Batch<'_> {
         self.report.cursor = id;
     }
 
-    /// Consumes a run of `checksum_succeeded` events of `descriptor`'s replicable (see
-    /// [`checksum_of`](Self::checksum_of)) in one statement: `None` when done. A run that
-    /// cannot be taken together (an event that does not decode, or a refusal) comes back, to be
-    /// consumed one event at a time, so that each event is consumed or skipped (and the cursor
-    /// moves) exactly as alone.
-    async fn consume_checksums(
+    /// Consumes a run of events of `descriptor`'s replicable (see [`run_of`](Self::run_of)) in
+    /// one write: `None` when done. A run that cannot be taken together (an event that does
+    /// not decode, or a refusal) comes back, to be consumed one event at a time, so that each
+    /// event is consumed or skipped (and the cursor moves) exactly as alone.
+    async fn consume_run(
         &mut self,
         descriptor: &'static ReplicableDescriptor,
+        kind: RunKind,
         run: Vec<LogEntry>,
     ) -> Result<Option<Vec<LogEntry>>, Halt> {
         self.keep_lease().await?;
@@ -460,8 +490,14 @@ impl Batch<'_> {
         let Some(events) = events else {
             return Ok(Some(run));
         };
-        let ids: Vec<i64> = events.iter().map(|e| e.payload.model_id).collect();
-        match descriptor.consume_checksums(site, &ids).await {
+        let consumed = match kind {
+            RunKind::Checksums => {
+                let ids: Vec<i64> = events.iter().map(|e| e.payload.model_id).collect();
+                descriptor.consume_checksums(site, &ids).await
+            }
+            RunKind::Changes => descriptor.record_changes(site, &events).await,
+        };
+        match consumed {
             Ok(_) => {
                 self.report.consumed += run.len();
                 if !self.touched.contains(&descriptor.name) {

@@ -9,6 +9,8 @@ use crate::domain::event::{Event, EventKind, EventPayload};
 use crate::domain::registry::{RegistryRecord, SyncState};
 use crate::domain::resource::Resource;
 use crate::model::Replicable;
+use crate::site::Site;
+use crate::storage::NotedChange;
 use crate::strategy::Strategy;
 
 impl<'a, M: Replicable> ReplicationTarget<'a, M> {
@@ -141,6 +143,66 @@ impl<'a, M: Replicable> ReplicationTarget<'a, M> {
             // A worker took the row between the two steps: its sync carries the change.
             None => Ok(ConsumeOutcome::Pending),
         }
+    }
+
+    /// `created` / `updated` events of records of this replicable recorded as intent together,
+    /// as [`record_intent`](Self::record_intent) records each (the log cursor's run of them):
+    /// the registry rows are marked in one write. No record may be named twice. An event out
+    /// of the selective sync's scope is consumed alone. Fails as the first event that cannot
+    /// be consumed would fail alone (the caller then consumes them one at a time). Returns how
+    /// many rows were marked.
+    pub(crate) async fn record_changes(
+        site: &Site,
+        events: &[Event],
+    ) -> Result<u64, ReplicatorError> {
+        let Some(first) = events.first() else {
+            return Ok(0);
+        };
+        let name = M::REPLICABLE_NAME;
+        let mut changes = Vec::with_capacity(events.len());
+        let mut alone = Vec::new();
+        for event in events {
+            let target = ReplicationTarget::<M>::new(site, event.payload.model_id);
+            if event.replicable_name != name
+                || !matches!(event.kind, EventKind::Created | EventKind::Updated)
+            {
+                return Err(ReplicatorError::WrongEvent {
+                    event_id: event.id,
+                    event_replicable: event.replicable_name.clone(),
+                    event_id_of: event.payload.model_id,
+                    replicable: name,
+                    id: event.payload.model_id,
+                });
+            }
+            target.ensure_supported(event.kind)?;
+            target.secondary_link("consume")?;
+            match &event.payload.record {
+                Some(body) if !site.selective_sync().includes(name, body) => alone.push(event),
+                _ => changes.push(NotedChange {
+                    model_id: event.payload.model_id,
+                    published_at: event.created_at,
+                    generation: event.payload.generation,
+                }),
+            }
+        }
+        for event in alone {
+            ReplicationTarget::<M>::new(site, event.payload.model_id)
+                .record_intent(event)
+                .await?;
+        }
+        let target = ReplicationTarget::<M>::new(site, first.payload.model_id);
+        let marked = site
+            .registry_store()
+            .mark_changes(name, &changes, site.now())
+            .await
+            .map_err(|e| target.store_error(e))?;
+        debug!(
+            name,
+            events = events.len(),
+            marked,
+            "changes recorded together"
+        );
+        Ok(marked)
     }
 
     pub(super) async fn consume_checksum_succeeded(

@@ -25,7 +25,7 @@ mod verification_store;
 pub use event_log::{CompletedVerification, EventLog, Publication, Published};
 pub use record_source::{RecordSource, RoutedRecords};
 pub use record_store::{RecordStore, StoredRecord};
-pub use registry_store::{RegistryCounts, RegistryFilter, RegistryStore, SITE_SWITCH};
+pub use registry_store::{NotedChange, RegistryCounts, RegistryFilter, RegistryStore, SITE_SWITCH};
 pub use secondary_status::SecondaryStatusRow;
 pub use verification_store::{VerificationCounts, VerificationStore};
 

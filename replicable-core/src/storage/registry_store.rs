@@ -15,6 +15,18 @@ use crate::domain::verification::VerificationState;
 /// the replicable's name).
 pub const SITE_SWITCH: &str = "*";
 
+/// A `created` / `updated` event as the registry notes it (see
+/// [`RegistryStore::mark_changes`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NotedChange {
+    /// The record.
+    pub model_id: i64,
+    /// When the primary published the change.
+    pub published_at: DateTime<Utc>,
+    /// The generation the change brought the record to, where the model has one.
+    pub generation: Option<i64>,
+}
+
 /// Registry counts of one replicable on a secondary.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RegistryCounts {
@@ -120,6 +132,40 @@ pub trait RegistryStore: Send + Sync + std::fmt::Debug {
         self.mark_changed(name, model_id, now, published_at)
             .await
             .map(Some)
+    }
+
+    /// Notes a run of changes the log cursor read together, each as
+    /// [`mark_changed`](Self::mark_changed) (no generation) or
+    /// [`mark_changed_unless_held`](Self::mark_changed_unless_held) would alone. No record is
+    /// named twice. Returns how many rows were marked (stale changes mark nothing). The default
+    /// marks them one at a time; a SQL store writes them in one transaction.
+    async fn mark_changes(
+        &self,
+        name: &str,
+        changes: &[NotedChange],
+        now: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        let mut marked = 0;
+        for change in changes {
+            let row = match change.generation {
+                Some(generation) => {
+                    self.mark_changed_unless_held(
+                        name,
+                        change.model_id,
+                        now,
+                        change.published_at,
+                        generation,
+                    )
+                    .await?
+                }
+                None => Some(
+                    self.mark_changed(name, change.model_id, now, change.published_at)
+                        .await?,
+                ),
+            };
+            marked += u64::from(row.is_some());
+        }
+        Ok(marked)
     }
 
     /// Creates pending rows for the ids that have none. Returns how many were created.

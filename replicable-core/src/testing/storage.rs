@@ -26,9 +26,9 @@ use crate::domain::retry::RetryPolicy;
 use crate::domain::verification::{VerificationRecord, VerificationState};
 use crate::storage::memory::MemoryStore;
 use crate::storage::{
-    Backend, CompletedVerification, EventLog, Publication, RecordStore, RegistryCounts,
-    RegistryFilter, RegistryStore, SecondaryStatusRow, StoredRecord, VerificationCounts,
-    VerificationStore,
+    Backend, CompletedVerification, EventLog, NotedChange, Publication, RecordStore,
+    RegistryCounts, RegistryFilter, RegistryStore, SecondaryStatusRow, StoredRecord,
+    VerificationCounts, VerificationStore,
 };
 
 /// A database under test.
@@ -1014,6 +1014,111 @@ pub async fn secondary_status_persists_and_consumed_events_are_deleted(
         .map(LogEntry::id)
         .collect();
     assert_eq!(left, ids[3..].to_vec());
+}
+
+/// A run of changes marked together ([`RegistryStore::mark_changes`]) leaves every row as
+/// marking each alone (`mark_changed` / `mark_changed_unless_held`) does: new rows, synced
+/// ones, one whose sync runs, a failed one, a stale generation, a record named twice.
+pub async fn changes_marked_together_match_each_marked_alone(target: &dyn ConformanceTarget) {
+    const TOGETHER: &str = "conformance_together";
+    const ALONE: &str = "conformance_alone";
+    let db = open(target).await;
+    let policy = RetryPolicy::default();
+    for name in [TOGETHER, ALONE] {
+        db.registry
+            .insert_pending(name, &[2, 3, 4, 5, 7], t0())
+            .await
+            .unwrap();
+        for id in [2, 3, 4, 5, 7] {
+            let mut row = db.registry.get(name, id).await.unwrap().unwrap();
+            row.start(t0() + secs(id)).unwrap();
+            match id {
+                // Synced at generation 5 (2 and 7) or without one (4).
+                2 | 7 => row.mark_synced(Some(5), true).unwrap(),
+                4 => row.mark_synced(None, true).unwrap(),
+                5 => row
+                    .mark_failed(&SyncFailure::new("boom"), t0(), &policy, 3)
+                    .unwrap(),
+                // 3: its sync runs.
+                _ => {}
+            }
+            if id != 3 {
+                row.changed_at = Some(t0() + secs(50));
+            }
+            assert!(db.registry.update(name, &row).await.unwrap());
+        }
+    }
+    let change = |model_id: i64, at: i64, generation: Option<i64>| NotedChange {
+        model_id,
+        published_at: t0() + secs(at),
+        generation,
+    };
+    let changes = [
+        change(1, 100, Some(1)),
+        change(2, 101, Some(5)), // stale: generation 5 is held, synced
+        change(3, 102, Some(2)),
+        change(4, 103, None),
+        change(5, 104, Some(9)),
+        change(6, 110, Some(1)),
+        change(7, 40, Some(6)), // newer than held; published before the row's last change
+        change(6, 105, Some(2)), // named again, published earlier
+    ];
+    let now = t0() + secs(200);
+    let marked = db
+        .registry
+        .mark_changes(TOGETHER, &changes, now)
+        .await
+        .unwrap();
+    let mut alone = 0;
+    for c in &changes {
+        let row = match c.generation {
+            Some(generation) => db
+                .registry
+                .mark_changed_unless_held(ALONE, c.model_id, now, c.published_at, generation)
+                .await
+                .unwrap(),
+            None => Some(
+                db.registry
+                    .mark_changed(ALONE, c.model_id, now, c.published_at)
+                    .await
+                    .unwrap(),
+            ),
+        };
+        alone += u64::from(row.is_some());
+    }
+    assert_eq!(marked, 7, "every change but the stale one marks its row");
+    assert_eq!(marked, alone);
+    for id in 1..=7 {
+        let together = db.registry.get(TOGETHER, id).await.unwrap();
+        let alone = db.registry.get(ALONE, id).await.unwrap();
+        assert_eq!(together, alone, "row {id}");
+    }
+    let row = |id| {
+        let db = &db;
+        async move { db.registry.get(TOGETHER, id).await.unwrap().unwrap() }
+    };
+    assert_eq!(row(1).await.state, SyncState::Pending);
+    assert_eq!(row(1).await.changed_at, Some(t0() + secs(100)));
+    assert_eq!(
+        row(2).await.state,
+        SyncState::Synced,
+        "a stale change is ignored"
+    );
+    let running = row(3).await;
+    assert_eq!(running.state, SyncState::Started);
+    assert!(
+        running.change_pending,
+        "a running sync learns of the change"
+    );
+    assert_eq!(row(4).await.state, SyncState::Pending);
+    let failed = row(5).await;
+    assert_eq!((failed.state, failed.retry_count), (SyncState::Pending, 0));
+    assert_eq!(row(6).await.changed_at, Some(t0() + secs(105)));
+    assert_eq!(row(7).await.changed_at, Some(t0() + secs(40)));
+    assert_eq!(
+        db.registry.mark_changes(TOGETHER, &[], now).await.unwrap(),
+        0
+    );
 }
 
 /// A registry row taken through a sync to `synced`, with verification left as the sync leaves
@@ -2342,6 +2447,7 @@ macro_rules! storage_conformance_suite {
             many_rows_are_read_by_id_at_once,
             concurrent_registry_updates_each_get_their_own_answer,
             concurrent_record_copies_keep_the_newest,
+            changes_marked_together_match_each_marked_alone,
             a_sync_claim_takes_nothing_while_replication_is_paused,
             a_stale_change_leaves_a_synced_row_alone,
             a_new_primary_checksum_sends_verified_and_waiting_copies_back,

@@ -17,7 +17,7 @@ use super::{Dialect, SqlStore, micros, opt_micros};
 use crate::domain::error::StoreError;
 use crate::domain::event::{CursorGap, EventId, SkippedEvent};
 use crate::domain::registry::{RegistryRecord, StuckCutoffs, SyncState};
-use crate::storage::{RegistryCounts, RegistryFilter, RegistryStore};
+use crate::storage::{NotedChange, RegistryCounts, RegistryFilter, RegistryStore};
 
 /// Rows per multi-row insert of pending registry rows.
 const INSERT_CHUNK: usize = 1000;
@@ -132,6 +132,74 @@ impl SqlStore {
             }
         }
         Ok(written)
+    }
+
+    /// [`RegistryStore::mark_changes`] on SQLite: one transaction, and in it per round (a
+    /// record named twice waits for the next) one statement that marks the existing rows and
+    /// one that creates the missing ones, the changes as one JSON parameter. The update comes
+    /// first, so a row it would mark is never one the insert just created.
+    async fn mark_changes_sqlite(
+        &self,
+        name: &str,
+        changes: &[NotedChange],
+        now: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        let t = self.tables(name).await?;
+        let n = &t.name;
+        // The statement of `upsert_pending`, its parameters read from each change: `[id,
+        // published_at, generation, now]`.
+        let update = format!(
+            "UPDATE {n}_registry SET {}, \
+               changed_at = CASE WHEN {n}_registry.changed_at IS NULL THEN j.value ->> 1 \
+                 WHEN {n}_registry.changed_at <= j.value ->> 1 THEN {n}_registry.changed_at \
+                 ELSE j.value ->> 1 END \
+             FROM json_each($1) AS j \
+             WHERE {n}_id = j.value ->> 0 AND (j.value ->> 2 IS NULL OR NOT ({n}_registry.state = 2 \
+               AND {n}_registry.synced_generation IS NOT NULL \
+               AND {n}_registry.synced_generation >= j.value ->> 2)) \
+             RETURNING {n}_id AS id",
+            pending_assignments(&format!("{n}_registry"), "NULL"),
+        );
+        let insert = format!(
+            "INSERT INTO {n}_registry ({n}_id, state, created_at, verification_state, changed_at) \
+             SELECT j.value ->> 0, 0, j.value ->> 3, 4, j.value ->> 1 \
+             FROM json_each($1) AS j WHERE true \
+             ON CONFLICT ({n}_id) DO NOTHING RETURNING {n}_id AS id"
+        );
+        let mut tx = self
+            .begin_write()
+            .await
+            .map_err(self.backend("mark registry rows changed"))?;
+        let mut marked = 0;
+        for (_, round) in statement_rounds(changes, |c| (name, c.model_id)) {
+            let rows: Vec<(i64, serde_json::Value)> = round
+                .iter()
+                .map(|&i| {
+                    let c = &changes[i];
+                    (
+                        c.model_id,
+                        serde_json::json!([
+                            c.model_id,
+                            micros(c.published_at),
+                            c.generation,
+                            micros(now)
+                        ]),
+                    )
+                })
+                .collect();
+            for sql in [&update, &insert] {
+                marked += self
+                    .write_json_rows(&mut tx, sql, &rows, "mark registry rows changed")
+                    .await?
+                    .into_iter()
+                    .filter(|&done| done)
+                    .count() as u64;
+            }
+        }
+        tx.commit()
+            .await
+            .map_err(self.backend("mark registry rows changed"))?;
+        Ok(marked)
     }
 
     /// Runs `statement(list)` for the ids in chunks, `list` being their placeholders (`$1, ...`),
@@ -347,6 +415,36 @@ impl RegistryStore for SqlStore {
     ) -> Result<Option<RegistryRecord>, StoreError> {
         self.upsert_pending(name, model_id, now, Some(published_at), Some(generation))
             .await
+    }
+
+    async fn mark_changes(
+        &self,
+        name: &str,
+        changes: &[NotedChange],
+        now: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        match (self.dialect, changes) {
+            (_, []) => Ok(0),
+            (Dialect::Sqlite, _) => self.mark_changes_sqlite(name, changes, now).await,
+            // One upsert each (the trait's way), each in its own transaction.
+            (Dialect::Postgres, _) => {
+                let mut marked = 0;
+                for c in changes {
+                    marked += u64::from(
+                        self.upsert_pending(
+                            name,
+                            c.model_id,
+                            now,
+                            Some(c.published_at),
+                            c.generation,
+                        )
+                        .await?
+                        .is_some(),
+                    );
+                }
+                Ok(marked)
+            }
+        }
     }
 
     async fn insert_pending(
