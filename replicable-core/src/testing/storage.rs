@@ -1016,6 +1016,50 @@ pub async fn secondary_status_persists_and_consumed_events_are_deleted(
     assert_eq!(left, ids[3..].to_vec());
 }
 
+/// Registry reads made at once (which a SQL store may answer with one statement) each get
+/// their own row: rows of two replicables, ids without a row, a replicable without tables.
+pub async fn concurrent_registry_reads_each_get_their_own_row(target: &dyn ConformanceTarget) {
+    const OTHER: &str = "conformance_other";
+    let db = open(target).await;
+    let ids: Vec<i64> = (1..=40).collect();
+    for &id in &ids {
+        synced_row(&db, id, id % 2 == 0).await;
+    }
+    db.registry
+        .insert_pending(OTHER, &[1, 2, 3], t0() + secs(9))
+        .await
+        .unwrap();
+    let mut expected = Vec::new();
+    for &id in &ids {
+        expected.push((NAME, id, registry(&db, id).await));
+    }
+    for id in [1, 2, 3, 4] {
+        expected.push((OTHER, id, db.registry.get(OTHER, id).await.unwrap()));
+    }
+    expected.push((NAME, 99, None));
+    expected.push(("conformance_never_written", 1, None));
+    assert!(expected[..40].iter().all(|(_, _, row)| row.is_some()));
+    assert_eq!(
+        expected[40..43]
+            .iter()
+            .map(|(_, _, row)| row.as_ref().map(|r| r.created_at))
+            .collect::<Vec<_>>(),
+        vec![Some(t0() + secs(9)); 3]
+    );
+    // Each asked several times over, all at once.
+    let asks: Vec<&(&str, i64, Option<RegistryRecord>)> = expected
+        .iter()
+        .chain(expected.iter())
+        .chain(expected.iter())
+        .collect();
+    let answers =
+        futures::future::join_all(asks.iter().map(|(name, id, _)| db.registry.get(name, *id)))
+            .await;
+    for ((name, id, row), answer) in asks.iter().zip(answers) {
+        assert_eq!(&answer.unwrap(), row, "{name} {id}");
+    }
+}
+
 /// A run of changes marked together ([`RegistryStore::mark_changes`]) leaves every row as
 /// marking each alone (`mark_changed` / `mark_changed_unless_held`) does: new rows, synced
 /// ones, one whose sync runs, a failed one, a stale generation, a record named twice.
@@ -2448,6 +2492,7 @@ macro_rules! storage_conformance_suite {
             concurrent_registry_updates_each_get_their_own_answer,
             concurrent_record_copies_keep_the_newest,
             changes_marked_together_match_each_marked_alone,
+            concurrent_registry_reads_each_get_their_own_row,
             a_sync_claim_takes_nothing_while_replication_is_paused,
             a_stale_change_leaves_a_synced_row_alone,
             a_new_primary_checksum_sends_verified_and_waiting_copies_back,

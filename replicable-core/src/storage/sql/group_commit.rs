@@ -251,6 +251,35 @@ impl GroupWrite for RegistryWrite {
     }
 }
 
+/// A read of one registry row (a sync's last look before its copy becomes visible, a worker's
+/// compare-and-set loop): reads arriving while one runs are read together, one statement per
+/// replicable. Each is answered with the row as it was at some moment after its caller asked.
+pub(super) struct RegistryRead {
+    pub(super) name: String,
+    pub(super) id: i64,
+}
+
+#[async_trait]
+impl GroupWrite for RegistryRead {
+    type Output = Option<RegistryRecord>;
+    const OPERATION: &'static str = "read registry row";
+
+    fn queue(store: &SqlStore) -> &Grouped<Self> {
+        &store.group.registry_reads
+    }
+
+    async fn write_one(&self, store: &SqlStore) -> Result<Self::Output, StoreError> {
+        store.get_registry_now(&self.name, self.id).await
+    }
+
+    async fn write_group(
+        store: &SqlStore,
+        group: &[Self],
+    ) -> Result<Vec<Self::Output>, StoreError> {
+        store.get_registries_now(group).await
+    }
+}
+
 /// The writes of `group` by statement: by replicable, in rounds, each write's index in the
 /// order of `group`; `key` names a write's replicable and row. A row written again in the same
 /// group goes to the next round (a later statement): a statement naming one row twice would
@@ -338,4 +367,5 @@ pub(super) struct GroupCommit {
     publishes: Grouped<PublishWrite>,
     registry_updates: Grouped<RegistryWrite>,
     record_copies: Grouped<RecordWrite>,
+    registry_reads: Grouped<RegistryRead>,
 }

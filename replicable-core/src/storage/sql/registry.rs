@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use sqlx::AssertSqlSafe;
 use sqlx::any::AnyRow;
 
-use super::group_commit::{RegistryWrite, statement_rounds};
+use super::group_commit::{RegistryRead, RegistryWrite, statement_rounds};
 use super::verification::{
     VERIFICATION_ORDER, VERIFICATION_STUCK, bind_verification, verification_assignments,
     verification_assignments_from_json, verification_json,
@@ -202,6 +202,66 @@ impl SqlStore {
         Ok(marked)
     }
 
+    /// [`RegistryStore::get`] at once, alone.
+    pub(super) async fn get_registry_now(
+        &self,
+        name: &str,
+        model_id: i64,
+    ) -> Result<Option<RegistryRecord>, StoreError> {
+        let Some(t) = self.existing_tables(name).await? else {
+            return Ok(None);
+        };
+        let sql = format!(
+            "SELECT {} FROM {}_registry WHERE {}_id = $1",
+            t.registry_columns, t.name, t.name
+        );
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(model_id)
+            .fetch_optional(&mut *self.reader().await?)
+            .await
+            .map_err(self.backend("read registry row"))?;
+        row.map(|row| self.read_registry(&row)).transpose()
+    }
+
+    /// [`RegistryStore::get`] of many rows at once: one read per replicable, the answers in
+    /// the order of `group`.
+    pub(super) async fn get_registries_now(
+        &self,
+        group: &[RegistryRead],
+    ) -> Result<Vec<Option<RegistryRecord>>, StoreError> {
+        let mut found = vec![None; group.len()];
+        let mut names: Vec<&str> = group.iter().map(|r| r.name.as_str()).collect();
+        names.sort_unstable();
+        names.dedup();
+        for name in names {
+            let Some(t) = self.existing_tables(name).await? else {
+                continue;
+            };
+            let ids: Vec<i64> = group
+                .iter()
+                .filter(|r| r.name == name)
+                .map(|r| r.id)
+                .collect();
+            let (n, columns) = (&t.name, &t.registry_columns);
+            let rows = self
+                .rows_by_ids(&ids, "read registry rows", |ids_in| {
+                    format!("SELECT {columns} FROM {n}_registry WHERE {n}_id IN {ids_in}")
+                })
+                .await?;
+            let mut by_id = std::collections::HashMap::with_capacity(rows.len());
+            for row in &rows {
+                let row = self.read_registry(row)?;
+                by_id.insert(row.model_id, row);
+            }
+            for (read, found) in group.iter().zip(found.iter_mut()) {
+                if read.name == name {
+                    *found = by_id.get(&read.id).cloned();
+                }
+            }
+        }
+        Ok(found)
+    }
+
     /// Runs `statement(list)` for the ids in chunks, `list` being their placeholders (`$1, ...`),
     /// and returns the rows it changed in all.
     async fn update_ids(
@@ -367,19 +427,16 @@ pub(super) const SYNC_ORDER_KEY: &str =
 #[async_trait]
 impl RegistryStore for SqlStore {
     async fn get(&self, name: &str, model_id: i64) -> Result<Option<RegistryRecord>, StoreError> {
-        let Some(t) = self.existing_tables(name).await? else {
-            return Ok(None);
-        };
-        let sql = format!(
-            "SELECT {} FROM {}_registry WHERE {}_id = $1",
-            t.registry_columns, t.name, t.name
-        );
-        let row = sqlx::query(AssertSqlSafe(sql))
-            .bind(model_id)
-            .fetch_optional(&mut *self.reader().await?)
-            .await
-            .map_err(self.backend("read registry row"))?;
-        row.map(|row| self.read_registry(&row)).transpose()
+        match self.dialect {
+            Dialect::Sqlite => {
+                self.write_grouped(RegistryRead {
+                    name: name.to_owned(),
+                    id: model_id,
+                })
+                .await
+            }
+            Dialect::Postgres => self.get_registry_now(name, model_id).await,
+        }
     }
 
     async fn mark_pending(
