@@ -4,9 +4,9 @@
 //! `.replicable/tmp/` (multipart, so a blob of any size needs only a few parts of memory),
 //! hashing it on the way. Only when the size and the SHA-256 match the primary's does the copy
 //! replace the object under its real key. A small blob (up to [`SMALL_BLOB`]) is read whole
-//! into memory, hashed and checked first, then written to its temporary object with one `put`
-//! (instead of a multipart upload) and renamed into place. Blobs are immutable: `created` and
-//! `deleted` events only.
+//! into memory, hashed and checked first, then (if the sync is still current) written under its
+//! real key with one atomic `put`: no temporary object, no multipart upload, no rename. Blobs
+//! are immutable: `created` and `deleted` events only.
 
 use crate::checksum::StreamHasher;
 use async_trait::async_trait;
@@ -202,7 +202,8 @@ impl Strategy for BlobStrategy {
     }
 
     /// Streams the blob into a temporary object, checks its size and SHA-256, asks the
-    /// request's guard, and only then renames it into place. Only "not found" on the primary is
+    /// request's guard, and only then renames it into place (a small blob is checked in memory
+    /// and, once the guard agrees, put under its key in one atomic write). Only "not found" on the primary is
     /// a [`SyncFailure::missing_on_primary`]; a primary that cannot be read is an ordinary
     /// failure.
     async fn sync(&self, request: SyncRequest<'_>) -> Result<(), SyncFailure> {
@@ -232,17 +233,20 @@ impl Strategy for BlobStrategy {
         if expected_size <= SMALL_BLOB {
             let (bytes, checksum, size) = read_small(download_source.stream, expected_size).await?;
             check_copy(expected_size, size, request.primary_checksum, &checksum)?;
-            store
-                .put(&tmp, bytes)
+            // Complete and verified in memory: if the sync is still current, one put makes it
+            // visible under its key. A put is atomic (an object store shows an object only
+            // once whole; a local directory writes a hidden staged file and renames it), so no
+            // temporary object is needed.
+            request.ensure_current().await?;
+            return store
+                .put(&path, bytes)
                 .await
-                .map_err(|e| store_failure("cannot write the download", e))?;
-        } else {
-            let (checksum, size) = download(&**store, &tmp, download_source.stream).await?;
-            if let Err(failure) =
-                check_copy(expected_size, size, request.primary_checksum, &checksum)
-            {
-                return discard(failure).await;
-            }
+                .map(|_| ())
+                .map_err(|e| store_failure("cannot write the download", e));
+        }
+        let (checksum, size) = download(&**store, &tmp, download_source.stream).await?;
+        if let Err(failure) = check_copy(expected_size, size, request.primary_checksum, &checksum) {
+            return discard(failure).await;
         }
         // Complete and verified: visible only if the sync is still current.
         if let Err(overtaken) = request.ensure_current().await {
