@@ -1,6 +1,7 @@
 //! Races between a running sync and the events that overtake it, on SQLite sites with real
-//! local blob directories: an object store that pauses the rename lets a test land a deletion
-//! or a change exactly between the sync's guard and its copy becoming visible.
+//! local blob directories: an object store that pauses the step making a copy visible (the
+//! rename of a large blob's temporary object, the one put of a small blob under its key) lets a
+//! test land a deletion or a change exactly between the sync's guard and that step.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,6 +20,7 @@ use replicable_core::prelude::*;
 use replicable_core::site::Timeouts;
 use replicable_core::{find_replicable, log_cursor, workers};
 use replicable_strategies::BlobStrategy;
+use replicable_strategies::blob::SMALL_BLOB;
 use tokio::sync::Notify;
 
 #[derive(Debug, Clone, Serialize, Deserialize, Replicable)]
@@ -30,13 +32,23 @@ pub struct RaceBlob {
     pub key: String,
 }
 
-/// A local blob directory whose next rename waits until released.
+/// A local blob directory whose next visible write (a rename, or a put outside the framework's
+/// own `.replicable/` area) waits until released.
 #[derive(Debug)]
 struct PausingRename {
     inner: ConfinedLocalFileSystem,
     armed: AtomicBool,
     reached: Notify,
     go: Notify,
+}
+
+impl PausingRename {
+    async fn pause_if_armed(&self) {
+        if self.armed.swap(false, Ordering::SeqCst) {
+            self.reached.notify_one();
+            self.go.notified().await;
+        }
+    }
 }
 
 impl std::fmt::Display for PausingRename {
@@ -48,6 +60,9 @@ impl std::fmt::Display for PausingRename {
 #[async_trait]
 impl ObjectStore for PausingRename {
     async fn put_opts(&self, l: &Path, p: PutPayload, o: PutOptions) -> Result<PutResult> {
+        if !l.as_ref().starts_with(".replicable/") {
+            self.pause_if_armed().await;
+        }
         self.inner.put_opts(l, p, o).await
     }
     async fn put_multipart_opts(
@@ -79,10 +94,7 @@ impl ObjectStore for PausingRename {
         self.inner.copy_opts(a, b, o).await
     }
     async fn rename_opts(&self, a: &Path, b: &Path, o: RenameOptions) -> Result<()> {
-        if self.armed.swap(false, Ordering::SeqCst) {
-            self.reached.notify_one();
-            self.go.notified().await;
-        }
+        self.pause_if_armed().await;
         self.inner.rename_opts(a, b, o).await
     }
 }
@@ -131,7 +143,25 @@ async fn sites(timeouts: Timeouts) -> Sites {
     }
 }
 
-async fn publish(s: &Sites, record: &RaceBlob, bytes: &'static str) {
+/// Bytes of a blob copied in memory and put in one step.
+fn small(text: &'static str) -> Vec<u8> {
+    text.as_bytes().to_vec()
+}
+
+/// Bytes of a blob streamed into a temporary object and renamed into place.
+fn large(fill: u8) -> Vec<u8> {
+    vec![fill; SMALL_BLOB as usize + 1]
+}
+
+/// Waits until the sync reaches the paused step; a sync that never gets there fails the test
+/// instead of hanging it.
+async fn paused(s: &Sites) {
+    tokio::time::timeout(Duration::from_secs(30), s.gate.reached.notified())
+        .await
+        .expect("the sync reached the step that makes its copy visible");
+}
+
+async fn publish(s: &Sites, record: &RaceBlob, bytes: Vec<u8>) {
     s.primary
         .blob_store()
         .put(&object_path(&record.key).unwrap(), PutPayload::from(bytes))
@@ -144,18 +174,17 @@ async fn publish(s: &Sites, record: &RaceBlob, bytes: &'static str) {
         .unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_deletion_between_the_guard_and_the_rename_leaves_no_copy_behind() {
+async fn deletion_between_the_guard_and_the_visible_write(bytes: Vec<u8>) {
     let s = sites(Timeouts::default()).await;
     let record = RaceBlob {
         id: 1,
         key: "a/one.bin".into(),
     };
-    publish(&s, &record, "v1").await;
+    publish(&s, &record, bytes).await;
     s.gate.armed.store(true, Ordering::SeqCst);
     let (secondary, r) = (s.secondary.clone(), record.clone());
     let sync = tokio::spawn(async move { r.replicator(&secondary).sync().await });
-    s.gate.reached.notified().await; // the guard said yes; the rename waits
+    paused(&s).await; // the guard said yes; the visible write waits
     record
         .replicator(&s.primary)
         .publish_deleted_event()
@@ -185,6 +214,16 @@ async fn a_deletion_between_the_guard_and_the_rename_leaves_no_copy_behind() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deletion_between_the_guard_and_the_put_of_a_small_blob_leaves_no_copy_behind() {
+    deletion_between_the_guard_and_the_visible_write(small("v1")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deletion_between_the_guard_and_the_rename_of_a_large_blob_leaves_no_copy_behind() {
+    deletion_between_the_guard_and_the_visible_write(large(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_during_a_long_sync_does_not_get_the_live_sync_failed_as_abandoned() {
     let s = sites(Timeouts {
         heartbeat_interval: Duration::from_millis(100),
@@ -197,13 +236,13 @@ async fn a_change_during_a_long_sync_does_not_get_the_live_sync_failed_as_abando
         id: 2,
         key: "a/two.bin".into(),
     };
-    publish(&s, &record, "v1").await;
+    publish(&s, &record, large(1)).await;
     s.gate.armed.store(true, Ordering::SeqCst);
     let (secondary, r) = (s.secondary.clone(), record.clone());
     let sync = tokio::spawn(async move { r.replicator(&secondary).sync().await });
-    s.gate.reached.notified().await;
+    paused(&s).await;
     // A change arrives while the sync runs: the row notes it and stays started.
-    publish(&s, &record, "v2").await;
+    publish(&s, &record, large(2)).await;
     log_cursor::catch_up(&s.secondary, 50).await.unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(
@@ -232,7 +271,7 @@ async fn a_copy_newer_than_the_primary_stays_and_is_not_fetched_again_in_a_loop(
         id: 3,
         key: "a/three.bin".into(),
     };
-    publish(&s, &record, "v1").await;
+    publish(&s, &record, small("v1")).await;
     let replicator = record.replicator(&s.secondary);
     assert_eq!(
         replicator.sync().await.unwrap(),
