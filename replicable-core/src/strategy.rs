@@ -169,10 +169,12 @@ impl SyncGuard for AlwaysCurrent {
 
 impl SyncRequest<'_> {
     /// Call right before the step that makes the staged copy visible (a rename into place, a ref
-    /// update, a row write), and make it visible only on `Ok`. On `Err` the sync was overtaken:
-    /// discard the staged copy and return the error. The step itself should be short (a rename,
-    /// not a transfer), since a change that arrives between the check and the step is only
-    /// caught by the registry write after it (the record is then synced again).
+    /// update, a row write, the one put of a small blob already checked in memory), and make it
+    /// visible only on `Ok`. On `Err` the sync was overtaken: discard the staged copy and return
+    /// the error. The step itself should be short (a rename or a put of bytes in hand, not a
+    /// download), since a change that arrives between the check and the step is only caught by
+    /// the registry write after it (the record is then synced again; a deleted one's copy is
+    /// removed).
     pub async fn ensure_current(&self) -> Result<(), SyncFailure> {
         self.guard.ensure_current().await
     }

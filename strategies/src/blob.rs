@@ -28,9 +28,10 @@ pub const PART_SIZE: usize = 5 * 1024 * 1024;
 /// Parts uploaded at once; with [`PART_SIZE`] this bounds the memory of one download.
 pub const PART_CONCURRENCY: usize = 2;
 
-/// Blobs up to this size are read whole, hashed and checked before one `put` of their
-/// temporary object; larger ones stream into it in parts. With the engine's default of 8 blob syncs at
-/// once, at most 8 MiB of small blobs are in memory.
+/// Blobs up to this size are read whole, hashed and checked in memory, then written under
+/// their key with one `put`; larger ones stream into a temporary object in parts and are
+/// renamed into place. With the engine's default of 8 blob syncs at once, at most 8 MiB of
+/// small blobs are in memory.
 pub const SMALL_BLOB: u64 = 1024 * 1024;
 
 /// Replicates blobs: objects in the site's object store, keyed by the model's
@@ -203,9 +204,9 @@ impl Strategy for BlobStrategy {
 
     /// Streams the blob into a temporary object, checks its size and SHA-256, asks the
     /// request's guard, and only then renames it into place (a small blob is checked in memory
-    /// and, once the guard agrees, put under its key in one atomic write). Only "not found" on the primary is
-    /// a [`SyncFailure::missing_on_primary`]; a primary that cannot be read is an ordinary
-    /// failure.
+    /// and, once the guard agrees, put under its key in one atomic write). Only "not found" on
+    /// the primary is a [`SyncFailure::missing_on_primary`]; a primary that cannot be read is an
+    /// ordinary failure.
     async fn sync(&self, request: SyncRequest<'_>) -> Result<(), SyncFailure> {
         let key = blob_key(request.resource).map_err(|e| SyncFailure::new(e.to_string()))?;
         let path = object_path(key).map_err(|e| SyncFailure::new(e.to_string()))?;

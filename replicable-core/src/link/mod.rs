@@ -22,6 +22,11 @@ use crate::domain::event::{EventId, LogEntry};
 use crate::domain::verification::VerificationRecord;
 use crate::storage::StoredRecord;
 
+/// How many single reads the default [`PrimaryLink::records`] and
+/// [`PrimaryLink::verifications`] have in flight at once: a claimed batch over a remote link
+/// waits about one round trip, not one per record, before its syncs start.
+pub const READS_AT_ONCE: usize = 8;
+
 mod in_process;
 
 pub use in_process::{InProcessPrimary, PrimaryStores};
@@ -61,14 +66,16 @@ pub trait PrimaryLink: Send + Sync + std::fmt::Debug {
 
     /// The records of `ids` as the primary has them now, those that exist, in no particular
     /// order: what a secondary syncs a claimed batch from. The default asks
-    /// [`record`](Self::record) for each; a link that can read them together (the in-process
-    /// link: one statement) overrides it.
+    /// [`record`](Self::record) for each, [`READS_AT_ONCE`] at a time; a link that can read
+    /// them together (the in-process link: one statement) overrides it.
     async fn records(&self, name: &str, ids: &[i64]) -> Result<Vec<StoredRecord>, LinkError> {
-        let mut found = Vec::with_capacity(ids.len());
-        for &id in ids {
-            found.extend(self.record(name, id).await?);
-        }
-        Ok(found)
+        use futures::{StreamExt, TryStreamExt};
+        let found: Vec<Option<StoredRecord>> = futures::stream::iter(ids.iter().copied())
+            .map(|id| self.record(name, id))
+            .buffer_unordered(READS_AT_ONCE)
+            .try_collect()
+            .await?;
+        Ok(found.into_iter().flatten().collect())
     }
 
     /// The primary's record ids in `range`, ascending, at most `limit`.
@@ -88,18 +95,20 @@ pub trait PrimaryLink: Send + Sync + std::fmt::Debug {
 
     /// The primary's verification rows of `ids` that exist, in no particular order: what a
     /// secondary compares a claimed batch of copies with. The default asks
-    /// [`verification`](Self::verification) for each; a link that can read them together (the
-    /// in-process link: one statement) overrides it.
+    /// [`verification`](Self::verification) for each, [`READS_AT_ONCE`] at a time; a link
+    /// that can read them together (the in-process link: one statement) overrides it.
     async fn verifications(
         &self,
         name: &str,
         ids: &[i64],
     ) -> Result<Vec<VerificationRecord>, LinkError> {
-        let mut found = Vec::with_capacity(ids.len());
-        for &id in ids {
-            found.extend(self.verification(name, id).await?);
-        }
-        Ok(found)
+        use futures::{StreamExt, TryStreamExt};
+        let found: Vec<Option<VerificationRecord>> = futures::stream::iter(ids.iter().copied())
+            .map(|id| self.verification(name, id))
+            .buffer_unordered(READS_AT_ONCE)
+            .try_collect()
+            .await?;
+        Ok(found.into_iter().flatten().collect())
     }
 
     /// Opens a blob of a record for reading. A blob that does not exist is

@@ -21,9 +21,12 @@
 //! what lies behind a link. Keys are mapped to files by
 //! [`object_path`](crate::domain::blob_key::object_path): a file's name is its key.
 //!
-//! Reads are streamed in chunks of up to [`READ_CHUNK`] from one blocking task per read
-//! (`LocalFileSystem` streams 8 KiB per blocking task, which costs a thread hand-off for every
-//! 8 KiB of a blob a primary serves or a verification hashes).
+//! Reads are the wrapper's own: one blocking task checks the path, opens the file, reads its
+//! metadata, applies the request's preconditions and range and, when that range fits in one
+//! [`READ_CHUNK`], reads it; a larger one streams in chunks of [`READ_CHUNK`] from one blocking
+//! task (`LocalFileSystem` streams 8 KiB per blocking task, which costs a thread hand-off for
+//! every 8 KiB of a blob a primary serves or a verification hashes). Metadata and e-tags are
+//! `LocalFileSystem`'s, so a listing and a read agree.
 
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::Arc;
@@ -116,7 +119,15 @@ impl ConfinedLocalFileSystem {
             None => 0..meta.size,
         };
         let len = range.end - range.start;
-        if options.head || len > READ_CHUNK as u64 {
+        if options.head {
+            // Metadata only: nothing is read (as with a remote store's HEAD, the body is empty).
+            return Ok(OpenedGet {
+                meta,
+                range,
+                body: Opened::Read(bytes::Bytes::new()),
+            });
+        }
+        if len > READ_CHUNK as u64 {
             return Ok(OpenedGet {
                 meta,
                 range,
@@ -290,6 +301,9 @@ impl ObjectStore for ConfinedLocalFileSystem {
             .await
             .map_err(|e| object_store::Error::JoinError { source: e })??;
         let payload = match opened.body {
+            Opened::Read(bytes) if bytes.is_empty() => {
+                GetResultPayload::Stream(futures::stream::empty().boxed())
+            }
             Opened::Read(bytes) => {
                 GetResultPayload::Stream(futures::stream::once(async move { Ok(bytes) }).boxed())
             }
@@ -444,6 +458,16 @@ mod tests {
         ));
         let head = store.head(&path).await.unwrap();
         assert_eq!(head.e_tag, got.meta.e_tag);
+        let head_only = GetOptions {
+            head: true,
+            ..GetOptions::default()
+        };
+        let headed = store.get_opts(&path, head_only).await.unwrap();
+        assert_eq!(headed.meta.size, data.len() as u64);
+        assert!(
+            headed.bytes().await.unwrap().is_empty(),
+            "a head reads nothing"
+        );
         let past_the_end = GetOptions {
             range: Some(GetRange::Offset(data.len() as u64 + 1)),
             ..GetOptions::default()

@@ -1540,6 +1540,59 @@ pub async fn concurrent_registry_updates_each_get_their_own_answer(target: &dyn 
     }
 }
 
+/// A registry update the store refuses (here: under a name that is no replicable's) fails or
+/// writes nothing for its own caller alone when it arrives with others: every other update is written exactly once
+/// and its caller told so. (A store that wrote part of a group before the refusal and then
+/// wrote each again alone would answer "changed meanwhile" for rows it had written, and the
+/// workers would apply those changes twice.)
+pub async fn a_refused_registry_update_fails_only_its_own_caller(target: &dyn ConformanceTarget) {
+    let db = open(target).await;
+    let mut sent = Vec::new();
+    for id in 1..=20 {
+        let mut row = synced_row(&db, id, false).await;
+        row.heartbeat_at = Some(t0() + secs(100 + id));
+        row.change_pending = true;
+        sent.push(row);
+    }
+    let updates = sent.iter().map(|row| (NAME, row));
+    // Refused ones after and among the rest, as they arrive at a busy store.
+    let refused = sent[..5].iter().map(|row| ("not a replicable!", row));
+    let all: Vec<(&str, &RegistryRecord)> = updates
+        .clone()
+        .take(10)
+        .chain(refused)
+        .chain(updates.skip(10))
+        .collect();
+    let answers =
+        futures::future::join_all(all.iter().map(|(name, row)| db.registry.update(name, row)))
+            .await;
+    for ((name, row), answer) in all.iter().zip(&answers) {
+        if *name == NAME {
+            assert!(
+                matches!(answer, Ok(true)),
+                "row {} is written and its caller told so: {answer:?}",
+                row.model_id
+            );
+        } else {
+            // Refused (SQL stores) or no such row (the memory store): never written.
+            assert!(
+                !matches!(answer, Ok(true)),
+                "an update under an invalid name writes nothing"
+            );
+        }
+    }
+    for row in &sent {
+        let mut expected = row.clone();
+        expected.version += 1;
+        assert_eq!(
+            registry(&db, row.model_id).await.unwrap(),
+            expected,
+            "row {} written exactly once",
+            row.model_id
+        );
+    }
+}
+
 /// Record copies written at once (each sync keeps one) are each kept unless older than the
 /// copy already there: every new copy stored as sent, an older one refused and told so, and
 /// of two copies of one record the newer is what stays.
@@ -2490,6 +2543,7 @@ macro_rules! storage_conformance_suite {
             the_replication_switch_persists,
             many_rows_are_read_by_id_at_once,
             concurrent_registry_updates_each_get_their_own_answer,
+            a_refused_registry_update_fails_only_its_own_caller,
             concurrent_record_copies_keep_the_newest,
             changes_marked_together_match_each_marked_alone,
             concurrent_registry_reads_each_get_their_own_row,

@@ -6,13 +6,18 @@
 //! Every caller still gets its own answer, and only once the transaction holding its write
 //! committed: the promise of a single write is unchanged.
 //!
-//! Three kinds are grouped: single publishes ([`EventLog::publish`](crate::storage::EventLog)),
-//! sharing one durable commit; registry updates
-//! ([`RegistryStore::update`](crate::storage::RegistryStore::update)), a group of them one
-//! multi-row compare-and-set statement (the sync and verification workers of a secondary each
-//! end with one); and the record copies a secondary keeps at sync time
+//! Three kinds of write are grouped: single publishes
+//! ([`EventLog::publish`](crate::storage::EventLog)), sharing one durable commit; registry
+//! updates ([`RegistryStore::update`](crate::storage::RegistryStore::update)), a group of them
+//! one multi-row compare-and-set statement per replicable (the sync and verification workers of
+//! a secondary each end with one); and the record copies a secondary keeps at sync time
 //! ([`RecordStore::put_unless_older`](crate::storage::RecordStore::put_unless_older)), a group
-//! one multi-row upsert.
+//! one multi-row upsert per replicable. A group of more than one statement is one transaction.
+//!
+//! One kind of read goes the same way: registry reads by id
+//! ([`RegistryStore::get`](crate::storage::RegistryStore::get), the sync guard's last look), a
+//! group of them one statement per replicable on a reading connection. A read has no commit to
+//! share; grouping it saves the statements and their thread hand-offs.
 //!
 //! A write that finds none of its kind running is written by its caller at once, as before
 //! grouping existed. Those arriving meanwhile queue; when the writing caller is done (or its
@@ -306,7 +311,61 @@ pub(super) fn statement_rounds<'a, W>(
         .collect()
 }
 
+/// One statement of a grouped write: its SQL (rows as one JSON array in `$1`, returning the id
+/// of each row written `AS id`), its rows `(id, row)` (no id twice), and each row's index in the
+/// group.
+pub(super) struct GroupStatement {
+    pub(super) sql: String,
+    pub(super) rows: Vec<(i64, serde_json::Value)>,
+    pub(super) writes: Vec<usize>,
+}
+
 impl SqlStore {
+    /// Runs the statements of a group of `len` writes and returns whether each write was
+    /// written, in the order of the group. One statement runs alone (it is atomic by itself);
+    /// more run in one transaction, so a group that fails partway has written nothing. That
+    /// matters because a failed group is written again one write at a time: a compare-and-set
+    /// a failed group had already applied would fail then ("changed meanwhile") and its caller
+    /// would apply its change a second time.
+    pub(super) async fn write_group_statements(
+        &self,
+        len: usize,
+        statements: &[GroupStatement],
+        operation: &'static str,
+    ) -> Result<Vec<bool>, StoreError> {
+        let mut written = vec![false; len];
+        let alone = statements.len() == 1 && statements[0].rows.len() <= super::batch::APPEND_CHUNK;
+        if alone {
+            let mut w = self.writer().await?;
+            self.write_statements(&mut w, statements, &mut written, operation)
+                .await?;
+        } else {
+            let mut tx = self.begin_write().await.map_err(self.backend(operation))?;
+            self.write_statements(&mut tx, statements, &mut written, operation)
+                .await?;
+            tx.commit().await.map_err(self.backend(operation))?;
+        }
+        Ok(written)
+    }
+
+    async fn write_statements(
+        &self,
+        conn: &mut sqlx::AnyConnection,
+        statements: &[GroupStatement],
+        written: &mut [bool],
+        operation: &'static str,
+    ) -> Result<(), StoreError> {
+        for statement in statements {
+            let done = self
+                .write_json_rows(conn, &statement.sql, &statement.rows, operation)
+                .await?;
+            for (&i, done) in statement.writes.iter().zip(done) {
+                written[i] = done;
+            }
+        }
+        Ok(())
+    }
+
     /// Runs `sql` over `rows` on `conn`, in chunks: `sql` takes its rows as one JSON array in
     /// `$1` and returns the id of each row it wrote (`AS id`); `rows` are `(id, row)`, no id
     /// twice (see [`statement_rounds`]). Returns whether each was written, in order.

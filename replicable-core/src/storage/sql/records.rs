@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use sqlx::AssertSqlSafe;
 
 use super::event_log::upsert_record_sql;
-use super::group_commit::{RecordWrite, statement_rounds};
+use super::group_commit::{GroupStatement, RecordWrite, statement_rounds};
 use super::{Dialect, SqlStore};
 use crate::domain::error::StoreError;
 use crate::storage::{RecordStore, StoredRecord};
@@ -140,8 +140,8 @@ impl SqlStore {
         &self,
         group: &[RecordWrite],
     ) -> Result<Vec<bool>, StoreError> {
-        let mut written = vec![false; group.len()];
-        let mut w = self.writer().await?;
+        // Every statement is prepared (its tables looked up) before any runs.
+        let mut statements = Vec::new();
         for (name, writes) in statement_rounds(group, |w| (&w.name, w.record.model_id)) {
             let t = self.tables(name).await?;
             let n = &t.name;
@@ -153,7 +153,7 @@ impl SqlStore {
                  body = excluded.body WHERE {n}_records.generation <= excluded.generation \
                  RETURNING {n}_id AS id"
             );
-            let rows: Vec<(i64, serde_json::Value)> = writes
+            let rows = writes
                 .iter()
                 .map(|&i| {
                     let record = &group[i].record;
@@ -165,14 +165,10 @@ impl SqlStore {
                     (record.model_id, row)
                 })
                 .collect();
-            let done = self
-                .write_json_rows(&mut w, &sql, &rows, "write record copies")
-                .await?;
-            for (&i, done) in writes.iter().zip(done) {
-                written[i] = done;
-            }
+            statements.push(GroupStatement { sql, rows, writes });
         }
-        Ok(written)
+        self.write_group_statements(group.len(), &statements, "write record copies")
+            .await
     }
 
     /// Deletes the row of `model_id` from replicable `name`'s table `<name>_<kind>`. Returns

@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use sqlx::AssertSqlSafe;
 use sqlx::any::AnyRow;
 
-use super::group_commit::{RegistryRead, RegistryWrite, statement_rounds};
+use super::group_commit::{GroupStatement, RegistryRead, RegistryWrite, statement_rounds};
 use super::verification::{
     VERIFICATION_ORDER, VERIFICATION_STUCK, bind_verification, verification_assignments,
     verification_assignments_from_json, verification_json,
@@ -105,8 +105,8 @@ impl SqlStore {
         &self,
         group: &[RegistryWrite],
     ) -> Result<Vec<bool>, StoreError> {
-        let mut written = vec![false; group.len()];
-        let mut w = self.writer().await?;
+        // Every statement is prepared (its tables looked up) before any runs.
+        let mut statements = Vec::new();
         for (name, writes) in statement_rounds(group, |w| (&w.name, w.row.model_id)) {
             let t = self.tables(name).await?;
             let n = &t.name;
@@ -120,18 +120,14 @@ impl SqlStore {
                  WHERE {n}_id = j.value ->> 0 AND version = j.value ->> 20 RETURNING {n}_id AS id",
                 verification_assignments_from_json(9)
             );
-            let rows: Vec<(i64, serde_json::Value)> = writes
+            let rows = writes
                 .iter()
                 .map(|&i| (group[i].row.model_id, registry_json(&group[i].row)))
                 .collect();
-            let done = self
-                .write_json_rows(&mut w, &sql, &rows, "update registry rows")
-                .await?;
-            for (&i, done) in writes.iter().zip(done) {
-                written[i] = done;
-            }
+            statements.push(GroupStatement { sql, rows, writes });
         }
-        Ok(written)
+        self.write_group_statements(group.len(), &statements, "update registry rows")
+            .await
     }
 
     /// [`RegistryStore::mark_changes`] on SQLite: one transaction, and in it per round (a
