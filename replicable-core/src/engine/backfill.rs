@@ -126,19 +126,48 @@ pub async fn backfill(
             .insert_pending(name, &missing, site.now())
             .await
             .map_err(store_err)?;
-        for id in registry_ids
+        // Rows whose record the listing did not have (or had out of scope). The listing was
+        // read before the registry: a record created since, and maybe already synced through
+        // its event, is in the registry but not in the listing, and is no orphan. So each
+        // candidate is looked up on the primary again, now that the registry has been read,
+        // and only a record the primary does not have (or has out of scope) is removed.
+        let candidates: Vec<i64> = registry_ids
             .iter()
+            .copied()
             .filter(|id| in_scope.binary_search(id).is_err())
-        {
+            .collect();
+        let current: std::collections::HashMap<i64, crate::storage::StoredRecord> =
+            if candidates.is_empty() {
+                std::collections::HashMap::new()
+            } else {
+                link.records(name, &candidates)
+                    .await
+                    .map_err(|source| BackfillError::Link {
+                        replicable: name,
+                        source,
+                    })?
+                    .into_iter()
+                    .map(|record| (record.model_id, record))
+                    .collect()
+            };
+        for id in candidates {
+            let out_of_scope = match current.get(&id) {
+                None => false,
+                Some(record) if site.selective_sync().includes(name, &record.body) => continue,
+                Some(_) => true,
+            };
             replicable
-                .remove_orphan(site, *id)
+                .remove_orphan(site, id)
                 .await
                 .map_err(|e| BackfillError::Remove {
                     replicable: name,
                     reason: e.to_string(),
                 })?;
-            if primary_ids.binary_search(id).is_err() {
-                report.removed += 1;
+            match (out_of_scope, primary_ids.binary_search(&id).is_ok()) {
+                (false, _) => report.removed += 1,
+                // Counted with the listing above when it was listed.
+                (true, true) => {}
+                (true, false) => report.out_of_scope += 1,
             }
         }
         report.verification_enabled += enable_checksummed(site, link, name, from, end)
