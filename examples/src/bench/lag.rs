@@ -85,6 +85,20 @@ pub async fn run(bench: &Bench, rates: &[u64], period: Duration) -> Result<Repor
     .to_vec();
     for &rate in rates {
         let run = run_rate(bench, rate, period).await?;
+        // Every copy became visible within the slowest lag; a drain much longer than that
+        // means rows were synced again later (a retry, or copies removed and brought back):
+        // worth a look, so it is said.
+        let slowest = run.lags.iter().max().copied().unwrap_or_default();
+        if let Some(drained) = run.drained_after
+            && drained > Duration::from_secs(1).max(slowest * 10)
+        {
+            report.note(format!(
+                "at {} ev/s the secondary was synced only {} after the last publish, though                  every copy became visible within {}: some rows were synced again later                  (retries, or copies removed and brought back); run with RUST_LOG=debug to see why",
+                thousands(rate as f64),
+                duration(drained),
+                duration(slowest)
+            ));
+        }
         report.rows.push(vec![
             format!("{} ev/s", thousands(rate as f64)),
             format!("{} ev/s", thousands(run.achieved_rate)),
