@@ -138,8 +138,8 @@ pub trait RegistryStore: Send + Sync + std::fmt::Debug {
     /// [`mark_changed`](Self::mark_changed) (no generation) or
     /// [`mark_changed_unless_held`](Self::mark_changed_unless_held) would alone. No record is
     /// named twice. Returns how many rows were marked (stale changes mark nothing). The default
-    /// marks them one at a time; on SQLite they are written in one transaction, two statements
-    /// per round (on PostgreSQL, where writers do not queue for one lock, one at a time).
+    /// marks them one at a time; a SQL store writes them in one transaction, one upsert per
+    /// round on PostgreSQL and two statements per round on SQLite.
     async fn mark_changes(
         &self,
         name: &str,
