@@ -203,7 +203,8 @@ impl SqlStore {
     /// parameters read from one JSON parameter (`[id, published_at, generation, now]`); the
     /// stale check reads each row's generation from the same JSON. Several rounds are one
     /// transaction. The log cursor is a serial stage: one statement per run instead of one
-    /// round trip per event.
+    /// round trip per event. Rows are taken in id order, so that another statement locking
+    /// several of them in that order waits instead of deadlocking.
     async fn mark_changes_postgres(
         &self,
         name: &str,
@@ -217,7 +218,7 @@ impl SqlStore {
                (value ->> 2)::bigint AS generation, (value ->> 3)::bigint AS created \
                FROM json_array_elements($1::json)) \
              INSERT INTO {n}_registry ({n}_id, state, created_at, verification_state, changed_at) \
-             SELECT id, 0, created, 4, published FROM j \
+             SELECT id, 0, created, 4, published FROM j ORDER BY id \
              ON CONFLICT ({n}_id) DO UPDATE SET {}, \
                changed_at = CASE WHEN {n}_registry.changed_at IS NULL THEN excluded.changed_at \
                  WHEN excluded.changed_at IS NULL \
