@@ -93,7 +93,9 @@ pub async fn run(bench: &Bench, rates: &[u64], period: Duration) -> Result<Repor
             && drained > Duration::from_secs(1).max(slowest * 10)
         {
             report.note(format!(
-                "at {} ev/s the secondary was synced only {} after the last publish, though                  every copy became visible within {}: some rows were synced again later                  (retries, or copies removed and brought back); run with RUST_LOG=debug to see why",
+                "at {} ev/s the secondary was synced only {} after the last publish, though \
+                 every copy became visible within {}: some rows were synced again later \
+                 (retries, or copies removed and brought back); run with RUST_LOG=debug to see why",
                 thousands(rate as f64),
                 duration(drained),
                 duration(slowest)

@@ -27,6 +27,22 @@ use crate::storage::StoredRecord;
 /// waits about one round trip, not one per record, before its syncs start.
 pub const READS_AT_ONCE: usize = 8;
 
+/// Reads each of `ids` with `read`, [`READS_AT_ONCE`] at a time; those that exist, in no
+/// particular order.
+async fn read_each<T, F, Fut>(ids: &[i64], read: F) -> Result<Vec<T>, LinkError>
+where
+    F: FnMut(i64) -> Fut,
+    Fut: std::future::Future<Output = Result<Option<T>, LinkError>>,
+{
+    use futures::{StreamExt, TryStreamExt};
+    let found: Vec<Option<T>> = futures::stream::iter(ids.iter().copied())
+        .map(read)
+        .buffer_unordered(READS_AT_ONCE)
+        .try_collect()
+        .await?;
+    Ok(found.into_iter().flatten().collect())
+}
+
 mod in_process;
 
 pub use in_process::{InProcessPrimary, PrimaryStores};
@@ -69,13 +85,7 @@ pub trait PrimaryLink: Send + Sync + std::fmt::Debug {
     /// [`record`](Self::record) for each, [`READS_AT_ONCE`] at a time; a link that can read
     /// them together (the in-process link: one statement) overrides it.
     async fn records(&self, name: &str, ids: &[i64]) -> Result<Vec<StoredRecord>, LinkError> {
-        use futures::{StreamExt, TryStreamExt};
-        let found: Vec<Option<StoredRecord>> = futures::stream::iter(ids.iter().copied())
-            .map(|id| self.record(name, id))
-            .buffer_unordered(READS_AT_ONCE)
-            .try_collect()
-            .await?;
-        Ok(found.into_iter().flatten().collect())
+        read_each(ids, |id| self.record(name, id)).await
     }
 
     /// The primary's record ids in `range`, ascending, at most `limit`.
@@ -102,13 +112,7 @@ pub trait PrimaryLink: Send + Sync + std::fmt::Debug {
         name: &str,
         ids: &[i64],
     ) -> Result<Vec<VerificationRecord>, LinkError> {
-        use futures::{StreamExt, TryStreamExt};
-        let found: Vec<Option<VerificationRecord>> = futures::stream::iter(ids.iter().copied())
-            .map(|id| self.verification(name, id))
-            .buffer_unordered(READS_AT_ONCE)
-            .try_collect()
-            .await?;
-        Ok(found.into_iter().flatten().collect())
+        read_each(ids, |id| self.verification(name, id)).await
     }
 
     /// Opens a blob of a record for reading. A blob that does not exist is
@@ -237,5 +241,50 @@ where
             }
             None => sleep.await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[tokio::test]
+    async fn single_reads_go_a_few_at_a_time_and_keep_what_exists() {
+        let (now, most) = (AtomicUsize::new(0), AtomicUsize::new(0));
+        let ids: Vec<i64> = (1..=20).collect();
+        let found = read_each(&ids, |id| {
+            let (now, most) = (&now, &most);
+            async move {
+                let running = now.fetch_add(1, Ordering::SeqCst) + 1;
+                most.fetch_max(running, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                now.fetch_sub(1, Ordering::SeqCst);
+                Ok((id % 2 == 0).then_some(id))
+            }
+        })
+        .await
+        .unwrap();
+        let mut found = found;
+        found.sort_unstable();
+        assert_eq!(found, (2..=20).step_by(2).collect::<Vec<i64>>());
+        assert_eq!(
+            most.load(Ordering::SeqCst),
+            READS_AT_ONCE,
+            "reads overlap, at most READS_AT_ONCE at a time"
+        );
+
+        let failed = read_each(&ids, |id| async move {
+            if id == 7 {
+                Err(LinkError::Failed {
+                    what: "record 7".into(),
+                    reason: "connection refused".into(),
+                })
+            } else {
+                Ok(Some(id))
+            }
+        })
+        .await;
+        assert!(matches!(failed, Err(LinkError::Failed { .. })));
     }
 }

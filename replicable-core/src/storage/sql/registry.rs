@@ -42,6 +42,28 @@ fn pending_assignments(row: &str, retry_at: &str) -> String {
     )
 }
 
+/// The changes at `round` as the rows a change run's statements read: `(id, [id,
+/// published_at, generation, now])`.
+fn noted_change_rows(
+    changes: &[NotedChange],
+    round: &[usize],
+    now: DateTime<Utc>,
+) -> Vec<(i64, serde_json::Value)> {
+    round
+        .iter()
+        .map(|&i| {
+            let c = &changes[i];
+            let row = serde_json::json!([
+                c.model_id,
+                micros(c.published_at),
+                c.generation,
+                micros(now)
+            ]);
+            (c.model_id, row)
+        })
+        .collect()
+}
+
 /// A registry row as the JSON array a grouped update reads (`j.value ->> i`): the id, the
 /// columns in the order of the statement, the version it was read at.
 fn registry_json(row: &RegistryRecord) -> serde_json::Value {
@@ -168,21 +190,7 @@ impl SqlStore {
             .map_err(self.backend("mark registry rows changed"))?;
         let mut marked = 0;
         for (_, round) in statement_rounds(changes, |c| (name, c.model_id)) {
-            let rows: Vec<(i64, serde_json::Value)> = round
-                .iter()
-                .map(|&i| {
-                    let c = &changes[i];
-                    (
-                        c.model_id,
-                        serde_json::json!([
-                            c.model_id,
-                            micros(c.published_at),
-                            c.generation,
-                            micros(now)
-                        ]),
-                    )
-                })
-                .collect();
+            let rows = noted_change_rows(changes, &round, now);
             for sql in [&update, &insert] {
                 marked += self
                     .write_json_rows(&mut tx, sql, &rows, "mark registry rows changed")
@@ -235,19 +243,7 @@ impl SqlStore {
             .into_iter()
             .map(|(_, writes)| GroupStatement {
                 sql: sql.clone(),
-                rows: writes
-                    .iter()
-                    .map(|&i| {
-                        let c = &changes[i];
-                        let row = serde_json::json!([
-                            c.model_id,
-                            micros(c.published_at),
-                            c.generation,
-                            micros(now)
-                        ]);
-                        (c.model_id, row)
-                    })
-                    .collect(),
+                rows: noted_change_rows(changes, &writes, now),
                 writes,
             })
             .collect();
