@@ -30,9 +30,61 @@ pub const PART_CONCURRENCY: usize = 2;
 
 /// Blobs up to this size are read whole, hashed and checked in memory, then written under
 /// their key with one `put`; larger ones stream into a temporary object in parts and are
-/// renamed into place. With the engine's default of 8 blob syncs at once, at most 8 MiB of
-/// small blobs are in memory.
+/// renamed into place.
 pub const SMALL_BLOB: u64 = 1024 * 1024;
+
+/// The memory all blob syncs of a process hold at once for the bytes they transfer, at most: a
+/// small blob reserves its size, a streamed one [`STREAM_MEMORY`]. A sync waits for its share
+/// before it reads the blob, so that a high sync capacity (the engine runs 32 blob syncs at
+/// once) cannot add up to more: 32 small blobs of 1 MiB fit, and 8 large ones stream at once.
+pub const TRANSFER_MEMORY: usize = 128 * 1024 * 1024;
+
+/// What one streamed download holds: the part being filled and the parts being uploaded.
+pub const STREAM_MEMORY: usize = PART_SIZE * (PART_CONCURRENCY + 1);
+
+/// A budget of bytes in memory, shared by the syncs that reserve from it (counted in KiB).
+///
+/// Written here rather than taken from a crate: it is a semaphore whose permits are KiB, with
+/// a reservation never larger than the whole budget (so one that fits always ends waiting).
+#[derive(Debug)]
+pub struct TransferBudget {
+    kib: tokio::sync::Semaphore,
+    total_kib: u32,
+}
+
+impl TransferBudget {
+    /// A budget of `bytes`.
+    pub fn new(bytes: usize) -> Self {
+        let total_kib = u32::try_from(bytes.div_ceil(1024))
+            .unwrap_or(u32::MAX)
+            .max(1);
+        Self {
+            kib: tokio::sync::Semaphore::new(total_kib as usize),
+            total_kib,
+        }
+    }
+
+    /// Waits until `bytes` (at most the whole budget, at least 1 KiB) are free and holds them
+    /// until the reservation is dropped.
+    pub async fn reserve(&self, bytes: u64) -> tokio::sync::SemaphorePermit<'_> {
+        let kib = u32::try_from(bytes.div_ceil(1024))
+            .unwrap_or(u32::MAX)
+            .clamp(1, self.total_kib);
+        self.kib
+            .acquire_many(kib)
+            .await
+            .expect("the budget's semaphore is never closed")
+    }
+
+    /// Bytes not reserved now.
+    pub fn available(&self) -> u64 {
+        self.kib.available_permits() as u64 * 1024
+    }
+}
+
+/// The budget of every blob sync in this process: [`TRANSFER_MEMORY`].
+static TRANSFER_BUDGET: std::sync::LazyLock<TransferBudget> =
+    std::sync::LazyLock::new(|| TransferBudget::new(TRANSFER_MEMORY));
 
 /// Replicates blobs: objects in the site's object store, keyed by the model's
 /// `#[replicable(blob)]` field.
@@ -232,6 +284,7 @@ impl Strategy for BlobStrategy {
             Err(failure)
         };
         if expected_size <= SMALL_BLOB {
+            let _memory = TRANSFER_BUDGET.reserve(expected_size).await;
             let (bytes, checksum, size) = read_small(download_source.stream, expected_size).await?;
             check_copy(expected_size, size, request.primary_checksum, &checksum)?;
             // Complete and verified in memory: if the sync is still current, one put makes it
@@ -245,7 +298,10 @@ impl Strategy for BlobStrategy {
                 .map(|_| ())
                 .map_err(|e| store_failure("cannot write the download", e));
         }
-        let (checksum, size) = download(&**store, &tmp, download_source.stream).await?;
+        let memory = TRANSFER_BUDGET.reserve(STREAM_MEMORY as u64).await;
+        let downloaded = download(&**store, &tmp, download_source.stream).await;
+        drop(memory);
+        let (checksum, size) = downloaded?;
         if let Err(failure) = check_copy(expected_size, size, request.primary_checksum, &checksum) {
             return discard(failure).await;
         }
@@ -323,6 +379,34 @@ impl Strategy for BlobStrategy {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_transfer_budget_holds_back_what_does_not_fit_until_memory_is_freed() {
+        let budget = TransferBudget::new(10 * 1024);
+        let first = budget.reserve(6 * 1024).await;
+        assert_eq!(budget.available(), 4 * 1024);
+        // 5 KiB do not fit beside the 6 held: the reservation waits.
+        let second = budget.reserve(5 * 1024);
+        tokio::pin!(second);
+        assert!(
+            tokio::time::timeout(std::time::Duration::from_millis(50), &mut second)
+                .await
+                .is_err()
+        );
+        drop(first);
+        let _second = tokio::time::timeout(std::time::Duration::from_secs(5), second)
+            .await
+            .expect("freed memory lets the waiting reservation through");
+        assert_eq!(budget.available(), 5 * 1024);
+        // Larger than the whole budget: takes all of it rather than waiting forever; nothing is
+        // taken for less than 1 KiB.
+        drop(_second);
+        let all = budget.reserve(1 << 40).await;
+        assert_eq!(budget.available(), 0);
+        drop(all);
+        let _tiny = budget.reserve(0).await;
+        assert_eq!(budget.available(), 9 * 1024);
+    }
 
     #[test]
     fn fixtures_differ_by_seed_and_are_stable() {

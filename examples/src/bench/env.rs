@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use replicable_core::engine::{Engine, EngineHandle};
+use replicable_core::engine::{Engine, EngineConfig, EngineHandle};
 use replicable_core::observer::SyncObserver;
 use replicable_core::site::Timeouts;
 use replicable_core::status::secondary_status;
@@ -305,10 +305,14 @@ impl Sites {
     /// example application.
     pub async fn start_engines(&self) -> Result<Engines, Error> {
         let replicables = sites::replicables()?;
+        // The defaults, or what `REPLICABLE_*` variables set (as for `replicable run`).
+        let config = EngineConfig::load(None)?;
         let primary = Engine::new(self.primary.clone(), replicables.clone())
+            .config(config.clone())
             .start()
             .await?;
         let secondary = Engine::new(self.secondary.clone(), replicables)
+            .config(config)
             .start()
             .await?;
         Ok(Engines { primary, secondary })
