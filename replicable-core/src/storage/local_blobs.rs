@@ -21,8 +21,9 @@
 //! what lies behind a link. Keys are mapped to files by
 //! [`object_path`](crate::domain::blob_key::object_path): a file's name is its key.
 //!
-//! Reads are the wrapper's own: one blocking task checks the path, opens the file, reads its
-//! metadata, applies the request's preconditions and range and, when that range fits in one
+//! Reads are the wrapper's own: one blocking task opens the file (on Linux with `openat2`, the
+//! kernel keeping the path beneath the root and refusing links, so nothing can swap a directory
+//! for a link between a check and the open), reads its metadata, applies the request's preconditions and range and, when that range fits in one
 //! [`READ_CHUNK`], reads it; a larger one streams in chunks of [`READ_CHUNK`] from one blocking
 //! task (`LocalFileSystem` streams 8 KiB per blocking task, which costs a thread hand-off for
 //! every 8 KiB of a blob a primary serves or a verification hashes). Metadata and e-tags are
@@ -76,18 +77,66 @@ impl ConfinedLocalFileSystem {
 
     /// The file of `location`, once checked: no component below the root is a symbolic link.
     pub fn confined_path(&self, location: &Path) -> Result<PathBuf> {
-        let full = self.inner.path_to_filesystem(location)?;
-        let relative = full.strip_prefix(&self.root).map_err(|_| {
-            refused_error(
-                location,
-                ResourceError::Refused {
-                    resource: format!("blob `{location}`"),
-                    reason: format!("it lies outside `{}`", self.root.display()),
-                },
-            )
-        })?;
-        resolve_beneath(&self.root, relative, &format!("blob `{location}`"))
+        let (_, relative) = self.relative_path(location)?;
+        resolve_beneath(&self.root, &relative, &format!("blob `{location}`"))
             .map_err(|e| refused_error(location, e))
+    }
+
+    /// The file of `location` and its path below the root (not checked for links).
+    fn relative_path(&self, location: &Path) -> Result<(PathBuf, PathBuf)> {
+        let full = self.inner.path_to_filesystem(location)?;
+        let relative = full
+            .strip_prefix(&self.root)
+            .map_err(|_| {
+                refused_error(
+                    location,
+                    ResourceError::Refused {
+                        resource: format!("blob `{location}`"),
+                        reason: format!("it lies outside `{}`", self.root.display()),
+                    },
+                )
+            })?
+            .to_path_buf();
+        Ok((full, relative))
+    }
+
+    /// Opens the file of `location` for reading, refusing a path that goes through a symbolic
+    /// link below the root. On Linux the kernel resolves the path beneath the root and refuses
+    /// any link on the way (`openat2` with `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`): one call
+    /// instead of a `stat` per component, and no window between the check and the open. Where
+    /// `openat2` is not available (kernels before 5.6, some sandboxes), each component is
+    /// checked first ([`confined_path`](Self::confined_path)).
+    fn open_confined(&self, location: &Path) -> Result<(std::fs::File, PathBuf)> {
+        #[cfg(target_os = "linux")]
+        if beneath::AVAILABLE.load(std::sync::atomic::Ordering::Relaxed) {
+            let (full, relative) = self.relative_path(location)?;
+            match beneath::open(&self.root, &relative) {
+                beneath::Opened::File(file) => return Ok((file, full)),
+                beneath::Opened::Link => {
+                    // Name the link, as the walk does; one that went away meanwhile is
+                    // still refused.
+                    return Err(match self.confined_path(location) {
+                        Err(refused) => refused,
+                        Ok(_) => refused_error(
+                            location,
+                            ResourceError::Refused {
+                                resource: format!("blob `{location}`"),
+                                reason: format!(
+                                    "its path goes through a symbolic link inside the site's \
+                                     root `{}`",
+                                    self.root.display()
+                                ),
+                            },
+                        ),
+                    });
+                }
+                beneath::Opened::Failed(e) => return Err(open_error(&full, e)),
+                beneath::Opened::Unsupported => {}
+            }
+        }
+        let path = self.confined_path(location)?;
+        let file = std::fs::File::open(&path).map_err(|e| open_error(&path, e))?;
+        Ok((file, path))
     }
 
     fn check(&self, location: &Path) -> Result<()> {
@@ -98,8 +147,7 @@ impl ConfinedLocalFileSystem {
     /// e-tag, preconditions and ranges), with a range of up to [`READ_CHUNK`] already read.
     fn open_for_get(&self, location: Path, options: GetOptions) -> Result<OpenedGet> {
         use std::io::{Read, Seek, SeekFrom};
-        let path = self.confined_path(&location)?;
-        let file = std::fs::File::open(&path).map_err(|e| open_error(&path, e))?;
+        let (file, path) = self.open_confined(&location)?;
         let metadata = file.metadata().map_err(|e| open_error(&path, e))?;
         if !metadata.is_file() {
             return Err(object_store::Error::Generic {
@@ -147,6 +195,61 @@ impl ConfinedLocalFileSystem {
             range,
             body: Opened::Read(bytes::Bytes::from(buf)),
         })
+    }
+}
+
+/// Opening a file with the kernel keeping the path beneath a directory (Linux 5.6 and later).
+#[cfg(target_os = "linux")]
+mod beneath {
+    use std::path::Path;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use rustix::fs::{Mode, OFlags, ResolveFlags};
+    use rustix::io::Errno;
+
+    /// Whether `openat2` works here; cleared the first time the kernel (or a sandbox's
+    /// syscall filter) answers that it does not.
+    pub(super) static AVAILABLE: AtomicBool = AtomicBool::new(true);
+
+    pub(super) enum Opened {
+        File(std::fs::File),
+        /// A component of the path (the last one included) is a symbolic link.
+        Link,
+        Failed(std::io::Error),
+        /// No `openat2` here: check the path another way.
+        Unsupported,
+    }
+
+    /// Opens `relative` below `root` for reading, refusing symbolic links on the way.
+    pub(super) fn open(root: &Path, relative: &Path) -> Opened {
+        let dir = match rustix::fs::open(
+            root,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        ) {
+            Ok(dir) => dir,
+            Err(e) => return Opened::Failed(e.into()),
+        };
+        // The kernel answers EAGAIN when a rename elsewhere in the tree raced the lookup.
+        for _ in 0..3 {
+            match rustix::fs::openat2(
+                &dir,
+                relative,
+                OFlags::RDONLY | OFlags::CLOEXEC,
+                Mode::empty(),
+                ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+            ) {
+                Ok(fd) => return Opened::File(std::fs::File::from(fd)),
+                Err(Errno::AGAIN) => continue,
+                Err(Errno::LOOP | Errno::XDEV) => return Opened::Link,
+                Err(Errno::NOSYS | Errno::PERM) => {
+                    AVAILABLE.store(false, Ordering::Relaxed);
+                    return Opened::Unsupported;
+                }
+                Err(e) => return Opened::Failed(e.into()),
+            }
+        }
+        Opened::Unsupported
     }
 }
 
@@ -387,6 +490,45 @@ impl ObjectStore for ConfinedLocalFileSystem {
 mod tests {
     use super::*;
     use object_store::{GetRange, ObjectStoreExt};
+
+    /// A read through a link below the root (a linked directory, or the file itself a link)
+    /// is refused naming the link, with the kernel's check and with the walk alike; a plain
+    /// file reads.
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn reads_through_a_link_are_refused_naming_it_with_or_without_openat2() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        let outside = dir.path().join("outside");
+        std::fs::create_dir_all(root.join("pkg")).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(outside.join("secret"), "secret").unwrap();
+        std::fs::write(root.join("pkg/plain"), "plain").unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("linked")).unwrap();
+        std::os::unix::fs::symlink(outside.join("secret"), root.join("pkg/file-link")).unwrap();
+        let store = ConfinedLocalFileSystem::new(&root).unwrap();
+        for kernel in [true, false] {
+            beneath::AVAILABLE.store(kernel, std::sync::atomic::Ordering::Relaxed);
+            for (key, link) in [("linked/secret", "linked"), ("pkg/file-link", "file-link")] {
+                let err = store.get(&Path::from(key)).await.unwrap_err();
+                let Some(ResourceError::Refused { reason, .. }) = refusal(&err) else {
+                    panic!("{key} (openat2: {kernel}): {err}");
+                };
+                assert!(
+                    reason.contains(link) && reason.contains("symbolic link"),
+                    "{key} (openat2: {kernel}): {reason}"
+                );
+            }
+            let plain = store.get(&Path::from("pkg/plain")).await.unwrap();
+            assert_eq!(plain.bytes().await.unwrap().as_ref(), b"plain");
+            let missing = store.get(&Path::from("pkg/none")).await.unwrap_err();
+            assert!(
+                matches!(missing, object_store::Error::NotFound { .. }),
+                "{missing}"
+            );
+        }
+        beneath::AVAILABLE.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
 
     #[tokio::test]
     async fn reads_stream_in_large_chunks_and_honour_ranges() {
