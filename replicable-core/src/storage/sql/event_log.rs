@@ -147,7 +147,7 @@ impl EventLog for SqlStore {
         let d = self.dialect;
         let sql = format!(
             "SELECT id, {}, {}, {}, created_at FROM replicable_events \
-             WHERE id > $1 ORDER BY id LIMIT $2",
+             WHERE id > $1 ORDER BY id LIMIT $2 + 0",
             d.raw_text("replicable_name"),
             d.raw_text("event_name"),
             d.raw_text("payload"),
@@ -179,7 +179,7 @@ impl EventLog for SqlStore {
         let mut w = self.writer().await?;
         let done = sqlx::query(
             "DELETE FROM replicable_events WHERE id IN (SELECT id FROM replicable_events \
-             WHERE created_at < $1 ORDER BY id LIMIT $2)",
+             WHERE created_at < $1 ORDER BY id LIMIT $2 + 0)",
         )
         .bind(super::micros(before))
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
@@ -193,7 +193,7 @@ impl EventLog for SqlStore {
         let mut w = self.writer().await?;
         let done = sqlx::query(
             "DELETE FROM replicable_events WHERE id IN (SELECT id FROM replicable_events \
-             WHERE id <= $1 ORDER BY id LIMIT $2)",
+             WHERE id <= $1 ORDER BY id LIMIT $2 + 0)",
         )
         .bind(up_to)
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))

@@ -204,7 +204,7 @@ impl SqlStore {
         }
         let sql = format!(
             "SELECT {name}_id AS id FROM {table} WHERE {name}_id >= $1 AND {name}_id < $2 \
-             ORDER BY {name}_id LIMIT $3"
+             ORDER BY {name}_id LIMIT $3 + 0"
         );
         let rows = sqlx::query(AssertSqlSafe(sql))
             .bind(range.start)

@@ -439,7 +439,7 @@ impl SqlStore {
             "WITH due AS (SELECT {n}_id FROM {n}_registry{} \
                WHERE state IN (0, 3) AND (state = 0 OR retry_at IS NULL OR retry_at <= {now}) \
                {paused}\
-               ORDER BY {SYNC_ORDER_KEY}, retry_at NULLS FIRST, {n}_id LIMIT $1{}) \
+               ORDER BY {SYNC_ORDER_KEY}, retry_at NULLS FIRST, {n}_id LIMIT $1 + 0{}) \
              UPDATE {n}_registry SET state = 1, last_synced_at = {now}, heartbeat_at = {now}, \
                change_pending = 0, version = version + 1 \
              WHERE {n}_id IN (SELECT {n}_id FROM due) RETURNING {}",
@@ -617,7 +617,7 @@ impl RegistryStore for SqlStore {
             "WITH due AS (SELECT {n}_id FROM {n}_registry{} \
                WHERE state = 2 AND verification_state IN (0, 3) AND (verification_state = 0 \
                  OR verification_retry_at IS NULL OR verification_retry_at <= {now}) \
-               ORDER BY {VERIFICATION_ORDER}, {n}_id LIMIT $1{}) \
+               ORDER BY {VERIFICATION_ORDER}, {n}_id LIMIT $1 + 0{}) \
              UPDATE {n}_registry SET verification_state = 1, verification_started_at = {now}, \
                heartbeat_at = {now}, version = version + 1 \
              WHERE {n}_id IN (SELECT {n}_id FROM due) RETURNING {}",
@@ -649,7 +649,7 @@ impl RegistryStore for SqlStore {
             "SELECT {} FROM {}_registry WHERE \
              (state = 1 AND (last_synced_at IS NULL OR last_synced_at < $4 \
                OR COALESCE(heartbeat_at, last_synced_at) < $2)) \
-             OR {VERIFICATION_STUCK} LIMIT $3",
+             OR {VERIFICATION_STUCK} LIMIT $3 + 0",
             t.registry_columns, t.name
         );
         let rows = sqlx::query(AssertSqlSafe(sql))
@@ -750,7 +750,7 @@ impl RegistryStore for SqlStore {
             conditions.push(format!("verification_state = ${}", conditions.len() + 1));
         }
         let sql = format!(
-            "SELECT {} FROM {n}_registry WHERE {} ORDER BY {n}_id LIMIT ${}",
+            "SELECT {} FROM {n}_registry WHERE {} ORDER BY {n}_id LIMIT ${} + 0",
             t.registry_columns,
             conditions.join(" AND "),
             conditions.len() + 1
@@ -849,7 +849,7 @@ impl RegistryStore for SqlStore {
         let n = &t.name;
         let sql = format!(
             "SELECT {n}_id AS id FROM {n}_registry WHERE state = 2 AND verification_state = 4 \
-             AND {n}_id >= $1 AND {n}_id < $2 ORDER BY {n}_id LIMIT $3"
+             AND {n}_id >= $1 AND {n}_id < $2 ORDER BY {n}_id LIMIT $3 + 0"
         );
         let rows = sqlx::query(AssertSqlSafe(sql))
             .bind(range.start)
@@ -1129,7 +1129,7 @@ impl RegistryStore for SqlStore {
     async fn skipped_events(&self, limit: usize) -> Result<Vec<SkippedEvent>, StoreError> {
         let rows = sqlx::query(
             "SELECT event_id, replicable_name, event_name, reason, skipped_at \
-             FROM replicable_skipped_events ORDER BY event_id LIMIT $1",
+             FROM replicable_skipped_events ORDER BY event_id LIMIT $1 + 0",
         )
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
         .fetch_all(&mut *self.reader().await?)

@@ -316,7 +316,7 @@ impl RecordSource for SqlTable {
         let (q, id) = (&self.table, &self.id);
         let sql = format!(
             "SELECT CAST({id} AS BIGINT) AS id FROM {q} WHERE {id} >= $1 AND {id} < $2 \
-             ORDER BY {id} LIMIT $3"
+             ORDER BY {id} LIMIT $3 + 0"
         );
         let rows = sqlx::query(AssertSqlSafe(sql))
             .bind(range.start)

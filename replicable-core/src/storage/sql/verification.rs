@@ -232,7 +232,7 @@ impl VerificationStore for SqlStore {
             "WITH due AS (SELECT {n}_id FROM {n}_verification{} \
                WHERE verification_state IN (0, 3) AND (verification_state = 0 OR \
                  verification_retry_at IS NULL OR verification_retry_at <= {now}) \
-               ORDER BY {VERIFICATION_ORDER}, {n}_id LIMIT $1{}) \
+               ORDER BY {VERIFICATION_ORDER}, {n}_id LIMIT $1 + 0{}) \
              UPDATE {n}_verification SET verification_state = 1, \
                verification_started_at = {now}, heartbeat_at = {now}, version = version + 1 \
              WHERE {n}_id IN (SELECT {n}_id FROM due) RETURNING {}",
@@ -260,7 +260,7 @@ impl VerificationStore for SqlStore {
     ) -> Result<Vec<VerificationRecord>, StoreError> {
         let t = self.tables(name).await?;
         let sql = format!(
-            "SELECT {} FROM {}_verification WHERE {VERIFICATION_STUCK} LIMIT $3",
+            "SELECT {} FROM {}_verification WHERE {VERIFICATION_STUCK} LIMIT $3 + 0",
             t.verification_columns, t.name
         );
         let rows = sqlx::query(AssertSqlSafe(sql))
@@ -338,7 +338,7 @@ impl VerificationStore for SqlStore {
             "INSERT INTO {n}_verification ({n}_id, verification_state) \
              SELECT r.{n}_id, 0 FROM {n}_records r \
              LEFT JOIN {n}_verification v ON v.{n}_id = r.{n}_id \
-             WHERE v.{n}_id IS NULL ORDER BY r.{n}_id LIMIT $1 \
+             WHERE v.{n}_id IS NULL ORDER BY r.{n}_id LIMIT $1 + 0 \
              ON CONFLICT ({n}_id) DO NOTHING"
         );
         let mut w = self.writer().await?;
@@ -396,7 +396,7 @@ impl SqlStore {
         let sql = format!(
             "WITH batch AS (SELECT {name}_id FROM {table} \
                WHERE verification_state = 2 AND verified_at < $1{extra} \
-               ORDER BY verified_at, {name}_id LIMIT $2{}) \
+               ORDER BY verified_at, {name}_id LIMIT $2 + 0{}) \
              UPDATE {table} SET verification_state = 0, version = version + 1 \
              WHERE {name}_id IN (SELECT {name}_id FROM batch) \
              AND verification_state = 2{extra}",
