@@ -146,7 +146,7 @@ impl ConfinedLocalFileSystem {
     /// The blocking part of a get: what `LocalFileSystem` would answer (the same metadata,
     /// e-tag, preconditions and ranges), with a range of up to [`READ_CHUNK`] already read.
     fn open_for_get(&self, location: Path, options: GetOptions) -> Result<OpenedGet> {
-        use std::io::{Read, Seek, SeekFrom};
+        use std::io::{Seek, SeekFrom};
         let (file, path) = self.open_confined(&location)?;
         let metadata = file.metadata().map_err(|e| open_error(&path, e))?;
         if !metadata.is_file() {
@@ -183,9 +183,9 @@ impl ConfinedLocalFileSystem {
             });
         }
         let mut file = file;
-        let mut buf = vec![0; len as usize];
-        file.seek(SeekFrom::Start(range.start))
-            .and_then(|_| file.read_exact(&mut buf))
+        let buf = file
+            .seek(SeekFrom::Start(range.start))
+            .and_then(|_| read_exactly(&mut file, len as usize))
             .map_err(|e| object_store::Error::Generic {
                 store: STORE,
                 source: format!("reading `{}`: {e}", path.display()).into(),
@@ -317,7 +317,7 @@ fn read_in_chunks(
     path: PathBuf,
     range: std::ops::Range<u64>,
 ) -> BoxStream<'static, Result<bytes::Bytes>> {
-    use std::io::{Read, Seek, SeekFrom};
+    use std::io::{Seek, SeekFrom};
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes>>(READ_AHEAD);
     tokio::task::spawn_blocking(move || {
         let mut file = file;
@@ -332,10 +332,8 @@ fn read_in_chunks(
         let mut left = range.end.saturating_sub(range.start);
         while left > 0 {
             let n = usize::try_from(left).map_or(READ_CHUNK, |left| left.min(READ_CHUNK));
-            let mut buf = vec![0; n];
-            let chunk = file
-                .read_exact(&mut buf)
-                .map(|()| bytes::Bytes::from(buf))
+            let chunk = read_exactly(&mut file, n)
+                .map(bytes::Bytes::from)
                 .map_err(failed);
             let stop = chunk.is_err();
             if tx.blocking_send(chunk).is_err() || stop {
@@ -348,6 +346,21 @@ fn read_in_chunks(
     // `poll_recv` keeps answering `None` once the reader is done, so the stream may be polled
     // after its end (some consumers do).
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed()
+}
+
+/// Reads the next `n` bytes of `file` into a buffer that is not zeroed first (a 1 MiB blob read
+/// whole no longer writes its megabyte twice). A file that ends before is an error.
+fn read_exactly(file: &mut std::fs::File, n: usize) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut buf = Vec::with_capacity(n);
+    file.take(n as u64).read_to_end(&mut buf)?;
+    if buf.len() < n {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            format!("the file ended after {} of {n} bytes", buf.len()),
+        ));
+    }
+    Ok(buf)
 }
 
 fn refused_error(location: &Path, error: ResourceError) -> object_store::Error {
@@ -528,6 +541,20 @@ mod tests {
             );
         }
         beneath::AVAILABLE.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    #[test]
+    fn a_read_of_more_than_the_file_holds_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, b"0123456789").unwrap();
+        let mut file = std::fs::File::open(&path).unwrap();
+        assert_eq!(read_exactly(&mut file, 4).unwrap(), b"0123");
+        assert_eq!(read_exactly(&mut file, 6).unwrap(), b"456789");
+        let mut file = std::fs::File::open(&path).unwrap();
+        let err = read_exactly(&mut file, 11).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::UnexpectedEof);
+        assert!(err.to_string().contains("10 of 11"), "{err}");
     }
 
     #[tokio::test]
