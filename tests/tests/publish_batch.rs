@@ -2,7 +2,8 @@
 //! real SQLite files and the PostgreSQL lane: a batch writes every record, verification row and
 //! event in one transaction with consecutive ids, a failing record or a refused write leaves
 //! nothing behind, secondaries consume a batch as they consume single publishes, and a
-//! verification pass announces every checksum it stored, once.
+//! verification pass announces every checksum it stored, once. Batches and verification completions that
+//! touch the same rows at once take them in id order, so neither is aborted by a deadlock.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -545,6 +546,117 @@ fn a_verification_pass_announces_each_checksum_on_postgres() {
     };
     replicable_core::testing::block_on(async {
         a_verification_pass_announces_each_checksum(target.open().await).await;
+    });
+}
+
+// ---- lock order ----
+
+/// Batches that publish the same records in opposite orders, at the same time, all succeed.
+/// On PostgreSQL two transactions that lock the same rows in opposite orders deadlock, and the
+/// database aborts one of them (an application's publish): every batch write takes its rows in
+/// id order, so the later one waits instead.
+async fn batches_of_the_same_records_in_opposite_orders_all_succeed(store: Arc<SqlStore>) {
+    let site = primary(&store);
+    let forward: Vec<Receipt> = (1..=300).map(receipt).collect();
+    let backward: Vec<Receipt> = forward.iter().rev().cloned().collect();
+    site.publish_created_events(&forward).await.unwrap();
+    let entries_forward: Vec<Entry> = (1..=300).map(|id| entry(id, "forward")).collect();
+    let entries_backward: Vec<Entry> = entries_forward.iter().rev().cloned().collect();
+    site.publish_created_events(&entries_forward).await.unwrap();
+    for round in 0..4 {
+        let (a, b, c, d) = tokio::join!(
+            site.publish_created_events(&forward),
+            site.publish_created_events(&backward),
+            site.publish_updated_events(&entries_forward),
+            site.publish_updated_events(&entries_backward),
+        );
+        for (which, result) in [("receipts forward", a), ("receipts backward", b)]
+            .into_iter()
+            .chain([("entries forward", c), ("entries backward", d)])
+        {
+            let ids = result.unwrap_or_else(|e| panic!("round {round}, {which}: {e}"));
+            assert_eq!(ids.len(), 300, "round {round}, {which}");
+        }
+    }
+    let records = site
+        .records()
+        .get_many("receipt", &[1, 150, 300])
+        .await
+        .unwrap();
+    assert!(
+        records.iter().all(|r| r.generation == 9),
+        "each batch bumped every record once: {records:?}"
+    );
+}
+
+/// The primary's verification completions take their rows in id order too: completions
+/// handed over in descending order and batch publishes of the same records (which reset their
+/// verification rows) run at once without either failing.
+async fn verification_completions_and_batch_publishes_of_the_same_records_all_succeed(
+    store: Arc<SqlStore>,
+) {
+    let site = primary(&store);
+    let receipts: Vec<Receipt> = (1..=300).map(receipt).collect();
+    site.publish_created_events(&receipts).await.unwrap();
+    for round in 0..4 {
+        let mut completed = Vec::new();
+        for id in (1..=300).rev() {
+            let mut row = site
+                .verification_store()
+                .get("receipt", id)
+                .await
+                .unwrap()
+                .unwrap();
+            row.verification.verification_state = replicable_core::VerificationState::Started;
+            row.verification
+                .succeed(format!("{round:064}"), chrono::Utc::now())
+                .unwrap();
+            completed.push(replicable_core::storage::CompletedVerification { row, event: None });
+        }
+        let (recorded, published) = tokio::join!(
+            site.event_log()
+                .complete_verifications("receipt", &completed, chrono::Utc::now()),
+            site.publish_created_events(&receipts),
+        );
+        let written = recorded
+            .unwrap_or_else(|e| panic!("round {round}: recording the checks: {e}"))
+            .expect("the SQL log records verifications itself");
+        assert_eq!(written.len(), 300);
+        published.unwrap_or_else(|e| panic!("round {round}: the batch publish: {e}"));
+    }
+}
+
+#[test]
+fn verification_completions_and_batch_publishes_of_the_same_records_all_succeed_on_postgres() {
+    let Some(target) = PostgresTarget::new() else {
+        return;
+    };
+    replicable_core::testing::block_on(async {
+        verification_completions_and_batch_publishes_of_the_same_records_all_succeed(
+            target.open().await,
+        )
+        .await;
+    });
+}
+
+#[test]
+fn batches_of_the_same_records_in_opposite_orders_all_succeed_on_sqlite() {
+    replicable_core::testing::block_on(async {
+        let target = SqliteTarget::new();
+        batches_of_the_same_records_in_opposite_orders_all_succeed(
+            SqlStore::open(&target.url).await.unwrap(),
+        )
+        .await;
+    });
+}
+
+#[test]
+fn batches_of_the_same_records_in_opposite_orders_all_succeed_on_postgres() {
+    let Some(target) = PostgresTarget::new() else {
+        return;
+    };
+    replicable_core::testing::block_on(async {
+        batches_of_the_same_records_in_opposite_orders_all_succeed(target.open().await).await;
     });
 }
 

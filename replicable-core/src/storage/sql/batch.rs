@@ -384,10 +384,14 @@ fn json_rows(d: Dialect, layout: Json) -> &'static str {
 /// [`upsert_record_sql`](super::event_log::upsert_record_sql) for the rows of [`record_rows`]
 /// in `$1`; returns `id, generation`. (`WHERE true` tells SQLite's parser that `ON CONFLICT`
 /// belongs to the insert.)
+///
+/// The batch statements take their rows in id order (`ORDER BY 1`): on PostgreSQL, two batches
+/// that lock the same rows in opposite orders deadlock, and the database aborts one of them (an
+/// application's publish). In one order, the later batch waits for the earlier one.
 pub(super) fn upsert_records_batch_sql(d: Dialect, p: &str, n: &str) -> String {
     format!(
         "INSERT INTO {p}{n}_records AS r ({n}_id, generation, body) \
-         SELECT CAST(key AS BIGINT), 1, value FROM {} WHERE true \
+         SELECT CAST(key AS BIGINT), 1, value FROM {} WHERE true ORDER BY 1 \
          ON CONFLICT ({n}_id) DO UPDATE SET generation = r.generation + 1, \
          body = excluded.body RETURNING {n}_id AS id, generation",
         json_rows(d, Json::Object)
@@ -399,7 +403,7 @@ pub(super) fn upsert_records_batch_sql(d: Dialect, p: &str, n: &str) -> String {
 pub(super) fn bump_generations_batch_sql(d: Dialect, p: &str, n: &str) -> String {
     format!(
         "INSERT INTO {p}{n}_generations AS g ({n}_id, generation) \
-         SELECT CAST(value AS BIGINT), 1 FROM {} WHERE true \
+         SELECT CAST(value AS BIGINT), 1 FROM {} WHERE true ORDER BY 1 \
          ON CONFLICT ({n}_id) DO UPDATE SET generation = g.generation + 1 \
          RETURNING {n}_id AS id, generation",
         json_rows(d, Json::Array)
@@ -411,7 +415,7 @@ pub(super) fn bump_generations_batch_sql(d: Dialect, p: &str, n: &str) -> String
 pub(super) fn verification_pending_batch_sql(d: Dialect, p: &str, n: &str) -> String {
     format!(
         "INSERT INTO {p}{n}_verification AS v ({n}_id, verification_state) \
-         SELECT CAST(value AS BIGINT), 0 FROM {} WHERE true \
+         SELECT CAST(value AS BIGINT), 0 FROM {} WHERE true ORDER BY 1 \
          ON CONFLICT ({n}_id) DO UPDATE SET verification_state = 0, \
          verification_retry_at = NULL, verification_started_at = NULL, \
          version = v.version + 1 \

@@ -289,7 +289,13 @@ impl EventLog for SqlStore {
                      WHERE {n}_id = $11 AND version = $12",
                     verification_assignments(1)
                 );
-                for (c, written) in completed.iter().zip(written.iter_mut()) {
+                // In id order, as batch publishes take their rows: two transactions locking
+                // the same rows in opposite orders deadlock, and PostgreSQL aborts one of
+                // them (it could be an application's publish re-marking these rows).
+                let mut order: Vec<usize> = (0..completed.len()).collect();
+                order.sort_by_key(|&i| completed[i].row.model_id);
+                for i in order {
+                    let c = &completed[i];
                     let done = bind_verification(
                         sqlx::query(AssertSqlSafe(sql.clone())),
                         &c.row.verification,
@@ -300,7 +306,7 @@ impl EventLog for SqlStore {
                     .execute(&mut *tx)
                     .await
                     .map_err(&err)?;
-                    *written = done.rows_affected() == 1;
+                    written[i] = done.rows_affected() == 1;
                 }
             }
         }
