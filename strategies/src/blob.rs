@@ -86,6 +86,12 @@ impl TransferBudget {
 static TRANSFER_BUDGET: std::sync::LazyLock<TransferBudget> =
     std::sync::LazyLock::new(|| TransferBudget::new(TRANSFER_MEMORY));
 
+/// The memory budget the blob syncs of this process share (to watch it, or, in a test, to hold
+/// it).
+pub fn transfer_budget() -> &'static TransferBudget {
+    &TRANSFER_BUDGET
+}
+
 /// Replicates blobs: objects in the site's object store, keyed by the model's
 /// `#[replicable(blob)]` field.
 #[derive(Debug, Default, Clone, Copy)]
@@ -394,13 +400,13 @@ mod tests {
                 .is_err()
         );
         drop(first);
-        let _second = tokio::time::timeout(std::time::Duration::from_secs(5), second)
+        let second_held = tokio::time::timeout(std::time::Duration::from_secs(5), second)
             .await
             .expect("freed memory lets the waiting reservation through");
         assert_eq!(budget.available(), 5 * 1024);
         // Larger than the whole budget: takes all of it rather than waiting forever; nothing is
         // taken for less than 1 KiB.
-        drop(_second);
+        drop(second_held);
         let all = budget.reserve(1 << 40).await;
         assert_eq!(budget.available(), 0);
         drop(all);

@@ -406,6 +406,32 @@ fn an_overtaken_blob_sync_leaves_nothing_at_the_key_and_nothing_under_tmp() {
 }
 
 #[test]
+fn a_sync_waits_for_its_share_of_the_transfer_memory() {
+    block_on(async {
+        let d = Dirs::new();
+        d.put_on_primary("pkg/a.bin", b"payload").await;
+        let budget = replicable_strategies::blob::transfer_budget();
+        // Another sync (here: the test) holds all of it: this one does not read the blob.
+        let all = budget.reserve(u64::MAX).await;
+        let sync = d.sync("pkg/a.bin", &AlwaysCurrent);
+        tokio::pin!(sync);
+        assert!(
+            tokio::time::timeout(std::time::Duration::from_millis(200), &mut sync)
+                .await
+                .is_err(),
+            "the sync went on without memory"
+        );
+        assert!(files_under(&d.path("secondary")).is_empty());
+        drop(all);
+        tokio::time::timeout(std::time::Duration::from_secs(30), sync)
+            .await
+            .expect("freed memory lets the sync on")
+            .unwrap();
+        assert!(d.path("secondary/pkg/a.bin").is_file());
+    });
+}
+
+#[test]
 fn a_link_in_the_secondary_blob_directory_refuses_the_sync_and_writes_nothing_outside() {
     block_on(async {
         let d = Dirs::new();
