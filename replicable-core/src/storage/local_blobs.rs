@@ -23,11 +23,12 @@
 //!
 //! Reads are the wrapper's own: one blocking task opens the file (on Linux with `openat2`, the
 //! kernel keeping the path beneath the root and refusing links, so nothing can swap a directory
-//! for a link between a check and the open), reads its metadata, applies the request's preconditions and range and, when that range fits in one
-//! [`READ_CHUNK`], reads it; a larger one streams in chunks of [`READ_CHUNK`] from one blocking
-//! task (`LocalFileSystem` streams 8 KiB per blocking task, which costs a thread hand-off for
-//! every 8 KiB of a blob a primary serves or a verification hashes). Metadata and e-tags are
-//! `LocalFileSystem`'s, so a listing and a read agree.
+//! for a link between a check and the open), reads its metadata, applies the request's
+//! preconditions and range and, when that range fits in one [`READ_CHUNK`], reads it; a larger
+//! one streams in chunks of [`READ_CHUNK`] from one blocking task (`LocalFileSystem` streams
+//! 8 KiB per blocking task, which costs a thread hand-off for every 8 KiB of a blob a primary
+//! serves or a verification hashes). Metadata and e-tags are `LocalFileSystem`'s, so a listing
+//! and a read agree.
 
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::Arc;
