@@ -21,6 +21,12 @@
 //! what lies behind a link. Keys are mapped to files by
 //! [`object_path`](crate::domain::blob_key::object_path): a file's name is its key.
 //!
+//! On Linux, reads and overwriting puts (the ones syncs make) leave the check to the kernel:
+//! `openat2` with `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS` opens the file, or the directory a put
+//! writes its staged file in and renames it within, so a directory swapped for a link after a
+//! check cannot send them elsewhere. Elsewhere, and for the other operations, each component is
+//! checked before the path is used.
+//!
 //! Reads are the wrapper's own: one blocking task opens the file (on Linux with `openat2`, the
 //! kernel keeping the path beneath the root and refusing links, so nothing can swap a directory
 //! for a link between a check and the open), reads its metadata, applies the request's
@@ -113,24 +119,7 @@ impl ConfinedLocalFileSystem {
             let (full, relative) = self.relative_path(location)?;
             match beneath::open(&self.root, &relative) {
                 beneath::Opened::File(file) => return Ok((file, full)),
-                beneath::Opened::Link => {
-                    // Name the link, as the walk does; one that went away meanwhile is
-                    // still refused.
-                    return Err(match self.confined_path(location) {
-                        Err(refused) => refused,
-                        Ok(_) => refused_error(
-                            location,
-                            ResourceError::Refused {
-                                resource: format!("blob `{location}`"),
-                                reason: format!(
-                                    "its path goes through a symbolic link inside the site's \
-                                     root `{}`",
-                                    self.root.display()
-                                ),
-                            },
-                        ),
-                    });
-                }
+                beneath::Opened::Link => return Err(self.link_refusal(location)),
                 beneath::Opened::Failed(e) => return Err(open_error(&full, e)),
                 beneath::Opened::Unsupported => {}
             }
@@ -142,6 +131,87 @@ impl ConfinedLocalFileSystem {
 
     fn check(&self, location: &Path) -> Result<()> {
         self.confined_path(location).map(|_| ())
+    }
+
+    /// The refusal of a path the kernel found a link on: the walk names the link; one that went
+    /// away meanwhile is still refused.
+    #[cfg(target_os = "linux")]
+    fn link_refusal(&self, location: &Path) -> object_store::Error {
+        match self.confined_path(location) {
+            Err(refused) => refused,
+            Ok(_) => refused_error(
+                location,
+                ResourceError::Refused {
+                    resource: format!("blob `{location}`"),
+                    reason: format!(
+                        "its path goes through a symbolic link inside the site's root `{}`",
+                        self.root.display()
+                    ),
+                },
+            ),
+        }
+    }
+
+    /// The blocking part of an overwriting put on Linux, confined by the kernel: the parent
+    /// directory is opened (and created, one component at a time) with `openat2` refusing links,
+    /// and the file is written as `LocalFileSystem` writes it (a new `<name>#<n>` beside it,
+    /// renamed over the name) through that directory's handle, so no link swapped in between
+    /// can send the write elsewhere. `None`: no `openat2` here.
+    #[cfg(target_os = "linux")]
+    fn put_beneath(&self, location: &Path, payload: &PutPayload) -> Option<Result<PutResult>> {
+        use std::io::Write;
+        let (full, relative) = match self.relative_path(location) {
+            Ok(paths) => paths,
+            Err(e) => return Some(Err(e)),
+        };
+        let Some(name) = relative.file_name() else {
+            return Some(Err(object_store::Error::Generic {
+                store: STORE,
+                source: format!("`{location}` names no file").into(),
+            }));
+        };
+        let parent = relative.parent().unwrap_or(FsPath::new(""));
+        let failed = |doing: &str, e: std::io::Error| object_store::Error::Generic {
+            store: STORE,
+            source: format!("{doing} `{}`: {e}", full.display()).into(),
+        };
+        let dir = match beneath::open_dir(&self.root, parent) {
+            beneath::Dir::Open(dir) => dir,
+            beneath::Dir::Link => return Some(Err(self.link_refusal(location))),
+            beneath::Dir::Failed(e) => {
+                return Some(Err(failed("cannot create the directory of", e)));
+            }
+            beneath::Dir::Unsupported => return None,
+        };
+        // A link in the file's own place is refused as on a read (renaming over it would
+        // replace the link, not write through it, but the key names a link).
+        if beneath::is_link(&dir, name) {
+            return Some(Err(self.link_refusal(location)));
+        }
+        let (file, staged) = match beneath::create_staged(&dir, name) {
+            Ok(created) => created,
+            Err(e) => return Some(Err(failed("cannot write", e))),
+        };
+        let mut file = file;
+        let written = payload
+            .iter()
+            .try_for_each(|chunk| file.write_all(chunk))
+            .and_then(|()| file.metadata())
+            .and_then(|metadata| {
+                rustix::fs::renameat(&dir, &staged, &dir, name)?;
+                Ok(metadata)
+            });
+        match written {
+            Ok(metadata) => Some(Ok(PutResult {
+                e_tag: object_meta(location.clone(), &metadata).e_tag,
+                version: None,
+                extensions: Default::default(),
+            })),
+            Err(e) => {
+                let _ = rustix::fs::unlinkat(&dir, &staged, rustix::fs::AtFlags::empty());
+                Some(Err(failed("cannot write", e)))
+            }
+        }
     }
 
     /// The blocking part of a get: what `LocalFileSystem` would answer (the same metadata,
@@ -202,6 +272,8 @@ impl ConfinedLocalFileSystem {
 /// Opening a file with the kernel keeping the path beneath a directory (Linux 5.6 and later).
 #[cfg(target_os = "linux")]
 mod beneath {
+    use std::ffi::OsStr;
+    use std::os::fd::OwnedFd;
     use std::path::Path;
     use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -219,6 +291,104 @@ mod beneath {
         Failed(std::io::Error),
         /// No `openat2` here: check the path another way.
         Unsupported,
+    }
+
+    const BENEATH: ResolveFlags = ResolveFlags::BENEATH
+        .union(ResolveFlags::NO_SYMLINKS)
+        .union(ResolveFlags::NO_MAGICLINKS);
+
+    pub(super) enum Dir {
+        Open(OwnedFd),
+        Link,
+        Failed(std::io::Error),
+        Unsupported,
+    }
+
+    /// Opens directory `relative` below `root`, creating what is missing one component at a
+    /// time, refusing symbolic links on the way.
+    pub(super) fn open_dir(root: &Path, relative: &Path) -> Dir {
+        let directory = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
+        let root = match rustix::fs::open(root, directory, Mode::empty()) {
+            Ok(root) => root,
+            Err(e) => return Dir::Failed(e.into()),
+        };
+        let whole = if relative.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            relative
+        };
+        match openat2_retrying(&root, whole, directory) {
+            Ok(dir) => return Dir::Open(dir),
+            Err(Errno::NOENT) => {}
+            Err(e) => return dir_error(e),
+        }
+        // Missing: made one component at a time, each opened before the next is made in it.
+        let mut dir = root;
+        for component in relative.components() {
+            match rustix::fs::mkdirat(&dir, component.as_os_str(), Mode::from_raw_mode(0o777)) {
+                Ok(()) | Err(Errno::EXIST) => {}
+                Err(e) => return Dir::Failed(e.into()),
+            }
+            dir = match openat2_retrying(&dir, component.as_os_str(), directory) {
+                Ok(next) => next,
+                Err(e) => return dir_error(e),
+            };
+        }
+        Dir::Open(dir)
+    }
+
+    fn dir_error(e: Errno) -> Dir {
+        match e {
+            Errno::LOOP | Errno::XDEV => Dir::Link,
+            Errno::NOSYS | Errno::PERM => {
+                AVAILABLE.store(false, Ordering::Relaxed);
+                Dir::Unsupported
+            }
+            e => Dir::Failed(e.into()),
+        }
+    }
+
+    fn openat2_retrying<P: rustix::path::Arg + Copy>(
+        dir: &OwnedFd,
+        path: P,
+        flags: OFlags,
+    ) -> rustix::io::Result<OwnedFd> {
+        let mut tries = 0;
+        loop {
+            match rustix::fs::openat2(dir, path, flags, Mode::empty(), BENEATH) {
+                Err(Errno::AGAIN) if tries < 3 => tries += 1,
+                other => return other,
+            }
+        }
+    }
+
+    /// Whether `name` in `dir` is a symbolic link.
+    pub(super) fn is_link(dir: &OwnedFd, name: &OsStr) -> bool {
+        rustix::fs::statat(dir, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW).is_ok_and(|stat| {
+            rustix::fs::FileType::from_raw_mode(stat.st_mode) == rustix::fs::FileType::Symlink
+        })
+    }
+
+    /// Creates `<name>#<n>` in `dir` for the first free `n`, never through a link (`O_EXCL`).
+    pub(super) fn create_staged(
+        dir: &OwnedFd,
+        name: &OsStr,
+    ) -> std::io::Result<(std::fs::File, std::ffi::OsString)> {
+        for n in 1u32.. {
+            let mut staged = name.to_os_string();
+            staged.push(format!("#{n}"));
+            match rustix::fs::openat(
+                dir,
+                staged.as_os_str(),
+                OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC,
+                Mode::from_raw_mode(0o666),
+            ) {
+                Ok(fd) => return Ok((std::fs::File::from(fd), staged)),
+                Err(Errno::EXIST) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(std::io::Error::other("no free staging name"))
     }
 
     /// Opens `relative` below `root` for reading, refusing symbolic links on the way.
@@ -394,6 +564,19 @@ impl ObjectStore for ConfinedLocalFileSystem {
         payload: PutPayload,
         opts: PutOptions,
     ) -> Result<PutResult> {
+        #[cfg(target_os = "linux")]
+        if matches!(opts.mode, object_store::PutMode::Overwrite)
+            && opts.attributes.is_empty()
+            && beneath::AVAILABLE.load(std::sync::atomic::Ordering::Relaxed)
+        {
+            let (this, at, bytes) = (self.clone(), location.clone(), payload.clone());
+            let put = tokio::task::spawn_blocking(move || this.put_beneath(&at, &bytes))
+                .await
+                .map_err(|e| object_store::Error::JoinError { source: e })?;
+            if let Some(put) = put {
+                return put;
+            }
+        }
         self.check(location)?;
         self.inner.put_opts(location, payload, opts).await
     }
@@ -505,12 +688,17 @@ mod tests {
     use super::*;
     use object_store::{GetRange, ObjectStoreExt};
 
+    /// Held by the tests that switch between the kernel's check and the walk.
+    #[cfg(target_os = "linux")]
+    static KERNEL_CHECK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
     /// A read through a link below the root (a linked directory, or the file itself a link)
     /// is refused naming the link, with the kernel's check and with the walk alike; a plain
     /// file reads.
     #[cfg(target_os = "linux")]
     #[tokio::test]
     async fn reads_through_a_link_are_refused_naming_it_with_or_without_openat2() {
+        let _one_mode_at_a_time = KERNEL_CHECK.lock().await;
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("root");
         let outside = dir.path().join("outside");
@@ -540,6 +728,65 @@ mod tests {
                 matches!(missing, object_store::Error::NotFound { .. }),
                 "{missing}"
             );
+        }
+        beneath::AVAILABLE.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// A put through a link below the root (a linked directory on the way, or the key itself a
+    /// link) is refused naming the link and writes nothing anywhere; a put into directories
+    /// that do not exist yet creates them; an overwrite replaces the file; the e-tag a put
+    /// returns is the one a read reports. With the kernel's check and with the walk alike.
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn puts_are_confined_with_or_without_openat2() {
+        let _one_mode_at_a_time = KERNEL_CHECK.lock().await;
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        let outside = dir.path().join("outside");
+        std::fs::create_dir_all(root.join("pkg")).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(outside.join("secret"), "secret").unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("linked")).unwrap();
+        std::os::unix::fs::symlink(outside.join("secret"), root.join("pkg/file-link")).unwrap();
+        let store = ConfinedLocalFileSystem::new(&root).unwrap();
+        for kernel in [true, false] {
+            beneath::AVAILABLE.store(kernel, std::sync::atomic::Ordering::Relaxed);
+            let key = Path::from(format!("new/{kernel}/deep/file"));
+            store
+                .put(&key, PutPayload::from_static(b"first"))
+                .await
+                .unwrap();
+            let put = store
+                .put(&key, PutPayload::from_static(b"second"))
+                .await
+                .unwrap_or_else(|e| panic!("overwrite (openat2: {kernel}): {e}"));
+            let got = store.get(&key).await.unwrap();
+            assert_eq!(got.meta.e_tag, put.e_tag, "openat2: {kernel}");
+            assert_eq!(got.bytes().await.unwrap().as_ref(), b"second");
+            for (key, link) in [("linked/planted", "linked"), ("pkg/file-link", "file-link")] {
+                let err = store
+                    .put(&Path::from(key), PutPayload::from_static(b"evil"))
+                    .await
+                    .unwrap_err();
+                let Some(ResourceError::Refused { reason, .. }) = refusal(&err) else {
+                    panic!("{key} (openat2: {kernel}): {err}");
+                };
+                assert!(
+                    reason.contains(link) && reason.contains("symbolic link"),
+                    "{key} (openat2: {kernel}): {reason}"
+                );
+            }
+            assert_eq!(
+                std::fs::read_to_string(outside.join("secret")).unwrap(),
+                "secret"
+            );
+            assert!(!outside.join("planted").exists());
+            let mut names: Vec<String> = std::fs::read_dir(root.join("pkg"))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            assert_eq!(names, ["file-link"], "nothing staged is left behind");
         }
         beneath::AVAILABLE.store(true, std::sync::atomic::Ordering::Relaxed);
     }
