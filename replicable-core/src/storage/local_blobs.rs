@@ -21,11 +21,11 @@
 //! what lies behind a link. Keys are mapped to files by
 //! [`object_path`](crate::domain::blob_key::object_path): a file's name is its key.
 //!
-//! On Linux, reads and overwriting puts (the ones syncs make) leave the check to the kernel:
-//! `openat2` with `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS` opens the file, or the directory a put
-//! writes its staged file in and renames it within, so a directory swapped for a link after a
-//! check cannot send them elsewhere. Elsewhere, and for the other operations, each component is
-//! checked before the path is used.
+//! On Linux, reads, overwriting puts and overwriting renames (what syncs do) leave the check to
+//! the kernel: `openat2` with `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS` opens the file, or the
+//! directories a put or a rename works in (a put writes its staged file there and renames it
+//! within), so a directory swapped for a link after a check cannot send them elsewhere.
+//! Elsewhere, and for the other operations, each component is checked before the path is used.
 //!
 //! Reads are the wrapper's own: one blocking task opens the file (on Linux with `openat2`, the
 //! kernel keeping the path beneath the root and refusing links, so nothing can swap a directory
@@ -150,6 +150,69 @@ impl ConfinedLocalFileSystem {
                 },
             ),
         }
+    }
+
+    /// The blocking part of an overwriting rename on Linux (how a large blob's download is moved
+    /// into place), confined by the kernel: both directories are opened with `openat2` refusing
+    /// links (the destination's created as for a put) and the file is renamed between their
+    /// handles. `None`: no `openat2` here.
+    #[cfg(target_os = "linux")]
+    fn rename_beneath(&self, from: &Path, to: &Path) -> Option<Result<()>> {
+        let paths = self
+            .relative_path(from)
+            .and_then(|f| Ok((f, self.relative_path(to)?)));
+        let ((full_from, rel_from), (full_to, rel_to)) = match paths {
+            Ok(paths) => paths,
+            Err(e) => return Some(Err(e)),
+        };
+        let (Some(from_name), Some(to_name)) = (rel_from.file_name(), rel_to.file_name()) else {
+            return Some(Err(object_store::Error::Generic {
+                store: STORE,
+                source: format!("`{from}` or `{to}` names no file").into(),
+            }));
+        };
+        let failed = |e: std::io::Error| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                object_store::Error::NotFound {
+                    path: full_from.display().to_string(),
+                    source: Box::new(e),
+                }
+            } else {
+                object_store::Error::Generic {
+                    store: STORE,
+                    source: format!(
+                        "cannot move `{}` to `{}`: {e}",
+                        full_from.display(),
+                        full_to.display()
+                    )
+                    .into(),
+                }
+            }
+        };
+        let from_parent = rel_from.parent().unwrap_or(FsPath::new(""));
+        let from_dir = match beneath::open_existing_dir(&self.root, from_parent) {
+            beneath::Dir::Open(dir) => dir,
+            beneath::Dir::Link => return Some(Err(self.link_refusal(from))),
+            beneath::Dir::Failed(e) => return Some(Err(failed(e))),
+            beneath::Dir::Unsupported => return None,
+        };
+        if beneath::is_link(&from_dir, from_name) {
+            return Some(Err(self.link_refusal(from)));
+        }
+        let to_dir = match beneath::open_dir(&self.root, rel_to.parent().unwrap_or(FsPath::new("")))
+        {
+            beneath::Dir::Open(dir) => dir,
+            beneath::Dir::Link => return Some(Err(self.link_refusal(to))),
+            beneath::Dir::Failed(e) => return Some(Err(failed(e))),
+            beneath::Dir::Unsupported => return None,
+        };
+        if beneath::is_link(&to_dir, to_name) {
+            return Some(Err(self.link_refusal(to)));
+        }
+        Some(
+            rustix::fs::renameat(&from_dir, from_name, &to_dir, to_name)
+                .map_err(|e| failed(e.into())),
+        )
     }
 
     /// The blocking part of an overwriting put on Linux, confined by the kernel: the parent
@@ -304,24 +367,47 @@ mod beneath {
         Unsupported,
     }
 
-    /// Opens directory `relative` below `root`, creating what is missing one component at a
-    /// time, refusing symbolic links on the way.
-    pub(super) fn open_dir(root: &Path, relative: &Path) -> Dir {
-        let directory = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
-        let root = match rustix::fs::open(root, directory, Mode::empty()) {
-            Ok(root) => root,
-            Err(e) => return Dir::Failed(e.into()),
-        };
+    const DIRECTORY: OFlags = OFlags::PATH.union(OFlags::DIRECTORY).union(OFlags::CLOEXEC);
+
+    /// Opens the existing directory `relative` below `root`, refusing symbolic links on the
+    /// way.
+    pub(super) fn open_existing_dir(root: &Path, relative: &Path) -> Dir {
+        match open_root_and(root, relative) {
+            Ok((_, dir)) => Dir::Open(dir),
+            Err(dir) => dir,
+        }
+    }
+
+    /// The root, and `relative` below it (`Err`: what to answer, `Failed(NotFound)` for a
+    /// directory that does not exist).
+    fn open_root_and(root: &Path, relative: &Path) -> Result<(OwnedFd, OwnedFd), Dir> {
+        let root =
+            rustix::fs::open(root, DIRECTORY, Mode::empty()).map_err(|e| Dir::Failed(e.into()))?;
         let whole = if relative.as_os_str().is_empty() {
             Path::new(".")
         } else {
             relative
         };
-        match openat2_retrying(&root, whole, directory) {
-            Ok(dir) => return Dir::Open(dir),
-            Err(Errno::NOENT) => {}
-            Err(e) => return dir_error(e),
+        match openat2_retrying(&root, whole, DIRECTORY) {
+            Ok(dir) => Ok((root, dir)),
+            Err(e) => Err(dir_error(e)),
         }
+    }
+
+    /// Opens directory `relative` below `root`, creating what is missing one component at a
+    /// time, refusing symbolic links on the way.
+    pub(super) fn open_dir(root: &Path, relative: &Path) -> Dir {
+        let directory = DIRECTORY;
+        let root = match open_root_and(root, relative) {
+            Ok((_, dir)) => return Dir::Open(dir),
+            Err(Dir::Failed(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+                match rustix::fs::open(root, directory, Mode::empty()) {
+                    Ok(root) => root,
+                    Err(e) => return Dir::Failed(e.into()),
+                }
+            }
+            Err(other) => return other,
+        };
         // Missing: made one component at a time, each opened before the next is made in it.
         let mut dir = root;
         for component in relative.components() {
@@ -677,6 +763,21 @@ impl ObjectStore for ConfinedLocalFileSystem {
     }
 
     async fn rename_opts(&self, from: &Path, to: &Path, options: RenameOptions) -> Result<()> {
+        #[cfg(target_os = "linux")]
+        if matches!(
+            options.target_mode,
+            object_store::RenameTargetMode::Overwrite
+        ) && beneath::AVAILABLE.load(std::sync::atomic::Ordering::Relaxed)
+        {
+            let (this, from_at, to_at) = (self.clone(), from.clone(), to.clone());
+            let renamed =
+                tokio::task::spawn_blocking(move || this.rename_beneath(&from_at, &to_at))
+                    .await
+                    .map_err(|e| object_store::Error::JoinError { source: e })?;
+            if let Some(renamed) = renamed {
+                return renamed;
+            }
+        }
         self.check(from)?;
         self.check(to)?;
         self.inner.rename_opts(from, to, options).await
@@ -787,6 +888,83 @@ mod tests {
                 .collect();
             names.sort();
             assert_eq!(names, ["file-link"], "nothing staged is left behind");
+        }
+        beneath::AVAILABLE.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// A rename (how a large download is moved into place) creates the destination's
+    /// directories, answers NotFound for a missing source, and refuses a link on either side,
+    /// naming it, moving nothing. With the kernel's check and with the walk alike.
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn renames_are_confined_with_or_without_openat2() {
+        let _one_mode_at_a_time = KERNEL_CHECK.lock().await;
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        let outside = dir.path().join("outside");
+        std::fs::create_dir_all(root.join("pkg")).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(outside.join("secret"), "secret").unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("linked")).unwrap();
+        std::os::unix::fs::symlink(outside.join("secret"), root.join("pkg/file-link")).unwrap();
+        let store = ConfinedLocalFileSystem::new(&root).unwrap();
+        for kernel in [true, false] {
+            beneath::AVAILABLE.store(kernel, std::sync::atomic::Ordering::Relaxed);
+            let staged = Path::from(format!("tmp/{kernel}"));
+            store
+                .put(&staged, PutPayload::from_static(b"download"))
+                .await
+                .unwrap();
+            let target = Path::from(format!("new/{kernel}/deep/file"));
+            store.rename(&staged, &target).await.unwrap();
+            let got = store.get(&target).await.unwrap();
+            assert_eq!(got.bytes().await.unwrap().as_ref(), b"download");
+            let missing = store.rename(&staged, &target).await.unwrap_err();
+            assert!(
+                matches!(missing, object_store::Error::NotFound { .. }),
+                "openat2: {kernel}: {missing}"
+            );
+            store
+                .put(&staged, PutPayload::from_static(b"download"))
+                .await
+                .unwrap();
+            for (from, to, link) in [
+                (staged.to_string(), "linked/planted".to_owned(), "linked"),
+                (staged.to_string(), "pkg/file-link".to_owned(), "file-link"),
+                (
+                    "linked/secret".to_owned(),
+                    "pkg/stolen".to_owned(),
+                    "linked",
+                ),
+            ] {
+                let err = store
+                    .rename(&Path::from(from.as_str()), &Path::from(to.as_str()))
+                    .await
+                    .unwrap_err();
+                let Some(ResourceError::Refused { reason, .. }) = refusal(&err) else {
+                    panic!("{from} -> {to} (openat2: {kernel}): {err}");
+                };
+                assert!(
+                    reason.contains(link) && reason.contains("symbolic link"),
+                    "{from} -> {to} (openat2: {kernel}): {reason}"
+                );
+            }
+            assert!(
+                root.join(format!("tmp/{kernel}")).is_file(),
+                "nothing moved"
+            );
+            assert!(!outside.join("planted").exists());
+            assert!(!root.join("pkg/stolen").exists());
+            assert_eq!(
+                std::fs::read_to_string(outside.join("secret")).unwrap(),
+                "secret"
+            );
+            assert!(
+                std::fs::symlink_metadata(root.join("pkg/file-link"))
+                    .unwrap()
+                    .file_type()
+                    .is_symlink()
+            );
         }
         beneath::AVAILABLE.store(true, std::sync::atomic::Ordering::Relaxed);
     }
