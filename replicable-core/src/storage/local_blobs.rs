@@ -21,11 +21,12 @@
 //! what lies behind a link. Keys are mapped to files by
 //! [`object_path`](crate::domain::blob_key::object_path): a file's name is its key.
 //!
-//! On Linux, reads, overwriting puts and overwriting renames (what syncs do) leave the check to
-//! the kernel: `openat2` with `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS` opens the file, or the
-//! directories a put or a rename works in (a put writes its staged file there and renames it
-//! within), so a directory swapped for a link after a check cannot send them elsewhere.
-//! Elsewhere, and for the other operations, each component is checked before the path is used.
+//! On Linux, reads, deletes, overwriting puts and overwriting renames (what syncs and `deleted`
+//! events do) leave the check to the kernel: `openat2` with `RESOLVE_BENEATH |
+//! RESOLVE_NO_SYMLINKS` opens the file, or the directories a put, a rename or a delete works in
+//! (a put writes its staged file there and renames it within), so a directory swapped for a
+//! link after a check cannot send them elsewhere. Elsewhere, and for the other operations
+//! (multipart writes, copies, listings), each component is checked before the path is used.
 //!
 //! Reads are the wrapper's own: one blocking task opens the file (on Linux with `openat2`, the
 //! kernel keeping the path beneath the root and refusing links, so nothing can swap a directory
@@ -150,6 +151,50 @@ impl ConfinedLocalFileSystem {
                 },
             ),
         }
+    }
+
+    /// The blocking part of a delete on Linux, confined by the kernel: the file's directory is
+    /// opened with `openat2` refusing links and the name removed through that handle. `None`: no
+    /// `openat2` here.
+    #[cfg(target_os = "linux")]
+    fn delete_beneath(&self, location: &Path) -> Option<Result<()>> {
+        let (full, relative) = match self.relative_path(location) {
+            Ok(paths) => paths,
+            Err(e) => return Some(Err(e)),
+        };
+        let Some(name) = relative.file_name() else {
+            return Some(Err(object_store::Error::Generic {
+                store: STORE,
+                source: format!("`{location}` names no file").into(),
+            }));
+        };
+        let failed = |e: std::io::Error| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                object_store::Error::NotFound {
+                    path: full.display().to_string(),
+                    source: Box::new(e),
+                }
+            } else {
+                object_store::Error::Generic {
+                    store: STORE,
+                    source: format!("cannot delete `{}`: {e}", full.display()).into(),
+                }
+            }
+        };
+        let parent = relative.parent().unwrap_or(FsPath::new(""));
+        let dir = match beneath::open_existing_dir(&self.root, parent) {
+            beneath::Dir::Open(dir) => dir,
+            beneath::Dir::Link => return Some(Err(self.link_refusal(location))),
+            beneath::Dir::Failed(e) => return Some(Err(failed(e))),
+            beneath::Dir::Unsupported => return None,
+        };
+        if beneath::is_link(&dir, name) {
+            return Some(Err(self.link_refusal(location)));
+        }
+        Some(
+            rustix::fs::unlinkat(&dir, name, rustix::fs::AtFlags::empty())
+                .map_err(|e| failed(e.into())),
+        )
     }
 
     /// The blocking part of an overwriting rename on Linux (how a large blob's download is moved
@@ -719,6 +764,36 @@ impl ObjectStore for ConfinedLocalFileSystem {
         &self,
         locations: BoxStream<'static, Result<Path>>,
     ) -> BoxStream<'static, Result<Path>> {
+        #[cfg(target_os = "linux")]
+        if beneath::AVAILABLE.load(std::sync::atomic::Ordering::Relaxed) {
+            // Ten at once, as `LocalFileSystem` deletes.
+            let this = self.clone();
+            return locations
+                .map(move |location| {
+                    let this = this.clone();
+                    async move {
+                        let location = location?;
+                        let at = location.clone();
+                        let inner = this.clone();
+                        let deleted =
+                            tokio::task::spawn_blocking(move || inner.delete_beneath(&at))
+                                .await
+                                .map_err(|e| object_store::Error::JoinError { source: e })?;
+                        match deleted {
+                            Some(result) => result.map(|()| location),
+                            // No `openat2` after all: the check, then `LocalFileSystem`.
+                            None => {
+                                this.check(&location)?;
+                                object_store::ObjectStoreExt::delete(&*this.inner, &location)
+                                    .await?;
+                                Ok(location)
+                            }
+                        }
+                    }
+                })
+                .buffered(10)
+                .boxed();
+        }
         let this = self.clone();
         let checked = locations
             .map(move |location| {
@@ -955,6 +1030,60 @@ mod tests {
             );
             assert!(!outside.join("planted").exists());
             assert!(!root.join("pkg/stolen").exists());
+            assert_eq!(
+                std::fs::read_to_string(outside.join("secret")).unwrap(),
+                "secret"
+            );
+            assert!(
+                std::fs::symlink_metadata(root.join("pkg/file-link"))
+                    .unwrap()
+                    .file_type()
+                    .is_symlink()
+            );
+        }
+        beneath::AVAILABLE.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// A delete removes the file (NotFound for one that is not there) and refuses a link on
+    /// the way or in the file's place, naming it, removing nothing outside. With the kernel's
+    /// check and with the walk alike.
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn deletes_are_confined_with_or_without_openat2() {
+        let _one_mode_at_a_time = KERNEL_CHECK.lock().await;
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        let outside = dir.path().join("outside");
+        std::fs::create_dir_all(root.join("pkg")).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(outside.join("secret"), "secret").unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("linked")).unwrap();
+        std::os::unix::fs::symlink(outside.join("secret"), root.join("pkg/file-link")).unwrap();
+        let store = ConfinedLocalFileSystem::new(&root).unwrap();
+        for kernel in [true, false] {
+            beneath::AVAILABLE.store(kernel, std::sync::atomic::Ordering::Relaxed);
+            let key = Path::from(format!("pkg/{kernel}"));
+            store
+                .put(&key, PutPayload::from_static(b"x"))
+                .await
+                .unwrap();
+            store.delete(&key).await.unwrap();
+            assert!(!root.join(format!("pkg/{kernel}")).exists());
+            let missing = store.delete(&key).await.unwrap_err();
+            assert!(
+                matches!(missing, object_store::Error::NotFound { .. }),
+                "openat2: {kernel}: {missing}"
+            );
+            for (key, link) in [("linked/secret", "linked"), ("pkg/file-link", "file-link")] {
+                let err = store.delete(&Path::from(key)).await.unwrap_err();
+                let Some(ResourceError::Refused { reason, .. }) = refusal(&err) else {
+                    panic!("{key} (openat2: {kernel}): {err}");
+                };
+                assert!(
+                    reason.contains(link) && reason.contains("symbolic link"),
+                    "{key} (openat2: {kernel}): {reason}"
+                );
+            }
             assert_eq!(
                 std::fs::read_to_string(outside.join("secret")).unwrap(),
                 "secret"
