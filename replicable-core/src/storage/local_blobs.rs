@@ -418,25 +418,25 @@ mod beneath {
     /// way.
     pub(super) fn open_existing_dir(root: &Path, relative: &Path) -> Dir {
         match open_root_and(root, relative) {
-            Ok((_, dir)) => Dir::Open(dir),
-            Err(dir) => dir,
+            Ok((_, Ok(dir))) => Dir::Open(dir),
+            Ok((_, Err(e))) => dir_error(e),
+            Err(e) => Dir::Failed(e.into()),
         }
     }
 
-    /// The root, and `relative` below it (`Err`: what to answer, `Failed(NotFound)` for a
-    /// directory that does not exist).
-    fn open_root_and(root: &Path, relative: &Path) -> Result<(OwnedFd, OwnedFd), Dir> {
-        let root =
-            rustix::fs::open(root, DIRECTORY, Mode::empty()).map_err(|e| Dir::Failed(e.into()))?;
+    /// The root, and the result of opening `relative` below it.
+    fn open_root_and(
+        root: &Path,
+        relative: &Path,
+    ) -> rustix::io::Result<(OwnedFd, rustix::io::Result<OwnedFd>)> {
+        let root = rustix::fs::open(root, DIRECTORY, Mode::empty())?;
         let whole = if relative.as_os_str().is_empty() {
             Path::new(".")
         } else {
             relative
         };
-        match openat2_retrying(&root, whole, DIRECTORY) {
-            Ok(dir) => Ok((root, dir)),
-            Err(e) => Err(dir_error(e)),
-        }
+        let dir = openat2_retrying(&root, whole, DIRECTORY);
+        Ok((root, dir))
     }
 
     /// Opens directory `relative` below `root`, creating what is missing one component at a
@@ -444,14 +444,10 @@ mod beneath {
     pub(super) fn open_dir(root: &Path, relative: &Path) -> Dir {
         let directory = DIRECTORY;
         let root = match open_root_and(root, relative) {
-            Ok((_, dir)) => return Dir::Open(dir),
-            Err(Dir::Failed(e)) if e.kind() == std::io::ErrorKind::NotFound => {
-                match rustix::fs::open(root, directory, Mode::empty()) {
-                    Ok(root) => root,
-                    Err(e) => return Dir::Failed(e.into()),
-                }
-            }
-            Err(other) => return other,
+            Ok((_, Ok(dir))) => return Dir::Open(dir),
+            Ok((root, Err(Errno::NOENT))) => root,
+            Ok((_, Err(e))) => return dir_error(e),
+            Err(e) => return Dir::Failed(e.into()),
         };
         // Most often only the last directory is missing (a new key's own): made in its parent.
         if let (Some(up), Some(last)) = (relative.parent(), relative.file_name())
