@@ -70,10 +70,10 @@ impl Default for EngineConfig {
 /// git fetches are CPU-heavy processes (4 at once on a small machine) and row copies are cheap
 /// (16). Blobs are I/O-bound streams, and most of a small blob's sync is waiting (for the
 /// primary, the store, the registry), so 32 run at once: with more syncs in flight, claims take
-/// more rows per statement and the registry writes of finished syncs are grouped more (20,000
-/// blobs of 4 KiB synced in 4.5 s instead of 6.2 s with 8). What they hold in memory is bounded
-/// apart from this count (the blob strategy's `TRANSFER_MEMORY`). The total caps all of them
-/// together.
+/// more rows per statement and the registry writes of finished syncs are grouped more (10,000
+/// blobs of 4 KiB on a 2-core machine synced in 4.5 s instead of 6.2 s with 8). What they hold
+/// in memory is bounded apart from this count (the blob strategy's `TRANSFER_MEMORY`). The
+/// total caps all of them together.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SyncSettings {
