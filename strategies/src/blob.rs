@@ -33,10 +33,12 @@ pub const PART_CONCURRENCY: usize = 2;
 /// renamed into place.
 pub const SMALL_BLOB: u64 = 1024 * 1024;
 
-/// The memory all blob syncs of a process hold at once for the bytes they transfer, at most: a
-/// small blob reserves its size, a streamed one [`STREAM_MEMORY`]. A sync waits for its share
-/// before it reads the blob, so that a high sync capacity (the engine runs 32 blob syncs at
-/// once) cannot add up to more: 32 small blobs of 1 MiB fit, and 8 large ones stream at once.
+/// The memory all blob syncs of a process hold at once for the bytes they transfer, at most. A
+/// sync reserves [`SMALL_BLOB`] before it asks the primary for the blob (a local read may begin
+/// with the open), keeps it for a small blob, and trades it for [`STREAM_MEMORY`] for a larger
+/// one (handing the first share back before it waits for the second, so no sync holds memory
+/// while waiting for more). A high sync capacity (the engine runs 32 blob syncs at once) cannot
+/// add up to more: 128 small blobs fit, and 8 large ones stream at once.
 pub const TRANSFER_MEMORY: usize = 128 * 1024 * 1024;
 
 /// What one streamed download holds: the part being filled and the parts being uploaded.
@@ -268,6 +270,7 @@ impl Strategy for BlobStrategy {
     async fn sync(&self, request: SyncRequest<'_>) -> Result<(), SyncFailure> {
         let key = blob_key(request.resource).map_err(|e| SyncFailure::new(e.to_string()))?;
         let path = object_path(key).map_err(|e| SyncFailure::new(e.to_string()))?;
+        let small_share = TRANSFER_BUDGET.reserve(SMALL_BLOB).await;
         let download_source = match request
             .primary
             .open_blob(request.replicable_name, request.model_id, key)
@@ -290,7 +293,7 @@ impl Strategy for BlobStrategy {
             Err(failure)
         };
         if expected_size <= SMALL_BLOB {
-            let _memory = TRANSFER_BUDGET.reserve(expected_size).await;
+            let _memory = small_share;
             let (bytes, checksum, size) = read_small(download_source.stream, expected_size).await?;
             check_copy(expected_size, size, request.primary_checksum, &checksum)?;
             // Complete and verified in memory: if the sync is still current, one put makes it
@@ -304,6 +307,7 @@ impl Strategy for BlobStrategy {
                 .map(|_| ())
                 .map_err(|e| store_failure("cannot write the download", e));
         }
+        drop(small_share);
         let memory = TRANSFER_BUDGET.reserve(STREAM_MEMORY as u64).await;
         let downloaded = download(&**store, &tmp, download_source.stream).await;
         drop(memory);

@@ -2,9 +2,9 @@
 //! real SQLite files and the PostgreSQL lane: a batch writes every record, verification row and
 //! event in one transaction with consecutive ids, a failing record or a refused write leaves
 //! nothing behind, secondaries consume a batch as they consume single publishes, and a
-//! verification pass announces every checksum it stored, once. Batches and verification
-//! completions that touch the same rows at once take them in id order, so that PostgreSQL
-//! aborts neither for a deadlock.
+//! verification pass announces every checksum it stored, once. Each statement of a batch, and
+//! a verification completion, takes its rows in id order, so that PostgreSQL aborts neither of
+//! two that touch the same rows at once for a deadlock.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;

@@ -72,6 +72,8 @@ impl ConfinedLocalFileSystem {
                 store: STORE,
                 source: Box::new(e),
             })?;
+        #[cfg(target_os = "linux")]
+        beneath::probe(&root);
         Ok(Self {
             root,
             inner: Arc::new(inner),
@@ -216,6 +218,16 @@ impl ConfinedLocalFileSystem {
                 source: format!("`{from}` or `{to}` names no file").into(),
             }));
         };
+        // A missing source is NotFound; anything else (on either side) is an error naming both.
+        let moving = |e: std::io::Error| object_store::Error::Generic {
+            store: STORE,
+            source: format!(
+                "cannot move `{}` to `{}`: {e}",
+                full_from.display(),
+                full_to.display()
+            )
+            .into(),
+        };
         let failed = |e: std::io::Error| {
             if e.kind() == std::io::ErrorKind::NotFound {
                 object_store::Error::NotFound {
@@ -223,15 +235,7 @@ impl ConfinedLocalFileSystem {
                     source: Box::new(e),
                 }
             } else {
-                object_store::Error::Generic {
-                    store: STORE,
-                    source: format!(
-                        "cannot move `{}` to `{}`: {e}",
-                        full_from.display(),
-                        full_to.display()
-                    )
-                    .into(),
-                }
+                moving(e)
             }
         };
         let from_parent = rel_from.parent().unwrap_or(FsPath::new(""));
@@ -244,11 +248,17 @@ impl ConfinedLocalFileSystem {
         if beneath::is_link(&from_dir, from_name) {
             return Some(Err(self.link_refusal(from)));
         }
+        // The source first: a rename of nothing makes no directories.
+        if let Err(e) =
+            rustix::fs::statat(&from_dir, from_name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
+        {
+            return Some(Err(failed(e.into())));
+        }
         let to_dir = match beneath::open_dir(&self.root, rel_to.parent().unwrap_or(FsPath::new("")))
         {
             beneath::Dir::Open(dir) => dir,
             beneath::Dir::Link => return Some(Err(self.link_refusal(to))),
-            beneath::Dir::Failed(e) => return Some(Err(failed(e))),
+            beneath::Dir::Failed(e) => return Some(Err(moving(e))),
             beneath::Dir::Unsupported => return None,
         };
         if beneath::is_link(&to_dir, to_name) {
@@ -304,8 +314,18 @@ impl ConfinedLocalFileSystem {
         let written = payload
             .iter()
             .try_for_each(|chunk| file.write_all(chunk))
-            .and_then(|()| file.metadata())
+            .and_then(|()| {
+                // A network file system may report a failed write only when the file is
+                // flushed (safe Rust cannot see an error from `close`): flushed there before
+                // the file becomes visible. Local file systems report write errors on write.
+                if beneath::is_network_fs(&file) {
+                    file.sync_data()?;
+                }
+                file.metadata()
+            })
             .and_then(|metadata| {
+                // Closed before it is published, as `LocalFileSystem` does.
+                drop(file);
                 rustix::fs::renameat(&dir, &staged, &dir, name)?;
                 Ok(metadata)
             });
@@ -482,11 +502,38 @@ mod beneath {
     fn dir_error(e: Errno) -> Dir {
         match e {
             Errno::LOOP | Errno::XDEV => Dir::Link,
-            Errno::NOSYS | Errno::PERM => {
-                AVAILABLE.store(false, Ordering::Relaxed);
+            Errno::NOSYS => {
+                unsupported();
                 Dir::Unsupported
             }
             e => Dir::Failed(e.into()),
+        }
+    }
+
+    /// No `openat2` here: the per-component check from now on, said once.
+    fn unsupported() {
+        if AVAILABLE.swap(false, Ordering::Relaxed) {
+            tracing::warn!(
+                "openat2 is not available: local blob paths are checked component by component \
+                 before each use instead"
+            );
+        }
+    }
+
+    /// Tries `openat2` on `root` once: a kernel without it (ENOSYS) or a sandbox that filters
+    /// it (EPERM, as older container runtimes answer for system calls they do not know) turns
+    /// it off for the process. Later calls take EPERM as the error it usually is.
+    pub(super) fn probe(root: &Path) {
+        if !AVAILABLE.load(Ordering::Relaxed) {
+            return;
+        }
+        let Ok(dir) = rustix::fs::open(root, DIRECTORY, Mode::empty()) else {
+            return;
+        };
+        if let Err(Errno::NOSYS | Errno::PERM) =
+            rustix::fs::openat2(&dir, ".", DIRECTORY, Mode::empty(), BENEATH)
+        {
+            unsupported();
         }
     }
 
@@ -502,6 +549,13 @@ mod beneath {
                 other => return other,
             }
         }
+    }
+
+    /// Whether `file` lives on a network (or user-space) file system, where a write may fail
+    /// only when the file is flushed: NFS, SMB/CIFS, Ceph, FUSE.
+    pub(super) fn is_network_fs(file: &std::fs::File) -> bool {
+        const NETWORK: [u64; 5] = [0x6969, 0xff53_4d42, 0xfe53_4d42, 0x00c3_6400, 0x6573_5546];
+        rustix::fs::fstatfs(file).is_ok_and(|fs| NETWORK.contains(&(fs.f_type as u64)))
     }
 
     /// Whether `name` in `dir` is a symbolic link.
@@ -555,8 +609,8 @@ mod beneath {
                 Ok(fd) => return Opened::File(std::fs::File::from(fd)),
                 Err(Errno::AGAIN) => continue,
                 Err(Errno::LOOP | Errno::XDEV) => return Opened::Link,
-                Err(Errno::NOSYS | Errno::PERM) => {
-                    AVAILABLE.store(false, Ordering::Relaxed);
+                Err(Errno::NOSYS) => {
+                    unsupported();
                     return Opened::Unsupported;
                 }
                 Err(e) => return Opened::Failed(e.into()),
@@ -879,6 +933,17 @@ mod tests {
     #[cfg(target_os = "linux")]
     static KERNEL_CHECK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+    /// Turns the kernel's check back on when a test that switched it ends, failed or not.
+    #[cfg(target_os = "linux")]
+    struct KernelCheckBack;
+
+    #[cfg(target_os = "linux")]
+    impl Drop for KernelCheckBack {
+        fn drop(&mut self) {
+            beneath::AVAILABLE.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
     /// A read through a link below the root (a linked directory, or the file itself a link)
     /// is refused naming the link, with the kernel's check and with the walk alike; a plain
     /// file reads.
@@ -886,6 +951,7 @@ mod tests {
     #[tokio::test]
     async fn reads_through_a_link_are_refused_naming_it_with_or_without_openat2() {
         let _one_mode_at_a_time = KERNEL_CHECK.lock().await;
+        let _restore = KernelCheckBack;
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("root");
         let outside = dir.path().join("outside");
@@ -916,7 +982,6 @@ mod tests {
                 "{missing}"
             );
         }
-        beneath::AVAILABLE.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// A put through a link below the root (a linked directory on the way, or the key itself a
@@ -927,6 +992,7 @@ mod tests {
     #[tokio::test]
     async fn puts_are_confined_with_or_without_openat2() {
         let _one_mode_at_a_time = KERNEL_CHECK.lock().await;
+        let _restore = KernelCheckBack;
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("root");
         let outside = dir.path().join("outside");
@@ -995,7 +1061,6 @@ mod tests {
                 "nothing staged is left behind: {names:?}"
             );
         }
-        beneath::AVAILABLE.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// A rename (how a large download is moved into place) creates the destination's
@@ -1005,6 +1070,7 @@ mod tests {
     #[tokio::test]
     async fn renames_are_confined_with_or_without_openat2() {
         let _one_mode_at_a_time = KERNEL_CHECK.lock().await;
+        let _restore = KernelCheckBack;
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("root");
         let outside = dir.path().join("outside");
@@ -1029,6 +1095,17 @@ mod tests {
             assert!(
                 matches!(missing, object_store::Error::NotFound { .. }),
                 "openat2: {kernel}: {missing}"
+            );
+            // Nothing to move: no directories are made for it.
+            let nowhere = Path::from(format!("fresh-{kernel}/sub/file"));
+            let missing = store.rename(&staged, &nowhere).await.unwrap_err();
+            assert!(
+                matches!(missing, object_store::Error::NotFound { .. }),
+                "openat2: {kernel}: {missing}"
+            );
+            assert!(
+                !root.join(format!("fresh-{kernel}")).exists(),
+                "openat2: {kernel}"
             );
             store
                 .put(&staged, PutPayload::from_static(b"download"))
@@ -1072,7 +1149,6 @@ mod tests {
                     .is_symlink()
             );
         }
-        beneath::AVAILABLE.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// A delete removes the file (NotFound for one that is not there) and refuses a link on
@@ -1082,6 +1158,7 @@ mod tests {
     #[tokio::test]
     async fn deletes_are_confined_with_or_without_openat2() {
         let _one_mode_at_a_time = KERNEL_CHECK.lock().await;
+        let _restore = KernelCheckBack;
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("root");
         let outside = dir.path().join("outside");
@@ -1126,7 +1203,6 @@ mod tests {
                     .is_symlink()
             );
         }
-        beneath::AVAILABLE.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     #[test]

@@ -387,7 +387,10 @@ fn json_rows(d: Dialect, layout: Json) -> &'static str {
 ///
 /// The batch statements take their rows in id order (`ORDER BY 1`): on PostgreSQL, two batches
 /// that lock the same rows in opposite orders deadlock, and the database aborts one of them (an
-/// application's publish). In one order, the later batch waits for the earlier one.
+/// application's publish). In one order, the later batch waits for the earlier one. The order
+/// holds within a statement: a batch written in several segments (a record named twice,
+/// another replicable or kind, more than 5,000 rows) orders each segment, so two such batches
+/// over the same records can still meet in opposite orders.
 pub(super) fn upsert_records_batch_sql(d: Dialect, p: &str, n: &str) -> String {
     format!(
         "INSERT INTO {p}{n}_records AS r ({n}_id, generation, body) \
