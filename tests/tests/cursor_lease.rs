@@ -100,3 +100,60 @@ fn only_one_cursor_per_site_runs_and_an_expired_lease_is_taken_over() {
         assert_eq!(status.synced_count, 6);
     });
 }
+
+/// A cursor whose lease was taken from it while it was still young (released behind its back,
+/// as a database clock jumping ahead would expire it) and that goes on with a batch saves
+/// nothing: the position stays the new holder's.
+#[test]
+fn a_cursor_that_lost_a_young_lease_saves_nothing() {
+    replicable_core::testing::block_on(async {
+        let target = SqliteTarget::new();
+        // Long: the first cursor's lease stays young, so it does not renew before its batch.
+        let lease = Duration::from_secs(120);
+        let primary = Site::primary("primary")
+            .in_memory()
+            .build()
+            .expect("a site");
+        let process = async || {
+            Site::secondary(
+                "secondary",
+                Arc::new(InProcessPrimary::new(primary.clone())),
+            )
+            .database(SqlStore::open(&target.url).await.unwrap())
+            .timeouts(Timeouts {
+                cursor_lease: lease,
+                ..Timeouts::default()
+            })
+            .build()
+            .expect("a site")
+        };
+        let (one, two) = (process().await, process().await);
+        let a = LogCursor::new(&one).batch_size(2);
+        let b = LogCursor::new(&two).batch_size(10);
+        for id in 1..=3 {
+            publish(&primary, id).await;
+        }
+        let report = a.process_batch().await.unwrap();
+        assert_eq!(report.cursor, 2);
+
+        one.registry_store()
+            .release_lease(replicable_core::log_cursor::CURSOR_LEASE, a.holder())
+            .await
+            .unwrap();
+        let report = b.process_batch().await.unwrap();
+        assert_eq!((report.consumed, report.cursor), (1, 3));
+
+        for id in 4..=5 {
+            publish(&primary, id).await;
+        }
+        let refused = a.process_batch().await.unwrap_err();
+        assert!(refused.lease_held, "a lost the lease: {refused}");
+        assert_eq!(
+            two.registry_store().cursor().await.unwrap(),
+            3,
+            "a moved nothing"
+        );
+        let report = b.process_batch().await.unwrap();
+        assert_eq!((report.consumed, report.cursor), (2, 5));
+    });
+}

@@ -48,8 +48,10 @@ pub struct CursorError {
     pub lease_held: bool,
 }
 
-/// The log cursor of one secondary. Only one cursor per site runs at a time: each batch takes or
-/// renews the site's cursor lease, which expires if its holder dies.
+/// The log cursor of one secondary. Only one cursor per site runs at a time: it holds the site's
+/// cursor lease, which expires if its holder dies. A batch takes the lease, or renews it once a
+/// third of it has passed since this cursor (or a clone of it) last did, and saves its position
+/// only while the lease is still its own.
 #[derive(Debug, Clone)]
 pub struct LogCursor {
     site: Site,
@@ -58,6 +60,10 @@ pub struct LogCursor {
     intent_only: bool,
     /// When the open gaps are read again; shared by the clones of this cursor.
     gaps: std::sync::Arc<GapSchedule>,
+    /// When this cursor (or a clone) last took or renewed the lease, on this process's
+    /// monotonic clock; `None` until it does, and again once it gave the lease up or found it
+    /// lost.
+    renewed: std::sync::Arc<std::sync::Mutex<Option<std::time::Instant>>>,
 }
 
 impl LogCursor {
@@ -82,6 +88,7 @@ impl LogCursor {
             batch_size: DEFAULT_BATCH_SIZE,
             intent_only: false,
             gaps: std::sync::Arc::default(),
+            renewed: std::sync::Arc::default(),
         }
     }
 
@@ -129,14 +136,32 @@ impl LogCursor {
             reason,
             lease_held,
         };
-        match self.renew().await {
-            Ok(true) => self.run_batch().await,
-            Ok(false) => Err(fail(
-                "another log cursor holds this site's lease".into(),
-                true,
-            )),
-            Err(e) => Err(fail(e.to_string(), false)),
+        // While the lease is young it cannot have expired, so no other cursor can hold it:
+        // a batch then skips the renewal (a write) and goes straight to the events.
+        if self.lease_due() {
+            match self.renew().await {
+                Ok(true) => {}
+                Ok(false) => {
+                    return Err(fail(
+                        "another log cursor holds this site's lease".into(),
+                        true,
+                    ));
+                }
+                Err(e) => return Err(fail(e.to_string(), false)),
+            }
         }
+        self.run_batch().await
+    }
+
+    /// Whether the lease is due for renewal: never taken, given up, or a third of it passed
+    /// since the last renewal.
+    fn lease_due(&self) -> bool {
+        let renewed = *self.renewed.lock().unwrap_or_else(|e| e.into_inner());
+        renewed.is_none_or(|at| at.elapsed() >= self.site.timeouts().cursor_lease / 3)
+    }
+
+    fn note_renewal(&self, renewed: Option<std::time::Instant>) {
+        *self.renewed.lock().unwrap_or_else(|e| e.into_inner()) = renewed;
     }
 
     /// Processes batches until the cursor has caught up with the primary.
@@ -157,18 +182,27 @@ impl LogCursor {
     /// Takes or renews the site's cursor lease for this holder.
     async fn renew(&self) -> Result<bool, crate::domain::error::StoreError> {
         let site = &self.site;
-        site.registry_store()
+        // The time is taken before the write: the lease runs from no earlier than this.
+        let asked = std::time::Instant::now();
+        let renewed = site
+            .registry_store()
             .acquire_lease(
                 CURSOR_LEASE,
                 &self.holder,
                 site.now(),
                 site.timeouts().cursor_lease,
             )
-            .await
+            .await;
+        match renewed {
+            Ok(true) => self.note_renewal(Some(asked)),
+            _ => self.note_renewal(None),
+        }
+        renewed
     }
 
     /// Gives up the lease so that another cursor can take over at once.
     pub async fn release(&self) -> Result<(), crate::domain::error::StoreError> {
+        self.note_renewal(None);
         self.site
             .registry_store()
             .release_lease(CURSOR_LEASE, &self.holder)
@@ -227,14 +261,10 @@ impl LogCursor {
             .filter(|_| !site.is_primary())
             .ok_or_else(|| fail(0, "the log cursor runs on secondaries only".into(), false))?;
         let registry = site.registry_store();
-        let start = registry
-            .cursor()
+        let (start, stored_gaps) = registry
+            .cursor_state()
             .await
             .map_err(|e| fail(0, e.to_string(), false))?;
-        let stored_gaps = registry
-            .cursor_gaps()
-            .await
-            .map_err(|e| fail(start, e.to_string(), false))?;
         let mut gaps = Gaps(stored_gaps.clone());
         for gap in gaps.expire(site.now()) {
             warn!(
@@ -253,9 +283,6 @@ impl LogCursor {
         let mut batch = Batch {
             cursor: self,
             catalogue,
-            renew_every: chrono::Duration::from_std(site.timeouts().cursor_lease / 3)
-                .unwrap_or(chrono::Duration::MAX),
-            renewed_at: site.now(),
             report: CursorReport {
                 cursor: start,
                 ..CursorReport::default()
@@ -374,15 +401,23 @@ impl LogCursor {
         }
         self.gaps.remember(&gaps.0);
         if batch.report.cursor != start || gaps.0 != stored_gaps {
-            match self.renew().await {
-                Ok(true) => {}
-                Ok(false) => return Err(lost()),
-                Err(e) => return Err(fail(start, e.to_string(), false)),
-            }
-            registry
-                .save_cursor_and_gaps(batch.report.cursor, &gaps.0)
+            // Saved only while the lease is still this cursor's: one that lost it (it expired
+            // and another cursor took it) leaves the position to the new holder.
+            let saved = registry
+                .save_cursor_and_gaps_holding(
+                    batch.report.cursor,
+                    &gaps.0,
+                    CURSOR_LEASE,
+                    &self.holder,
+                    site.now(),
+                    site.timeouts().cursor_lease,
+                )
                 .await
                 .map_err(|e| fail(start, e.to_string(), false))?;
+            if !saved {
+                self.note_renewal(None);
+                return Err(lost());
+            }
         }
         let Batch {
             report, touched, ..
@@ -398,8 +433,6 @@ impl LogCursor {
 struct Batch<'a> {
     cursor: &'a LogCursor,
     catalogue: HashMap<&'static str, &'static ReplicableDescriptor>,
-    renew_every: chrono::Duration,
-    renewed_at: chrono::DateTime<chrono::Utc>,
     report: CursorReport,
     touched: Vec<&'static str>,
 }
@@ -433,10 +466,9 @@ enum Halt {
 impl Batch<'_> {
     /// Renews the lease when a third of it has passed since the last renewal.
     async fn keep_lease(&mut self) -> Result<(), Halt> {
-        let site = &self.cursor.site;
-        if site.now() - self.renewed_at >= self.renew_every {
+        if self.cursor.lease_due() {
             match self.cursor.renew().await {
-                Ok(true) => self.renewed_at = site.now(),
+                Ok(true) => {}
                 Ok(false) => return Err(Halt::Lost),
                 Err(e) => return Err(Halt::Stop(e.to_string())),
             }

@@ -403,6 +403,33 @@ pub trait RegistryStore: Send + Sync + std::fmt::Debug {
         self.save_cursor(event_id).await
     }
 
+    /// The log cursor's position and open gaps, read together (a SQL store reads them in one
+    /// statement).
+    async fn cursor_state(&self) -> Result<(EventId, Vec<CursorGap>), StoreError> {
+        Ok((self.cursor().await?, self.cursor_gaps().await?))
+    }
+
+    /// Saves the log cursor's position and open gaps unless another holder holds `lease` (a
+    /// live lease, on the store's clock); returns whether it saved. A cursor that lost its
+    /// lease (it expired and another cursor took it) must not move the position the other one
+    /// now owns. The default takes or renews the lease, then saves; a SQL store saves in one
+    /// statement that checks the lease.
+    async fn save_cursor_and_gaps_holding(
+        &self,
+        event_id: EventId,
+        gaps: &[CursorGap],
+        lease: &str,
+        holder: &str,
+        now: DateTime<Utc>,
+        ttl: std::time::Duration,
+    ) -> Result<bool, StoreError> {
+        if !self.acquire_lease(lease, holder, now, ttl).await? {
+            return Ok(false);
+        }
+        self.save_cursor_and_gaps(event_id, gaps).await?;
+        Ok(true)
+    }
+
     /// Takes or renews the lease `lease` for `holder` for `ttl`. Succeeds if the lease is free,
     /// expired, or already held by `holder`. Expiry is measured on the store's clock
     /// ([`RegistryStore::now`]): a holder whose clock runs ahead cannot take a live lease. `now`

@@ -946,6 +946,52 @@ pub async fn cursor_and_skipped_events_persist(target: &dyn ConformanceTarget) {
     db.registry.save_cursor_and_gaps(50, &[]).await.unwrap();
     assert_eq!(db.registry.cursor_gaps().await.unwrap(), vec![]);
     assert_eq!(db.registry.cursor().await.unwrap(), 50);
+    // Position and gaps read together.
+    db.registry.save_cursor_and_gaps(51, &gaps).await.unwrap();
+    assert_eq!(
+        open(target).await.registry.cursor_state().await.unwrap(),
+        (51, gaps.clone())
+    );
+    // A save that must hold the lease: refused while another holder's lease is live, done
+    // once it is free (or the saver's own).
+    let ttl = Duration::from_secs(60);
+    let lease = "log_cursor";
+    let other = open(target).await;
+    assert!(
+        other
+            .registry
+            .acquire_lease(lease, "other", Utc::now(), ttl)
+            .await
+            .unwrap()
+    );
+    let saved = db
+        .registry
+        .save_cursor_and_gaps_holding(60, &[], lease, "me", Utc::now(), ttl)
+        .await
+        .unwrap();
+    assert!(!saved, "another holder's live lease refuses the save");
+    assert_eq!(
+        db.registry.cursor_state().await.unwrap(),
+        (51, gaps.clone()),
+        "a refused save changes nothing"
+    );
+    other.registry.release_lease(lease, "other").await.unwrap();
+    assert!(
+        db.registry
+            .acquire_lease(lease, "me", Utc::now(), ttl)
+            .await
+            .unwrap()
+    );
+    let saved = db
+        .registry
+        .save_cursor_and_gaps_holding(60, &gaps[1..], lease, "me", Utc::now(), ttl)
+        .await
+        .unwrap();
+    assert!(saved, "the holder saves");
+    assert_eq!(
+        open(target).await.registry.cursor_state().await.unwrap(),
+        (60, gaps[1..].to_vec())
+    );
     let skipped = SkippedEvent {
         event_id: 40,
         replicable_name: "mystery".into(),

@@ -967,28 +967,57 @@ impl RegistryStore for SqlStore {
             .fetch_optional(&mut *self.reader().await?)
             .await
             .map_err(self.backend("read cursor gaps"))?;
-        let Some(text) = row
+        let text = row
             .map(|row| self.get::<Option<String>>(&row, "gaps"))
             .transpose()?
-            .flatten()
-        else {
-            return Ok(Vec::new());
+            .flatten();
+        self.parse_gaps(text)
+    }
+
+    async fn cursor_state(&self) -> Result<(EventId, Vec<CursorGap>), StoreError> {
+        let row = sqlx::query("SELECT last_event_id, gaps FROM replicable_cursor WHERE id = 1")
+            .fetch_optional(&mut *self.reader().await?)
+            .await
+            .map_err(self.backend("read cursor"))?;
+        let Some(row) = row else {
+            return Ok((0, Vec::new()));
         };
-        // `[[first, last, noticed_at_micros], ...]`: compact, and no date format to agree on.
-        let triples: Vec<(EventId, EventId, i64)> =
-            serde_json::from_str(&text).map_err(|e| StoreError::Backend {
-                store: self.url.clone(),
-                operation: "read cursor gaps",
-                reason: format!("the stored gaps do not parse: {e}"),
-            })?;
-        Ok(triples
-            .into_iter()
-            .map(|(first, last, at)| CursorGap {
-                first,
-                last,
-                noticed_at: DateTime::from_timestamp_micros(at).unwrap_or_default(),
-            })
-            .collect())
+        let position = self.get::<i64>(&row, "last_event_id")?;
+        let gaps = self.parse_gaps(self.get::<Option<String>>(&row, "gaps")?)?;
+        Ok((position, gaps))
+    }
+
+    async fn save_cursor_and_gaps_holding(
+        &self,
+        event_id: EventId,
+        gaps: &[CursorGap],
+        lease: &str,
+        holder: &str,
+        now: DateTime<Utc>,
+        ttl: std::time::Duration,
+    ) -> Result<bool, StoreError> {
+        let _ = (now, ttl);
+        let text = self.gaps_text(gaps)?;
+        // The lease is checked by the statement itself, on the database's clock: no other
+        // cursor can take it between the check and the write.
+        let sql = format!(
+            "INSERT INTO replicable_cursor (id, last_event_id, gaps) \
+             SELECT 1, $1, $2 WHERE NOT EXISTS (SELECT 1 FROM replicable_leases \
+               WHERE name = $3 AND holder <> $4 AND expires_at > {}) \
+             ON CONFLICT (id) DO UPDATE SET last_event_id = excluded.last_event_id, \
+             gaps = excluded.gaps",
+            self.dialect.now_micros()
+        );
+        let mut w = self.writer().await?;
+        let done = sqlx::query(AssertSqlSafe(sql))
+            .bind(event_id)
+            .bind(text)
+            .bind(lease.to_owned())
+            .bind(holder.to_owned())
+            .execute(&mut *w)
+            .await
+            .map_err(self.backend("save cursor"))?;
+        Ok(done.rows_affected() == 1)
     }
 
     async fn save_cursor_and_gaps(
@@ -996,18 +1025,7 @@ impl RegistryStore for SqlStore {
         event_id: EventId,
         gaps: &[CursorGap],
     ) -> Result<(), StoreError> {
-        let triples: Vec<(EventId, EventId, i64)> = gaps
-            .iter()
-            .map(|g| (g.first, g.last, super::micros(g.noticed_at)))
-            .collect();
-        let text = (!triples.is_empty())
-            .then(|| serde_json::to_string(&triples))
-            .transpose()
-            .map_err(|e| StoreError::Backend {
-                store: self.url.clone(),
-                operation: "save cursor",
-                reason: e.to_string(),
-            })?;
+        let text = self.gaps_text(gaps)?;
         let mut w = self.writer().await?;
         sqlx::query(
             "INSERT INTO replicable_cursor (id, last_event_id, gaps) VALUES (1, $1, $2) \
@@ -1146,5 +1164,45 @@ impl RegistryStore for SqlStore {
                 })
             })
             .collect()
+    }
+}
+
+impl SqlStore {
+    /// The stored form of the cursor's gaps (`None`: no gaps).
+    fn gaps_text(&self, gaps: &[CursorGap]) -> Result<Option<String>, StoreError> {
+        // `[[first, last, noticed_at_micros], ...]`: compact, and no date format to agree on.
+        let triples: Vec<(EventId, EventId, i64)> = gaps
+            .iter()
+            .map(|g| (g.first, g.last, super::micros(g.noticed_at)))
+            .collect();
+        (!triples.is_empty())
+            .then(|| serde_json::to_string(&triples))
+            .transpose()
+            .map_err(|e| StoreError::Backend {
+                store: self.url.clone(),
+                operation: "save cursor",
+                reason: e.to_string(),
+            })
+    }
+
+    /// The cursor's gaps from their stored form.
+    fn parse_gaps(&self, text: Option<String>) -> Result<Vec<CursorGap>, StoreError> {
+        let Some(text) = text else {
+            return Ok(Vec::new());
+        };
+        let triples: Vec<(EventId, EventId, i64)> =
+            serde_json::from_str(&text).map_err(|e| StoreError::Backend {
+                store: self.url.clone(),
+                operation: "read cursor gaps",
+                reason: format!("the stored gaps do not parse: {e}"),
+            })?;
+        Ok(triples
+            .into_iter()
+            .map(|(first, last, at)| CursorGap {
+                first,
+                last,
+                noticed_at: DateTime::from_timestamp_micros(at).unwrap_or_default(),
+            })
+            .collect())
     }
 }
