@@ -41,7 +41,9 @@
 //! of up to [`INLINE_IO`] bytes) and an overwriting put of up to [`INLINE_IO`] bytes run on the
 //! calling thread, where they cost less than the hand-off to a pool thread would. One that
 //! takes longer than [`INLINE_SLOW`] sends them back to the pool for [`INLINE_PAUSE`];
-//! [`ConfinedLocalFileSystem::with_inline_io`] turns this off.
+//! [`ConfinedLocalFileSystem::with_inline_io`] turns this off. A directory on a network or
+//! user-space file system, or with another file system mounted below it when the store is
+//! made, always uses the pool.
 
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::Arc;
@@ -809,18 +811,63 @@ mod inline {
         }
     }
 
-    /// Whether `root` is on a file system where small operations may run inline: a local one
-    /// (Linux, where the kind is known). Elsewhere every operation goes to the blocking pool.
+    /// Whether small operations under `root` may run inline: `root` is on a local file system
+    /// and nothing is mounted below it (a network file system mounted inside the directory
+    /// could hold a thread for as long as its server is away). Linux only, where both are
+    /// known; elsewhere every operation goes to the blocking pool.
     pub(super) fn suits(root: &Path) -> bool {
         #[cfg(target_os = "linux")]
         {
             std::fs::File::open(root).is_ok_and(|dir| !super::beneath::is_network_fs(&dir))
+                && std::fs::read_to_string("/proc/self/mountinfo")
+                    .is_ok_and(|mounts| !mounted_below(&mounts, root))
         }
         #[cfg(not(target_os = "linux"))]
         {
             let _ = root;
             false
         }
+    }
+
+    /// Whether `mountinfo` (the text of `/proc/self/mountinfo`) lists a mount point strictly
+    /// below `root`.
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+    pub(super) fn mounted_below(mountinfo: &str, root: &Path) -> bool {
+        mountinfo
+            .lines()
+            .filter_map(|line| line.split(' ').nth(4))
+            .map(unescape)
+            .any(|point| {
+                let point = Path::new(&point);
+                point != root && point.starts_with(root)
+            })
+    }
+
+    /// A mountinfo path: spaces, tabs, newlines and backslashes are written as `\ooo`.
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+    fn unescape(field: &str) -> String {
+        let bytes = field.as_bytes();
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut i = 0;
+        while i < bytes.len() {
+            let octal = bytes.get(i + 1..i + 4).filter(|digits| {
+                bytes[i] == b'\\' && digits.iter().all(|d| (b'0'..=b'7').contains(d))
+            });
+            match octal {
+                Some(digits) => {
+                    let value = digits
+                        .iter()
+                        .fold(0u32, |acc, d| acc * 8 + u32::from(d - b'0'));
+                    out.push(u8::try_from(value).unwrap_or(b'?'));
+                    i += 4;
+                }
+                None => {
+                    out.push(bytes[i]);
+                    i += 1;
+                }
+            }
+        }
+        String::from_utf8_lossy(&out).into_owned()
     }
 }
 
@@ -1246,6 +1293,22 @@ mod tests {
                 assert_eq!(got.as_ref(), b"tiny");
             }
         });
+    }
+
+    /// A mount below a store's root keeps its small operations off the calling thread; the
+    /// root's own mount, mounts elsewhere and names that merely share a prefix do not.
+    #[test]
+    fn a_mount_below_the_root_is_found_in_mountinfo() {
+        let root = std::path::Path::new("/srv/blob store");
+        let line =
+            |point: &str| format!("36 35 98:0 / {point} rw,noatime master:1 - ext4 /dev/x rw\n");
+        let below = line("/srv/blob\\040store/nfs");
+        let own = line("/srv/blob\\040store");
+        let elsewhere = format!("{}{}", line("/"), line("/srv/blob\\040store-old/x"));
+        assert!(inline::mounted_below(&below, root));
+        assert!(!inline::mounted_below(&own, root));
+        assert!(!inline::mounted_below(&elsewhere, root));
+        assert!(inline::mounted_below(&format!("{elsewhere}{below}"), root));
     }
 
     /// A put through a link below the root (a linked directory on the way, or the key itself a
