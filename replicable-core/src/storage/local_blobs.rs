@@ -427,13 +427,17 @@ impl ConfinedLocalFileSystem {
             });
         }
         let mut file = file;
-        let buf = file
-            .seek(SeekFrom::Start(range.start))
-            .and_then(|_| read_exactly(&mut file, len as usize))
-            .map_err(|e| object_store::Error::Generic {
-                store: STORE,
-                source: format!("reading `{}`: {e}", path.display()).into(),
-            })?;
+        // A file just opened is at its start: a whole-file read needs no seek.
+        let buf = (if range.start > 0 {
+            file.seek(SeekFrom::Start(range.start)).map(|_| ())
+        } else {
+            Ok(())
+        })
+        .and_then(|()| read_exactly(&mut file, len as usize))
+        .map_err(|e| object_store::Error::Generic {
+            store: STORE,
+            source: format!("reading `{}`: {e}", path.display()).into(),
+        })?;
         Ok(OpenedGet {
             meta,
             range,
@@ -893,7 +897,9 @@ fn read_in_chunks(
             store: STORE,
             source: format!("reading `{}`: {e}", path.display()).into(),
         };
-        if let Err(e) = file.seek(SeekFrom::Start(range.start)) {
+        if range.start > 0
+            && let Err(e) = file.seek(SeekFrom::Start(range.start))
+        {
             let _ = tx.blocking_send(Err(failed(e)));
             return;
         }
