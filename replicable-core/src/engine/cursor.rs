@@ -29,6 +29,13 @@ pub struct CursorReport {
     pub cursor: EventId,
 }
 
+/// When a cursor took or renewed its lease.
+#[derive(Debug, Clone, Copy)]
+struct Renewal {
+    monotonic: std::time::Instant,
+    site: chrono::DateTime<chrono::Utc>,
+}
+
 /// The name of the log cursor's lease in the tracking database.
 pub const CURSOR_LEASE: &str = "log_cursor";
 
@@ -51,7 +58,7 @@ pub struct CursorError {
 /// The log cursor of one secondary. Only one cursor per site runs at a time: it holds the site's
 /// cursor lease, which expires if its holder dies. A batch takes the lease, or renews it once a
 /// third of it has passed since this cursor (or a clone of it) last did, and saves its position
-/// only while the lease is still its own.
+/// only while no other cursor holds the lease.
 #[derive(Debug, Clone)]
 pub struct LogCursor {
     site: Site,
@@ -61,9 +68,9 @@ pub struct LogCursor {
     /// When the open gaps are read again; shared by the clones of this cursor.
     gaps: std::sync::Arc<GapSchedule>,
     /// When this cursor (or a clone) last took or renewed the lease, on this process's
-    /// monotonic clock; `None` until it does, and again once it gave the lease up or found it
-    /// lost.
-    renewed: std::sync::Arc<std::sync::Mutex<Option<std::time::Instant>>>,
+    /// monotonic clock and on the site's clock; `None` until it does, and again once it gave
+    /// the lease up or found it lost.
+    renewed: std::sync::Arc<std::sync::Mutex<Option<Renewal>>>,
 }
 
 impl LogCursor {
@@ -118,7 +125,7 @@ impl LogCursor {
         self.gaps.next_in(self.site.now())
     }
 
-    /// Takes or renews the lease, then processes one batch.
+    /// Takes the lease (or renews it once a third of it has passed), then processes one batch.
     pub async fn process_batch(&self) -> Result<CursorReport, CursorError> {
         self.process_batch_touching()
             .await
@@ -136,8 +143,10 @@ impl LogCursor {
             reason,
             lease_held,
         };
-        // While the lease is young it cannot have expired, so no other cursor can hold it:
-        // a batch then skips the renewal (a write) and goes straight to the events.
+        // While the lease is young by both clocks it has not expired (unless the database's
+        // clock jumped or the lease was removed behind this cursor's back), so a batch skips
+        // the renewal (a write) and goes straight to the events. Either way the save checks
+        // the lease: a cursor that lost it saves nothing.
         if self.lease_due() {
             match self.renew().await {
                 Ok(true) => {}
@@ -154,13 +163,20 @@ impl LogCursor {
     }
 
     /// Whether the lease is due for renewal: never taken, given up, or a third of it passed
-    /// since the last renewal.
+    /// since the last renewal by the monotonic clock or the site's (a suspended machine, a
+    /// clock the tests move), or the site's clock went back.
     fn lease_due(&self) -> bool {
         let renewed = *self.renewed.lock().unwrap_or_else(|e| e.into_inner());
-        renewed.is_none_or(|at| at.elapsed() >= self.site.timeouts().cursor_lease / 3)
+        let third = self.site.timeouts().cursor_lease / 3;
+        renewed.is_none_or(|at| {
+            let now = self.site.now();
+            at.monotonic.elapsed() >= third
+                || now < at.site
+                || (now - at.site).to_std().is_ok_and(|passed| passed >= third)
+        })
     }
 
-    fn note_renewal(&self, renewed: Option<std::time::Instant>) {
+    fn note_renewal(&self, renewed: Option<Renewal>) {
         *self.renewed.lock().unwrap_or_else(|e| e.into_inner()) = renewed;
     }
 
@@ -183,7 +199,10 @@ impl LogCursor {
     async fn renew(&self) -> Result<bool, crate::domain::error::StoreError> {
         let site = &self.site;
         // The time is taken before the write: the lease runs from no earlier than this.
-        let asked = std::time::Instant::now();
+        let asked = Renewal {
+            monotonic: std::time::Instant::now(),
+            site: site.now(),
+        };
         let renewed = site
             .registry_store()
             .acquire_lease(
@@ -203,10 +222,14 @@ impl LogCursor {
     /// Gives up the lease so that another cursor can take over at once.
     pub async fn release(&self) -> Result<(), crate::domain::error::StoreError> {
         self.note_renewal(None);
-        self.site
+        let released = self
+            .site
             .registry_store()
             .release_lease(CURSOR_LEASE, &self.holder)
-            .await
+            .await;
+        // A clone that renewed meanwhile noted a lease that is now gone.
+        self.note_renewal(None);
+        released
     }
 }
 
@@ -245,9 +268,9 @@ pub async fn catch_up(site: &Site, batch_size: usize) -> Result<CursorReport, Cu
 impl LogCursor {
     /// One batch under the lease: the open id gaps that are due are read again (see
     /// [`CursorGap`]), then the events after the cursor. The lease is renewed while the batch
-    /// runs (consuming an event may sync a large resource) and once more before the cursor is
-    /// saved: a cursor that lost its lease saves nothing, and its events are consumed again by
-    /// the new holder (consuming is idempotent).
+    /// runs (consuming an event may sync a large resource), and the cursor is saved only while
+    /// no other cursor holds the lease: a cursor that lost its lease saves nothing, and its
+    /// events are consumed again by the new holder (consuming is idempotent).
     async fn run_batch(&self) -> Result<(CursorReport, Vec<&'static str>), CursorError> {
         let site = &self.site;
         let fail = |cursor: EventId, reason: String, lease_held: bool| CursorError {

@@ -91,17 +91,19 @@ impl ConfinedLocalFileSystem {
         })
     }
 
-    /// Whether small reads and writes may run on the calling thread (the default where the
-    /// directory is on a local file system; see [`INLINE_IO`]). `false` sends every file
-    /// operation to tokio's blocking pool.
+    /// Whether small reads and writes may run on the calling thread (the default on Linux
+    /// where the directory is on a local file system with nothing mounted below it; see
+    /// [`INLINE_IO`]). `false` sends every read, put, rename and delete to tokio's blocking
+    /// pool (the per-component link check of the other operations still runs where it is
+    /// called).
     pub fn with_inline_io(self, on: bool) -> Self {
         let inline = Arc::new(inline::InlineIo::new(on && inline::suits(&self.root)));
         Self { inline, ..self }
     }
 
-    /// Whether small operations run on the calling thread now (they do unless turned off, the
-    /// directory is not on a local file system, or one ran slow in the last
-    /// [`INLINE_PAUSE`]).
+    /// Whether small operations run on the calling thread now (they do on Linux unless turned
+    /// off, the directory is not on a local file system or has another one mounted below it,
+    /// or one ran slow in the last [`INLINE_PAUSE`]).
     pub fn inline_io_now(&self) -> bool {
         self.inline.now()
     }
@@ -120,8 +122,13 @@ impl ConfinedLocalFileSystem {
             self.inline.took(started.elapsed(), &self.root);
             return done;
         }
+        // Outside a tokio runtime there is no pool: the caller's thread does it.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return op(self, false);
+        };
         let this = self.clone();
-        tokio::task::spawn_blocking(move || op(&this, false))
+        runtime
+            .spawn_blocking(move || op(&this, false))
             .await
             .map_err(|e| object_store::Error::JoinError { source: e })?
     }
@@ -174,7 +181,7 @@ impl ConfinedLocalFileSystem {
             }
         }
         let path = self.confined_path(location)?;
-        let file = std::fs::File::open(&path).map_err(|e| open_error(&path, e))?;
+        let file = open_nonblocking(&path).map_err(|e| open_error(&path, e))?;
         Ok((file, path))
     }
 
@@ -624,7 +631,18 @@ mod beneath {
     /// Whether `file` lives on a network (or user-space) file system, where a write may fail
     /// only when the file is flushed: NFS, SMB/CIFS, Ceph, FUSE.
     pub(super) fn is_network_fs(file: &std::fs::File) -> bool {
-        const NETWORK: [u64; 5] = [0x6969, 0xff53_4d42, 0xfe53_4d42, 0x00c3_6400, 0x6573_5546];
+        // NFS, SMB2, CIFS, Ceph, FUSE, 9p (virtual machine and WSL shares), Lustre, GPFS, AFS.
+        const NETWORK: [u64; 9] = [
+            0x6969,
+            0xff53_4d42,
+            0xfe53_4d42,
+            0x00c3_6400,
+            0x6573_5546,
+            0x0102_1997,
+            0x0bd0_0bd0,
+            0x4750_4653,
+            0x5346_414f,
+        ];
         rustix::fs::fstatfs(file).is_ok_and(|fs| NETWORK.contains(&(fs.f_type as u64)))
     }
 
@@ -672,7 +690,10 @@ mod beneath {
             match rustix::fs::openat2(
                 &dir,
                 relative,
-                OFlags::RDONLY | OFlags::CLOEXEC,
+                // Non-blocking: opening a FIFO planted under a key returns at once (and is then
+                // refused as not a regular file) instead of waiting for a writer. It changes
+                // nothing for reads of regular files.
+                OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NONBLOCK,
                 Mode::empty(),
                 ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
             ) {
@@ -739,6 +760,18 @@ fn object_meta(location: Path, metadata: &std::fs::Metadata) -> ObjectMeta {
 }
 
 const STORE: &str = "ConfinedLocalFileSystem";
+
+/// Opens `path` for reading without waiting on a FIFO (see `beneath::open`).
+fn open_nonblocking(path: &FsPath) -> std::io::Result<std::fs::File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32);
+    }
+    options.open(path)
+}
 
 /// The largest read or write a [`ConfinedLocalFileSystem`] on a local file system does on the
 /// calling thread instead of tokio's blocking pool.
@@ -1198,6 +1231,9 @@ mod tests {
             (false, &pooled),
         ] {
             beneath::AVAILABLE.store(kernel, std::sync::atomic::Ordering::Relaxed);
+            // A slow operation of an earlier pass (a busy machine) must not turn inline
+            // operations off for this one.
+            store.inline.resume();
             let inline = store.inline_io_now();
             for (key, link) in [("linked/secret", "linked"), ("pkg/file-link", "file-link")] {
                 let err = store.get(&Path::from(key)).await.unwrap_err();
@@ -1250,9 +1286,19 @@ mod tests {
                 done.is_ok()
             }
 
-            let put =
-                tokio::time::timeout(wait, inline.put(&small, PutPayload::from_static(b"tiny")));
-            assert!(finishes(&put.await), "a small put runs inline");
+            // Puts are the kernel-confined kind only where `openat2` is available (otherwise
+            // `LocalFileSystem` writes them, on the pool): written beforehand there.
+            let kernel = beneath::AVAILABLE.load(std::sync::atomic::Ordering::Relaxed);
+            if kernel {
+                let put = tokio::time::timeout(
+                    wait,
+                    inline.put(&small, PutPayload::from_static(b"tiny")),
+                );
+                assert!(finishes(&put.await), "a small put runs inline");
+            } else {
+                std::fs::create_dir_all(dir.path().join("a")).unwrap();
+                std::fs::write(dir.path().join("a/small"), b"tiny").unwrap();
+            }
             // A busy test machine may have made that put slow: not what is tested here.
             inline.inline.resume();
             let got = tokio::time::timeout(wait, async {
@@ -1287,17 +1333,87 @@ mod tests {
 
             drop(release);
             busy.await.unwrap();
-            // With the pool free, both ways agree on every size.
+            // With the pool free, both ways agree: whole reads of every size (a large one
+            // streams from the file the inline step opened), ranges, metadata-only reads and
+            // preconditions.
+            let big = Path::from("a/big");
+            let big_bytes: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
             pooled
-                .put(&large, PutPayload::from(large_bytes.clone()))
+                .put(&big, PutPayload::from(big_bytes.clone()))
                 .await
                 .unwrap();
             for store in [&inline, &pooled] {
-                let got = store.get(&large).await.unwrap().bytes().await.unwrap();
-                assert_eq!(got.as_ref(), &large_bytes[..]);
+                inline.inline.resume();
+                let mode = if store.inline_io_now() {
+                    "inline"
+                } else {
+                    "pool"
+                };
+                assert_eq!(mode == "inline", std::ptr::eq(store, &inline));
+                let got = store.get(&big).await.unwrap().bytes().await.unwrap();
+                assert_eq!(got.as_ref(), &big_bytes[..], "{mode}");
                 let got = store.get(&small).await.unwrap().bytes().await.unwrap();
-                assert_eq!(got.as_ref(), b"tiny");
+                assert_eq!(got.as_ref(), b"tiny", "{mode}");
+                for range in [10..100u64, 1_000..(1_000 + INLINE_IO + 5)] {
+                    let got = store
+                        .get_range(&big, range.clone())
+                        .await
+                        .unwrap_or_else(|e| panic!("{mode}: {range:?}: {e}"));
+                    let (a, b) = (range.start as usize, range.end as usize);
+                    assert_eq!(got.as_ref(), &big_bytes[a..b], "{mode}: {range:?}");
+                }
+                let head = store.head(&big).await.unwrap();
+                assert_eq!(head.size, big_bytes.len() as u64, "{mode}");
+                let refused = store
+                    .get_opts(
+                        &big,
+                        GetOptions {
+                            if_match: Some("\"not-the-e-tag\"".into()),
+                            ..GetOptions::default()
+                        },
+                    )
+                    .await
+                    .unwrap_err();
+                assert!(
+                    matches!(refused, object_store::Error::Precondition { .. }),
+                    "{mode}: {refused}"
+                );
             }
+            // A FIFO planted under a key is refused at once, not waited on for a writer.
+            use std::os::unix::fs::OpenOptionsExt;
+            rustix::fs::mknodat(
+                rustix::fs::CWD,
+                dir.path().join("a/fifo"),
+                rustix::fs::FileType::Fifo,
+                rustix::fs::Mode::from_raw_mode(0o600),
+                0,
+            )
+            .unwrap();
+            // Were the open to wait for a writer, this thread lets it go after a while (so
+            // that the test fails instead of hanging).
+            let fifo = dir.path().join("a/fifo");
+            let writer = std::thread::spawn(move || {
+                std::thread::sleep(std::time::Duration::from_millis(1_750));
+                for _ in 0..40 {
+                    std::thread::sleep(std::time::Duration::from_millis(250));
+                    let _ = std::fs::OpenOptions::new()
+                        .write(true)
+                        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+                        .open(&fifo);
+                }
+            });
+            for store in [&pooled, &inline] {
+                inline.inline.resume();
+                let started = std::time::Instant::now();
+                let got = store.get(&Path::from("a/fifo")).await;
+                assert!(got.is_err(), "a FIFO is not read as a blob");
+                assert!(
+                    started.elapsed() < std::time::Duration::from_secs(1),
+                    "a FIFO is not waited on ({:?})",
+                    started.elapsed()
+                );
+            }
+            drop(writer);
         });
     }
 
@@ -1336,6 +1452,9 @@ mod tests {
             (false, &pooled),
         ] {
             beneath::AVAILABLE.store(kernel, std::sync::atomic::Ordering::Relaxed);
+            // A slow operation of an earlier pass (a busy machine) must not turn inline
+            // operations off for this one.
+            store.inline.resume();
             let inline = store.inline_io_now();
             let tag = format!("{kernel}-{inline}");
             let kernel = format!("{kernel}, inline: {inline}");

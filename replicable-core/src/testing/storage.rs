@@ -976,6 +976,34 @@ pub async fn cursor_and_skipped_events_persist(target: &dyn ConformanceTarget) {
         "a refused save changes nothing"
     );
     other.registry.release_lease(lease, "other").await.unwrap();
+    // Another holder's lease that expired, and no lease at all, let the save through.
+    assert!(
+        other
+            .registry
+            .acquire_lease(lease, "other", Utc::now(), Duration::ZERO)
+            .await
+            .unwrap()
+    );
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let saved = db
+        .registry
+        .save_cursor_and_gaps_holding(55, &[], lease, "me", Utc::now(), ttl)
+        .await
+        .unwrap();
+    assert!(
+        saved,
+        "an expired lease of another holder does not refuse the save"
+    );
+    assert_eq!(db.registry.cursor().await.unwrap(), 55);
+    other.registry.release_lease(lease, "other").await.unwrap();
+    db.registry.release_lease(lease, "me").await.unwrap();
+    let saved = db
+        .registry
+        .save_cursor_and_gaps_holding(56, &[], lease, "me", Utc::now(), ttl)
+        .await
+        .unwrap();
+    assert!(saved, "with no lease at all the save goes through");
+    assert_eq!(db.registry.cursor().await.unwrap(), 56);
     assert!(
         db.registry
             .acquire_lease(lease, "me", Utc::now(), ttl)

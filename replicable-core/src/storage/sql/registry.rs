@@ -998,12 +998,19 @@ impl RegistryStore for SqlStore {
     ) -> Result<bool, StoreError> {
         let _ = (now, ttl);
         let text = self.gaps_text(gaps)?;
-        // The lease is checked by the statement itself, on the database's clock: no other
-        // cursor can take it between the check and the write.
+        // The lease is checked by the statement itself, on the database's clock, and no other
+        // cursor can take it between the check and the write: SQLite has one writer at a time,
+        // and on PostgreSQL the lease's row is locked while it is read (a cursor taking the
+        // lease meanwhile waits, or, having committed first, is seen).
+        let lock = match self.dialect {
+            Dialect::Sqlite => "",
+            Dialect::Postgres => " FOR UPDATE",
+        };
         let sql = format!(
             "INSERT INTO replicable_cursor (id, last_event_id, gaps) \
-             SELECT 1, $1, $2 WHERE NOT EXISTS (SELECT 1 FROM replicable_leases \
-               WHERE name = $3 AND holder <> $4 AND expires_at > {}) \
+             SELECT 1, $1, $2 WHERE NOT EXISTS (SELECT 1 FROM \
+               (SELECT holder, expires_at FROM replicable_leases WHERE name = $3{lock}) AS lease \
+               WHERE lease.holder <> $4 AND lease.expires_at > {}) \
              ON CONFLICT (id) DO UPDATE SET last_event_id = excluded.last_event_id, \
              gaps = excluded.gaps",
             self.dialect.now_micros()
