@@ -590,6 +590,56 @@ async fn batches_of_the_same_records_in_opposite_orders_all_succeed(store: Arc<S
     );
 }
 
+/// Batches written in several parts (a record named twice starts a new part, and each part is
+/// ordered on its own) that take the same records in crossing orders: one locks the high ids
+/// first, the other the low ids. On PostgreSQL the database aborts one of two such
+/// transactions as a deadlock; the store writes the aborted one again, so every publish
+/// succeeds.
+async fn batches_in_parts_that_cross_all_succeed(store: Arc<SqlStore>) {
+    let site = primary(&store);
+    let (low, high): (Vec<i64>, Vec<i64>) = ((1..=100).collect(), (201..=300).collect());
+    let batch = |first: &[i64], second: &[i64]| -> Vec<Receipt> {
+        first
+            .iter()
+            .chain(std::iter::once(&first[0]))
+            .chain(second)
+            .copied()
+            .map(receipt)
+            .collect()
+    };
+    let high_first = batch(&high, &low);
+    let low_first = batch(&low, &high);
+    site.publish_created_events(&high_first).await.unwrap();
+    for round in 0..6 {
+        let (a, b) = tokio::join!(
+            site.publish_created_events(&high_first),
+            site.publish_created_events(&low_first),
+        );
+        for (which, result) in [("high ids first", a), ("low ids first", b)] {
+            let ids = result.unwrap_or_else(|e| panic!("round {round}, {which}: {e}"));
+            assert_eq!(ids.len(), 201, "round {round}, {which}");
+        }
+    }
+}
+
+#[test]
+fn batches_in_parts_that_cross_all_succeed_on_sqlite() {
+    replicable_core::testing::block_on(async {
+        let target = SqliteTarget::new();
+        batches_in_parts_that_cross_all_succeed(SqlStore::open(&target.url).await.unwrap()).await;
+    });
+}
+
+#[test]
+fn batches_in_parts_that_cross_all_succeed_on_postgres() {
+    let Some(target) = PostgresTarget::new() else {
+        return;
+    };
+    replicable_core::testing::block_on(async {
+        batches_in_parts_that_cross_all_succeed(target.open().await).await;
+    });
+}
+
 /// The primary's verification completions take their rows in id order too: completions
 /// handed over in descending order and batch publishes of the same records (which reset their
 /// verification rows) run at once without either failing.

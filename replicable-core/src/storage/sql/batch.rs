@@ -390,7 +390,8 @@ fn json_rows(d: Dialect, layout: Json) -> &'static str {
 /// application's publish). In one order, the later batch waits for the earlier one. The order
 /// holds within a statement: a batch written in several segments (a record named twice,
 /// another replicable or kind, more than 5,000 rows) orders each segment, so two such batches
-/// over the same records can still meet in opposite orders.
+/// over the same records can still meet in opposite orders: PostgreSQL then aborts one, and
+/// the store writes it again (`SqlStore::retrying_deadlocks`).
 pub(super) fn upsert_records_batch_sql(d: Dialect, p: &str, n: &str) -> String {
     format!(
         "INSERT INTO {p}{n}_records AS r ({n}_id, generation, body) \

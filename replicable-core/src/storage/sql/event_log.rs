@@ -237,6 +237,28 @@ impl EventLog for SqlStore {
         completed: &[CompletedVerification],
         now: DateTime<Utc>,
     ) -> Result<Option<Vec<bool>>, StoreError> {
+        self.retrying_deadlocks(|| self.complete_verifications_once(name, completed, now))
+            .await
+    }
+
+    fn appends(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        Some(self.appended.subscribe())
+    }
+
+    #[cfg(feature = "sql")]
+    fn sql_store(&self) -> Option<&SqlStore> {
+        Some(self)
+    }
+}
+
+impl SqlStore {
+    /// [`EventLog::complete_verifications`] in one transaction.
+    async fn complete_verifications_once(
+        &self,
+        name: &str,
+        completed: &[CompletedVerification],
+        now: DateTime<Utc>,
+    ) -> Result<Option<Vec<bool>>, StoreError> {
         if completed.is_empty() {
             return Ok(Some(Vec::new()));
         }
@@ -329,17 +351,6 @@ impl EventLog for SqlStore {
         Ok(Some(written))
     }
 
-    fn appends(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
-        Some(self.appended.subscribe())
-    }
-
-    #[cfg(feature = "sql")]
-    fn sql_store(&self) -> Option<&SqlStore> {
-        Some(self)
-    }
-}
-
-impl SqlStore {
     /// Passes `outcome` on, first telling the waiters on [`EventLog::appends`] when it is an
     /// append that committed.
     fn announce_appended<T>(&self, outcome: Result<T, StoreError>) -> Result<T, StoreError> {
@@ -349,8 +360,17 @@ impl SqlStore {
         outcome
     }
 
-    /// [`EventLog::publish`] in a transaction of its own.
+    /// [`EventLog::publish`] in a transaction of its own (written again after a deadlock).
     pub(super) async fn publish_now(
+        &self,
+        publication: &Publication,
+        now: DateTime<Utc>,
+    ) -> Result<Published, StoreError> {
+        self.retrying_deadlocks(|| self.publish_once(publication, now))
+            .await
+    }
+
+    async fn publish_once(
         &self,
         publication: &Publication,
         now: DateTime<Utc>,
@@ -363,8 +383,18 @@ impl SqlStore {
         Ok(published)
     }
 
-    /// [`EventLog::publish_batch`] in a transaction of its own.
+    /// [`EventLog::publish_batch`] in a transaction of its own (written again after a
+    /// deadlock).
     pub(super) async fn publish_batch_now(
+        &self,
+        publications: &[Publication],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Published>, StoreError> {
+        self.retrying_deadlocks(|| self.publish_batch_once(publications, now))
+            .await
+    }
+
+    async fn publish_batch_once(
         &self,
         publications: &[Publication],
         now: DateTime<Utc>,

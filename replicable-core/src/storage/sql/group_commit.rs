@@ -333,19 +333,24 @@ impl SqlStore {
         statements: &[GroupStatement],
         operation: &'static str,
     ) -> Result<Vec<bool>, StoreError> {
-        let mut written = vec![false; len];
         let alone = statements.len() == 1 && statements[0].rows.len() <= super::batch::APPEND_CHUNK;
         if alone {
+            let mut written = vec![false; len];
             let mut w = self.writer().await?;
             self.write_statements(&mut w, statements, &mut written, operation)
                 .await?;
-        } else {
+            return Ok(written);
+        }
+        // Several statements in one transaction: written again after a deadlock.
+        self.retrying_deadlocks(|| async {
+            let mut written = vec![false; len];
             let mut tx = self.begin_write().await.map_err(self.backend(operation))?;
             self.write_statements(&mut tx, statements, &mut written, operation)
                 .await?;
             tx.commit().await.map_err(self.backend(operation))?;
-        }
-        Ok(written)
+            Ok(written)
+        })
+        .await
     }
 
     async fn write_statements(

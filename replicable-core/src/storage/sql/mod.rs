@@ -754,10 +754,52 @@ impl SqlStore {
     }
 
     fn backend(&self, operation: &'static str) -> impl Fn(sqlx::Error) -> StoreError + '_ {
-        move |e| StoreError::Backend {
-            store: self.url.clone(),
-            operation,
-            reason: e.to_string(),
+        move |e| {
+            // The database's code names the kind of failure (and lets a deadlock be told apart
+            // from other failures, see `retrying_deadlocks`).
+            let code = e
+                .as_database_error()
+                .and_then(|db| db.code())
+                .map(|code| format!(" (SQLSTATE {code})"))
+                .unwrap_or_default();
+            StoreError::Backend {
+                store: self.url.clone(),
+                operation,
+                reason: format!("{e}{code}"),
+            }
+        }
+    }
+
+    /// Runs the transaction `attempt` (from its `BEGIN` to its commit) again when PostgreSQL
+    /// aborted it as one side of a deadlock (SQLSTATE 40P01): rolled back whole, it wrote
+    /// nothing, and the other side has gone on by then. Transactions that take the same rows
+    /// in different orders (a batch written in several parts, each ordered on its own) can
+    /// deadlock however each statement orders its rows. A few tries, after a short random
+    /// pause; then the error goes to the caller.
+    ///
+    /// Written here rather than taken from a retry crate: the decision (this SQLSTATE, on
+    /// this dialect, for a whole transaction) is the store's, and the loop is a few lines.
+    pub(super) async fn retrying_deadlocks<T, F, Fut>(&self, attempt: F) -> Result<T, StoreError>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T, StoreError>>,
+    {
+        const TRIES: u32 = 5;
+        let mut tries = 1;
+        loop {
+            match attempt().await {
+                Err(StoreError::Backend { reason, .. })
+                    if self.dialect == Dialect::Postgres
+                        && tries < TRIES
+                        && reason.ends_with("(SQLSTATE 40P01)") =>
+                {
+                    tracing::debug!(tries, "deadlock: writing the transaction again");
+                    tries += 1;
+                    let pause = std::time::Duration::from_millis(fastrand::u64(5..50));
+                    tokio::time::sleep(pause).await;
+                }
+                done => return done,
+            }
         }
     }
 

@@ -534,7 +534,10 @@ impl RegistryStore for SqlStore {
         match (self.dialect, changes) {
             (_, []) => Ok(0),
             (Dialect::Sqlite, _) => self.mark_changes_sqlite(name, changes, now).await,
-            (Dialect::Postgres, _) => self.mark_changes_postgres(name, changes, now).await,
+            (Dialect::Postgres, _) => {
+                self.retrying_deadlocks(|| self.mark_changes_postgres(name, changes, now))
+                    .await
+            }
         }
     }
 
