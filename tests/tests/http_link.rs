@@ -896,3 +896,135 @@ async fn waiting_for_events_ends_when_one_is_published() {
         );
     }
 }
+
+/// A primary whose API counts the batch reads and the single record and checksum reads it is
+/// asked for; when `old`, it answers every batch read as a primary without the batch endpoints
+/// does (the path's `batch` is not a record id: 400).
+async fn counted_primary(old: bool) -> (Primary, Arc<[std::sync::atomic::AtomicUsize; 2]>) {
+    use axum::response::IntoResponse;
+    use std::sync::atomic::Ordering::SeqCst;
+    let dir = tempfile::tempdir().unwrap();
+    let site = Site::primary("primary")
+        .blob_directory(dir.path().join("blobs"))
+        .repository_root(dir.path().join("repos"))
+        .in_memory()
+        .build()
+        .unwrap();
+    let counts: Arc<[std::sync::atomic::AtomicUsize; 2]> = Arc::default();
+    let seen = counts.clone();
+    let router = PrimaryApi::new(site.clone())
+        .secondary("eu", secret('a'))
+        .router()
+        .layer(axum::middleware::from_fn(
+            move |request: axum::extract::Request, next: axum::middleware::Next| {
+                let seen = seen.clone();
+                async move {
+                    let path = request.uri().path().to_owned();
+                    if path.ends_with("/batch") {
+                        seen[0].fetch_add(1, SeqCst);
+                        if old {
+                            return (
+                                axum::http::StatusCode::BAD_REQUEST,
+                                "Invalid URL: Cannot parse `batch` to a `i64`",
+                            )
+                                .into_response();
+                        }
+                    } else if path.starts_with("/v1/records/")
+                        || path.starts_with("/v1/verification/")
+                    {
+                        seen[1].fetch_add(1, SeqCst);
+                    }
+                    next.run(request).await
+                }
+            },
+        ));
+    let server = replicable_core::http::serve("127.0.0.1:0".parse().unwrap(), router, None)
+        .await
+        .unwrap();
+    let url = format!("http://localhost:{}/", server.local_addr().port());
+    (
+        Primary {
+            site,
+            dir,
+            url,
+            _server: server,
+        },
+        counts,
+    )
+}
+
+/// What a claimed batch needs (its records and the primary's checksums) crosses in one request
+/// per hundred ids; ids the primary lacks are left out; a token names the ids it was made for.
+/// A primary without the batch endpoints is read one record at a time, and asked for a batch
+/// only once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_records_and_checksums_crosses_in_one_request() {
+    use std::sync::atomic::Ordering::SeqCst;
+    for old in [false, true] {
+        let (p, counts) = counted_primary(old).await;
+        for id in 1..=5 {
+            put_blob(&p.site, &upload(id).key, pattern(10 + id as usize)).await;
+            upload(id)
+                .replicator(&p.site)
+                .publish_created_event()
+                .await
+                .unwrap();
+        }
+        let link = link(&p.url, secret('a'));
+        let records = link.records("http_upload", &[5, 1, 99, 3]).await.unwrap();
+        let mut ids: Vec<i64> = records.iter().map(|r| r.model_id).collect();
+        ids.sort_unstable();
+        assert_eq!(ids, vec![1, 3, 5], "old primary: {old}");
+        assert_eq!(
+            records.iter().find(|r| r.model_id == 3).unwrap().body["key"],
+            upload(3).key
+        );
+        let rows = link
+            .verifications("http_upload", &[2, 4, 99])
+            .await
+            .unwrap();
+        let mut ids: Vec<i64> = rows.iter().map(|r| r.model_id).collect();
+        ids.sort_unstable();
+        assert_eq!(ids, vec![2, 4], "old primary: {old}");
+        // More ids than one request carries.
+        let many: Vec<i64> = (1..=250).collect();
+        assert_eq!(link.records("http_upload", &many).await.unwrap().len(), 5);
+        let (batches, singles) = (counts[0].load(SeqCst), counts[1].load(SeqCst));
+        if old {
+            assert_eq!(batches, 1, "an old primary is asked for a batch once");
+            assert_eq!(singles, 4 + 3 + 250, "then everything is read one by one");
+        } else {
+            assert_eq!(batches, 1 + 1 + 3, "one request per hundred ids");
+            assert_eq!(singles, 0, "nothing is read one by one");
+            // The token names the ids: one made for other ids is refused.
+            let other = token::sign(
+                "eu",
+                &secret('a'),
+                Scope::Records {
+                    replicable: "http_upload".into(),
+                    ids: vec![1, 2],
+                },
+            )
+            .unwrap();
+            let url = format!("{}v1/records/http_upload/batch?ids=1,3", p.url);
+            let (status, _) = raw_get(&url, Some(&other)).await;
+            assert_eq!(status, 403, "a token for other ids");
+            let own = token::sign(
+                "eu",
+                &secret('a'),
+                Scope::Records {
+                    replicable: "http_upload".into(),
+                    ids: vec![1, 3],
+                },
+            )
+            .unwrap();
+            assert_eq!(raw_get(&url, Some(&own)).await.0, 200);
+            let too_many = (1..=101)
+                .map(|i| i.to_string())
+                .collect::<Vec<_>>()
+                .join(",");
+            let url = format!("{}v1/records/http_upload/batch?ids={too_many}", p.url);
+            assert_eq!(raw_get(&url, Some(&own)).await.0, 400, "over a hundred ids");
+        }
+    }
+}

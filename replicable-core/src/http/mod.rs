@@ -138,7 +138,12 @@ impl PrimaryApi {
             .route("/v1/events", get(events::after))
             .route("/v1/events/last", get(events::last))
             .route("/v1/records/{name}", get(records::ids))
+            .route("/v1/records/{name}/batch", get(records::records_batch))
             .route("/v1/records/{name}/{id}", get(records::record))
+            .route(
+                "/v1/verification/{name}/batch",
+                get(records::verifications_batch),
+            )
             .route("/v1/verification/{name}/{id}", get(records::verification))
             .route("/v1/blobs/{name}/{id}", get(blobs::blob))
             .route(

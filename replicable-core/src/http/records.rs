@@ -1,4 +1,5 @@
-//! Records: one by id, ids in a range, and a record's verification row.
+//! Records: one by id, ids in a range, a record's verification row, and both for a batch of
+//! ids (what a secondary reads for each batch of syncs or verifications it claims).
 
 use axum::Json;
 use axum::extract::{Path, Query, State as Extract};
@@ -9,7 +10,7 @@ use super::{ApiError, State};
 use crate::domain::resource::Resource;
 use crate::domain::verification::VerificationRecord;
 use crate::link::http::token::Scope;
-use crate::link::http::wire::{IdsQuery, MAX_IDS_PER_REQUEST};
+use crate::link::http::wire::{BatchQuery, IdsQuery, MAX_IDS_PER_REQUEST};
 use crate::storage::StoredRecord;
 
 /// `GET v1/records/{name}/{id}`.
@@ -76,6 +77,61 @@ pub(crate) async fn verification(
         .map_err(ApiError::store(&what))?
         .map(Json)
         .ok_or_else(|| ApiError::not_found(what))
+}
+
+/// `GET v1/records/{name}/batch?ids=1,2,3`: the records of those ids that exist (at most
+/// [`MAX_BATCH_IDS`](crate::link::http::wire::MAX_BATCH_IDS) per request).
+pub(crate) async fn records_batch(
+    Extract(state): Extract<State>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    Query(query): Query<BatchQuery>,
+) -> Result<Json<Vec<StoredRecord>>, ApiError> {
+    let ids = query.parse().map_err(ApiError::bad_request)?;
+    let scope = Scope::Records {
+        replicable: name.clone(),
+        ids,
+    };
+    authorize(&state, &headers, &scope)?;
+    let Scope::Records { ids, .. } = scope else {
+        unreachable!("built above");
+    };
+    let records = state
+        .site
+        .records()
+        .get_many(&name, &ids)
+        .await
+        .map_err(ApiError::store(format!("{} {name} records", ids.len())))?;
+    Ok(Json(records))
+}
+
+/// `GET v1/verification/{name}/batch?ids=1,2,3`: the verification rows of those ids that
+/// exist.
+pub(crate) async fn verifications_batch(
+    Extract(state): Extract<State>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    Query(query): Query<BatchQuery>,
+) -> Result<Json<Vec<VerificationRecord>>, ApiError> {
+    let ids = query.parse().map_err(ApiError::bad_request)?;
+    let scope = Scope::Verifications {
+        replicable: name.clone(),
+        ids,
+    };
+    authorize(&state, &headers, &scope)?;
+    let Scope::Verifications { ids, .. } = scope else {
+        unreachable!("built above");
+    };
+    let rows = state
+        .site
+        .verification_store()
+        .get_many(&name, &ids)
+        .await
+        .map_err(ApiError::store(format!(
+            "the checksums of {} {name} records",
+            ids.len()
+        )))?;
+    Ok(Json(rows))
 }
 
 /// Refuses a resource request for anything but the record's own resource: the blob key or

@@ -119,6 +119,9 @@ struct Inner {
     client: reqwest::Client,
     base: reqwest::Url,
     config: HttpPrimaryConfig,
+    /// The primary answered a batch read with a refusal or a 404: it predates the batch
+    /// endpoints, so reads go one record at a time from then on.
+    no_batches: std::sync::atomic::AtomicBool,
 }
 
 /// A primary on another machine, read over its HTTP API. Cheap to clone: clones share the
@@ -194,6 +197,7 @@ impl HttpPrimary {
                 client,
                 base,
                 config,
+                no_batches: std::sync::atomic::AtomicBool::new(false),
             }),
         })
     }
@@ -349,6 +353,62 @@ impl HttpPrimary {
             Err(LinkError::NotFound { .. }) => Ok(None),
             Err(e) => Err(e),
         }
+    }
+
+    /// Reads what `ids` name from `v1/{collection}/{name}/batch`, [`wire::MAX_BATCH_IDS`] per
+    /// request. `None`: read them one at a time instead, because the primary has no batch
+    /// endpoint (an older version: it refuses the path or answers 404, and is not asked again)
+    /// or a batch request failed (the single reads then meet the same trouble and report it).
+    async fn batch_read<T: serde::de::DeserializeOwned>(
+        &self,
+        name: &str,
+        ids: &[i64],
+        collection: &str,
+        scope: impl Fn(Vec<i64>) -> Scope,
+    ) -> Option<Vec<T>> {
+        use std::sync::atomic::Ordering;
+        if ids.is_empty() {
+            return Some(Vec::new());
+        }
+        if self.inner.no_batches.load(Ordering::Relaxed) {
+            return None;
+        }
+        let mut found = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(wire::MAX_BATCH_IDS) {
+            let scope = scope(chunk.to_vec());
+            let what = scope.to_string();
+            let query = wire::BatchQuery::of(chunk);
+            let path = format!(
+                "v1/{collection}/{}/batch?ids={}",
+                encode_segment(name, false),
+                query.ids
+            );
+            match self.get_json::<Vec<T>>(&path, scope, &what).await {
+                Ok(Some(rows)) => found.extend(rows),
+                // An older primary takes `batch` for a record id (400) or knows no such path.
+                Ok(None) => {
+                    self.inner.no_batches.store(true, Ordering::Relaxed);
+                    return None;
+                }
+                Err(LinkError::Refused { reason, .. } | LinkError::Failed { reason, .. })
+                    if ["HTTP 400", "HTTP 404", "HTTP 405"]
+                        .iter()
+                        .any(|status| reason.starts_with(status)) =>
+                {
+                    tracing::info!(
+                        primary = %self.inner.base,
+                        "the primary has no batch reads: reading records one at a time"
+                    );
+                    self.inner.no_batches.store(true, Ordering::Relaxed);
+                    return None;
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "a batch read failed: reading one at a time");
+                    return None;
+                }
+            }
+        }
+        Some(found)
     }
 
     /// Reports this secondary's status to the primary (the token names the secondary).
@@ -637,6 +697,36 @@ impl PrimaryLink for HttpPrimary {
             &format!("{name} {model_id}"),
         )
         .await
+    }
+
+    async fn records(&self, name: &str, ids: &[i64]) -> Result<Vec<StoredRecord>, LinkError> {
+        let batched = self
+            .batch_read(name, ids, "records", |ids| Scope::Records {
+                replicable: name.to_owned(),
+                ids,
+            })
+            .await;
+        match batched {
+            Some(records) => Ok(records),
+            None => super::read_each(ids, |id| self.record(name, id)).await,
+        }
+    }
+
+    async fn verifications(
+        &self,
+        name: &str,
+        ids: &[i64],
+    ) -> Result<Vec<VerificationRecord>, LinkError> {
+        let batched = self
+            .batch_read(name, ids, "verification", |ids| Scope::Verifications {
+                replicable: name.to_owned(),
+                ids,
+            })
+            .await;
+        match batched {
+            Some(rows) => Ok(rows),
+            None => super::read_each(ids, |id| self.verification(name, id)).await,
+        }
     }
 
     async fn record_ids(

@@ -119,6 +119,20 @@ pub enum Scope {
         /// The record's id.
         id: i64,
     },
+    /// Reading the records of these ids (a claimed batch's).
+    Records {
+        /// The replicable.
+        replicable: String,
+        /// The records' ids, in the order of the request.
+        ids: Vec<i64>,
+    },
+    /// Reading the verification rows of these ids.
+    Verifications {
+        /// The replicable.
+        replicable: String,
+        /// The records' ids, in the order of the request.
+        ids: Vec<i64>,
+    },
     /// Reading one blob of one record.
     Blob {
         /// The replicable.
@@ -149,6 +163,10 @@ impl std::fmt::Display for Scope {
             Self::Record { replicable, id } => write!(f, "{replicable} {id}"),
             Self::Verification { replicable, id } => {
                 write!(f, "the checksum of {replicable} {id}")
+            }
+            Self::Records { replicable, ids } => write!(f, "{} {replicable} records", ids.len()),
+            Self::Verifications { replicable, ids } => {
+                write!(f, "the checksums of {} {replicable} records", ids.len())
             }
             Self::Blob {
                 replicable,

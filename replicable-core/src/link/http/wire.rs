@@ -12,6 +12,8 @@
 //! | a record | `GET v1/records/{name}/{id}` | `record` |
 //! | record ids in a range | `GET v1/records/{name}?from=A&to=B&limit=M` | `ids` |
 //! | a verification row | `GET v1/verification/{name}/{id}` | `verification` |
+//! | the records of up to 100 ids (those that exist) | `GET v1/records/{name}/batch?ids=1,2,3` | `records` (naming the ids) |
+//! | their verification rows | `GET v1/verification/{name}/batch?ids=1,2,3` | `verifications` (naming the ids) |
 //! | a blob's bytes (`Range` honoured) | `GET v1/blobs/{name}/{id}?key=K` | `blob` |
 //! | a repository (git smart HTTP) | `v1/git/{name}/{id}/{path}/info/refs`, `.../git-upload-pack` | `repository` |
 //! | a secondary's status | `POST v1/status` | `status` |
@@ -25,6 +27,48 @@ pub const MAX_EVENTS_PER_REQUEST: usize = 1000;
 
 /// The most ids one request returns (a larger `limit` is capped).
 pub const MAX_IDS_PER_REQUEST: usize = 10_000;
+
+/// Ids in one `GET v1/records/{name}/batch` or `v1/verification/{name}/batch` request (the
+/// token names each, and the query carries them: a hundred keep both well under the header and
+/// URL sizes proxies accept).
+pub const MAX_BATCH_IDS: usize = 100;
+
+/// `GET v1/records/{name}/batch` and `v1/verification/{name}/batch` query: `ids=1,2,3`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BatchQuery {
+    /// The ids, comma-separated.
+    pub ids: String,
+}
+
+impl BatchQuery {
+    /// The query of `ids`.
+    pub fn of(ids: &[i64]) -> Self {
+        Self {
+            ids: ids.iter().map(i64::to_string).collect::<Vec<_>>().join(","),
+        }
+    }
+
+    /// The ids asked for, or why they cannot be read.
+    pub fn parse(&self) -> Result<Vec<i64>, String> {
+        let ids = self
+            .ids
+            .split(',')
+            .filter(|part| !part.is_empty())
+            .map(|part| {
+                part.trim()
+                    .parse::<i64>()
+                    .map_err(|e| format!("`{part}` is not an id: {e}"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if ids.len() > MAX_BATCH_IDS {
+            return Err(format!(
+                "{} ids asked for; at most {MAX_BATCH_IDS} per request",
+                ids.len()
+            ));
+        }
+        Ok(ids)
+    }
+}
 
 /// The body of every error answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
