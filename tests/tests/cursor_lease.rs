@@ -157,3 +157,56 @@ fn a_cursor_that_lost_a_young_lease_saves_nothing() {
         assert_eq!((report.consumed, report.cursor), (2, 5));
     });
 }
+
+/// The engine's cursor (recording intent only) takes a burst of events in growing reads:
+/// twice the last while they come back full, up to `MAX_BURST` batch sizes, and one batch
+/// again after a short read. A cursor that syncs as it consumes reads one batch at a time.
+#[test]
+fn an_intent_only_cursor_reads_a_burst_in_growing_batches() {
+    replicable_core::testing::block_on(async {
+        let primary = Site::primary("primary")
+            .in_memory()
+            .build()
+            .expect("a site");
+        for id in 1..=100 {
+            publish(&primary, id).await;
+        }
+        let secondary = async || {
+            let target = SqliteTarget::new();
+            let site = Site::secondary(
+                "secondary",
+                Arc::new(InProcessPrimary::new(primary.clone())),
+            )
+            .database(SqlStore::open(&target.url).await.unwrap())
+            .build()
+            .expect("a site");
+            (target, site)
+        };
+        let (_one, intent_site) = secondary().await;
+        let intent = LogCursor::new(&intent_site).batch_size(2).intent_only(true);
+        let mut reads = Vec::new();
+        loop {
+            let report = intent.process_batch().await.unwrap();
+            reads.push(report.read);
+            if report.cursor == 100 {
+                break;
+            }
+        }
+        let cap = 2 * replicable_core::log_cursor::MAX_BURST;
+        assert_eq!(reads, vec![2, 4, 8, 16, cap, cap, cap, 10], "{reads:?}");
+        publish(&primary, 101).await;
+        publish(&primary, 102).await;
+        publish(&primary, 103).await;
+        assert_eq!(
+            intent.process_batch().await.unwrap().read,
+            2,
+            "one batch again"
+        );
+
+        let (_two, plain_site) = secondary().await;
+        let plain = LogCursor::new(&plain_site).batch_size(2);
+        for _ in 0..4 {
+            assert_eq!(plain.process_batch().await.unwrap().read, 2);
+        }
+    });
+}

@@ -144,7 +144,9 @@ impl Default for VerificationSettings {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CursorSettings {
-    /// Events per batch (default 50, as Geo).
+    /// Events per batch (default 50, as Geo). While full batches keep coming (a burst of
+    /// events), the engine's cursor, which only records intent, reads up to
+    /// [`MAX_BURST`](crate::engine::cursor::MAX_BURST) times as many at once.
     pub batch_size: usize,
 }
 

@@ -71,7 +71,16 @@ pub struct LogCursor {
     /// monotonic clock and on the site's clock; `None` until it does, and again once it gave
     /// the lease up or found it lost.
     renewed: std::sync::Arc<std::sync::Mutex<Option<Renewal>>>,
+    /// How many batch sizes the next read takes (see [`MAX_BURST`]); shared by the clones.
+    burst: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
+
+/// While every read comes back full (a burst of events waits), a cursor that records intent
+/// only reads twice as many events the next time, up to this many batch sizes; a read that
+/// comes back short returns it to one batch. Recording intent costs little per event and
+/// much per batch (the reads, the save), so a burst of thousands of events is taken in
+/// hundreds instead of fifties; a trickle is still read a batch at a time.
+pub const MAX_BURST: usize = 10;
 
 impl LogCursor {
     /// A cursor for `site` with a holder name unique to this process and call.
@@ -96,10 +105,12 @@ impl LogCursor {
             intent_only: false,
             gaps: std::sync::Arc::default(),
             renewed: std::sync::Arc::default(),
+            burst: std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(1)),
         }
     }
 
-    /// Events per batch (default 50).
+    /// Events per batch (default 50). A cursor that records intent only reads up to
+    /// [`MAX_BURST`] times as many at once while full batches keep coming.
     pub fn batch_size(mut self, batch_size: usize) -> Self {
         self.batch_size = batch_size.max(1);
         self
@@ -174,6 +185,28 @@ impl LogCursor {
                 || now < at.site
                 || (now - at.site).to_std().is_ok_and(|passed| passed >= third)
         })
+    }
+
+    /// Events the next read takes: the batch size, times the burst while the cursor records
+    /// intent only (see [`MAX_BURST`]).
+    fn read_limit(&self) -> usize {
+        if !self.intent_only {
+            return self.batch_size;
+        }
+        let burst = self.burst.load(std::sync::atomic::Ordering::Relaxed);
+        self.batch_size.saturating_mul(burst.clamp(1, MAX_BURST))
+    }
+
+    /// After a read: a full one doubles the next (up to [`MAX_BURST`] batch sizes), a short
+    /// one returns it to one batch.
+    fn next_burst(&self, full: bool) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let next = if full {
+            (self.burst.load(Relaxed).max(1) * 2).min(MAX_BURST)
+        } else {
+            1
+        };
+        self.burst.store(next, Relaxed);
     }
 
     fn note_renewal(&self, renewed: Option<Renewal>) {
@@ -313,15 +346,13 @@ impl LogCursor {
             touched: Vec::new(),
         };
         let lost = || fail(start, "the lease passed to another log cursor".into(), true);
+        let limit = self.read_limit();
         let mut stop = None;
         // The gaps first: an event that committed late is consumed before newer ones.
         if !gaps.0.is_empty() && self.gaps.due(&gaps.0, site.now()) {
             'gaps: for gap in gaps.0.clone() {
                 let span = usize::try_from(gap.last - gap.first + 1).unwrap_or(usize::MAX);
-                let entries = match link
-                    .events_after(gap.first - 1, span.min(self.batch_size))
-                    .await
-                {
+                let entries = match link.events_after(gap.first - 1, span.min(limit)).await {
                     Ok(entries) => entries,
                     Err(e) => {
                         stop = Some(e.to_string());
@@ -349,8 +380,9 @@ impl LogCursor {
             self.gaps.checked();
         }
         if stop.is_none() {
-            match link.events_after(start, self.batch_size).await {
+            match link.events_after(start, limit).await {
                 Ok(events) => {
+                    self.next_burst(events.len() >= limit);
                     batch.report.read += events.len();
                     let mut events = events.into_iter().peekable();
                     'events: while let Some(entry) = events.next() {
