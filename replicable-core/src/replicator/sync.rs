@@ -256,6 +256,9 @@ impl<'a, M: Replicable> SyncAttempt<'a, M> {
         let jitter = fastrand::u32(0..crate::domain::retry::JITTER_RANGE);
         for _ in 0..CAS_ATTEMPTS {
             let mut row = self.row.clone();
+            // Whether the copy was recorded synced with its verification waiting for the
+            // primary's checksum (disabled).
+            let mut waits_for_checksum = false;
             // A change noted while the copy ran is already in the copy when the primary's
             // record is still at the generation copied (the event was for the state this sync
             // read, e.g. a `created` event arriving after backfill had started the sync).
@@ -274,6 +277,7 @@ impl<'a, M: Replicable> SyncAttempt<'a, M> {
                         let verifiable = target.verifiable_now(primary_checksum).await;
                         row.mark_synced(Some(*generation), verifiable)
                             .expect("attempt rows are started");
+                        waits_for_checksum = M::Strategy::VERIFIABLE && !verifiable;
                         SyncOutcome::Synced {
                             generation: *generation,
                         }
@@ -290,6 +294,7 @@ impl<'a, M: Replicable> SyncAttempt<'a, M> {
                                 let verifiable = target.verifiable_now(&None).await;
                                 row.mark_synced(None, verifiable)
                                     .expect("attempt rows are started");
+                                waits_for_checksum = M::Strategy::VERIFIABLE && !verifiable;
                                 SyncOutcome::Synced { generation: held }
                             }
                             None => {
@@ -307,6 +312,9 @@ impl<'a, M: Replicable> SyncAttempt<'a, M> {
                 }
             };
             if target.update_registry(&row).await? {
+                if waits_for_checksum {
+                    self.enable_if_checksum_arrived().await;
+                }
                 return Ok(outcome);
             }
             match target.registry_record().await? {
@@ -338,6 +346,41 @@ impl<'a, M: Replicable> SyncAttempt<'a, M> {
             }
         }
         Err(target.contention())
+    }
+
+    /// A copy recorded as waiting for the primary's checksum, when that checksum arrived in the
+    /// meantime: its `checksum_succeeded` event may have been consumed while this sync still
+    /// held the row (the event then leaves a `started` row alone), after the sync asked for the
+    /// checksum and before it recorded the copy. Asking once more now closes that window: the
+    /// checksum and its event commit together, so either the event finds the row synced and
+    /// sends it to verification, or this finds the checksum. (Otherwise the copy would wait for
+    /// the periodic pass that enables verification.)
+    async fn enable_if_checksum_arrived(&self) {
+        let target = &self.target;
+        match target.primary_checksum().await {
+            Ok(Some(_)) => {
+                if let Err(e) = target
+                    .site
+                    .registry_store()
+                    .enable_verification(M::REPLICABLE_NAME, &[target.id])
+                    .await
+                {
+                    debug!(
+                        replicable = M::REPLICABLE_NAME,
+                        id = target.id,
+                        error = %e,
+                        "enabling verification failed; the periodic pass will"
+                    );
+                }
+            }
+            Ok(None) => {}
+            Err(e) => debug!(
+                replicable = M::REPLICABLE_NAME,
+                id = target.id,
+                error = %e,
+                "cannot ask for the primary's checksum; the periodic pass will"
+            ),
+        }
     }
 
     fn guard(&self, generation: i64) -> AttemptGuard<'_, 'a, M> {
