@@ -10,7 +10,6 @@ use async_trait::async_trait;
 use object_store::{ObjectStoreExt, PutPayload};
 use replicable_core::blob_key::object_path;
 use replicable_core::event::{EventId, LogEntry};
-use replicable_core::local_blobs::ConfinedLocalFileSystem;
 use replicable_core::log_cursor::LogCursor;
 use replicable_core::prelude::*;
 use replicable_core::primary_link::BlobDownload;
@@ -90,13 +89,10 @@ impl PrimaryLink for ChecksumLate {
 async fn a_checksum_consumed_while_its_record_syncs_still_sends_the_copy_to_verification() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    for s in ["p", "s"] {
-        std::fs::create_dir_all(d.join(s)).unwrap();
-    }
     let open = |f: &str| format!("sqlite://{}", d.join(f).display());
     let primary = Site::primary("primary")
         .database(replicable_core::storage::open(&open("p.db")).await.unwrap())
-        .blob_store(Arc::new(ConfinedLocalFileSystem::new(d.join("p")).unwrap()))
+        .blob_directory(d.join("p"))
         .build()
         .unwrap();
     let link = Arc::new(ChecksumLate {
@@ -105,7 +101,7 @@ async fn a_checksum_consumed_while_its_record_syncs_still_sends_the_copy_to_veri
     });
     let secondary = Site::secondary("secondary", link.clone())
         .database(replicable_core::storage::open(&open("s.db")).await.unwrap())
-        .blob_store(Arc::new(ConfinedLocalFileSystem::new(d.join("s")).unwrap()))
+        .blob_directory(d.join("s"))
         .build()
         .unwrap();
     link.secondary.set(secondary.clone()).unwrap();

@@ -41,6 +41,22 @@ async fn publish(primary: &Site, id: i64) {
         .unwrap();
 }
 
+/// One process of the secondary replicating `primary`, tracking in `target`'s database with a
+/// cursor lease of `lease` (several processes of one secondary share the database).
+async fn process(primary: &Site, target: &SqliteTarget, lease: Duration) -> Site {
+    Site::secondary(
+        "secondary",
+        Arc::new(InProcessPrimary::new(primary.clone())),
+    )
+    .database(SqlStore::open(&target.url).await.unwrap())
+    .timeouts(Timeouts {
+        cursor_lease: lease,
+        ..Timeouts::default()
+    })
+    .build()
+    .expect("a site")
+}
+
 #[test]
 fn only_one_cursor_per_site_runs_and_an_expired_lease_is_taken_over() {
     replicable_core::testing::block_on(async {
@@ -52,20 +68,8 @@ fn only_one_cursor_per_site_runs_and_an_expired_lease_is_taken_over() {
             .build()
             .expect("a site");
         // Two processes of the same secondary: separate handles on one tracking database.
-        let process = async || {
-            Site::secondary(
-                "secondary",
-                Arc::new(InProcessPrimary::new(primary.clone())),
-            )
-            .database(SqlStore::open(&target.url).await.unwrap())
-            .timeouts(Timeouts {
-                cursor_lease: lease,
-                ..Timeouts::default()
-            })
-            .build()
-            .expect("a site")
-        };
-        let (one, two) = (process().await, process().await);
+        let one = process(&primary, &target, lease).await;
+        let two = process(&primary, &target, lease).await;
         let a = LogCursor::new(&one).batch_size(2);
         let b = LogCursor::new(&two).batch_size(2);
         for id in 1..=5 {
@@ -114,20 +118,8 @@ fn a_cursor_that_lost_a_young_lease_saves_nothing() {
             .in_memory()
             .build()
             .expect("a site");
-        let process = async || {
-            Site::secondary(
-                "secondary",
-                Arc::new(InProcessPrimary::new(primary.clone())),
-            )
-            .database(SqlStore::open(&target.url).await.unwrap())
-            .timeouts(Timeouts {
-                cursor_lease: lease,
-                ..Timeouts::default()
-            })
-            .build()
-            .expect("a site")
-        };
-        let (one, two) = (process().await, process().await);
+        let one = process(&primary, &target, lease).await;
+        let two = process(&primary, &target, lease).await;
         let a = LogCursor::new(&one).batch_size(2);
         let b = LogCursor::new(&two).batch_size(10);
         for id in 1..=3 {
@@ -171,18 +163,9 @@ fn an_intent_only_cursor_reads_a_burst_in_growing_batches() {
         for id in 1..=100 {
             publish(&primary, id).await;
         }
-        let secondary = async || {
-            let target = SqliteTarget::new();
-            let site = Site::secondary(
-                "secondary",
-                Arc::new(InProcessPrimary::new(primary.clone())),
-            )
-            .database(SqlStore::open(&target.url).await.unwrap())
-            .build()
-            .expect("a site");
-            (target, site)
-        };
-        let (_one, intent_site) = secondary().await;
+        let lease = Timeouts::default().cursor_lease;
+        let one = SqliteTarget::new();
+        let intent_site = process(&primary, &one, lease).await;
         let intent = LogCursor::new(&intent_site).batch_size(2).intent_only(true);
         let mut reads = Vec::new();
         loop {
@@ -203,7 +186,8 @@ fn an_intent_only_cursor_reads_a_burst_in_growing_batches() {
             "one batch again"
         );
 
-        let (_two, plain_site) = secondary().await;
+        let two = SqliteTarget::new();
+        let plain_site = process(&primary, &two, lease).await;
         let plain = LogCursor::new(&plain_site).batch_size(2);
         for _ in 0..4 {
             assert_eq!(plain.process_batch().await.unwrap().read, 2);

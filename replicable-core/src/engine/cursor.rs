@@ -194,7 +194,7 @@ impl LogCursor {
             return self.batch_size;
         }
         let burst = self.burst.load(std::sync::atomic::Ordering::Relaxed);
-        self.batch_size.saturating_mul(burst.clamp(1, MAX_BURST))
+        self.batch_size.saturating_mul(burst)
     }
 
     /// After a read: a full one doubles the next (up to [`MAX_BURST`] batch sizes), a short
@@ -202,7 +202,7 @@ impl LogCursor {
     fn next_burst(&self, full: bool) {
         use std::sync::atomic::Ordering::Relaxed;
         let next = if full {
-            (self.burst.load(Relaxed).max(1) * 2).min(MAX_BURST)
+            (self.burst.load(Relaxed) * 2).min(MAX_BURST)
         } else {
             1
         };
@@ -456,8 +456,8 @@ impl LogCursor {
         }
         self.gaps.remember(&gaps.0);
         if batch.report.cursor != start || gaps.0 != stored_gaps {
-            // Saved only while the lease is still this cursor's: one that lost it (it expired
-            // and another cursor took it) leaves the position to the new holder.
+            // Saved only while no other cursor holds the lease: one that lost it (it expired and
+            // another cursor took it) leaves the position to the new holder.
             let saved = registry
                 .save_cursor_and_gaps_holding(
                     batch.report.cursor,

@@ -90,12 +90,9 @@ pub(crate) async fn records_batch(
     let ids = query.parse().map_err(ApiError::bad_request)?;
     let scope = Scope::Records {
         replicable: name.clone(),
-        ids,
+        ids: ids.clone(),
     };
     authorize(&state, &headers, &scope)?;
-    let Scope::Records { ids, .. } = scope else {
-        unreachable!("built above");
-    };
     let records = state
         .site
         .records()
@@ -116,12 +113,9 @@ pub(crate) async fn verifications_batch(
     let ids = query.parse().map_err(ApiError::bad_request)?;
     let scope = Scope::Verifications {
         replicable: name.clone(),
-        ids,
+        ids: ids.clone(),
     };
     authorize(&state, &headers, &scope)?;
-    let Scope::Verifications { ids, .. } = scope else {
-        unreachable!("built above");
-    };
     let rows = state
         .site
         .verification_store()

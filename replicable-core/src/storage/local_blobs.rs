@@ -1083,11 +1083,9 @@ impl ObjectStore for ConfinedLocalFileSystem {
                     async move {
                         let location = location?;
                         let at = location.clone();
-                        let inner = this.clone();
-                        let deleted =
-                            tokio::task::spawn_blocking(move || inner.delete_beneath(&at))
-                                .await
-                                .map_err(|e| object_store::Error::JoinError { source: e })??;
+                        let deleted = this
+                            .run_blocking(false, move |store, _| store.delete_beneath(&at))
+                            .await?;
                         if deleted.is_none() {
                             // No `openat2` after all: the check, then `LocalFileSystem`.
                             this.check(&location)?;
@@ -1149,11 +1147,12 @@ impl ObjectStore for ConfinedLocalFileSystem {
             object_store::RenameTargetMode::Overwrite
         ) && beneath::AVAILABLE.load(std::sync::atomic::Ordering::Relaxed)
         {
-            let (this, from_at, to_at) = (self.clone(), from.clone(), to.clone());
-            let renamed =
-                tokio::task::spawn_blocking(move || this.rename_beneath(&from_at, &to_at))
-                    .await
-                    .map_err(|e| object_store::Error::JoinError { source: e })??;
+            let (from_at, to_at) = (from.clone(), to.clone());
+            let renamed = self
+                .run_blocking(false, move |store, _| {
+                    store.rename_beneath(&from_at, &to_at)
+                })
+                .await?;
             if renamed.is_some() {
                 return Ok(());
             }
@@ -1201,14 +1200,31 @@ mod tests {
     #[cfg(target_os = "linux")]
     static KERNEL_CHECK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-    /// Turns the kernel's check back on when a test that switched it ends, failed or not.
+    /// A test's hold on the switch between the kernel's check and the walk: one such test at a
+    /// time, and the kernel's check back on when it ends, failed or not.
     #[cfg(target_os = "linux")]
-    struct KernelCheckBack;
+    struct KernelCheck {
+        _one_at_a_time: tokio::sync::MutexGuard<'static, ()>,
+    }
 
     #[cfg(target_os = "linux")]
-    impl Drop for KernelCheckBack {
+    impl KernelCheck {
+        async fn hold() -> Self {
+            Self {
+                _one_at_a_time: KERNEL_CHECK.lock().await,
+            }
+        }
+
+        /// The kernel's check (`true`) or the walk from now on.
+        fn set(&self, kernel: bool) {
+            beneath::AVAILABLE.store(kernel, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    #[cfg(target_os = "linux")]
+    impl Drop for KernelCheck {
         fn drop(&mut self) {
-            beneath::AVAILABLE.store(true, std::sync::atomic::Ordering::Relaxed);
+            self.set(true);
         }
     }
 
@@ -1218,8 +1234,7 @@ mod tests {
     #[cfg(target_os = "linux")]
     #[tokio::test]
     async fn reads_through_a_link_are_refused_naming_it_with_or_without_openat2() {
-        let _one_mode_at_a_time = KERNEL_CHECK.lock().await;
-        let _restore = KernelCheckBack;
+        let modes = KernelCheck::hold().await;
         let (_dir, root, _outside) = linked_root();
         std::fs::write(root.join("pkg/plain"), "plain").unwrap();
         let inline = ConfinedLocalFileSystem::new(&root).unwrap();
@@ -1230,7 +1245,7 @@ mod tests {
             (true, &pooled),
             (false, &pooled),
         ] {
-            beneath::AVAILABLE.store(kernel, std::sync::atomic::Ordering::Relaxed);
+            modes.set(kernel);
             // A slow operation of an earlier pass (a busy machine) must not turn inline
             // operations off for this one.
             store.inline.resume();
@@ -1267,7 +1282,7 @@ mod tests {
             .unwrap();
         runtime.block_on(async {
             // Not while another test has the kernel's check off (puts then take another path).
-            let _one_mode_at_a_time = KERNEL_CHECK.lock().await;
+            let _one_mode_at_a_time = KernelCheck::hold().await;
             let dir = tempfile::tempdir().unwrap();
             let inline = ConfinedLocalFileSystem::new(dir.path()).unwrap();
             let pooled = inline.clone().with_inline_io(false);
@@ -1440,8 +1455,7 @@ mod tests {
     #[cfg(target_os = "linux")]
     #[tokio::test]
     async fn puts_are_confined_with_or_without_openat2() {
-        let _one_mode_at_a_time = KERNEL_CHECK.lock().await;
-        let _restore = KernelCheckBack;
+        let modes = KernelCheck::hold().await;
         let (_dir, root, outside) = linked_root();
         let inline = ConfinedLocalFileSystem::new(&root).unwrap();
         let pooled = inline.clone().with_inline_io(false);
@@ -1451,7 +1465,7 @@ mod tests {
             (true, &pooled),
             (false, &pooled),
         ] {
-            beneath::AVAILABLE.store(kernel, std::sync::atomic::Ordering::Relaxed);
+            modes.set(kernel);
             // A slow operation of an earlier pass (a busy machine) must not turn inline
             // operations off for this one.
             store.inline.resume();
@@ -1517,12 +1531,11 @@ mod tests {
     #[cfg(target_os = "linux")]
     #[tokio::test]
     async fn renames_are_confined_with_or_without_openat2() {
-        let _one_mode_at_a_time = KERNEL_CHECK.lock().await;
-        let _restore = KernelCheckBack;
+        let modes = KernelCheck::hold().await;
         let (_dir, root, outside) = linked_root();
         let store = ConfinedLocalFileSystem::new(&root).unwrap();
         for kernel in [true, false] {
-            beneath::AVAILABLE.store(kernel, std::sync::atomic::Ordering::Relaxed);
+            modes.set(kernel);
             let staged = Path::from(format!("tmp/{kernel}"));
             store
                 .put(&staged, PutPayload::from_static(b"download"))
@@ -1592,12 +1605,11 @@ mod tests {
     #[cfg(target_os = "linux")]
     #[tokio::test]
     async fn deletes_are_confined_with_or_without_openat2() {
-        let _one_mode_at_a_time = KERNEL_CHECK.lock().await;
-        let _restore = KernelCheckBack;
+        let modes = KernelCheck::hold().await;
         let (_dir, root, outside) = linked_root();
         let store = ConfinedLocalFileSystem::new(&root).unwrap();
         for kernel in [true, false] {
-            beneath::AVAILABLE.store(kernel, std::sync::atomic::Ordering::Relaxed);
+            modes.set(kernel);
             let key = Path::from(format!("pkg/{kernel}"));
             store
                 .put(&key, PutPayload::from_static(b"x"))
