@@ -44,7 +44,7 @@ use replicable_core::{
     StrategyContext, SyncFailure, SyncRequest,
 };
 use sha2::{Digest, Sha256};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The ref namespaces that make up a repository's checksum (besides `HEAD`).
 pub const CHECKSUM_REF_PREFIXES: [&str; 6] = [
@@ -170,14 +170,31 @@ pub async fn git(
             .await
             .map_err(|e| fail(format!("writing to git: {e}")))?;
     }
-    let output = match tokio::time::timeout(timeout, child.wait_with_output()).await {
-        Ok(output) => output.map_err(|e| fail(e.to_string()))?,
-        Err(_) => return Err(fail(format!("timed out after {} s", timeout.as_secs()))),
+    let (mut out_pipe, mut err_pipe) = (child.stdout.take(), child.stderr.take());
+    let finished = async {
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        if let (Some(o), Some(e)) = (out_pipe.as_mut(), err_pipe.as_mut()) {
+            let (read_out, read_err) =
+                tokio::join!(o.read_to_end(&mut out), e.read_to_end(&mut err));
+            read_out?;
+            read_err?;
+        }
+        let status = child.wait().await?;
+        Ok::<_, std::io::Error>((status, out, err))
     };
-    if output.status.success() {
-        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    let (status, stdout, stderr) = match tokio::time::timeout(timeout, finished).await {
+        Ok(output) => output.map_err(|e| fail(e.to_string()))?,
+        Err(_) => {
+            // Killed and reaped before the caller cleans up after it: a git still dying could
+            // otherwise write into a directory the caller is removing.
+            let _ = child.kill().await;
+            return Err(fail(format!("timed out after {} s", timeout.as_secs())));
+        }
+    };
+    if status.success() {
+        Ok(String::from_utf8_lossy(&stdout).into_owned())
     } else {
-        let stderr = String::from_utf8_lossy(&output.stderr);
+        let stderr = String::from_utf8_lossy(&stderr);
         let stderr = stderr.trim();
         // The end of stderr says what went wrong; keep it within the failure column's size.
         let tail: String = stderr
@@ -188,7 +205,7 @@ pub async fn git(
             .into_iter()
             .rev()
             .collect();
-        Err(fail(format!("{} ({})", tail, output.status)))
+        Err(fail(format!("{} ({})", tail, status)))
     }
 }
 
