@@ -114,8 +114,8 @@ pub mod prelude {
     pub use crate::model::Replicable as _;
     pub use crate::{
         ConsumeOutcome, DataType, Event, EventKind, InProcessPrimary, RegistryRecord, Replicable,
-        Replicator, ReplicatorError, ReplicatorExt, SelectiveSync, Site, SiteRole, SyncOutcome,
-        SyncState, VerificationState, VerifyOutcome,
+        Replicator, ReplicatorError, ReplicatorExt, SelectiveSync, Site, SiteError, SiteRole,
+        SyncOutcome, SyncState, VerificationState, VerifyOutcome,
     };
     pub use serde::{Deserialize, Serialize};
 }

@@ -198,7 +198,11 @@ pub fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn,replicable_core::replicator=error".into()),
+                // sqlx warns of statements over a second: the fills of a million rows the bench
+                // itself runs, noise between its tables.
+                .unwrap_or_else(|_| {
+                    "warn,replicable_core::replicator=error,sqlx::query=error".into()
+                }),
         )
         .init();
     let cli = Cli::parse();

@@ -323,41 +323,38 @@ impl RegistryRecord {
     ) -> bool {
         let (sync_timeout, verification_timeout) = timeouts;
         let mut changed = false;
+        // A sync past its timeout timed out, heartbeats or not ("Sync timed out after 8
+        // hours", as Geo says); one within it that lost its worker was abandoned.
         if self.state == SyncState::Started {
             let last_sign = self.heartbeat_at.or(self.last_synced_at);
-            if last_sign.is_none_or(|at| at < cutoffs.heartbeat_before) {
+            let abandoned = last_sign.is_none_or(|at| at < cutoffs.heartbeat_before);
+            let failed = if self.fail_if_stuck(
+                cutoffs.sync_started_before,
+                sync_timeout,
+                now,
+                policy,
+                jitter,
+            ) {
+                true
+            } else if abandoned {
                 let failure = SyncFailure::new(abandoned_message("Sync", last_sign));
-                changed |= self.mark_failed(&failure, now, policy, jitter).is_ok();
-                // A claim lost with its worker (a killed process) says nothing about the
-                // record: the first time, it is due again at once, so a restarted secondary
-                // resumes without waiting out a backoff. A record that keeps losing its worker
-                // (one that crashes the process) backs off as usual from the second time on.
-                if self.retry_count == 1 {
-                    self.retry_at = Some(now);
-                }
+                self.mark_failed(&failure, now, policy, jitter).is_ok()
             } else {
-                changed |= self.fail_if_stuck(
-                    cutoffs.sync_started_before,
-                    sync_timeout,
-                    now,
-                    policy,
-                    jitter,
-                );
+                false
+            };
+            // A claim lost with its worker (a killed process) says nothing about the record:
+            // the first time, it is due again at once, so a restarted secondary resumes
+            // without waiting out a backoff. A record that keeps losing its worker (one that
+            // crashes the process) backs off as usual from the second time on.
+            if failed && abandoned && self.retry_count == 1 {
+                self.retry_at = Some(now);
             }
+            changed |= failed;
         }
         let v = &mut self.verification;
         if v.verification_state == crate::domain::verification::VerificationState::Started {
             let last_sign = self.heartbeat_at.or(v.verification_started_at);
-            if last_sign.is_none_or(|at| at < cutoffs.heartbeat_before) {
-                changed |= v
-                    .fail(
-                        &abandoned_message("Verification", last_sign),
-                        now,
-                        policy,
-                        jitter,
-                    )
-                    .is_ok();
-            } else if v.fail_if_stuck(
+            if v.fail_if_stuck(
                 cutoffs.verification_started_before,
                 verification_timeout,
                 now,
@@ -372,6 +369,15 @@ impl RegistryRecord {
                 ));
                 let _ = self.mark_failed(&failure, now, policy, jitter);
                 changed = true;
+            } else if last_sign.is_none_or(|at| at < cutoffs.heartbeat_before) {
+                changed |= v
+                    .fail(
+                        &abandoned_message("Verification", last_sign),
+                        now,
+                        policy,
+                        jitter,
+                    )
+                    .is_ok();
             }
         }
         changed
@@ -729,6 +735,32 @@ mod tests {
             r.last_sync_failure.as_deref(),
             Some("Sync timed out after 8 hours")
         );
+    }
+
+    #[test]
+    fn work_past_its_timeout_timed_out_even_without_heartbeats() {
+        // A site that was down for the whole timeout: both signs hold, and the row says it
+        // timed out, as Geo's sweep would.
+        let policy = RetryPolicy::default();
+        let at = now() + chrono::Duration::hours(9);
+        let mut r = in_state(SyncState::Pending);
+        r.start(now()).unwrap();
+        assert!(r.fail_stuck_work(&cutoffs(at), TIMEOUTS, at, &policy, 0));
+        assert_eq!(
+            r.last_sync_failure.as_deref(),
+            Some("Sync timed out after 8 hours")
+        );
+        // Its worker is gone too: the first such loss is due again at once.
+        assert_eq!(r.retry_at, Some(at));
+        let mut v = in_state(SyncState::Synced);
+        v.verification.start(now()).unwrap();
+        assert!(v.fail_stuck_work(&cutoffs(at), TIMEOUTS, at, &policy, 0));
+        assert_eq!(
+            v.verification.verification_failure.as_deref(),
+            Some("Verification timed out after 8 hours")
+        );
+        // ... and the copy is fetched again.
+        assert_eq!(v.state, SyncState::Failed);
     }
 
     #[test]

@@ -326,18 +326,22 @@ impl VerificationRecord {
         if v.verification_state != VerificationState::Started {
             return false;
         }
+        // Past its timeout it timed out, heartbeats or not (the older of the two signs).
+        if v.fail_if_stuck(
+            cutoffs.verification_started_before,
+            timeout,
+            now,
+            policy,
+            jitter,
+        ) {
+            return true;
+        }
         let last_sign = self.heartbeat_at.or(v.verification_started_at);
         if last_sign.is_none_or(|at| at < cutoffs.heartbeat_before) {
             let message = crate::domain::registry::abandoned_message("Verification", last_sign);
             v.fail(&message, now, policy, jitter).is_ok()
         } else {
-            v.fail_if_stuck(
-                cutoffs.verification_started_before,
-                timeout,
-                now,
-                policy,
-                jitter,
-            )
+            false
         }
     }
 

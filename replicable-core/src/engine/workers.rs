@@ -46,23 +46,23 @@ impl PassReport {
 }
 
 /// Claims up to `limit` due registry rows of one replicable and syncs them, `concurrency` at a
-/// time.
+/// time. While the site's or the replicable's replication is paused it claims nothing.
 pub async fn sync_due(
     site: &Site,
     replicable: &ReplicableDescriptor,
     limit: usize,
     concurrency: usize,
 ) -> Result<PassReport, StoreError> {
-    if !site
-        .registry_store()
-        .replication_enabled(replicable.name)
-        .await?
-    {
-        return Ok(PassReport::default());
-    }
+    // Nothing is claimed while the site's or this replicable's replication is paused (the
+    // switches are read with the claim, as the engine's sync loop reads them).
     let rows = site
         .registry_store()
-        .claim_for_sync(replicable.name, site.now(), limit)
+        .claim_for_sync_while_enabled(
+            replicable.name,
+            &[super::SITE_SWITCH, replicable.name],
+            site.now(),
+            limit,
+        )
         .await?;
     let mut report = PassReport {
         claimed: rows.len(),

@@ -119,7 +119,7 @@ impl<'a, M: Replicable> ReplicationTarget<'a, M> {
         let enabled = self
             .site
             .registry_store()
-            .replication_enabled(name)
+            .replication_enabled_all(&[crate::storage::SITE_SWITCH, name])
             .await
             .map_err(|e| self.store_error(e))?;
         if !enabled {
