@@ -196,6 +196,8 @@ pub async fn run_scenario(bench: &Bench, scenario: Scenario) -> Result<Report, E
 pub fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        // Colours only on a terminal: a log written to a file stays plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 // sqlx warns of statements over a second: the fills of a million rows the bench

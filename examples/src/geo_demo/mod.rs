@@ -371,6 +371,8 @@ pub fn main() -> ExitCode {
 pub fn main_with(hooks: Hooks) -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        // Colours only on a terminal: a log written to a file stays plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| "warn,replicable_core::replicator=error".into()),
@@ -426,6 +428,55 @@ fn progress_printer(
                     report::progress_line(&rows)
                 );
             }
+        }
+    })
+}
+
+/// Prints the secondary's own progress every `every` until dropped: its registry counts and
+/// how many events its cursor is behind (for a secondary without the primary's stores).
+fn registry_printer(
+    secondary: Site,
+    replicables: Vec<&'static replicable_core::descriptor::ReplicableDescriptor>,
+    every: Duration,
+    started: Instant,
+) -> tokio::task::JoinHandle<()> {
+    use replicable_core::status::ReplicableStatus;
+    tokio::spawn(async move {
+        if every.is_zero() {
+            return;
+        }
+        loop {
+            tokio::time::sleep(every).await;
+            let Ok(status) = replicable_core::status::site_status(&secondary, &replicables).await
+            else {
+                continue;
+            };
+            let (mut synced, mut verified, mut rows) = (0, 0, 0);
+            let mut parts = Vec::new();
+            for replicable in &status.replicables {
+                if let ReplicableStatus::Secondary { status: s, .. } = replicable {
+                    synced += s.synced_count;
+                    verified += s.verified_count;
+                    rows += s.registry_count;
+                    parts.push(format!(
+                        "{} {}/{} ({} verified, {} failed)",
+                        s.replicable_name,
+                        s.synced_count,
+                        s.registry_count,
+                        s.verified_count,
+                        s.failed_count
+                    ));
+                }
+            }
+            let behind = status
+                .events
+                .events_behind
+                .map_or_else(|| "-".to_owned(), |n| n.to_string());
+            println!(
+                "[{:>5.1}s] synced {synced}/{rows} verified {verified}/{rows}, {behind} events behind | {}",
+                started.elapsed().as_secs_f64(),
+                parts.join(" ")
+            );
         }
     })
 }
@@ -763,16 +814,13 @@ async fn run_secondary(args: SecondaryArgs, hooks: Hooks) -> Result<ExitCode, Er
         "secondary: engine running (pid {}), reading the primary {reading}; SIGINT or SIGTERM stops it",
         std::process::id(),
     );
-    // The progress line compares with the primary's own counts: only when its stores are here.
+    // The progress line compares with the primary's own counts when its stores are here;
+    // over HTTP it shows the secondary's registry and how far its cursor is behind.
     let replicables = sites::replicables()?;
-    let printer = primary.map(|primary| {
-        progress_printer(
-            primary,
-            secondary,
-            replicables,
-            Duration::from_secs(args.engine.progress),
-            started,
-        )
+    let every = Duration::from_secs(args.engine.progress);
+    let printer = Some(match primary {
+        Some(primary) => progress_printer(primary, secondary, replicables, every, started),
+        None => registry_printer(secondary, replicables, every, started),
     });
     replicable_core::engine::wait_for_signal().await;
     if let Some(printer) = printer {

@@ -234,13 +234,20 @@ fn start_secondary(shared: &Arc<Shared>, loops: &TaskTracker, cursor: LogCursor)
         |c| c.periods.verification_maintenance,
         reverify,
     ));
-    loops.spawn(periodic(
+    // The report at start shows a cursor at 0 and empty counts: the next one comes after a few
+    // seconds of work rather than a whole period later.
+    loops.spawn(periodic_soon_again(
         shared.clone(),
         "status report",
         |c| c.periods.status_report,
+        Some(STATUS_REPORT_SOON),
         status_report::report,
     ));
 }
+
+/// How soon after its start a secondary reports its status again (then every
+/// `periods.status_report`).
+const STATUS_REPORT_SOON: Duration = Duration::from_secs(5);
 
 fn start_primary(shared: &Arc<Shared>, loops: &TaskTracker) {
     for &replicable in &shared.replicables {
@@ -436,6 +443,21 @@ async fn periodic<F, Fut>(
     F: Fn(Arc<Shared>) -> Fut,
     Fut: std::future::Future<Output = Result<(), String>>,
 {
+    periodic_soon_again(shared, what, period, None, pass).await;
+}
+
+/// [`periodic`], with the second pass at most `soon` after the first (the one at start).
+async fn periodic_soon_again<F, Fut>(
+    shared: Arc<Shared>,
+    what: &'static str,
+    period: fn(&EngineConfig) -> Duration,
+    soon: Option<Duration>,
+    pass: F,
+) where
+    F: Fn(Arc<Shared>) -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    let mut soon = soon;
     loop {
         let result = tokio::select! {
             _ = shared.cancel.cancelled() => return,
@@ -444,7 +466,9 @@ async fn periodic<F, Fut>(
         if let Err(e) = result {
             warn!(pass = what, error = %e, "periodic pass failed; trying again next period");
         }
-        if !sleep_or_stop(period(&shared.config), &shared.cancel).await {
+        let wait = period(&shared.config);
+        let wait = soon.take().map_or(wait, |soon| soon.min(wait));
+        if !sleep_or_stop(wait, &shared.cancel).await {
             return;
         }
     }

@@ -1,12 +1,39 @@
 //! Checking a request's token: HS256, signed with the secret of the secondary it names, not
 //! expired beyond the leeway, scoped to exactly this request. Refusals are logged with the
 //! reason and the secondary, never with the token.
+//!
+//! The check comes in two steps. Before a request's path parameters, query or body are parsed,
+//! [`authenticate`] (a layer over every route) refuses one without a valid token of a known
+//! secondary with 401: a client without one gets no parse errors, and no body is read for it.
+//! The handler then checks the token's scope against what it parsed ([`authorize`]).
 
+use axum::extract::{Request, State as Extract};
 use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 
 use super::{ApiError, State};
 use crate::link::http::token::{self, Scope, TokenRefusal};
 use crate::link::http::wire;
+
+/// The layer of every route: a request goes on only with a token a known secondary signed
+/// that has not expired (its scope is the handler's to check).
+pub(crate) async fn authenticate(
+    Extract(state): Extract<State>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let checked = bearer(request.headers()).and_then(|token| {
+        token::verify_identity_now(token, |name| state.secret_of(name), state.leeway)
+    });
+    match checked {
+        Ok(_) => next.run(request).await,
+        Err(refusal) => {
+            tracing::warn!(path = %request.uri().path(), reason = %refusal, "refused a request to the primary's API");
+            refused(&refusal).into_response()
+        }
+    }
+}
 
 /// The secondary a request comes from, if its token allows `scope`.
 pub(crate) fn authorize(

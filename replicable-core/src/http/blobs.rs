@@ -3,7 +3,9 @@
 //! object, or a redirect to a presigned URL of the object store.
 
 use axum::body::Body;
-use axum::extract::{Path, Query, State as Extract};
+use axum::extract::State as Extract;
+
+use super::error::extract::{Path, Query};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;

@@ -87,3 +87,66 @@ pub(crate) async fn no_route() -> ApiError {
         message: "no such path in the primary's API".into(),
     }
 }
+
+/// axum's extractors, answering a malformed request as the API answers every error: its
+/// status (400, or 415 / 422 for a body) with a JSON body coded `refused`, instead of axum's
+/// plain-text rejection.
+pub(crate) mod extract {
+    use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+    use axum::extract::{FromRequest, FromRequestParts, Request};
+    use axum::http::request::Parts;
+    use serde::de::DeserializeOwned;
+
+    use super::ApiError;
+    use crate::link::http::wire;
+
+    fn refused(status: axum::http::StatusCode, text: String) -> ApiError {
+        ApiError {
+            status,
+            code: wire::CODE_REFUSED,
+            message: text,
+        }
+    }
+
+    /// [`axum::extract::Query`].
+    pub(crate) struct Query<T>(pub T);
+
+    impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Query<T> {
+        type Rejection = ApiError;
+
+        async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+            axum::extract::Query::<T>::from_request_parts(parts, state)
+                .await
+                .map(|axum::extract::Query(value)| Self(value))
+                .map_err(|e: QueryRejection| refused(e.status(), e.body_text()))
+        }
+    }
+
+    /// [`axum::extract::Path`].
+    pub(crate) struct Path<T>(pub T);
+
+    impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for Path<T> {
+        type Rejection = ApiError;
+
+        async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+            axum::extract::Path::<T>::from_request_parts(parts, state)
+                .await
+                .map(|axum::extract::Path(value)| Self(value))
+                .map_err(|e: PathRejection| refused(e.status(), e.body_text()))
+        }
+    }
+
+    /// [`axum::Json`].
+    pub(crate) struct Json<T>(pub T);
+
+    impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
+        type Rejection = ApiError;
+
+        async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
+            axum::Json::<T>::from_request(request, state)
+                .await
+                .map(|axum::Json(value)| Self(value))
+                .map_err(|e: JsonRejection| refused(e.status(), e.body_text()))
+        }
+    }
+}

@@ -2,7 +2,9 @@
 //! once, or once there is an event after a cursor).
 
 use axum::Json;
-use axum::extract::{Query, State as Extract};
+use axum::extract::State as Extract;
+
+use super::error::extract::Query;
 use axum::http::HeaderMap;
 
 use super::auth::authorize;

@@ -9,7 +9,9 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{Path, Query, State as Extract};
+use axum::extract::State as Extract;
+
+use super::error::extract::{Path, Query};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;

@@ -151,6 +151,11 @@ impl PrimaryApi {
                 get(git::info_refs).post(git::upload_pack),
             )
             .route("/v1/status", post(status::report))
+            // Every route (not the fallback: an unknown path is 404 for anyone).
+            .route_layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                auth::authenticate,
+            ))
             .fallback(error::no_route)
             .with_state(state)
     }

@@ -2,7 +2,9 @@
 //! ids (what a secondary reads for each batch of syncs or verifications it claims).
 
 use axum::Json;
-use axum::extract::{Path, Query, State as Extract};
+use axum::extract::State as Extract;
+
+use super::error::extract::{Path, Query};
 use axum::http::HeaderMap;
 
 use super::auth::authorize;

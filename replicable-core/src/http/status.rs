@@ -1,8 +1,9 @@
 //! Status reports of the secondaries (`POST v1/status`), stored in the primary's tracking
 //! database.
 
-use axum::Json;
 use axum::extract::State as Extract;
+
+use super::error::extract::Json;
 use axum::http::{HeaderMap, StatusCode};
 
 use super::auth::authorize;

@@ -280,6 +280,36 @@ pub fn verify(
     now: u64,
     leeway: Duration,
 ) -> Result<String, TokenRefusal> {
+    let (secondary, claims) = verify_signed(token, secret_of, now, leeway)?;
+    if &claims.scope != scope {
+        return Err(TokenRefusal::WrongScope {
+            secondary,
+            granted: claims.scope.to_string(),
+            asked: scope.to_string(),
+        });
+    }
+    Ok(secondary)
+}
+
+/// Checks everything of `token` but its scope: signed by a known secondary's secret, HS256,
+/// within its lifetime at `now`. Returns the secondary's name. The primary's API checks this
+/// before it reads anything of a request (its path, query or body), and the scope once it
+/// has.
+pub fn verify_identity(
+    token: &str,
+    secret_of: impl Fn(&str) -> Option<SharedSecret>,
+    now: u64,
+    leeway: Duration,
+) -> Result<String, TokenRefusal> {
+    verify_signed(token, secret_of, now, leeway).map(|(secondary, _)| secondary)
+}
+
+fn verify_signed(
+    token: &str,
+    secret_of: impl Fn(&str) -> Option<SharedSecret>,
+    now: u64,
+    leeway: Duration,
+) -> Result<(String, Claims), TokenRefusal> {
     let header =
         jsonwebtoken::decode_header(token).map_err(|e| TokenRefusal::Invalid(e.to_string()))?;
     if header.alg != Algorithm::HS256 {
@@ -325,14 +355,16 @@ pub fn verify(
             MAX_TOKEN_LIFETIME.as_secs()
         )));
     }
-    if &claims.scope != scope {
-        return Err(TokenRefusal::WrongScope {
-            secondary,
-            granted: claims.scope.to_string(),
-            asked: scope.to_string(),
-        });
-    }
-    Ok(secondary)
+    Ok((secondary, claims))
+}
+
+/// [`verify_identity`] at the current time.
+pub fn verify_identity_now(
+    token: &str,
+    secret_of: impl Fn(&str) -> Option<SharedSecret>,
+    leeway: Duration,
+) -> Result<String, TokenRefusal> {
+    verify_identity(token, secret_of, epoch_seconds(), leeway)
 }
 
 /// [`verify`] at the current time.
@@ -370,6 +402,23 @@ mod tests {
     fn a_fresh_token_of_the_right_scope_passes() {
         let t = sign_at("s1", &secret(1), Scope::Events, NOW, TOKEN_LIFETIME).unwrap();
         assert_eq!(check(&t, &Scope::Events).unwrap(), "s1");
+    }
+
+    #[test]
+    fn identity_is_checked_without_the_scope() {
+        let identify = |token: &str| {
+            verify_identity(token, |name| (name == "s1").then(|| secret(1)), NOW, LEEWAY)
+        };
+        let status = sign_at("s1", &secret(1), Scope::Status, NOW, TOKEN_LIFETIME).unwrap();
+        assert_eq!(identify(&status).unwrap(), "s1");
+        let wrong = sign_at("s1", &secret(2), Scope::Status, NOW, TOKEN_LIFETIME).unwrap();
+        assert!(matches!(identify(&wrong), Err(TokenRefusal::Invalid(_))));
+        let old = sign_at("s1", &secret(1), Scope::Status, NOW - 71, TOKEN_LIFETIME).unwrap();
+        assert_eq!(identify(&old), Err(TokenRefusal::Expired("s1".into())));
+        assert!(matches!(
+            identify("not a token"),
+            Err(TokenRefusal::Invalid(_))
+        ));
     }
 
     #[test]
