@@ -370,14 +370,7 @@ impl RegistryRecord {
                 let _ = self.mark_failed(&failure, now, policy, jitter);
                 changed = true;
             } else if last_sign.is_none_or(|at| at < cutoffs.heartbeat_before) {
-                changed |= v
-                    .fail(
-                        &abandoned_message("Verification", last_sign),
-                        now,
-                        policy,
-                        jitter,
-                    )
-                    .is_ok();
+                changed |= v.fail_abandoned(last_sign, now, policy, jitter);
             }
         }
         changed
@@ -779,9 +772,13 @@ mod tests {
         assert!(
             r.verification
                 .verification_failure
+                .as_deref()
                 .unwrap()
                 .starts_with("Verification worker stopped responding")
         );
+        // The first lost claim is due again at once, as a sync's is.
+        assert_eq!(r.verification.verification_retry_at, Some(at));
+        assert!(r.verification.is_due(at));
         // Rows with nothing started are left alone.
         let mut idle = in_state(SyncState::Failed);
         assert!(!idle.fail_stuck_work(&cutoffs(at), TIMEOUTS, at, &policy, 0));

@@ -257,6 +257,28 @@ impl Verification {
         stuck
     }
 
+    /// Fails a `started` verification whose worker stopped heartbeating (its last sign of life
+    /// `last_sign`). As for a sync, a claim lost with its worker (a killed process) says
+    /// nothing about the resource: the first time it is due again at once, so a restarted
+    /// site resumes without waiting out a backoff; from the second time on it backs off as
+    /// usual. Returns whether it failed the row.
+    pub fn fail_abandoned(
+        &mut self,
+        last_sign: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+        policy: &RetryPolicy,
+        jitter: u32,
+    ) -> bool {
+        let message = crate::domain::registry::abandoned_message("Verification", last_sign);
+        if self.fail(&message, now, policy, jitter).is_err() {
+            return false;
+        }
+        if self.verification_retry_count == 1 {
+            self.verification_retry_at = Some(now);
+        }
+        true
+    }
+
     /// Whether the row is due for (re)verification at `now`.
     pub fn is_due(&self, now: DateTime<Utc>) -> bool {
         match self.verification_state {
@@ -337,12 +359,8 @@ impl VerificationRecord {
             return true;
         }
         let last_sign = self.heartbeat_at.or(v.verification_started_at);
-        if last_sign.is_none_or(|at| at < cutoffs.heartbeat_before) {
-            let message = crate::domain::registry::abandoned_message("Verification", last_sign);
-            v.fail(&message, now, policy, jitter).is_ok()
-        } else {
-            false
-        }
+        last_sign.is_none_or(|at| at < cutoffs.heartbeat_before)
+            && v.fail_abandoned(last_sign, now, policy, jitter)
     }
 
     /// The checksum, if verification succeeded.

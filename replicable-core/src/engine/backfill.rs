@@ -88,15 +88,39 @@ pub async fn backfill(
                 replicable: name,
                 source,
             })?;
+        let mut primary_ids = primary_ids;
         let last = primary_ids.last().copied();
         // The step covers [from, last] when the primary had a full step, else everything left.
         let end = match last {
             Some(last) if primary_ids.len() == range_size => last.saturating_add(1),
             _ => i64::MAX,
         };
-        let registry_ids = collect_registry_ids(site, name, from, end)
+        let mut registry_ids = collect_registry_ids(site, name, from, end)
             .await
             .map_err(store_err)?;
+        if end == i64::MAX {
+            // The ranges are half-open: the one id they cannot hold, asked for by itself (the
+            // registry first, as the steps read it before they look again below).
+            if site
+                .registry_store()
+                .get(name, i64::MAX)
+                .await
+                .map_err(store_err)?
+                .is_some()
+            {
+                registry_ids.push(i64::MAX);
+            }
+            let at_max =
+                link.records(name, &[i64::MAX])
+                    .await
+                    .map_err(|source| BackfillError::Link {
+                        replicable: name,
+                        source,
+                    })?;
+            if !at_max.is_empty() {
+                primary_ids.push(i64::MAX);
+            }
+        }
         let mut in_scope = primary_ids.clone();
         if site.selective_sync().is_restricted(name) {
             in_scope.clear();
@@ -273,16 +297,27 @@ pub async fn backfill_primary_verification(
         // Rows of the application's table: walk its ids (the catalogue join sees none of them).
         let mut from = i64::MIN;
         loop {
-            let ids = site
+            let mut ids = site
                 .records()
                 .ids(replicable.name, from..i64::MAX, batch)
                 .await?;
+            let done = ids.len() < batch;
+            if done
+                && site
+                    .records()
+                    .get(replicable.name, i64::MAX)
+                    .await?
+                    .is_some()
+            {
+                // The one id a half-open range cannot hold.
+                ids.push(i64::MAX);
+            }
             created += site
                 .verification_store()
                 .insert_missing(replicable.name, &ids)
                 .await?;
             match ids.last() {
-                Some(&last) if ids.len() == batch && last < i64::MAX => from = last + 1,
+                Some(&last) if !done && last < i64::MAX => from = last + 1,
                 _ => return Ok(created),
             }
         }

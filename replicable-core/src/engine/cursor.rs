@@ -550,9 +550,11 @@ impl Batch<'_> {
     /// Moves the batch's cursor to `id`, first opening a gap for the ids it steps over.
     fn advance(&mut self, gaps: &mut Gaps, id: EventId) {
         let previous = self.report.cursor;
-        // A jump from a fresh cursor (0) is the log's start, or events retention deleted: not
-        // ids still to come.
-        if previous > 0 && id > previous + 1 {
+        // From a fresh cursor (0) too: the ids below the first event read may be retention's
+        // (they never appear, and the gap expires) or an append that has not committed yet (a
+        // new secondary reading a busy PostgreSQL log), which must not be passed over. A gap
+        // is one range however many ids it spans, and reading it again is one read.
+        if id > previous + 1 {
             gaps.open(previous + 1, id - 1, self.cursor.site.now());
         }
         self.report.cursor = id;
