@@ -17,9 +17,10 @@
 //! `replicable_metrics_refreshed_timestamp_seconds` says when they were taken.
 //!
 //! # Names
-//! For a replicable `package_file` (plural `package_files`, the name plus `s`):
-//! - primary: `replicable_package_files_count`, `_checksum_total`, `_checksummed`,
-//!   `_checksum_failed`;
+//! For a replicable `package_file` (plural `package_files`; see [`plural`]: `container_repository`
+//! is `container_repositories`, `merge_request_diff` `merge_request_diffs`, as Geo names them):
+//! - primary: `replicable_package_files_count` (also as Geo names it, `replicable_package_files`),
+//!   `_checksum_total`, `_checksummed`, `_checksum_failed`;
 //! - secondary: `replicable_package_files_registry`, `_pending`, `_started`, `_synced`,
 //!   `_failed`, `_verification_total`, `_verified`, `_verification_failed`, `_queue_depth`
 //!   (pending plus failed rows whose retry is due);
@@ -140,7 +141,15 @@ impl Metrics {
                 name: replicable.name,
                 ..ReplicableGauges::default()
             };
-            let plural = format!("{}s", replicable.name);
+            let plural = plural(replicable.name);
+            if primary {
+                // Geo's name for the primary's count: the plural alone (`geo_package_files`).
+                registry.register(
+                    format!("replicable_{plural}"),
+                    format!("Records on the primary ({})", replicable.name),
+                    g.count.clone(),
+                );
+            }
             let mut add = |suffix: &str, help: &str, metric: &Gauge| {
                 registry.register(
                     format!("replicable_{plural}_{suffix}"),
@@ -445,4 +454,43 @@ pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<M
         stop,
         task,
     })
+}
+
+/// The plural of a replicable's (snake_case) name as Geo's metric names use it: the English
+/// rules for the last word (`repository` -> `repositories`, `status` -> `statuses`, `box` ->
+/// `boxes`, `branch` -> `branches`, `file` -> `files`). Written here rather than taken from an
+/// inflection crate: these few rules are all Geo's names need.
+pub fn plural(name: &str) -> String {
+    let ends = |suffix: &str| name.ends_with(suffix);
+    let before_last = name.chars().rev().nth(1);
+    if ends("y") && before_last.is_some_and(|c| !"aeiou".contains(c)) {
+        format!("{}ies", &name[..name.len() - 1])
+    } else if ends("s") || ends("x") || ends("z") || ends("ch") || ends("sh") {
+        format!("{name}es")
+    } else {
+        format!("{name}s")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::plural;
+
+    #[test]
+    fn plurals_are_geos() {
+        for (one, many) in [
+            ("package_file", "package_files"),
+            ("container_repository", "container_repositories"),
+            ("snippet_repository", "snippet_repositories"),
+            ("ci_secure_file", "ci_secure_files"),
+            ("merge_request_diff", "merge_request_diffs"),
+            ("pages_deployment", "pages_deployments"),
+            ("status", "statuses"),
+            ("box", "boxes"),
+            ("branch", "branches"),
+            ("key", "keys"),
+        ] {
+            assert_eq!(plural(one), many);
+        }
+    }
 }
