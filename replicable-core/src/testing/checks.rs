@@ -317,6 +317,100 @@ pub async fn failed_sync_sets_state_retry_and_failure<M: Replicable>(h: &Harness
     }
 }
 
+/// A record the primary still has whose resource is gone (a blob or repository removed behind
+/// the framework's back) is a failure *missing on the primary*: the strategy must say so
+/// (`SyncFailure::missing_on_primary`), so that the row backs off on the longer cap instead of
+/// being fetched again every hour. (A strategy whose resource is the record has nothing that
+/// can go missing apart from it.)
+pub async fn a_resource_missing_on_the_primary_is_reported_as_missing<M: Replicable>(
+    h: &Harness<M>,
+) {
+    if M::Strategy::DATA_TYPE == crate::domain::resource::DataType::Database {
+        return;
+    }
+    let (fixture, _) = h.create_and_publish(93).await;
+    let resource = fixture.record.resource();
+    let primary = crate::replicator::ReplicationTarget::<M>::new(&h.primary, 93);
+    M::Strategy::default()
+        .remove(
+            h.primary.strategy_context(),
+            &primary.resource_target(&resource),
+        )
+        .await
+        .expect("removing the primary's resource");
+    let outcome = fixture
+        .record
+        .replicator(&h.secondary)
+        .sync()
+        .await
+        .unwrap();
+    let SyncOutcome::Failed(failure) = outcome else {
+        panic!("a sync whose resource is gone from the primary must fail, got {outcome:?}");
+    };
+    assert!(
+        failure.missing_on_primary,
+        "the strategy must report the resource missing on the primary: {failure:?}"
+    );
+    let row = crate::replicator::ReplicationTarget::<M>::new(&h.secondary, 93)
+        .registry_record()
+        .await
+        .unwrap()
+        .expect("a registry row");
+    assert_eq!(row.state, SyncState::Failed);
+    assert!(row.missing_on_primary, "{row:?}");
+}
+
+/// A resource whose bytes no longer match the primary's stored checksum (changed behind the
+/// framework's back after its verification) is never made visible: the strategy compares
+/// what it copied with `primary_checksum` before the copy replaces anything, and the sync
+/// fails.
+pub async fn a_copy_that_differs_from_the_primary_checksum_never_becomes_visible<M: Replicable>(
+    h: &Harness<M>,
+) {
+    if M::Strategy::DATA_TYPE == crate::domain::resource::DataType::Database {
+        // The record is the resource, and the copy is the record the primary serves.
+        return;
+    }
+    let (fixture, _) = h.create_and_publish(94).await;
+    fixture
+        .record
+        .replicator(&h.primary)
+        .verify()
+        .await
+        .unwrap();
+    let resource = fixture.record.resource();
+    let primary = crate::replicator::ReplicationTarget::<M>::new(&h.primary, 94);
+    M::Strategy::default()
+        .corrupt(
+            h.primary.strategy_context(),
+            &primary.resource_target(&resource),
+        )
+        .await
+        .expect("changing the primary's resource behind the framework's back");
+    let outcome = fixture
+        .record
+        .replicator(&h.secondary)
+        .sync()
+        .await
+        .unwrap();
+    assert!(
+        matches!(outcome, SyncOutcome::Failed(_)),
+        "a copy that does not match the primary's checksum must fail its sync, got {outcome:?}"
+    );
+    let secondary = crate::replicator::ReplicationTarget::<M>::new(&h.secondary, 94);
+    let local = M::Strategy::default()
+        .checksum(
+            h.secondary.strategy_context(),
+            &secondary.resource_target(&resource),
+            None,
+        )
+        .await;
+    assert!(
+        local.is_err(),
+        "nothing may be visible on the secondary, found a copy with checksum {local:?}"
+    );
+}
+
 /// A row marked pending while its sync runs (a resync, or an event for the state the sync
 /// copies) does not start a second copy; the running sync completes it when the primary's
 /// record is still at the generation it copied, so nothing is transferred twice.

@@ -50,6 +50,8 @@ macro_rules! replicator_test_suite {
             consuming_deleted_removes_data_and_registry_even_when_the_record_is_gone,
             out_of_scope_records_are_skipped,
             failed_sync_sets_state_retry_and_failure,
+            a_resource_missing_on_the_primary_is_reported_as_missing,
+            a_copy_that_differs_from_the_primary_checksum_never_becomes_visible,
             pending_mark_during_a_sync_makes_it_sync_again,
             primary_checksum_is_the_resource_checksum,
             secondary_verification_succeeds_on_an_equal_copy,
