@@ -163,3 +163,50 @@ pub fn status_report(cursor: i64) -> replicable_core::link::SiteStatusReport {
         version: "test".into(),
     }
 }
+
+/// Writes `bytes` under the blob key `key` in `site`'s object store (the key mapped as the
+/// framework maps it, `blob_key::object_path`).
+pub async fn put_blob(site: &replicable_core::Site, key: &str, bytes: &[u8]) {
+    use object_store::ObjectStoreExt;
+    let path = replicable_core::blob_key::object_path(key).expect("a valid key");
+    site.blob_store()
+        .put(&path, bytes.to_vec().into())
+        .await
+        .expect("blob written");
+}
+
+/// The bytes under the blob key `key` in `site`'s object store, `None` when there are none.
+pub async fn get_blob(site: &replicable_core::Site, key: &str) -> Option<Vec<u8>> {
+    use object_store::ObjectStoreExt;
+    let path = replicable_core::blob_key::object_path(key).expect("a valid key");
+    match site.blob_store().get(&path).await {
+        Ok(r) => Some(r.bytes().await.expect("bytes").to_vec()),
+        Err(object_store::Error::NotFound { .. }) => None,
+        Err(e) => panic!("reading blob {key}: {e}"),
+    }
+}
+
+/// The registered replicable `name` (a test's own models).
+pub fn descriptor(name: &str) -> &'static replicable_core::ReplicableDescriptor {
+    replicable_core::find_replicable(name)
+        .expect("no duplicate names")
+        .unwrap_or_else(|| panic!("replicable {name} registered"))
+}
+
+/// Polls `check` every 25 ms until it returns true (`true`) or `secs` pass (`false`).
+pub async fn wait_for<F, Fut>(secs: u64, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+}

@@ -7,6 +7,7 @@ use std::time::Duration;
 use object_store::ObjectStoreExt;
 use replicable_core::prelude::*;
 use replicable_strategies::{BlobStrategy, DatabaseStrategy, GitRepositoryStrategy};
+use replicable_tests::{descriptor as desc, get_blob, put_blob, wait_for};
 
 type R = Result<(), Box<dyn std::error::Error>>;
 
@@ -49,23 +50,6 @@ fn pf(id: i64, key: &str) -> PackageFile {
     }
 }
 
-async fn put_blob(site: &Site, key: &str, bytes: &[u8]) {
-    let path = replicable_core::blob_key::object_path(key).expect("a valid key");
-    site.blob_store()
-        .put(&path, bytes.to_vec().into())
-        .await
-        .expect("blob written");
-}
-
-async fn get_blob(site: &Site, key: &str) -> Option<Vec<u8>> {
-    let path = replicable_core::blob_key::object_path(key).expect("a valid key");
-    match site.blob_store().get(&path).await {
-        Ok(r) => Some(r.bytes().await.expect("bytes").to_vec()),
-        Err(object_store::Error::NotFound { .. }) => None,
-        Err(e) => panic!("reading blob {key}: {e}"),
-    }
-}
-
 async fn delete_blob(site: &Site, key: &str) {
     let path = replicable_core::blob_key::object_path(key).expect("a valid key");
     site.blob_store().delete(&path).await.expect("deleted");
@@ -82,30 +66,6 @@ fn mem_pair() -> (Site, Site) {
         .build()
         .expect("secondary");
     (primary, secondary)
-}
-
-fn desc(name: &str) -> &'static replicable_core::ReplicableDescriptor {
-    replicable_core::find_replicable(name)
-        .expect("no duplicate names")
-        .unwrap_or_else(|| panic!("replicable {name} registered"))
-}
-
-/// Polls `check` every 50 ms until it returns true or `secs` pass.
-async fn wait_for<F, Fut>(secs: u64, mut check: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-    loop {
-        if check().await {
-            return true;
-        }
-        if tokio::time::Instant::now() > deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 async fn registry_of(secondary: &Site, record: &PackageFile) -> Option<PackageFileRegistry> {

@@ -7,13 +7,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use object_store::ObjectStoreExt;
 use replicable_core::http::{PrimaryApi, serve};
 use replicable_core::link::http::token::{self, Scope, SharedSecret};
 use replicable_core::link::http::{HttpPrimary, HttpPrimaryConfig};
 use replicable_core::prelude::*;
 use replicable_core::{ResourceError, SyncFailure};
 use replicable_strategies::{BlobStrategy, DatabaseStrategy, GitRepositoryStrategy};
+use replicable_tests::{descriptor as desc, get_blob, put_blob, wait_for};
 
 type R = Result<(), Box<dyn std::error::Error>>;
 
@@ -123,12 +123,6 @@ pub struct SlowThing {
 
 // ---------------------------------------------------------------- helpers
 
-fn desc(name: &str) -> &'static replicable_core::ReplicableDescriptor {
-    replicable_core::find_replicable(name)
-        .expect("no duplicate names")
-        .unwrap_or_else(|| panic!("replicable {name} registered"))
-}
-
 /// The README models without the test-only slow one.
 fn readme_replicables() -> Vec<&'static replicable_core::ReplicableDescriptor> {
     vec![desc("package_file"), desc("project"), desc("ci_setting")]
@@ -138,40 +132,6 @@ fn pf(id: i64, key: &str) -> PackageFile {
     PackageFile {
         id,
         file_path: key.to_owned(),
-    }
-}
-
-async fn put_blob(site: &Site, key: &str, bytes: &[u8]) {
-    let path = replicable_core::blob_key::object_path(key).expect("a valid key");
-    site.blob_store()
-        .put(&path, bytes.to_vec().into())
-        .await
-        .expect("blob written");
-}
-
-async fn get_blob(site: &Site, key: &str) -> Option<Vec<u8>> {
-    let path = replicable_core::blob_key::object_path(key).expect("a valid key");
-    match site.blob_store().get(&path).await {
-        Ok(r) => Some(r.bytes().await.expect("bytes").to_vec()),
-        Err(object_store::Error::NotFound { .. }) => None,
-        Err(e) => panic!("reading blob {key}: {e}"),
-    }
-}
-
-async fn wait_for<F, Fut>(secs: u64, mut check: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-    loop {
-        if check().await {
-            return true;
-        }
-        if tokio::time::Instant::now() > deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
 

@@ -6,10 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use object_store::ObjectStoreExt;
 use replicable_core::clock::{Clock, ManualClock};
 use replicable_core::prelude::*;
 use replicable_strategies::{BlobStrategy, DatabaseStrategy};
+use replicable_tests::{descriptor as desc, get_blob, put_blob};
 
 type R = Result<(), Box<dyn std::error::Error>>;
 
@@ -47,29 +47,6 @@ fn ci(id: i64, value: &str) -> CiSetting {
         key: format!("k{id}"),
         value: value.to_owned(),
     }
-}
-
-async fn put_blob(site: &Site, key: &str, bytes: &[u8]) {
-    let path = replicable_core::blob_key::object_path(key).expect("a valid key");
-    site.blob_store()
-        .put(&path, bytes.to_vec().into())
-        .await
-        .expect("blob written");
-}
-
-async fn get_blob(site: &Site, key: &str) -> Option<Vec<u8>> {
-    let path = replicable_core::blob_key::object_path(key).expect("a valid key");
-    match site.blob_store().get(&path).await {
-        Ok(r) => Some(r.bytes().await.expect("bytes").to_vec()),
-        Err(object_store::Error::NotFound { .. }) => None,
-        Err(e) => panic!("reading blob {key}: {e}"),
-    }
-}
-
-fn desc(name: &str) -> &'static replicable_core::ReplicableDescriptor {
-    replicable_core::find_replicable(name)
-        .expect("no duplicate names")
-        .unwrap_or_else(|| panic!("replicable {name} registered"))
 }
 
 /// An in-memory primary and secondary, each with its own manual clock.
